@@ -1,0 +1,5 @@
+import sys
+
+from venvfs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The exceptions venvfs raises on purpose, each with the exit code the CLI turns it into.
+
+Scripts rely on these codes (documented in ``venvfs --help``); anything not a ``VenvfsError`` is a bug
+and exits 70 (EX_SOFTWARE) with a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VenvfsError(Exception):
+    """An error the user can act on. ``str(err)`` is one line that says what and why."""
+
+    exit_code = 1
+
+
+class InvalidWheel(VenvfsError):
+    """A wheel that is corrupt, inconsistent with its RECORD, or tries to write outside its destination."""
+
+    exit_code = 3
+
+
+class VenvError(VenvfsError):
+    """A venv that does not exist, is not managed, or is in a state venvfs will not touch."""
+
+    exit_code = 4
+
+
+class StoreError(VenvfsError):
+    """The store is unreadable, of an unknown format, or an object in it is missing or modified."""
+
+    exit_code = 5
+
+
+class MountError(VenvfsError):
+    """FUSE is unavailable here, or a mount or unmount failed."""
+
+    exit_code = 6
+
+
+class Busy(VenvfsError):
+    """Another venvfs process holds the lock this command needs."""
+
+    exit_code = 7
+
+
+class NoMatchingDistribution(VenvfsError):
+    """No stored distribution satisfies a requirement for this venv's interpreter and platform."""
+
+    exit_code = 8
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "error",
+    2: "usage error",
+    3: "invalid wheel (nothing was written to the store)",
+    4: "venv missing, unmanaged or in an unexpected state",
+    5: "store unreadable, unknown format, or corrupt",
+    6: "FUSE unavailable or mount failed",
+    7: "busy: another venvfs command holds the lock",
+    8: "no stored distribution matches",
+    70: "internal error (a bug: please report it)",
+}

@@ -1,0 +1,116 @@
+"""Small filesystem primitives: atomic writes, locks, safe relative paths."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import posixpath
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from venvfs.errors import Busy
+
+
+def fsync_dir(path: Path) -> None:
+    # A rename is durable only once the directory holding the new name is synced (POSIX leaves
+    # directory updates to the filesystem's discretion until then).
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def flock(path: Path, *, exclusive: bool, wait: bool = True, what: str = "") -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created if missing) for the duration of the block.
+
+    flock locks belong to the open file description, so they vanish with the process: a killed
+    venvfs never leaves a stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, op | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"{what or path} is locked by another venvfs command; try again when it ends") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class UnsafePath(ValueError):
+    """A relative path that would resolve outside its root."""
+
+
+def safe_relpath(path: str) -> str:
+    """Return ``path`` normalized as a relative POSIX path inside its root, or raise ``UnsafePath``.
+
+    Rejects what a malicious archive uses to escape: absolute paths, ``..`` components, drive
+    letters and backslashes (a separator on Windows, so a traversal there), NUL bytes and empty names.
+    """
+    if not path or "\x00" in path:
+        raise UnsafePath(f"empty or NUL-containing path {path!r}")
+    if "\\" in path:
+        raise UnsafePath(f"backslash in path {path!r}")
+    if path.startswith("/") or (len(path) >= 2 and path[1] == ":"):
+        raise UnsafePath(f"absolute path {path!r}")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise UnsafePath(f"path {path!r} escapes its destination")
+    return posixpath.join(*parts)
+
+
+def symlink_stays_inside(link_path: str, target: str) -> bool:
+    """Whether a symlink at relative ``link_path`` pointing to ``target`` resolves inside the same root."""
+    if target.startswith("/") or "\\" in target or not target:
+        return False
+    depth = len(link_path.split("/")) - 1
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part not in ("", "."):
+            depth += 1
+    return True
+
+
+def is_enospc(err: OSError) -> bool:
+    return err.errno in (errno.ENOSPC, errno.EDQUOT)

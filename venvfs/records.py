@@ -1,0 +1,158 @@
+"""What the store knows about one distribution build: its files, entry points and identity.
+
+A ``DistRecord`` is immutable and content-addressed: its key ends in a digest of the manifest, so the
+same build adopted from two venvs, or ingested from the same wheel twice, has one key and one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from packaging.utils import canonicalize_name
+
+RECORD_FORMAT = 1
+
+Scheme = Literal["purelib", "platlib", "scripts", "headers", "data"]
+SCHEMES: tuple[Scheme, ...] = ("purelib", "platlib", "scripts", "headers", "data")
+SITE_SCHEMES: frozenset[str] = frozenset({"purelib", "platlib"})
+
+# Installers rewrite these in place (pip writes RECORD and INSTALLER, uv direct_url.json), so a
+# materialized venv gets real copies: a hardlink would let the rewrite reach the shared store object.
+REWRITTEN_METADATA: frozenset[str] = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file of a distribution, relative to its scheme's root (site-packages for purelib/platlib)."""
+
+    path: str
+    scheme: Scheme
+    digest: str | None  # sha256 hex of the content; None for a symlink
+    size: int
+    executable: bool = False
+    symlink: str | None = None
+
+    @property
+    def in_site_packages(self) -> bool:
+        return self.scheme in SITE_SCHEMES
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "scheme": self.scheme, "size": self.size}
+        if self.digest is not None:
+            data["digest"] = self.digest
+        if self.executable:
+            data["executable"] = True
+        if self.symlink is not None:
+            data["symlink"] = self.symlink
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoredFile:
+        scheme = data["scheme"]
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}")
+        return cls(
+            path=str(data["path"]),
+            scheme=scheme,
+            digest=data.get("digest"),
+            size=int(data["size"]),
+            executable=bool(data.get("executable", False)),
+            symlink=data.get("symlink"),
+        )
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A console or GUI script, generated per venv for that venv's interpreter."""
+
+    name: str
+    module: str
+    attr: str
+    section: Literal["console", "gui"]
+
+    def to_json(self) -> list[str]:
+        return [self.name, self.module, self.attr, self.section]
+
+    @classmethod
+    def from_json(cls, data: Iterable[str]) -> EntryPoint:
+        name, module, attr, section = data
+        if section not in ("console", "gui"):
+            raise ValueError(f"unknown entry point section {section!r}")
+        return cls(name, module, attr, section)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DistRecord:
+    """One stored distribution build."""
+
+    name: str  # canonical (PEP 503) name
+    version: str
+    dist_info: str  # the .dist-info directory name, as installed
+    tags: tuple[str, ...]  # from WHEEL's Tag lines, e.g. "cp311-cp311-manylinux_2_17_x86_64"
+    files: tuple[StoredFile, ...]
+    entry_points: tuple[EntryPoint, ...] = ()
+    source: str = ""  # "wheel:<file name>" or "adopted:<venv>"; informational, not part of the key
+    omitted: tuple[str, ...] = field(default=())  # adopted files that were modified or missing
+
+    @property
+    def key(self) -> str:
+        return f"{canonicalize_name(self.name)}-{self.version}-{self.manifest_digest()[:16]}"
+
+    def manifest_digest(self) -> str:
+        manifest = {
+            "name": canonicalize_name(self.name),
+            "version": self.version,
+            "dist_info": self.dist_info,
+            "tags": sorted(self.tags),
+            "files": sorted((f.to_json() for f in self.files), key=lambda d: (d["scheme"], d["path"])),
+            "entry_points": sorted(ep.to_json() for ep in self.entry_points),
+            "omitted": sorted(self.omitted),
+        }
+        return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def is_complete(self) -> bool:
+        return not self.omitted
+
+    def site_files(self) -> Iterable[StoredFile]:
+        return (f for f in self.files if f.in_site_packages)
+
+    @property
+    def logical_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RECORD_FORMAT,
+            "key": self.key,
+            "name": self.name,
+            "version": self.version,
+            "dist_info": self.dist_info,
+            "tags": list(self.tags),
+            "source": self.source,
+            "files": [f.to_json() for f in self.files],
+            "entry_points": [ep.to_json() for ep in self.entry_points],
+            "omitted": list(self.omitted),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DistRecord:
+        if data.get("format") != RECORD_FORMAT:
+            raise ValueError(f"unsupported record format {data.get('format')!r}")
+        record = cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            dist_info=str(data["dist_info"]),
+            tags=tuple(data["tags"]),
+            files=tuple(StoredFile.from_json(f) for f in data["files"]),
+            entry_points=tuple(EntryPoint.from_json(ep) for ep in data["entry_points"]),
+            source=str(data.get("source", "")),
+            omitted=tuple(data.get("omitted", ())),
+        )
+        if record.key != data.get("key"):
+            raise ValueError(f"record key {data.get('key')!r} does not match its content")
+        return record

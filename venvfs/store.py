@@ -1,0 +1,374 @@
+"""The content-addressed store: immutable objects, distribution records, bytecode, and the venv registry.
+
+Layout under the store root::
+
+    format.json                   {"format": 1}
+    objects/ab/<sha256>           file contents, mode 0444 (0555 with the suffix ``.x``)
+    dists/<key>.json              one DistRecord per distribution build
+    bytecode/<cache_tag>/ab/<sha256>.pyc   timestamp .pyc of a .py object, for one Python version
+    venvs/<id>.json               registry of venvs using the store (for gc and ``mount --all``)
+    tmp/                          staging: everything is written here and renamed into place
+    lock                          shared by writers, exclusive for gc
+
+Every object and record appears by ``rename`` (or ``link``) of a fully written, fsynced temp file, so
+a crash leaves nothing half-visible; a record is written only after all its objects exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import platformdirs
+
+from venvfs.errors import StoreError
+from venvfs.fsutil import atomic_write_json, flock, fsync_dir, read_json
+from venvfs.records import DistRecord
+
+STORE_FORMAT = 1
+STORE_ENV = "VENVFS_STORE"
+
+# Store files show this mtime everywhere (object inode, materialized copies, the FUSE view), so one
+# timestamp .pyc per (content, Python version) is valid in every venv. 1980-01-01 is the oldest
+# time a zip file can hold, so tools that zip site-packages keep working.
+SOURCE_EPOCH = 315532800
+
+_CHUNK = 1 << 20
+
+
+def default_store_path() -> Path:
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("venvfs")) / "store"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: str
+    size: int
+    new: bool  # False when the object was already stored
+
+
+@dataclass
+class GcReport:
+    dists: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytecode: int = 0
+    bytes_freed: int = 0
+    forgotten_venvs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    objects_checked: int = 0
+    # digest -> problem ("missing", "modified", "writable")
+    problems: dict[str, str] = field(default_factory=dict)
+    # digest -> venvs whose selection uses it
+    affected_venvs: dict[str, list[str]] = field(default_factory=dict)
+    bad_records: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.bad_records
+
+
+class Store:
+    """A store rooted at ``root``. Cheap to construct; ``open`` checks or creates its format."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+
+    @classmethod
+    def open(cls, root: Path | None = None, *, create: bool = True) -> Store:
+        store = cls(root if root is not None else default_store_path())
+        fmt = store.root / "format.json"
+        if fmt.exists():
+            try:
+                version = read_json(fmt).get("format")
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{store.root}: unreadable format.json ({e})") from e
+            if version != STORE_FORMAT:
+                raise StoreError(f"{store.root}: store format {version!r}, this venvfs reads {STORE_FORMAT}")
+        elif create:
+            for sub in ("objects", "dists", "bytecode", "venvs", "tmp"):
+                (store.root / sub).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(fmt, {"format": STORE_FORMAT})
+        else:
+            raise StoreError(f"no venvfs store at {store.root}")
+        return store
+
+    # -- locking -----------------------------------------------------------------------------------
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Held (shared) while adding objects and records, so gc never deletes what is being written."""
+        return flock(self.root / "lock", exclusive=False, what=f"store {self.root}")
+
+    def collecting(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+        return flock(self.root / "lock", exclusive=True, wait=wait, what=f"store {self.root}")
+
+    # -- objects -----------------------------------------------------------------------------------
+
+    def object_path(self, digest: str, executable: bool = False) -> Path:
+        return self.root / "objects" / digest[:2] / (digest + (".x" if executable else ""))
+
+    def _tmpfile(self) -> tuple[IO[bytes], str]:
+        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="obj.")
+        return os.fdopen(fd, "wb"), tmp
+
+    def put_stream(self, stream: BinaryIO, *, executable: bool = False, durable: bool = True) -> PutResult:
+        """Store the content of ``stream``; returns its digest. Idempotent and safe to race."""
+        f, tmp = self._tmpfile()
+        try:
+            h = hashlib.sha256()
+            size = 0
+            with f:
+                while chunk := stream.read(_CHUNK):
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            return self._publish(tmp, h.hexdigest(), size, executable)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def put_file(self, path: Path, *, executable: bool = False, expected_digest: str | None = None) -> PutResult:
+        """Store a copy of the file at ``path``, cloning its extents where the filesystem can.
+
+        With ``expected_digest`` and the object already present, nothing is read twice: the caller
+        has verified the content against that digest.
+        """
+        if expected_digest is not None:
+            existing = self.object_path(expected_digest, executable)
+            if existing.exists():
+                return PutResult(expected_digest, existing.stat().st_size, new=False)
+        with open(path, "rb") as src:
+            return self.put_stream(src, executable=executable)
+
+    def _publish(self, tmp: str, digest: str, size: int, executable: bool) -> PutResult:
+        final = self.object_path(digest, executable)
+        if final.exists():
+            return PutResult(digest, size, new=False)
+        os.chmod(tmp, 0o555 if executable else 0o444)
+        os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
+        final.parent.mkdir(exist_ok=True)
+        try:
+            # link, unlike rename, fails when a racing writer already published the same object,
+            # which leaves that object's inode (perhaps already hardlinked into a venv) untouched.
+            os.link(tmp, final)
+        except FileExistsError:
+            return PutResult(digest, size, new=False)
+        return PutResult(digest, size, new=True)
+
+    def sync_objects(self) -> None:
+        """Make every object directory's new entries durable (before a record refers to them)."""
+        objects = self.root / "objects"
+        for sub in objects.iterdir():
+            fsync_dir(sub)
+        fsync_dir(objects)
+
+    # -- distribution records ----------------------------------------------------------------------
+
+    def dist_path(self, key: str) -> Path:
+        return self.root / "dists" / f"{key}.json"
+
+    def add_dist(self, record: DistRecord) -> bool:
+        """Publish ``record``; its objects must already be stored. Returns False if it was already there."""
+        for f in record.files:
+            if f.digest is not None and not self.object_path(f.digest, f.executable).exists():
+                raise StoreError(f"{record.key}: object {f.digest} for {f.path} is not in the store")
+        path = self.dist_path(record.key)
+        if path.exists():
+            return False
+        self.sync_objects()
+        atomic_write_json(path, record.to_json())
+        return True
+
+    def get_dist(self, key: str) -> DistRecord:
+        path = self.dist_path(key)
+        try:
+            return DistRecord.from_json(read_json(path))
+        except FileNotFoundError:
+            raise StoreError(f"distribution {key} is not in the store {self.root}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{path}: unreadable record ({e})") from e
+
+    def has_dist(self, key: str) -> bool:
+        return self.dist_path(key).exists()
+
+    def dist_keys(self) -> list[str]:
+        return sorted(p.name[: -len(".json")] for p in (self.root / "dists").glob("*.json"))
+
+    def iter_dists(self) -> Iterator[DistRecord]:
+        for key in self.dist_keys():
+            yield self.get_dist(key)
+
+    # -- bytecode ----------------------------------------------------------------------------------
+
+    def bytecode_path(self, cache_tag: str, digest: str) -> Path:
+        return self.root / "bytecode" / cache_tag / digest[:2] / f"{digest}.pyc"
+
+    def put_bytecode(self, cache_tag: str, digest: str, pyc: Path) -> None:
+        """Publish the compiled ``pyc`` (a file in ``tmp/``) for source object ``digest``."""
+        final = self.bytecode_path(cache_tag, digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(pyc, 0o444)
+        with contextlib.suppress(FileExistsError):
+            os.link(pyc, final)
+        os.unlink(pyc)
+
+    # -- venv registry -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _venv_id(venv: Path) -> str:
+        return hashlib.sha256(os.fsencode(venv.absolute())).hexdigest()[:20]
+
+    def register_venv(self, venv: Path) -> None:
+        path = self.root / "venvs" / f"{self._venv_id(venv)}.json"
+        if not path.exists():
+            atomic_write_json(path, {"path": str(venv.absolute())})
+
+    def unregister_venv(self, venv: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "venvs" / f"{self._venv_id(venv)}.json").unlink()
+
+    def registered_venvs(self) -> list[Path]:
+        venvs = []
+        for entry in sorted((self.root / "venvs").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                venvs.append(Path(read_json(entry)["path"]))
+        return venvs
+
+    # -- accounting, verification, collection ------------------------------------------------------
+
+    def disk_usage(self, path: Path) -> int:
+        """Bytes the file at ``path`` really occupies (allocated blocks, not its length)."""
+        return path.stat().st_blocks * 512
+
+    def iter_objects(self) -> Iterator[tuple[str, bool, Path]]:
+        for sub in sorted((self.root / "objects").iterdir()):
+            for obj in sorted(sub.iterdir()):
+                name = obj.name
+                executable = name.endswith(".x")
+                yield (name[:-2] if executable else name), executable, obj
+
+    def verify(self, venv_selections: dict[str, list[str]], *, progress: Callable[[int, int], None] | None = None
+               ) -> VerifyReport:
+        """Re-hash every object referenced by a record; name the venvs that use a damaged one.
+
+        ``venv_selections`` maps venv path to the dist keys it selects.
+        """
+        report = VerifyReport()
+        users: dict[str, set[str]] = {}
+        for venv, keys in venv_selections.items():
+            for key in keys:
+                users.setdefault(key, set()).add(venv)
+        wanted: dict[tuple[str, bool], set[str]] = {}
+        for key in self.dist_keys():
+            try:
+                record = self.get_dist(key)
+            except StoreError:
+                report.bad_records.append(key)
+                continue
+            for f in record.files:
+                if f.digest is not None:
+                    wanted.setdefault((f.digest, f.executable), set()).update(users.get(key, ()))
+        total = len(wanted)
+        for i, ((digest, executable), venvs) in enumerate(sorted(wanted.items())):
+            if progress:
+                progress(i, total)
+            path = self.object_path(digest, executable)
+            problem = _check_object(path, digest)
+            report.objects_checked += 1
+            if problem:
+                report.problems[digest] = problem
+                report.affected_venvs[digest] = sorted(venvs)
+        return report
+
+    def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool) -> GcReport:
+        """Remove records, objects and bytecode no live venv references. Caller holds ``collecting()``."""
+        report = GcReport()
+        live_keys = {k for keys in live_selections.values() for k in keys}
+        live_objects: set[tuple[str, bool]] = set()
+        live_sources: set[str] = set()
+        for key in self.dist_keys():
+            try:
+                record = self.get_dist(key)
+            except StoreError:
+                continue  # unreadable: keep it and its objects for a human to look at
+            if key in live_keys:
+                for f in record.files:
+                    if f.digest is not None:
+                        live_objects.add((f.digest, f.executable))
+                        live_sources.add(f.digest)
+                continue
+            report.dists.append(key)
+            if not dry_run:
+                self.dist_path(key).unlink()
+        # Objects of unreadable records stay alive too.
+        for key in self.dist_keys():
+            if key in report.dists or key in live_keys:
+                continue
+            with contextlib.suppress(StoreError):
+                self.get_dist(key)
+                continue
+            live_objects.update(_digests_in_raw_record(self.dist_path(key)))
+        for digest, executable, path in list(self.iter_objects()):
+            if (digest, executable) in live_objects:
+                continue
+            report.objects += 1
+            report.bytes_freed += self.disk_usage(path)
+            if not dry_run:
+                path.unlink()
+        for pyc in list((self.root / "bytecode").glob("*/*/*.pyc")):
+            if pyc.stem in live_sources:
+                continue
+            report.bytecode += 1
+            report.bytes_freed += self.disk_usage(pyc)
+            if not dry_run:
+                pyc.unlink()
+        if not dry_run:
+            for tmp in (self.root / "tmp").iterdir():
+                # Only gc holds the exclusive lock, so no writer owns these: leftovers of a crash.
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+        return report
+
+
+def _check_object(path: Path, digest: str) -> str | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    if h.hexdigest() != digest:
+        return "modified"
+    if st.st_mode & 0o222:
+        return "writable"
+    return None
+
+
+def _digests_in_raw_record(path: Path) -> set[tuple[str, bool]]:
+    try:
+        data = read_json(path)
+        return {(f["digest"], bool(f.get("executable"))) for f in data.get("files", []) if "digest" in f}
+    except (OSError, ValueError, TypeError, KeyError):
+        return set()

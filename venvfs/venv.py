@@ -1,0 +1,201 @@
+"""A virtual environment on disk: its layout, its interpreter, and venvfs's state inside it.
+
+venvfs keeps its per-venv state in ``VENV/.venvfs/``::
+
+    state.json    which store, which distributions are selected, how site-packages is laid out
+    upper/        the upper layer of a mounted site-packages (a plain directory, readable unmounted)
+    lock          held by every venvfs command that changes this venv
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import packaging
+
+from venvfs.errors import VenvError
+from venvfs.fsutil import atomic_write_json, flock, read_json
+
+STATE_DIR = ".venvfs"
+STATE_FORMAT = 1
+
+Layout = Literal["materialized", "mounted"]
+
+# Runs under the venv's own interpreter (any CPython >= 3.8) with only the stdlib and packaging.
+_PROBE = """
+import json, sys, sysconfig
+sys.path.insert(0, sys.argv[1])
+from packaging import tags
+print(json.dumps({
+    "version": "%d.%d.%d" % sys.version_info[:3],
+    "cache_tag": sys.implementation.cache_tag,
+    "magic": __import__("importlib.util").util.MAGIC_NUMBER.hex(),
+    "tags": [str(t) for t in tags.sys_tags()],
+    "platform": sysconfig.get_platform(),
+    "purelib": sysconfig.get_path("purelib"),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class InterpreterInfo:
+    version: str
+    cache_tag: str
+    magic: str
+    tags: tuple[str, ...]  # most preferred first
+    platform: str
+
+    @property
+    def python_version(self) -> tuple[int, int]:
+        major, minor = self.version.split(".")[:2]
+        return int(major), int(minor)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InterpreterInfo:
+        return cls(
+            version=data["version"], cache_tag=data["cache_tag"], magic=data["magic"],
+            tags=tuple(data["tags"]), platform=data["platform"],
+        )
+
+
+@dataclass
+class VenvState:
+    store: str
+    selection: list[str] = field(default_factory=list)  # dist keys, in install order
+    layout: Layout = "materialized"
+    link_mode: str | None = None  # the link mode last used to materialize
+    interpreter: InterpreterInfo | None = None
+    hooks: bool = True  # install activation/interpreter hooks (issue: automount)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "store": self.store,
+            "selection": self.selection,
+            "layout": self.layout,
+            "link_mode": self.link_mode,
+            "interpreter": self.interpreter.to_json() if self.interpreter else None,
+            "hooks": self.hooks,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VenvState:
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported state format {data.get('format')!r}")
+        interp = data.get("interpreter")
+        return cls(
+            store=data["store"],
+            selection=list(data["selection"]),
+            layout=data["layout"],
+            link_mode=data.get("link_mode"),
+            interpreter=InterpreterInfo.from_json(interp) if interp else None,
+            hooks=bool(data.get("hooks", True)),
+        )
+
+
+class Venv:
+    """A venv made by ``python -m venv``, virtualenv or uv (anything with a ``pyvenv.cfg``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+
+    @classmethod
+    def open(cls, path: Path) -> Venv:
+        venv = cls(path)
+        if not (venv.root / "pyvenv.cfg").is_file():
+            raise VenvError(f"{venv.root} is not a virtual environment (no pyvenv.cfg)")
+        venv.site_packages  # noqa: B018 - fail early on an odd layout
+        return venv
+
+    @classmethod
+    def default_path(cls) -> Path:
+        env = os.environ.get("VIRTUAL_ENV")
+        return Path(env) if env else Path(".venv")
+
+    @property
+    def config(self) -> dict[str, str]:
+        cfg: dict[str, str] = {}
+        for line in (self.root / "pyvenv.cfg").read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                cfg[key.strip()] = value.strip()
+        return cfg
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / ("Scripts" if sys.platform == "win32" else "bin")
+
+    @property
+    def python(self) -> Path:
+        return self.bin_dir / "python"
+
+    @property
+    def site_packages(self) -> Path:
+        candidates = sorted(self.root.glob("lib/python*/site-packages"))
+        if len(candidates) != 1:
+            # Without a python version in the name we cannot tell which one the interpreter uses.
+            found = ", ".join(str(c) for c in candidates) or "none"
+            raise VenvError(f"{self.root}: expected one lib/pythonX.Y/site-packages, found {found}")
+        return candidates[0]
+
+    # -- venvfs state ------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def upper_dir(self) -> Path:
+        return self.state_dir / "upper"
+
+    @property
+    def is_managed(self) -> bool:
+        return (self.state_dir / "state.json").exists()
+
+    def read_state(self) -> VenvState:
+        path = self.state_dir / "state.json"
+        try:
+            return VenvState.from_json(read_json(path))
+        except FileNotFoundError:
+            raise VenvError(f"{self.root} is not managed by venvfs (run `venvfs adopt {self.root}`)") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise VenvError(f"{path}: unreadable venvfs state ({e})") from e
+
+    def write_state(self, state: VenvState) -> None:
+        atomic_write_json(self.state_dir / "state.json", state.to_json())
+
+    def locked(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+        return flock(self.state_dir / "lock", exclusive=True, wait=wait, what=f"venv {self.root}")
+
+    # -- interpreter -------------------------------------------------------------------------------
+
+    def probe_interpreter(self) -> InterpreterInfo:
+        """Ask the venv's own interpreter for its tags and bytecode cache tag (one subprocess)."""
+        packaging_parent = str(Path(packaging.__file__).parent.parent)
+        try:
+            out = subprocess.run(
+                [str(self.python), "-I", "-S", "-c", _PROBE, packaging_parent],
+                check=True, capture_output=True, text=True, timeout=60,
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            raise VenvError(f"{self.root}: cannot run its interpreter {self.python} ({e})") from e
+        data = json.loads(out)
+        return InterpreterInfo(
+            version=data["version"], cache_tag=data["cache_tag"], magic=data["magic"],
+            tags=tuple(data["tags"]), platform=data["platform"],
+        )
+
+    def dist_info_dirs(self) -> Iterator[Path]:
+        sp = self.site_packages
+        yield from sorted(p for p in sp.glob("*.dist-info") if p.is_dir())
