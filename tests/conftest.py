@@ -1,0 +1,134 @@
+"""Shared fixtures. Tiers: pure (no venv, no mount), venv (real venvs, real pip/uv), fuse (real mounts)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from venvfs.store import Store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def missing_tool(reason: str) -> None:
+    """A test's tool (FUSE, root, a shell) is missing: skip locally, but fail in CI, where a skipped
+    core test would hide a broken install."""
+    if IN_CI:
+        pytest.fail(f"required in CI but missing: {reason}")
+    pytest.skip(reason)
+
+
+def fuse_problem() -> str | None:
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as e:
+        return f"pyfuse3/trio not importable ({e}); pip install 'venvfs[fuse]'"
+    return None
+
+
+@pytest.fixture
+def require_fuse() -> None:
+    problem = fuse_problem()
+    if problem:
+        missing_tool(problem)
+
+
+@pytest.fixture
+def require_root() -> None:
+    if os.geteuid() != 0:
+        missing_tool("needs root (loop mounts)")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    root = tmp_path / "store"
+    monkeypatch.setenv("VENVFS_STORE", str(root))
+    return Store.open(root)
+
+
+@pytest.fixture
+def run_venvfs(store: Store) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real CLI in a subprocess (``python -m venvfs``) against the test's store."""
+
+    def run(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VENVFS_STORE": str(store.root)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, env=env,
+            timeout=600, **kwargs,  # type: ignore[call-overload]
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"venvfs {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc  # type: ignore[no-any-return]
+
+    return run
+
+
+def uv() -> str:
+    path = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    if not Path(path).exists():
+        missing_tool("uv is not installed (pip install uv)")
+    return path
+
+
+@pytest.fixture
+def make_venv(tmp_path: Path) -> Callable[..., Path]:
+    """Create a real venv with ``venv`` (python -m venv), ``uv`` or ``virtualenv``."""
+
+    def make(name: str = "venv", tool: str = "venv", parent: Path | None = None) -> Path:
+        path = (parent or tmp_path) / name
+        if tool == "venv":
+            subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+        elif tool == "uv":
+            subprocess.run([uv(), "venv", "-q", "--python", sys.executable, str(path)], check=True)
+        elif tool == "virtualenv":
+            subprocess.run([sys.executable, "-m", "virtualenv", "-q", "--python", sys.executable, str(path)],
+                           check=True)
+        else:
+            raise ValueError(tool)
+        return path
+
+    return make
+
+
+def uv_pip(venv: Path, *args: str) -> None:
+    subprocess.run([uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), *args], check=True)
+
+
+class _FailOnWarning(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def fail_on_logged_warning(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Like s3ql's plugin: a venvfs warning nobody expected is a test failure.
+
+    Tests that provoke one on purpose say so with ``@pytest.mark.allow_warnings``.
+    """
+    handler = _FailOnWarning()
+    logger = logging.getLogger("venvfs")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("allow_warnings") is None:
+        messages = "\n".join(f"{r.levelname}: {r.getMessage()}" for r in handler.records)
+        pytest.fail(f"unexpected venvfs warnings:\n{messages}")

@@ -1,0 +1,72 @@
+"""The ``venvfs`` command line: argument parsing and output only; the work is in the library modules.
+
+Command groups live in their own modules (``cli_store``, ``cli_mount``, ``cli_hooks``, ``cli_bench``),
+each exposing ``register(subparsers)``; every handler takes the parsed namespace and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from venvfs import __version__
+from venvfs.errors import EXIT_CODES, VenvfsError
+
+COMMAND_MODULES = ("venvfs.cli_store", "venvfs.cli_mount", "venvfs.cli_hooks", "venvfs.cli_bench")
+
+_EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()) + """
+
+typical use:
+  venvfs adopt .venv            move an existing venv's packages into the shared store
+  venvfs mount .venv            serve its site-packages from the store (FUSE), or link where FUSE is absent
+  venvfs status .venv           what it shares with other venvs and what it owns alone
+  venvfs store list             what the store holds
+
+The store lives in the user data directory; --store or VENVFS_STORE choose another.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="venvfs",
+        description="Share one read-only, content-addressed store of Python distributions between venvs: "
+        "each venv's site-packages becomes a FUSE overlay of the store (copy-up on write), "
+        "or real reflinked/hardlinked/copied files where FUSE is unavailable.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"venvfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="venvfs: %(message)s",
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.handler(args)
+        return code
+    except VenvfsError as e:
+        print(f"venvfs: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("venvfs: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("venvfs: internal error (this is a bug in venvfs)", file=sys.stderr)
+        return 70
