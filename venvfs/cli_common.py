@@ -1,0 +1,49 @@
+"""Options and helpers every command group shares: --store, --json, the venv argument, progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from venvfs.store import STORE_ENV, Store
+from venvfs.venv import Venv
+
+
+def common_parent() -> argparse.ArgumentParser:
+    """Options accepted by every subcommand (so ``venvfs status --store X`` works as users type it)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--store", type=Path, default=None, metavar="DIR",
+        help=f"the store to use (default: ${STORE_ENV}, else the user data directory)",
+    )
+    return parent
+
+
+def json_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return parent
+
+
+def add_venv_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "venv", nargs="?", type=Path, default=None,
+        help="the virtual environment (default: $VIRTUAL_ENV, else ./.venv)",
+    )
+
+
+def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
+    return Store.open(getattr(args, "store", None), create=create)
+
+
+def venv_path(args: argparse.Namespace) -> Path:
+    path: Path | None = getattr(args, "venv", None)
+    return path if path is not None else Venv.default_path()
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

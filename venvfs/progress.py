@@ -1,0 +1,53 @@
+"""Progress for long work (adopting a torch venv takes seconds): a single updating line on a terminal,
+silence elsewhere, so logs and pipes stay clean."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Counts units of work (files or bytes) and redraws one status line at most 10 times a second."""
+
+    def __init__(self, label: str, total: int = 0, *, unit: str = "files", stream: TextIO | None = None,
+                 enabled: bool | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._last = 0.0
+
+    def advance(self, n: int = 1, *, note: str = "") -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and self.done < self.total:
+            return
+        self._last = now
+        amount = _fmt(self.done, self.unit) + (f"/{_fmt(self.total, self.unit)}" if self.total else "")
+        self.stream.write(f"\r\x1b[K{self.label}: {amount} {note[:60]}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _fmt(n: int, unit: str) -> str:
+    if unit == "bytes":
+        return human_bytes(n)
+    return f"{n} {unit}" if unit else str(n)
+
+
+def human_bytes(n: float) -> str:
+    for suffix in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or suffix == "GiB":
+            return f"{n:.0f} {suffix}" if suffix == "B" else f"{n:.1f} {suffix}"
+        n /= 1024
+    return f"{n:.1f} TiB"
