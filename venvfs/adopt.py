@@ -1,0 +1,274 @@
+"""Adopt an existing venv: every installed distribution goes into the store through its RECORD, and
+the venv's copies are replaced by links to the stored objects.
+
+Only content that matches its RECORD hash is shared. A file a user edited, a file missing, and every
+file no RECORD owns (hand-written ``.pth`` files, ``.egg-link``, editable installs) stay in the venv
+exactly as they are. Each replacement is an atomic rename of identical content, so adopt can be
+killed at any point and simply run again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from email.parser import Parser
+from pathlib import Path
+
+from installer.utils import parse_entrypoints
+from packaging.utils import canonicalize_name
+
+from venvfs import hooks
+from venvfs.bytecode import ensure_bytecode
+from venvfs.errors import VenvError
+from venvfs.fsutil import symlink_stays_inside
+from venvfs.linkmode import Linker, LinkMode
+from venvfs.materialize import materialize
+from venvfs.progress import Progress
+from venvfs.records import DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.store import Store
+from venvfs.venv import Venv, VenvState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdoptReport:
+    selection: list[str] = field(default_factory=list)
+    new_dists: list[str] = field(default_factory=list)
+    new_objects: int = 0
+    new_bytes: int = 0
+    shared_bytes: int = 0
+    kept_in_venv: dict[str, list[str]] = field(default_factory=dict)  # dist -> files left as they are
+    skipped: dict[str, str] = field(default_factory=dict)  # dist-info dir -> why it was not adopted
+    link_summary: str = ""
+    link_mode: str | None = None
+    compiled: int = 0
+
+
+def _record_digest(hash_field: str) -> tuple[str, str] | None:
+    """RECORD's ``algo=urlsafe-b64`` as (algo, hex); None when absent."""
+    if not hash_field or "=" not in hash_field:
+        return None
+    algo, _, b64 = hash_field.partition("=")
+    try:
+        raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+    except ValueError:
+        return None
+    return algo, raw.hex()
+
+
+def _hash_file(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _DistAdopter:
+    """Reads one .dist-info and stores what its RECORD vouches for."""
+
+    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress) -> None:
+        self.venv = venv
+        self.store = store
+        self.dist_info = dist_info
+        self.progress = progress
+        self.files: list[StoredFile] = []
+        self.kept: list[str] = []
+        self.new_objects = 0
+        self.new_bytes = 0
+        self.shared_bytes = 0
+        self._shebang = re.compile(rb"^#!" + re.escape(os.fsencode(venv.bin_dir)) + rb"/python[0-9.]*(?=[\s])")
+
+    def metadata(self) -> tuple[str, str, tuple[str, ...], tuple[EntryPoint, ...]]:
+        try:
+            meta = Parser().parsestr((self.dist_info / "METADATA").read_text(errors="replace"), headersonly=True)
+        except OSError as e:
+            raise VenvError(f"{self.dist_info.name}: unreadable METADATA ({e})") from e
+        name, version = meta.get("Name"), meta.get("Version")
+        if not name or not version:
+            raise VenvError(f"{self.dist_info.name}: METADATA lacks Name or Version")
+        tags: tuple[str, ...] = ()
+        wheel = self.dist_info / "WHEEL"
+        if wheel.exists():
+            tags = tuple(Parser().parsestr(wheel.read_text(errors="replace")).get_all("Tag") or ())
+        eps: list[EntryPoint] = []
+        ep_file = self.dist_info / "entry_points.txt"
+        if ep_file.exists():
+            for ep_name, module, attr, section in parse_entrypoints(ep_file.read_text(errors="replace")):
+                eps.append(EntryPoint(ep_name, module, attr, section))
+        return canonicalize_name(name), version, tags, tuple(sorted(eps, key=lambda e: e.name))
+
+    def classify(self, record_path: str) -> tuple[Scheme, str] | None:
+        absolute = Path(os.path.normpath(self.venv.site_packages / record_path))
+        for scheme, root in (("purelib", self.venv.site_packages), ("scripts", self.venv.bin_dir),
+                             ("data", self.venv.root)):
+            if absolute == root or root in absolute.parents:
+                return scheme, absolute.relative_to(root).as_posix()  # type: ignore[return-value]
+        return None  # outside the venv: not ours to share
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        try:
+            text = (self.dist_info / "RECORD").read_text(errors="replace")
+        except FileNotFoundError:
+            raise VenvError(f"{self.dist_info.name} has no RECORD") from None
+        return [([*r, "", "", ""])[:3] for r in csv.reader(io.StringIO(text)) if r]  # type: ignore[misc]
+
+    def adopt(self) -> DistRecord:
+        name, version, tags, entry_points = self.metadata()
+        script_names = {ep.name for ep in entry_points}
+        record_file = f"{self.dist_info.name}/RECORD"
+        for path_field, hash_field, _size in self.rows():
+            self.progress.advance(note=path_field)
+            where = self.classify(path_field)
+            if where is None:
+                continue
+            scheme, rel = where
+            parts = rel.split("/")
+            if rel == record_file or (parts[-1].endswith(".pyc") and "__pycache__" in parts):
+                continue  # RECORD stays the venv's own; bytecode is compiled per Python version
+            if scheme == "scripts" and rel in script_names:
+                continue  # generated from the entry point for each venv's interpreter
+            self._adopt_file(scheme, rel, self.venv.site_packages / path_field, _record_digest(hash_field))
+        return DistRecord(
+            name=name, version=version, dist_info=self.dist_info.name, tags=tags,
+            files=tuple(sorted(self.files, key=lambda f: (f.scheme, f.path))),
+            entry_points=entry_points, source=f"adopted:{self.venv.root}",
+            omitted=tuple(sorted(self.kept)),
+        )
+
+    def _adopt_file(self, scheme: Scheme, rel: str, path: Path, expected: tuple[str, str] | None) -> None:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            self.kept.append(rel)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            if scheme == "purelib" and symlink_stays_inside(rel, target):
+                self.files.append(StoredFile(rel, scheme, None, len(target.encode()), symlink=target))
+            else:
+                self.kept.append(rel)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self.kept.append(rel)
+            return
+        executable = bool(st.st_mode & 0o111)
+        if expected is not None:
+            algo, want = expected
+            if algo == "sha256":
+                obj = self.store.object_path(want, executable)
+                with contextlib.suppress(FileNotFoundError):
+                    ost = obj.stat()
+                    if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
+                        # Already hardlinked by an earlier (perhaps interrupted) adopt.
+                        self._add(scheme, rel, want, st.st_size, executable, new=False)
+                        return
+            try:
+                if _hash_file(path, algo) != want:
+                    self.kept.append(rel)  # edited since install: the user's version stays, unshared
+                    return
+            except ValueError:  # unknown hash algorithm in RECORD
+                self.kept.append(rel)
+                return
+        data_override: bytes | None = None
+        if scheme == "scripts":
+            head = path.read_bytes()
+            normalized = self._shebang.sub(b"#!python", head, count=1)
+            if normalized != head:
+                data_override = normalized
+        if data_override is not None:
+            put = self.store.put_stream(io.BytesIO(data_override), executable=executable, durable=False)
+        else:
+            with open(path, "rb") as f:
+                put = self.store.put_stream(f, executable=executable, durable=False)
+        self._add(scheme, rel, put.digest, put.size, executable, new=put.new)
+
+    def _add(self, scheme: Scheme, rel: str, digest: str, size: int, executable: bool, *, new: bool) -> None:
+        self.files.append(StoredFile(rel, scheme, digest, size, executable=executable))
+        if new:
+            self.new_objects += 1
+            self.new_bytes += size
+        else:
+            self.shared_bytes += size
+
+
+def adopt(venv: Venv, store: Store, *, link_mode: LinkMode = LinkMode.AUTO, compile_bytecode: bool = True,
+          install_hooks: bool | None = None, already_locked: bool = False) -> AdoptReport:
+    """Store every distribution installed in ``venv`` and link the venv's files to the store.
+
+    Idempotent: run again after pip or uv changed the venv, it adopts what is new and forgets what
+    was uninstalled.
+    """
+    if already_locked:
+        return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+    with venv.locked():
+        return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+
+
+def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool,
+           install_hooks: bool | None) -> AdoptReport:
+    if venv.is_managed:
+        state = venv.read_state()
+        if Path(state.store) != store.root:
+            raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        if state.layout == "mounted":
+            raise VenvError(f"{venv.root} is in the mounted layout: use `venvfs commit` to store new packages")
+    else:
+        state = VenvState(store=str(store.root))
+    if install_hooks is not None:
+        state.hooks = install_hooks
+    state.interpreter = venv.probe_interpreter()
+    report = AdoptReport()
+    dist_infos = list(venv.dist_info_dirs())
+    total = sum(1 for d in dist_infos for _ in _lines(d / "RECORD"))
+    progress = Progress(f"adopting {venv.root.name}", total)
+    records: list[DistRecord] = []
+    with store.writing():
+        for dist_info in dist_infos:
+            adopter = _DistAdopter(venv, store, dist_info, progress)
+            try:
+                record = adopter.adopt()
+            except VenvError as e:
+                report.skipped[dist_info.name] = str(e)
+                continue
+            if store.add_dist(record):
+                report.new_dists.append(record.key)
+            records.append(record)
+            report.new_objects += adopter.new_objects
+            report.new_bytes += adopter.new_bytes
+            report.shared_bytes += adopter.shared_bytes
+            if adopter.kept:
+                report.kept_in_venv[record.name] = adopter.kept
+        progress.close()
+        state.selection = [r.key for r in records]
+        # The state is written before the venv is touched: from here on a rerun knows the venv is managed.
+        venv.write_state(state)
+        store.register_venv(venv.root)
+        if compile_bytecode:
+            report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
+        linker = Linker(link_mode)
+        materialize(venv, store, state, linker, records=records, outside_site_packages=False)
+    state.link_mode = linker.used.value if linker.used else state.link_mode
+    venv.write_state(state)
+    if state.hooks:
+        hooks.install(venv)
+    report.selection = state.selection
+    report.link_summary = linker.summary()
+    report.link_mode = state.link_mode
+    return report
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []

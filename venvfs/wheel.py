@@ -1,0 +1,181 @@
+"""Wheel ingest: a wheel file becomes objects plus one DistRecord in the store.
+
+pypa/installer does the binary distribution format work (RECORD validation, ``.data`` schemes, entry
+points) through ``StoreDestination``; this module adds what installer leaves to its caller: path
+safety, duplicate and symlink entries, and turning every failure into one ``InvalidWheel`` line
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Iterable
+from email.parser import Parser
+from pathlib import Path
+from typing import BinaryIO
+
+import installer
+from installer.records import Hash, RecordEntry
+from installer.sources import WheelFile
+from packaging.tags import Tag, parse_tag
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from venvfs.errors import InvalidWheel
+from venvfs.fsutil import UnsafePath, safe_relpath, symlink_stays_inside
+from venvfs.progress import Progress
+from venvfs.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.store import Store
+
+INSTALLER_NAME = b"venvfs\n"
+
+
+class StoreDestination(installer.destinations.WheelDestination):
+    """Receives a wheel's files from installer and stores each as an object."""
+
+    def __init__(self, store: Store, symlinks: dict[str, str], progress: Progress | None = None) -> None:
+        self.store = store
+        self.symlinks = symlinks  # archive path (root scheme) -> target
+        self.files: list[StoredFile] = []
+        self.entry_points: list[EntryPoint] = []
+        self.progress = progress
+
+    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:
+        if section not in ("console", "gui"):
+            raise InvalidWheel(f"entry point {name!r}: unknown section {section!r}")
+        try:
+            safe_relpath(name)
+        except UnsafePath as e:
+            raise InvalidWheel(f"entry point name: {e}") from None
+        if "/" in name:
+            raise InvalidWheel(f"entry point name {name!r} contains a path separator")
+        self.entry_points.append(EntryPoint(name, module, attr, section))  # type: ignore[arg-type]
+        return RecordEntry(name, None, None)
+
+    def write_file(self, scheme: str, path: str | os.PathLike[str], stream: BinaryIO, is_executable: bool
+                   ) -> RecordEntry:
+        if scheme not in SCHEMES:
+            raise InvalidWheel(f"{path}: unknown scheme {scheme!r}")
+        try:
+            rel = safe_relpath(str(path))
+        except UnsafePath as e:
+            raise InvalidWheel(str(e)) from None
+        sch: Scheme = scheme
+        if rel in self.symlinks and scheme in ("purelib", "platlib"):
+            target = self.symlinks[rel]
+            self.files.append(StoredFile(rel, sch, None, len(target.encode()), symlink=target))
+            return RecordEntry(rel, None, None)
+        put = self.store.put_stream(stream, executable=is_executable, durable=False)
+        self.files.append(StoredFile(rel, sch, put.digest, put.size, executable=is_executable))
+        if self.progress:
+            self.progress.advance(put.size, note=rel)
+        return RecordEntry(rel, Hash("sha256", put.digest), put.size)
+
+    def finalize_installation(self, scheme: str, record_file_path: str,
+                              records: Iterable[tuple[str, RecordEntry]]) -> None:
+        # RECORD is written per venv by materialize (it lists that venv's generated scripts), not stored.
+        return None
+
+
+def _check_archive(zf: zipfile.ZipFile) -> dict[str, str]:
+    """Reject unsafe or ambiguous archive members; return the (safe) symlink entries."""
+    seen: set[str] = set()
+    symlinks: dict[str, str] = {}
+    for info in zf.infolist():
+        name = info.filename
+        if name.endswith("/"):
+            continue
+        try:
+            norm = safe_relpath(name)
+        except UnsafePath as e:
+            raise InvalidWheel(str(e)) from None
+        if norm != name:
+            raise InvalidWheel(f"non-canonical member name {name!r}")
+        if norm in seen:
+            raise InvalidWheel(f"duplicate entry {name!r} (which copy to trust is ambiguous)")
+        seen.add(norm)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            target = zf.read(info).decode("utf-8", "replace")
+            if not symlink_stays_inside(norm, target):
+                raise InvalidWheel(f"symlink {name!r} points outside the wheel ({target!r})")
+            symlinks[norm] = target
+    return symlinks
+
+
+def _wheel_tags(source: WheelFile) -> tuple[tuple[str, ...], Scheme]:
+    try:
+        wheel = Parser().parsestr(source.read_dist_info("WHEEL"))
+    except (KeyError, UnicodeDecodeError) as e:
+        raise InvalidWheel(f"missing or unreadable WHEEL file ({e})") from None
+    version = wheel.get("Wheel-Version", "")
+    if not version.split(".")[0] == "1":
+        raise InvalidWheel(f"unsupported Wheel-Version {version!r}")
+    tags = tuple(wheel.get_all("Tag") or ())
+    if not tags:
+        raise InvalidWheel("WHEEL has no Tag lines")
+    purelib = wheel.get("Root-Is-Purelib", "true").strip().lower() == "true"
+    return tags, ("purelib" if purelib else "platlib")
+
+
+def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) -> tuple[DistRecord, bool]:
+    """Validate ``path`` completely, then store it. Returns the record and whether it was new.
+
+    Nothing is written before validation succeeds; a failure raises ``InvalidWheel``.
+    """
+    try:
+        name, version, _build, file_tags = parse_wheel_filename(path.name)
+    except InvalidWheelFilename as e:
+        raise InvalidWheel(f"{path.name}: {e}") from None
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise InvalidWheel(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InvalidWheel(f"{path.name}: not a readable zip archive ({e})") from None
+    with zf:
+        try:
+            symlinks = _check_archive(zf)
+            source = WheelFile(zf)
+            dist_info = source.dist_info_dir
+            source.validate_record()
+            tags, _root = _wheel_tags(source)
+        except InvalidWheel as e:
+            raise InvalidWheel(f"{path.name}: {e}") from None
+        except Exception as e:  # installer raises ValueError subclasses, zipfile BadZipFile/EOFError/...
+            detail = getattr(e, "issues", None)
+            msg = detail[0] if detail else str(e) or type(e).__name__
+            raise InvalidWheel(f"{path.name}: {msg}") from None
+        if canonicalize_name(dist_info.removesuffix(".dist-info").rsplit("-", 1)[0]) != canonicalize_name(name):
+            raise InvalidWheel(f"{path.name}: .dist-info directory {dist_info!r} does not match the file name")
+        if set(file_tags) != {t for tag in tags for t in _expand(tag)}:
+            raise InvalidWheel(f"{path.name}: tags in WHEEL ({', '.join(tags)}) do not match the file name")
+        total = sum(i.file_size for i in zf.infolist())
+        own_progress = progress or Progress(f"ingesting {path.name}", total, unit="bytes")
+        dest = StoreDestination(store, symlinks, own_progress)
+        with store.writing():
+            try:
+                installer.install(source, dest, {"INSTALLER": INSTALLER_NAME})
+            except InvalidWheel as e:
+                raise InvalidWheel(f"{path.name}: {e}") from None
+            except (zipfile.BadZipFile, EOFError, ValueError) as e:
+                raise InvalidWheel(f"{path.name}: {e}") from None
+            finally:
+                if progress is None:
+                    own_progress.close()
+            record = DistRecord(
+                name=canonicalize_name(name),
+                version=str(version),
+                dist_info=dist_info,
+                tags=tags,
+                files=tuple(sorted(dest.files, key=lambda f: (f.scheme, f.path))),
+                entry_points=tuple(sorted(dest.entry_points, key=lambda ep: ep.name)),
+                source=f"wheel:{path.name}",
+            )
+            new = store.add_dist(record)
+    return record, new
+
+
+def _expand(tag: str) -> set[Tag]:
+    return set(parse_tag(tag))
