@@ -39,6 +39,14 @@ def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
     return Store.open(getattr(args, "store", None), create=create)
 
 
+def open_store_for(args: argparse.Namespace, venv: Venv) -> Store:
+    """The store a venv command uses: --store if given, else the one the venv is managed with, else
+    $VENVFS_STORE or the default (so commands on a venv never silently look in the wrong store)."""
+    if getattr(args, "store", None) is None and venv.is_managed:
+        return Store.open(Path(venv.read_state().store), create=False)
+    return open_store(args)
+
+
 def venv_path(args: argparse.Namespace) -> Path:
     path: Path | None = getattr(args, "venv", None)
     return path if path is not None else Venv.default_path()

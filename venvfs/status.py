@@ -1,0 +1,172 @@
+"""The truth about sharing, which ``du`` cannot tell: ``du`` counts a hardlinked or reflinked file once
+per venv, and a mounted site-packages not at all.
+
+Bytes are counted from allocated blocks (``st_blocks``), logical sizes from the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from venvfs.errors import VenvfsError
+from venvfs.records import DistRecord
+from venvfs.store import Store
+from venvfs.venv import Venv, VenvState, mount_state
+
+ObjectId = tuple[str, bool]
+
+
+@dataclass
+class DistSummary:
+    key: str
+    name: str
+    version: str
+    files: int
+    logical_bytes: int
+    shared_with_other_venvs: bool
+
+
+@dataclass
+class VenvStatus:
+    venv: str
+    store: str
+    layout: str
+    mount: str
+    link_mode: str | None
+    python: str | None
+    distributions: list[DistSummary] = field(default_factory=list)
+    logical_bytes: int = 0  # what the selection would take as plain copies
+    store_bytes: int = 0  # disk the selection's objects take in the store
+    shared_bytes: int = 0  # of store_bytes, objects another registered venv uses too
+    owned_alone_bytes: int = 0  # of store_bytes, objects only this venv uses
+    venv_own_bytes: int = 0  # disk in the venv itself: upper layer, copies, the venv's own files
+    venv_own_files: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StoreStatus:
+    store: str
+    distributions: int = 0
+    objects: int = 0
+    stored_bytes: int = 0  # allocated blocks of objects
+    bytecode_bytes: int = 0  # allocated blocks of precompiled .pyc, all Python versions
+    logical_bytes: int = 0  # sum over registered venvs of what their selection takes as plain copies
+    dedupe_ratio: float | None = None
+    venvs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def live_selections(store: Store) -> dict[str, VenvState]:
+    """Registered venvs that still exist and still use this store."""
+    states: dict[str, VenvState] = {}
+    for path in store.registered_venvs():
+        venv = Venv(path)
+        with contextlib.suppress(VenvfsError, OSError):
+            state = venv.read_state()
+            if Path(state.store) == store.root:
+                states[str(path)] = state
+    return states
+
+
+def _objects(record: DistRecord) -> set[ObjectId]:
+    return {(f.digest, f.executable) for f in record.files if f.digest is not None}
+
+
+def _blocks(path: Path) -> int:
+    try:
+        return path.lstat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _tree_usage(root: Path, exclude_inodes: set[tuple[int, int]]) -> tuple[int, int]:
+    """Allocated bytes and file count under ``root``, not counting inodes shared with the store."""
+    total = files = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_dev) in exclude_inodes:
+                    continue
+                total += st.st_blocks * 512
+                files += 1
+    return total, files
+
+
+def venv_status(venv: Venv, store: Store) -> VenvStatus:
+    state = venv.read_state()
+    others = {p: s for p, s in live_selections(store).items() if p != str(venv.root)}
+    other_objects: set[ObjectId] = set()
+    for other in others.values():
+        for key in other.selection:
+            with contextlib.suppress(VenvfsError):
+                other_objects |= _objects(store.get_dist(key))
+    status = VenvStatus(
+        venv=str(venv.root), store=state.store, layout=state.layout, mount=mount_state(venv.site_packages),
+        link_mode=state.link_mode, python=state.interpreter.version if state.interpreter else None,
+    )
+    mine: set[ObjectId] = set()
+    for key in state.selection:
+        record = store.get_dist(key)
+        objs = _objects(record)
+        mine |= objs
+        status.distributions.append(DistSummary(
+            key=key, name=record.name, version=record.version, files=len(record.files),
+            logical_bytes=record.logical_size, shared_with_other_venvs=bool(objs & other_objects),
+        ))
+        status.logical_bytes += record.logical_size
+    store_inodes: set[tuple[int, int]] = set()
+    for obj in mine:
+        path = store.object_path(*obj)
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            store_inodes.add((st.st_ino, st.st_dev))
+        if state.interpreter is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st = store.bytecode_path(state.interpreter.cache_tag, obj[0]).stat()
+                store_inodes.add((st.st_ino, st.st_dev))
+        used = _blocks(path)
+        status.store_bytes += used
+        if obj in other_objects:
+            status.shared_bytes += used
+        else:
+            status.owned_alone_bytes += used
+    if state.layout == "mounted":
+        status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.upper_dir, set())
+    elif state.link_mode == "reflink":
+        # Reflinked files share the store's extents until modified: only their metadata is the venv's.
+        status.venv_own_bytes, status.venv_own_files = 0, 0
+    else:
+        status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes)
+    return status
+
+
+def store_status(store: Store) -> StoreStatus:
+    status = StoreStatus(store=str(store.root))
+    status.distributions = len(store.dist_keys())
+    for _digest, _exe, path in store.iter_objects():
+        status.objects += 1
+        status.stored_bytes += _blocks(path)
+    for pyc in (store.root / "bytecode").glob("*/*/*.pyc"):
+        status.bytecode_bytes += _blocks(pyc)
+    for venv_path, state in live_selections(store).items():
+        logical = 0
+        for key in state.selection:
+            with contextlib.suppress(VenvfsError):
+                logical += store.get_dist(key).logical_size
+        status.logical_bytes += logical
+        status.venvs.append({"path": venv_path, "layout": state.layout, "distributions": len(state.selection),
+                             "logical_bytes": logical})
+    if status.stored_bytes:
+        status.dedupe_ratio = round(status.logical_bytes / status.stored_bytes, 2)
+    return status
