@@ -1,10 +1,138 @@
-"""Placeholder: this command group is being written."""
+"""Commands for the automount hooks and for leaving venvfs: hook install|uninstall|status, eject."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from venvfs import hooks
+from venvfs.cli_common import add_venv_argument, common_parent, json_parent, print_json, venv_path
+from venvfs.venv import Venv
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    return None
+    common, as_json = common_parent(), json_parent()
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    hook = subparsers.add_parser(
+        "hook", help="the hooks that mount a venv when it is activated or its Python starts",
+        description="Manage the automount hooks of a managed venv.\n\n"
+        "Activation scripts (activate, activate.fish, activate.csh, Activate.ps1, activate.nu) get a\n"
+        f"marked block that runs `venvfs mount` when the venv is not mounted, and site-packages gets\n"
+        f"{hooks.PTH_NAME}, which does the same when the venv's Python starts (the mount hides it).\n"
+        f"Set {hooks.OPTOUT_ENV}=1 to switch them off for a session.",
+        formatter_class=fmt,
+    )
+    hook_sub = hook.add_subparsers(dest="hook_command", metavar="SUBCOMMAND", required=True)
+    p = hook_sub.add_parser(
+        "install", parents=[common], help="add the hooks (again); idempotent",
+        description="Add or refresh the hooks, and remember that this venv wants them (so `venvfs mount`\n"
+        "re-adds them, for example after the venv's tool rewrote its activation scripts).",
+        formatter_class=fmt,
+    )
+    add_venv_argument(p)
+    p.set_defaults(handler=cmd_hook_install)
+    p = hook_sub.add_parser(
+        "uninstall", parents=[common], help="remove the hooks and opt this venv out of them",
+        description="Remove the hooks and remember the choice: `venvfs mount` will not add them back\n"
+        "until `venvfs hook install`.", formatter_class=fmt,
+    )
+    add_venv_argument(p)
+    p.set_defaults(handler=cmd_hook_uninstall)
+    p = hook_sub.add_parser(
+        "status", parents=[common, as_json], help="which hooks are in place; exit 1 if any is missing",
+        description="Show each activation script's hook and the interpreter-start hook, and whether the\n"
+        "venv looks recreated by its tool (activation scripts rewritten, pyvenv.cfg changed).\n"
+        "Exit status 1 when something is not as it should be (`venvfs hook install` repairs it).",
+        formatter_class=fmt,
+    )
+    add_venv_argument(p)
+    p.set_defaults(handler=cmd_hook_status)
+
+    p = subparsers.add_parser(
+        "eject", parents=[common, as_json], formatter_class=fmt,
+        help="turn a managed venv back into a plain one with real files",
+        description="Unmount the venv, bring its upper layer back into site-packages, replace every\n"
+        "file shared with the store by a real file (reflink or copy, never a hardlink), remove the\n"
+        "hooks and VENV/.venvfs, and make the store forget the venv. The venv keeps working without\n"
+        "venvfs; nothing written into it is lost.",
+    )
+    add_venv_argument(p)
+    p.add_argument("--link-mode", choices=["auto", "reflink", "copy"], default="auto",
+                   help="reflink or copy; auto tries reflink first (default: auto)")
+    p.set_defaults(handler=cmd_eject)
+
+
+def _open(args: argparse.Namespace) -> Venv:
+    venv = Venv.open(venv_path(args))
+    venv.read_state()  # a clear error for an unmanaged venv
+    return venv
+
+
+def cmd_hook_install(args: argparse.Namespace) -> int:
+    venv = _open(args)
+    with venv.locked(wait=True):
+        state = venv.read_state()
+        if not state.hooks:
+            state.hooks = True
+            venv.write_state(state)
+        hooks.install(venv)
+        st = hooks.status(venv)
+    shells = ", ".join(f"{s.path.name}" for s in st.scripts if s.state == "installed") or "no activation script"
+    print(f"hooks installed in {venv.root}: {shells}; interpreter start: {_pth_words(st)}")
+    return 0
+
+
+def cmd_hook_uninstall(args: argparse.Namespace) -> int:
+    venv = _open(args)
+    with venv.locked(wait=True):
+        state = venv.read_state()
+        if state.hooks:
+            state.hooks = False
+            venv.write_state(state)
+        hooks.uninstall(venv)
+    print(f"hooks removed from {venv.root}; `venvfs hook install` adds them back")
+    return 0
+
+
+def _pth_words(st: hooks.HookStatus) -> str:
+    return {
+        "present": "hooked",
+        "hidden": "hooked below the mount" if st.layout == "mounted" else "hidden by the mount",
+        "absent": "not needed (materialized layout)" if st.layout != "mounted" else "missing",
+        "outdated": "outdated",
+        "unreachable": "unknown (site-packages unreachable)",
+    }.get(st.pth, st.pth)
+
+
+def cmd_hook_status(args: argparse.Namespace) -> int:
+    venv = _open(args)
+    st = hooks.status(venv)
+    if args.json:
+        print_json(st.to_json())
+        return 0 if st.ok else 1
+    print(f"venv:     {st.venv}")
+    print(f"hooks:    {'wanted' if st.enabled else 'off (venvfs hook install to turn on)'}; layout {st.layout}")
+    for s in st.scripts:
+        print(f"  {s.path.name:<14} {s.shell:<10} {s.state}")
+    print(f"  {hooks.PTH_NAME:<14} python     {_pth_words(st)}")
+    for problem in st.problems:
+        print(f"problem:  {problem}")
+    if not st.ok:
+        print(f"repair:   venvfs hook install {st.venv}")
+    return 0 if st.ok else 1
+
+
+def cmd_eject(args: argparse.Namespace) -> int:
+    venv = _open(args)
+    store = Path(args.store) if args.store else Path(venv.read_state().store)
+    report = hooks.eject(venv, store, link_mode=args.link_mode)
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    what = "unmounted, " if report.unmounted else ""
+    what += "upper layer brought back, " if report.converted else ""
+    print(f"ejected {venv.root}: {what}{report.unlinked} store file(s) now real copies; "
+          f"it is a plain venv again and the store forgot it")
+    return 0
