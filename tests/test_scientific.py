@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import uv_pip
 from venvfs.store import Store
+
+from conftest import uv_pip
 
 pytestmark = pytest.mark.slow
 
