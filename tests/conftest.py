@@ -132,3 +132,65 @@ def fail_on_logged_warning(request: pytest.FixtureRequest) -> Iterator[None]:
     if handler.records and request.node.get_closest_marker("allow_warnings") is None:
         messages = "\n".join(f"{r.levelname}: {r.getMessage()}" for r in handler.records)
         pytest.fail(f"unexpected venvfs warnings:\n{messages}")
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every entry under ``root`` (files, dirs, symlinks) with its type, mode and content digest: two
+    equal snapshots mean the tree is byte-for-byte the same."""
+    import hashlib
+    import stat as stat_
+
+    snap: dict[str, tuple[str, int, str]] = {}
+    if not root.exists():
+        return snap
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat_.S_ISLNK(st.st_mode):
+                snap[rel] = ("link", 0, os.readlink(path))
+            elif stat_.S_ISDIR(st.st_mode):
+                snap[rel] = ("dir", stat_.S_IMODE(st.st_mode), "")
+            else:
+                snap[rel] = ("file", stat_.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
+    return snap
+
+
+@pytest.fixture(scope="session")
+def compiled_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real wheel with a compiled extension, downloaded from PyPI once per session."""
+    dest = tmp_path_factory.mktemp("pypi-wheels")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "--no-deps",
+         "--dest", str(dest), "markupsafe"], capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        missing_tool(f"cannot download markupsafe from PyPI: {proc.stderr.strip()[-300:]}")
+    (wheel,) = dest.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def xfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A loop-mounted XFS filesystem with reflink support (root only), unmounted at the end."""
+    if os.geteuid() != 0:
+        missing_tool("needs root (loop-mounted XFS image)")
+    if shutil.which("mkfs.xfs") is None:
+        missing_tool("mkfs.xfs is not installed (apt-get install xfsprogs)")
+    base = tmp_path_factory.mktemp("xfs")
+    image, mnt = base / "xfs.img", base / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)  # sparse; XFS wants at least 300 MiB
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    proc = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        missing_tool(f"cannot loop-mount an XFS image: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        image.unlink(missing_ok=True)

@@ -30,13 +30,25 @@ class WheelSpec:
     omit_from_record: str | None = None
     duplicate: str | None = None
     wheel_metadata: str | None = None
+    wrong_size_of: str | None = None  # RECORD lists this file with a size one byte too large
+    omit: frozenset[str] = frozenset()  # archive paths (e.g. "WHEEL", "RECORD" in dist-info) left out
+    dist_info_override: str | None = None
+    filename_override: str | None = None
 
     @property
     def dist_info(self) -> str:
+        if self.dist_info_override is not None:
+            return self.dist_info_override
         return f"{self.name.replace('-', '_')}-{self.version}.dist-info"
 
     @property
+    def data_dir(self) -> str:
+        return f"{self.name.replace('-', '_')}-{self.version}.data"
+
+    @property
     def filename(self) -> str:
+        if self.filename_override is not None:
+            return self.filename_override
         return f"{self.name.replace('-', '_')}-{self.version}-{self.tag}.whl"
 
 
@@ -52,12 +64,15 @@ def build_wheel(directory: Path, spec: WheelSpec) -> Path:
     ).encode()
     if spec.entry_points is not None:
         contents[f"{di}/entry_points.txt"] = spec.entry_points.encode()
+    for omitted in spec.omit:
+        contents.pop(f"{di}/{omitted}", None)
     lines = []
     for path, data in contents.items():
         if path == spec.omit_from_record:
             continue
         digest = record_hash(b"tampered" if path == spec.corrupt_hash_of else data)
-        lines.append(f"{path},{digest},{len(data)}")
+        size = len(data) + (1 if path == spec.wrong_size_of else 0)
+        lines.append(f"{path},{digest},{size}")
     for path, target in spec.symlinks.items():
         lines.append(f"{path},{record_hash(target.encode())},{len(target.encode())}")
     lines.append(f"{di}/RECORD,,")
@@ -79,7 +94,8 @@ def build_wheel(directory: Path, spec: WheelSpec) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # zipfile warns about the duplicate name we want
                 zf.writestr(spec.duplicate, contents.get(spec.duplicate, b"second copy"))
-        zf.writestr(f"{di}/RECORD", record)
+        if "RECORD" not in spec.omit:
+            zf.writestr(f"{di}/RECORD", record)
     return out
 
 
@@ -95,4 +111,26 @@ def simple_package(name: str = "demo", version: str = "1.0", **kwargs: object) -
     return WheelSpec(
         name=name, version=version, files=files,
         entry_points=f"[console_scripts]\n{name}-hello = {mod}:main\n", **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def data_package(name: str = "datapkg", version: str = "1.0") -> WheelSpec:
+    """A pure distribution using every ``.data`` scheme: scripts (one with a ``#!python`` shebang to be
+    rewritten for each venv), headers, data and purelib, plus a console and a GUI entry point."""
+    mod = name.replace("-", "_")
+    data = f"{mod}-{version}.data"
+    files = {
+        f"{mod}/__init__.py": b"from pathlib import Path\n\ndef main():\n    print('main of " + mod.encode()
+        + b"')\n\ndef gui():\n    pass\n",
+        f"{data}/scripts/{mod}-tool": b"#!python\nimport " + mod.encode() + b"\nprint('tool', "
+        + mod.encode() + b".__name__)\n",
+        f"{data}/scripts/{mod}-sh": b"#!/bin/sh\necho shell-script\n",
+        f"{data}/headers/{mod}.h": b"#define DATAPKG 1\n",
+        f"{data}/data/share/{mod}/notes.txt": b"data scheme file\n",
+        f"{data}/purelib/{mod}_extra.py": b"EXTRA = 42\n",
+    }
+    return WheelSpec(
+        name=name, version=version, files=files,
+        executables=frozenset({f"{data}/scripts/{mod}-tool", f"{data}/scripts/{mod}-sh"}),
+        entry_points=f"[console_scripts]\n{mod}-cli = {mod}:main\n\n[gui_scripts]\n{mod}-gui = {mod}:gui\n",
     )
