@@ -98,16 +98,24 @@ def safe_relpath(path: str) -> str:
 
 
 def symlink_stays_inside(link_path: str, target: str) -> bool:
-    """Whether a symlink at relative ``link_path`` pointing to ``target`` resolves inside the same root."""
-    if target.startswith("/") or "\\" in target or not target:
+    """Whether a symlink at relative ``link_path`` pointing to ``target`` resolves inside the same root.
+
+    ``..`` is only accepted before any other component: after one (``a/../..``) it is resolved from
+    wherever ``a`` physically leads, which is outside whenever ``a`` is itself a symlink (``a -> ..``).
+    """
+    if target.startswith("/") or "\\" in target or not target or "\x00" in target:
         return False
     depth = len(link_path.split("/")) - 1
+    descended = False
     for part in target.split("/"):
         if part == "..":
+            if descended:
+                return False
             depth -= 1
             if depth < 0:
                 return False
         elif part not in ("", "."):
+            descended = True
             depth += 1
     return True
 
