@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import installer
+from installer.exceptions import InstallerError
 from installer.records import Hash, RecordEntry
 from installer.sources import WheelFile
 from packaging.tags import Tag, parse_tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from venvfs.errors import InvalidWheel
 from venvfs.fsutil import UnsafePath, safe_relpath, symlink_stays_inside
@@ -32,9 +34,14 @@ INSTALLER_NAME = b"venvfs\n"
 
 
 class StoreDestination(installer.destinations.WheelDestination):
-    """Receives a wheel's files from installer and stores each as an object."""
+    """Receives a wheel's files from installer and stores each as an object.
 
-    def __init__(self, store: Store, symlinks: dict[str, str], progress: Progress | None = None) -> None:
+    With ``store=None`` it is a dry run that only checks names and schemes, reading no content: ingest
+    runs installer through one first, so a wheel refused halfway through (an unknown ``.data``
+    scheme, an unsafe entry point name) has written nothing.
+    """
+
+    def __init__(self, store: Store | None, symlinks: dict[str, str], progress: Progress | None = None) -> None:
         self.store = store
         self.symlinks = symlinks  # archive path (root scheme) -> target
         self.files: list[StoredFile] = []
@@ -65,6 +72,8 @@ class StoreDestination(installer.destinations.WheelDestination):
         if rel in self.symlinks and scheme in ("purelib", "platlib"):
             target = self.symlinks[rel]
             self.files.append(StoredFile(rel, sch, None, len(target.encode()), symlink=target))
+            return RecordEntry(rel, None, None)
+        if self.store is None:
             return RecordEntry(rel, None, None)
         put = self.store.put_stream(stream, executable=is_executable, durable=False)
         self.files.append(StoredFile(rel, sch, put.digest, put.size, executable=is_executable))
@@ -101,6 +110,14 @@ def _check_archive(zf: zipfile.ZipFile) -> dict[str, str]:
             if not symlink_stays_inside(norm, target):
                 raise InvalidWheel(f"symlink {name!r} points outside the wheel ({target!r})")
             symlinks[norm] = target
+    # A member below a symlink member would be written through the link: with chained links
+    # (``a -> ..``, ``a/b -> ..``, ...) that climbs out of the destination.
+    for member in seen:
+        parts = member.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in symlinks:
+                raise InvalidWheel(f"entry {member!r} lies below the symlink entry {prefix!r}")
     return symlinks
 
 
@@ -149,18 +166,17 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
             raise InvalidWheel(f"{path.name}: {msg}") from None
         if canonicalize_name(dist_info.removesuffix(".dist-info").rsplit("-", 1)[0]) != canonicalize_name(name):
             raise InvalidWheel(f"{path.name}: .dist-info directory {dist_info!r} does not match the file name")
+        _check_metadata(source, name, str(version), path.name)
         if set(file_tags) != {t for tag in tags for t in _expand(tag)}:
             raise InvalidWheel(f"{path.name}: tags in WHEEL ({', '.join(tags)}) do not match the file name")
+        # Dry run first: installer checks schemes and entry points only as it goes.
+        _install(source, StoreDestination(None, symlinks), path.name)
         total = sum(i.file_size for i in zf.infolist())
         own_progress = progress or Progress(f"ingesting {path.name}", total, unit="bytes")
         dest = StoreDestination(store, symlinks, own_progress)
         with store.writing():
             try:
-                installer.install(source, dest, {"INSTALLER": INSTALLER_NAME})
-            except InvalidWheel as e:
-                raise InvalidWheel(f"{path.name}: {e}") from None
-            except (zipfile.BadZipFile, EOFError, ValueError) as e:
-                raise InvalidWheel(f"{path.name}: {e}") from None
+                _install(source, dest, path.name)
             finally:
                 if progress is None:
                     own_progress.close()
@@ -175,6 +191,35 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
             )
             new = store.add_dist(record)
     return record, new
+
+
+def _install(source: WheelFile, dest: StoreDestination, wheel_name: str) -> None:
+    try:
+        installer.install(source, dest, {"INSTALLER": INSTALLER_NAME})
+    except InvalidWheel as e:
+        raise InvalidWheel(f"{wheel_name}: {e}") from None
+    except InstallerError as e:
+        # InvalidWheelSource's args are (source, message).
+        raise InvalidWheel(f"{wheel_name}: {e.args[-1] if e.args else type(e).__name__}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise InvalidWheel(f"{wheel_name}: {e}") from None
+
+
+def _check_metadata(source: WheelFile, name: str, version: str, wheel_name: str) -> None:
+    """The spec requires METADATA; its Name and Version must be the file name's."""
+    try:
+        meta = Parser().parsestr(source.read_dist_info("METADATA"), headersonly=True)
+    except (KeyError, UnicodeDecodeError) as e:
+        raise InvalidWheel(f"{wheel_name}: missing or unreadable METADATA ({e})") from None
+    meta_name, meta_version = meta.get("Name"), meta.get("Version")
+    if not meta_name or canonicalize_name(meta_name) != canonicalize_name(name):
+        raise InvalidWheel(f"{wheel_name}: METADATA names {meta_name!r}, the file name {name!r}")
+    try:
+        same_version = meta_version is not None and Version(meta_version) == Version(version)
+    except InvalidVersion:
+        same_version = False
+    if not same_version:
+        raise InvalidWheel(f"{wheel_name}: METADATA has version {meta_version!r}, the file name {version!r}")
 
 
 def _expand(tag: str) -> set[Tag]:
