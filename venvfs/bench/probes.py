@@ -1,0 +1,156 @@
+"""The timed measurements, and the interleaving that makes their ratios mean something.
+
+A and B (native and the strategy) alternate, A B then B A, so drift in the machine's speed hits both
+sides; a warm pair during which anyone dropped the page cache is thrown away and taken again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from venvfs.bench.system import CacheDropper, drop_pagecache_count
+
+_CHUNK = 1 << 20
+
+
+class ProbeError(Exception):
+    """A measurement failed (the command exited non-zero, a file is missing); ``str()`` says how."""
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_", "UV_"))}
+
+
+def import_time(python: Path, imports: list[str]) -> float:
+    code = "import " + ", ".join(imports)
+    start = time.perf_counter()
+    proc = subprocess.run([str(python), "-I", "-c", code], capture_output=True, text=True, env=_clean_env())
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ProbeError(f"import failed in {python.parent.parent.name}: {tail[:300]}")
+    return elapsed
+
+
+def walk_time(root: Path) -> float:
+    """os.walk + lstat of every entry: what pip, IDEs and import scanners do to a site-packages."""
+    start = time.perf_counter()
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lstat(os.path.join(dirpath, name))
+            n += 1
+    elapsed = time.perf_counter() - start
+    if n == 0:
+        raise ProbeError(f"{root} is empty")
+    return elapsed
+
+
+def largest_file(root: Path) -> tuple[str, int]:
+    best, size = "", -1
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_size > size and not os.path.islink(path):
+                best, size = os.path.relpath(path, root), st.st_size
+    if size <= 0:
+        raise ProbeError(f"{root} holds no non-empty file")
+    return best, size
+
+
+def read_mbps(path: Path) -> float:
+    """Sequential read throughput in MB/s (10^6 bytes), through whatever the venv puts at ``path``."""
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    total = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    elapsed = time.perf_counter() - start
+    if total == 0 or elapsed <= 0:
+        raise ProbeError(f"read of {path} returned nothing")
+    return total / elapsed / 1e6
+
+
+def pip_install_time(bench_python: str, venv: Path, wheel: Path) -> float:
+    """``pip install`` of one small package into the venv, then (untimed) its uninstall.
+
+    pip runs from the benchmark's interpreter with ``--python``, so venvs made without pip (uv venv)
+    are measured the same way as the others.
+    """
+    target = str(venv / "bin" / "python")
+    base = [bench_python, "-m", "pip", "--python", target]
+    env = _clean_env()
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    start = time.perf_counter()
+    proc = subprocess.run([*base, "install", "-q", "--isolated", "--no-index", "--no-deps", str(wheel)],
+                          capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ProbeError(f"pip install failed: {tail[:300]}")
+    proc = subprocess.run([*base, "uninstall", "-q", "-y", "--isolated", "vfsbench-extra"],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ProbeError(f"pip uninstall failed: {tail[:300]}")
+    return elapsed
+
+
+def process_memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in bytes."""
+    values: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError) as e:
+        raise ProbeError(f"cannot read /proc/{pid}/status: {e}") from e
+    if "VmRSS" not in values:
+        raise ProbeError(f"process {pid} has no VmRSS (a kernel thread or gone)")
+    return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
+
+
+@dataclass
+class Pair:
+    native: float
+    other: float
+
+
+def paired(native: Callable[[], float], other: Callable[[], float], reps: int, *,
+           cold: CacheDropper | None = None, warmup: bool = True) -> list[Pair]:
+    """``reps`` interleaved pairs; cold runs drop the caches before every single run.
+
+    Warm pairs are preceded by one untimed run of each side, and retaken (up to ``reps`` more times)
+    when /proc/vmstat shows somebody dropped the page cache meanwhile.
+    """
+    if warmup and cold is None:
+        native()
+        other()
+    pairs: list[Pair] = []
+    attempts = 0
+    while len(pairs) < reps:
+        attempts += 1
+        if attempts > 2 * reps + 2:
+            raise ProbeError("the page cache was dropped by another process during every attempt; "
+                             "run under `flock /tmp/venvfs-perf.lock`")
+        before = drop_pagecache_count()
+        first_native = len(pairs) % 2 == 0
+        results: dict[str, float] = {}
+        for side in (("native", "other") if first_native else ("other", "native")):
+            if cold is not None:
+                cold.drop()
+            results[side] = native() if side == "native" else other()
+        if cold is None and drop_pagecache_count() != before:
+            continue
+        pairs.append(Pair(results["native"], results["other"]))
+    return pairs

@@ -1,0 +1,360 @@
+"""The ways of making one more venv with the same packages, one class each.
+
+Every strategy works on a ``Site``: a filesystem of the run holding a seed venv (a native install of
+the workload, with bytecode), uv's warm cache, and what a strategy prepares once (overlay layers, a
+venvfs store). ``create`` is what the benchmark times; ``check`` says, before anything is built, why
+a strategy cannot run here, and that reason goes into the report verbatim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from venvfs.bench import trees
+from venvfs.bench.scratch import Filesystem, force_unmount
+from venvfs.bench.workload import Workload
+
+
+class Unavailable(Exception):
+    """This strategy cannot run here; ``str()`` says why (shown to the user as is)."""
+
+
+@dataclass
+class Site:
+    fs: Filesystem
+    python: str
+    workload: Workload
+    seed: Path | None = None
+    layers: list[str] | None = None
+    prepared: set[str] = field(default_factory=set)
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.fs.root / "uv-cache"
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.fs.root / "layers"
+
+    @property
+    def store(self) -> Path:
+        return self.fs.root / "venvfs-store"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "UV_", "PIP_", "VIRTUAL_ENV"))}
+        env.update(UV_CACHE_DIR=str(self.uv_cache), UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never",
+                   VENVFS_STORE=str(self.store), PIP_DISABLE_PIP_VERSION_CHECK="1")
+        return env
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, what: str = "") -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+        raise RuntimeError(f"{what or argv[0]} exited {proc.returncode}: {' | '.join(lines[-3:])[:400]}")
+    return proc.stdout
+
+
+def install(site: Site, venv: Path, *, link_mode: str, compile_bytecode: bool) -> None:
+    """Install the workload into ``venv`` offline from the wheelhouse (uv, else pip)."""
+    wl = site.workload
+    uv = trees.uv_binary()
+    if uv:
+        argv = [uv, "pip", "install", "-q", "--offline", "--no-index", "--find-links", str(wl.wheelhouse),
+                "--python", str(venv / "bin" / "python"), "--link-mode", link_mode]
+        if compile_bytecode:
+            argv.append("--compile-bytecode")
+        _run([*argv, *wl.requirements], env=site.env(), what="uv pip install")
+    else:
+        argv = [site.python, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                "--isolated", "--no-index", "--find-links", str(wl.wheelhouse)]
+        if not compile_bytecode:
+            argv.append("--no-compile")
+        _run([*argv, *wl.requirements], env=site.env(), what="pip install")
+
+
+def ensure_seed(site: Site) -> Path:
+    """The site's native venv: the source of the file-by-file strategies and the overlay layers."""
+    if site.seed is None:
+        seed = site.fs.root / "seed"
+        trees.make_skeleton(site.python, seed)
+        install(site, seed, link_mode="copy", compile_bytecode=True)
+        site.seed = seed
+    return site.seed
+
+
+def wait_answering(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.stat(path)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+class Strategy:
+    name = ""
+    label = ""
+    reflink_fs = False  # runs on the reflink filesystem instead of the ext4 one
+    mounts = False  # its venvs have a mount to time and to take down
+    has_daemon = False  # a user-space filesystem process whose memory the report shows
+
+    def check(self) -> str | None:
+        return None
+
+    def prepare(self, site: Site) -> None:
+        """One-time work shared by all its venvs (not timed; like filling a store or a cache)."""
+        ensure_seed(site)
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        """Make one more venv at ``dest``; returns extra timings (``mount_s``)."""
+        raise NotImplementedError
+
+    def teardown(self, site: Site, venv: Path) -> None:
+        return None
+
+    def daemon_pid(self, venv: Path) -> int | None:
+        return None
+
+
+class Native(Strategy):
+    name = "native"
+    label = "native ext4 venv (installer copy + bytecode)"
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        trees.make_skeleton(site.python, dest)
+        install(site, dest, link_mode="copy", compile_bytecode=True)
+        return {}
+
+
+class FileByFile(Strategy):
+    """A venv whose site-packages is the seed's, entry by entry: copies, hardlinks, symlinks or reflinks."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = mode
+        self.reflink_fs = mode == "reflink"
+        self.label = {
+            "copy": "copy of every file",
+            "hardlink": "hardlink of every file",
+            "symlink": "symlink farm to a shared tree",
+            "reflink": "reflink (FICLONE) of every file",
+        }[mode]
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        seed = ensure_seed(site)
+        sp = trees.make_skeleton(site.python, dest)
+        trees.populate(trees.site_packages(seed), sp, self.mode)
+        trees.copy_scripts(seed, dest)
+        return {}
+
+
+class UvLinkMode(Strategy):
+    """uv's own install from its warm cache with ``--link-mode`` (what uv users get)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"uv-{mode}"
+        self.reflink_fs = mode == "clone"
+        self.label = f"uv pip install --link-mode {mode}"
+
+    def check(self) -> str | None:
+        return None if trees.uv_binary() else "uv is not installed (pip install uv)"
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        trees.make_skeleton(site.python, dest)
+        install(site, dest, link_mode=self.mode, compile_bytecode=False)
+        return {}
+
+
+class _Overlay(Strategy):
+    """One lower layer per distribution (hardlinked from the seed once), a per-venv upper layer."""
+
+    mounts = True
+
+    def prepare(self, site: Site) -> None:
+        seed = ensure_seed(site)
+        if site.layers is None:
+            site.layers = trees.split_layers(trees.site_packages(seed), site.layers_dir)
+
+    def _mount(self, site: Site, lower: str, upper: Path, work: Path, target: Path) -> None:
+        raise NotImplementedError
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        assert site.layers is not None
+        seed = ensure_seed(site)
+        sp = trees.make_skeleton(site.python, dest)
+        upper, work = dest / ".overlay" / "upper", dest / ".overlay" / "work"
+        work.mkdir(parents=True)
+        # The skeleton's own files (uv's _virtualenv.pth) belong to this venv: they go to its upper layer.
+        sp.rename(upper)
+        sp.mkdir()
+        trees.copy_scripts(seed, dest)
+        probe = next(iter(sorted(trees.site_packages(seed).glob("*.dist-info"))), None)
+        start = time.perf_counter()
+        # Relative layer names, resolved against cwd by the kernel: 28 absolute paths would not fit
+        # in the one page that mount options get.
+        self._mount(site, ":".join(site.layers), upper, work, sp)
+        wait_answering(sp / probe.name if probe else sp)
+        return {"mount_s": time.perf_counter() - start}
+
+    def teardown(self, site: Site, venv: Path) -> None:
+        with contextlib.suppress(RuntimeError):
+            force_unmount(str(trees.site_packages(venv)))
+
+
+class KernelOverlay(_Overlay):
+    name = "overlayfs"
+    label = "kernel overlayfs, one lower layer per distribution"
+
+    def check(self) -> str | None:
+        if os.geteuid() != 0:
+            return "mounting kernel overlayfs needs root"
+        try:
+            if "overlay" not in Path("/proc/filesystems").read_text():
+                return "the kernel has no overlay filesystem (modprobe overlay)"
+        except OSError as e:
+            return f"cannot read /proc/filesystems: {e}"
+        return None
+
+    def _mount(self, site: Site, lower: str, upper: Path, work: Path, target: Path) -> None:
+        _run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}",
+              str(target)], cwd=site.layers_dir, what="mount -t overlay")
+
+
+def fuse_problem() -> str | None:
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse does not exist"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not accessible to this user"
+    return None
+
+
+class FuseOverlay(_Overlay):
+    name = "fuse-overlayfs"
+    has_daemon = True
+    label = "fuse-overlayfs (C), one lower layer per distribution"
+
+    def check(self) -> str | None:
+        if shutil.which("fuse-overlayfs") is None:
+            return "fuse-overlayfs is not installed (apt-get install fuse-overlayfs)"
+        return fuse_problem()
+
+    def _mount(self, site: Site, lower: str, upper: Path, work: Path, target: Path) -> None:
+        _run(["fuse-overlayfs", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(target)],
+             cwd=site.layers_dir, what="fuse-overlayfs")
+
+    def teardown(self, site: Site, venv: Path) -> None:
+        sp = str(trees.site_packages(venv))
+        if subprocess.run(["fusermount3", "-u", sp], capture_output=True).returncode != 0:
+            force_unmount(sp)
+
+    def daemon_pid(self, venv: Path) -> int | None:
+        return find_process([b"fuse-overlayfs", os.fsencode(trees.site_packages(venv))])
+
+
+def find_process(needles: list[bytes]) -> int | None:
+    """The pid of a process whose command line contains every one of ``needles``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(n in cmdline for n in needles):
+            return int(entry.name)
+    return None
+
+
+def venvfs_argv() -> list[str]:
+    return [sys.executable, "-m", "venvfs"]
+
+
+def venvfs_has(command: str) -> str | None:
+    """None when this venvfs has ``command``, else why not (the mount lands in its own change)."""
+    proc = subprocess.run([*venvfs_argv(), command, "--help"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"this venvfs has no `venvfs {command}` command yet"
+    return None
+
+
+class VenvfsMount(Strategy):
+    """venvfs itself: the distributions go into the store once; each new venv selects them and mounts."""
+
+    name = "venvfs"
+    label = "venvfs mount (FUSE overlay of the store)"
+    mounts = True
+    has_daemon = True
+
+    def check(self) -> str | None:
+        for command in ("mount", "umount", "adopt"):
+            missing = venvfs_has(command)
+            if missing:
+                return missing
+        return fuse_problem()
+
+    def prepare(self, site: Site) -> None:
+        # The store is filled once from a venv like the seed (not timed, like uv's warm cache).
+        template = site.fs.root / "venvfs-template"
+        if "venvfs" not in site.prepared:
+            trees.make_skeleton(site.python, template)
+            install(site, template, link_mode="copy", compile_bytecode=False)
+            _run([*venvfs_argv(), "adopt", str(template)], env=site.env(), what="venvfs adopt")
+            site.prepared.add("venvfs")
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        template = site.fs.root / "venvfs-template"
+        trees.make_skeleton(site.python, dest)
+        env = site.env()
+        _run([*venvfs_argv(), "add", str(dest), *_selection(template)], env=env, what="venvfs add")
+        sp = trees.site_packages(dest)
+        start = time.perf_counter()
+        _run([*venvfs_argv(), "mount", str(dest)], env=env, what="venvfs mount")
+        probe = next(iter(sorted(trees.site_packages(template).glob("*.dist-info"))), None)
+        wait_answering(sp / probe.name if probe else sp)
+        return {"mount_s": time.perf_counter() - start}
+
+    def teardown(self, site: Site, venv: Path) -> None:
+        proc = subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=site.env())
+        if proc.returncode != 0:
+            force_unmount(str(trees.site_packages(venv)))
+
+    def daemon_pid(self, venv: Path) -> int | None:
+        for pidfile in sorted((venv / ".venvfs").glob("*.pid")):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text().split()[0])
+                if Path(f"/proc/{pid}").exists():
+                    return pid
+        return find_process([b"venvfs", os.fsencode(venv)])
+
+
+def _selection(template: Path) -> list[str]:
+    """What the template venv selected, as requirements ``venvfs add`` understands (name==version)."""
+    reqs = []
+    for di in sorted(trees.site_packages(template).glob("*.dist-info")):
+        name, _, version = di.name[: -len(".dist-info")].partition("-")
+        reqs.append(f"{name}=={version}")
+    return reqs
+
+
+def all_strategies() -> list[Strategy]:
+    return [
+        Native(),
+        FileByFile("copy"), FileByFile("hardlink"), FileByFile("symlink"), FileByFile("reflink"),
+        UvLinkMode("copy"), UvLinkMode("hardlink"), UvLinkMode("symlink"), UvLinkMode("clone"),
+        KernelOverlay(), FuseOverlay(), VenvfsMount(),
+    ]
+
+
+DEFAULT = [s.name for s in all_strategies()]
