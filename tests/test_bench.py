@@ -1,0 +1,254 @@
+"""``venvfs bench``: the report's structure, and that every number in it is a real measurement.
+
+No timing is asserted anywhere: timings are only checked to be real (finite, positive) or explicitly
+unavailable with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from wheelbuilder import build_wheel, simple_package
+
+from venvfs.bench import probes, report, system, trees, wheels
+from venvfs.bench.model import METRICS, Metric, Report, StrategyResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "bench", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+    assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _check_metric(where: str, m: dict[str, Any]) -> None:
+    assert m["unit"] and m["description"], where
+    if "unavailable" in m:
+        assert isinstance(m["unavailable"], str) and m["unavailable"].strip(), where
+        assert "median" not in m, f"{where}: a failed metric must not carry a number"
+        return
+    samples = m["samples"]
+    assert samples, where
+    for v in [*samples, m["median"], m["min"], m["max"]]:
+        assert isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"{where}: {v!r}"
+    assert m["min"] <= m["median"] <= m["max"], where
+    if m["unit"] in ("s", "MB/s", "inodes"):
+        # A time, a throughput or an inode count of exactly zero means nothing was measured.
+        assert m["min"] > 0, f"{where}: zero is not a measurement"
+    if "ratio_to_native" in m:
+        r = m["ratio_to_native"]
+        assert r["pairs"] and all(math.isfinite(x) and x > 0 for x in r["pairs"]), where
+        assert r["min"] <= r["median"] <= r["max"], where
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wh = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(wh, simple_package("alpha"))
+    build_wheel(wh, simple_package("beta", "2.0"))
+    return wh
+
+
+@pytest.fixture(scope="module")
+def quick_run(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench-out")
+    strategies = "copy,hardlink,symlink,reflink,uv-hardlink,overlayfs,fuse-overlayfs,venvfs"
+    args = ["--quick", "--wheelhouse", str(wheelhouse), "--strategies", strategies,
+            "--json", str(out / "r.json"), "--markdown", str(out / "r.md")]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(out / "r.png")]
+    except ImportError:
+        pass
+    proc = _bench(*args, "--scratch", str(out / "scratch"), cwd=out)
+    (out / "stdout.txt").write_text(proc.stdout)
+    return json.loads((out / "r.json").read_text()), out
+
+
+def test_quick_report_structure(quick_run: tuple[dict[str, Any], Path]) -> None:
+    data, _ = quick_run
+    assert data["schema"] == 1
+    env = data["environment"]
+    for key in ("machine", "cpu", "kernel", "filesystems", "versions"):
+        assert env[key], key
+    for key in ("python", "uv", "venvfs", "pyfuse3", "libfuse"):
+        assert key in env["versions"], key
+    assert env["filesystems"]["main"]["type"]
+    assert data["workload"]["imports"] == ["alpha", "beta"]
+    names = [s["name"] for s in data["strategies"]]
+    assert names[0] == "native"
+    assert set(names) == {"native", "copy", "hardlink", "symlink", "reflink", "uv-hardlink", "overlayfs",
+                          "fuse-overlayfs", "venvfs"}
+
+
+def test_every_number_is_real_or_explained(quick_run: tuple[dict[str, Any], Path]) -> None:
+    data, _ = quick_run
+    for s in data["strategies"]:
+        if not s["available"]:
+            assert s["unavailable"].strip(), s["name"]
+            continue
+        assert set(s["metrics"]) >= {"create_s", "extra_bytes", "extra_inodes"}, s["name"]
+        for key, m in s["metrics"].items():
+            assert key in METRICS
+            _check_metric(f"{s['name']}.{key}", m)
+    native = data["strategies"][0]
+    assert native["available"], native
+    for key in ("create_s", "extra_bytes", "import_warm_s", "walk_warm_s", "read_warm_mbps", "pip_install_s"):
+        assert "median" in native["metrics"][key], key
+    # --quick never drops caches, and says so instead of reporting warm numbers as cold ones.
+    assert "quick" in native["metrics"]["import_cold_s"]["unavailable"]
+
+
+def test_strategies_that_ran_measure_everything(quick_run: tuple[dict[str, Any], Path]) -> None:
+    data, _ = quick_run
+    by_name = {s["name"]: s for s in data["strategies"]}
+    for name in ("copy", "hardlink", "symlink"):
+        s = by_name[name]
+        assert s["available"], s
+        for key in ("create_s", "extra_bytes", "extra_inodes", "import_warm_s", "walk_warm_s",
+                    "read_warm_mbps", "pip_install_s"):
+            assert "median" in s["metrics"][key], (name, key, s["metrics"][key])
+            if key not in ("extra_bytes",) and data["environment"]["filesystems"]["main"]["dedicated"]:
+                assert "ratio_to_native" in s["metrics"][key], (name, key)
+    if data["environment"]["filesystems"]["main"]["dedicated"]:
+        # On a dedicated filesystem the statfs deltas are clean: hardlinks cost far fewer inodes than copies.
+        inodes = {n: by_name[n]["metrics"]["extra_inodes"]["median"] for n in ("copy", "hardlink")}
+        assert inodes["hardlink"] < inodes["copy"]
+
+
+def test_quick_outputs(quick_run: tuple[dict[str, Any], Path]) -> None:
+    data, out = quick_run
+    md = (out / "r.md").read_text()
+    stdout = (out / "stdout.txt").read_text()
+    for name in (s["name"] for s in data["strategies"]):
+        assert f"| {name} |" in md
+        assert name in stdout
+    assert "| strategy | create |" in md
+    for s in data["strategies"]:
+        if not s["available"]:
+            assert s["unavailable"].replace("|", "\\|") in md
+    if (out / "r.png").exists():
+        assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reflink_unavailable_is_explained(wheelhouse: Path, tmp_path: Path) -> None:
+    if shutil.which("uv") is None:
+        pytest.skip("uv not installed")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if system.fs_type(scratch) in ("xfs", "btrfs"):
+        pytest.skip("the test directory itself supports reflinks")
+    _bench("--quick", "--no-loop", "--venvs", "1", "--wheelhouse", str(wheelhouse), "--strategies", "reflink",
+           "--scratch", str(scratch), "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    data = json.loads((tmp_path / "r.json").read_text())
+    reflink = {s["name"]: s for s in data["strategies"]}["reflink"]
+    assert not reflink["available"]
+    assert "reflink" in reflink["unavailable"]
+    assert not list(scratch.iterdir()), "the scratch directory must be left empty"
+
+
+# -- units -----------------------------------------------------------------------------------------
+
+def test_metric_refuses_non_measurements() -> None:
+    m = Metric("create_s")
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError):
+            m.add(bad)
+    m.add(2.0, 1.0)
+    m.add(4.0, 1.0)
+    m.add(3.0, 2.0)
+    assert m.median == 3.0
+    assert m.ratio == 2.0
+    failed = Metric("import_cold_s").fail("needs root").fail("a later consequence")
+    assert failed.to_json()["unavailable"] == "needs root"
+    assert "median" not in failed.to_json()
+
+
+def test_report_footnotes_failures() -> None:
+    native = StrategyResult("native", "native")
+    native.metric("create_s").add(1.0)
+    native.metric("import_cold_s").fail("dropping the page cache needs root")
+    other = StrategyResult("copy", "copy")
+    other.metric("create_s").add(0.5, 1.0)
+    other.metric("import_cold_s").fail("dropping the page cache needs root")
+    missing = StrategyResult("reflink", "reflink", unavailable="ext4 does not support reflinks")
+    rep = Report({"versions": {}}, {"name": "t"}, {}, [native, other, missing])
+    text = report.terminal(rep)
+    assert "500 ms (0.50x)" in text
+    assert "[1] dropping the page cache needs root" in text
+    assert "[2] ext4 does not support reflinks" in text
+    copy_row = next(line for line in text.splitlines() if line.startswith("copy "))
+    assert "n/a[1]" in copy_row
+
+
+def test_paired_alternates_and_retakes_pairs_spoilt_by_a_cache_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    counter = iter([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    monkeypatch.setattr(probes, "drop_pagecache_count", lambda: next(counter))
+
+    def side(name: str, value: float) -> Any:
+        def run() -> float:
+            calls.append(name)
+            return value
+        return run
+
+    pairs = probes.paired(side("n", 1.0), side("o", 2.0), 3)
+    assert [(p.native, p.other) for p in pairs] == [(1.0, 2.0)] * 3
+    # warm-up, then N O, (O N spoilt by a drop, retaken) O N, N O
+    assert calls == ["n", "o", "n", "o", "o", "n", "o", "n", "n", "o"]
+
+
+def test_perf_lock_under_flock_wrapper_does_not_deadlock(tmp_path: Path) -> None:
+    if shutil.which("flock") is None:
+        pytest.skip("flock(1) not installed")
+    lock = tmp_path / "perf.lock"
+    code = ("import sys; from pathlib import Path; from venvfs.bench.system import perf_lock\n"
+            f"with perf_lock(Path({str(lock)!r}), say=lambda m: sys.exit('waited: ' + m)): print('inside')")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(["flock", str(lock), sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "inside"
+
+
+def test_synthetic_wheels_install_and_import(tmp_path: Path) -> None:
+    built, imports = wheels.synthetic_wheelhouse(tmp_path / "wh", packages=2, files_per_package=30)
+    extra = wheels.extra_wheel(tmp_path / "wh-extra")
+    venv = tmp_path / "v"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--isolated", "--no-index", "--no-deps", *map(str, built), str(extra)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-c", "import " + ", ".join([*imports, "vfsbench_extra"])],
+                   check=True)
+    sp = trees.site_packages(venv)
+    assert len(list((sp / "vfsbench_p0").rglob("*.py"))) >= 28
+
+
+def test_populate_modes_make_working_trees(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    (seed / "pkg" / "__pycache__").mkdir(parents=True)
+    (seed / "pkg" / "__init__.py").write_text("X = 1\n")
+    (seed / "pkg" / "link.py").symlink_to("__init__.py")
+    for mode in ("copy", "hardlink", "symlink"):
+        dest = tmp_path / mode
+        dest.mkdir()
+        assert trees.populate(seed, dest, mode) == 2
+        assert (dest / "pkg" / "__init__.py").read_text() == "X = 1\n"
+        assert os.readlink(dest / "pkg" / "link.py") == "__init__.py"
+        assert (dest / "pkg" / "__pycache__").is_dir()
+    assert (tmp_path / "hardlink" / "pkg" / "__init__.py").stat().st_nlink == 2
+    assert (tmp_path / "symlink" / "pkg" / "__init__.py").is_symlink()
+    assert not (tmp_path / "copy" / "pkg" / "__init__.py").is_symlink()
