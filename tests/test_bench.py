@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wheelbuilder import build_wheel, simple_package
 
 from venvfs.bench import probes, report, system, trees, wheels
 from venvfs.bench.model import METRICS, Metric, Report, StrategyResult
+
+from wheelbuilder import build_wheel, simple_package
 
 REPO = Path(__file__).resolve().parent.parent
 
