@@ -414,9 +414,18 @@ def scripts(venv: Venv) -> Iterator[tuple[Dialect, Path]]:
                 yield dialect, path
 
 
-def _write_like(path: Path, text: str) -> None:
+def _read_script(path: Path) -> tuple[str, bool]:
+    """The script's text with "\n" line ends, and whether it uses CRLF throughout (python -m venv
+    writes Activate.ps1 so), so that a removed block leaves the file byte for byte as it was."""
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    crlf = "\r\n" in text and text.count("\n") == text.count("\r\n")
+    return (text.replace("\r\n", "\n") if crlf else text), crlf
+
+
+def _write_script(path: Path, text: str, crlf: bool) -> None:
     st = path.stat()
-    atomic_write_bytes(path, text.encode(), mode=stat.S_IMODE(st.st_mode), durable=False)
+    data = (text.replace("\n", "\r\n") if crlf else text).encode("utf-8", "surrogateescape")
+    atomic_write_bytes(path, data, mode=stat.S_IMODE(st.st_mode), durable=False)
 
 
 # -- install, uninstall, status ---------------------------------------------------------------------
@@ -505,7 +514,7 @@ def install(venv: Venv) -> None:
         log.info("%s: %s; re-installing the venvfs hooks", venv.root, "; ".join(before.recreated))
     hooked: list[str] = []
     for dialect, path in scripts(venv):
-        text = path.read_text()
+        text, crlf = _read_script(path)
         block = dialect.render(target)
         if current_block(text) == block:
             hooked.append(path.name)
@@ -514,7 +523,7 @@ def install(venv: Venv) -> None:
         if new is None:
             log.info("%s: layout not understood, no automount hook added", path)
             continue
-        _write_like(path, new)
+        _write_script(path, new, crlf)
         hooked.append(path.name)
     _sync_pth(venv, state, target)
     atomic_write_json(_record_path(venv), {
@@ -547,10 +556,10 @@ def _sync_pth(venv: Venv, state: VenvState, target: HookTarget) -> None:
 def uninstall(venv: Venv) -> None:
     """Remove every hook block and the ``.pth``. Works on unmanaged venvs too (leftovers)."""
     for _dialect, path in scripts(venv):
-        text = path.read_text()
+        text, crlf = _read_script(path)
         new = strip_block(text)
         if new != text:
-            _write_like(path, new)
+            _write_script(path, new, crlf)
     with contextlib.suppress(VenvError):
         sp = venv.site_packages
         if _site_packages_access(sp) == "plain":
@@ -567,7 +576,7 @@ def status(venv: Venv) -> HookStatus:
     record = _read_record(venv)
     recorded_scripts = set(record.get("scripts", [])) if record else set()
     for dialect, path in scripts(venv):
-        text = path.read_text()
+        text, _crlf = _read_script(path)
         block = current_block(text)
         if block is None:
             state_name = "missing" if dialect.insert(text, "") is not None else "unsupported"
