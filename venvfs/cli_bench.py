@@ -18,6 +18,8 @@ _STRATEGY_HELP = """strategies (default: all; native is always measured, as the 
                                      uv pip install --link-mode ... from uv's warm cache
   overlayfs                          kernel overlayfs, one lower layer per distribution (root)
   fuse-overlayfs                     the same with fuse-overlayfs
+  venvfs-hardlink, venvfs-reflink, venvfs-copy
+                                     venvfs add --link-mode ...: materialized from the store
   venvfs                             venvfs mount: the store served through FUSE
 
 Run anything but --quick under the shared lock, so nobody drops caches under your feet:
@@ -67,14 +69,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _strategies(spec: str | None) -> list[str]:
-    from venvfs.bench.strategies import DEFAULT
+    from venvfs.bench.strategies import DEFAULT, KNOWN
 
     if spec is None:
         return [s for s in DEFAULT if s != "native"]
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in DEFAULT]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        raise BenchError(f"unknown strategy {', '.join(unknown)} (known: {', '.join(DEFAULT)})")
+        raise BenchError(f"unknown strategy {', '.join(unknown)} (known: {', '.join(KNOWN)})")
     return names
 
 

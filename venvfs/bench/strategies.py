@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import venvfs
 from venvfs.bench import trees
 from venvfs.bench.scratch import Filesystem, force_unmount
 from venvfs.bench.workload import Workload
@@ -281,52 +282,91 @@ def venvfs_argv() -> list[str]:
     return [sys.executable, "-m", "venvfs"]
 
 
+def venvfs_env(site: Site) -> dict[str, str]:
+    # This very venvfs, also when it runs from a source tree rather than an installed package.
+    env = site.env()
+    env["PYTHONPATH"] = str(Path(venvfs.__file__).resolve().parent.parent)
+    return env
+
+
 def venvfs_has(command: str) -> str | None:
     """None when this venvfs has ``command``, else why not (the mount lands in its own change)."""
-    proc = subprocess.run([*venvfs_argv(), command, "--help"], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(venvfs.__file__).resolve().parent.parent)}
+    proc = subprocess.run([*venvfs_argv(), command, "--help"], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return f"this venvfs has no `venvfs {command}` command yet"
     return None
 
 
-class VenvfsMount(Strategy):
-    """venvfs itself: the distributions go into the store once; each new venv selects them and mounts."""
+class _Venvfs(Strategy):
+    """venvfs itself: the distributions enter the store once (from a template venv, like a warm cache:
+    not timed); each new venv is an empty venv that ``venvfs add`` gives the same selection."""
+
+    commands: tuple[str, ...] = ("adopt", "add")
+
+    def check(self) -> str | None:
+        for command in self.commands:
+            missing = venvfs_has(command)
+            if missing:
+                return missing
+        return None
+
+    def prepare(self, site: Site) -> None:
+        if "venvfs" not in site.prepared:
+            template = site.fs.root / "venvfs-template"
+            trees.make_skeleton(site.python, template)
+            install(site, template, link_mode="copy", compile_bytecode=False)
+            _run([*venvfs_argv(), "adopt", "--no-hooks", str(template)], env=venvfs_env(site),
+                 what="venvfs adopt")
+            site.prepared.add("venvfs")
+
+    def _new(self, site: Site, dest: Path, link_mode: str) -> None:
+        template = site.fs.root / "venvfs-template"
+        env = venvfs_env(site)
+        trees.make_skeleton(site.python, dest)
+        _run([*venvfs_argv(), "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
+        _run([*venvfs_argv(), "add", "--link-mode", link_mode, str(dest), *_selection(template)], env=env,
+             what="venvfs add")
+
+
+class VenvfsMaterialize(_Venvfs):
+    """venvfs without FUSE: the selection written as real files linked from the store."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.name = f"venvfs-{mode}"
+        self.reflink_fs = mode == "reflink"
+        self.label = f"venvfs add --link-mode {mode} (materialized from the store)"
+
+    def create(self, site: Site, dest: Path) -> dict[str, float]:
+        self._new(site, dest, self.mode)
+        return {}
+
+
+class VenvfsMount(_Venvfs):
+    """venvfs mount: site-packages served from the store by the FUSE daemon."""
 
     name = "venvfs"
     label = "venvfs mount (FUSE overlay of the store)"
     mounts = True
     has_daemon = True
+    commands = ("adopt", "add", "mount", "umount")
 
     def check(self) -> str | None:
-        for command in ("mount", "umount", "adopt"):
-            missing = venvfs_has(command)
-            if missing:
-                return missing
-        return fuse_problem()
-
-    def prepare(self, site: Site) -> None:
-        # The store is filled once from a venv like the seed (not timed, like uv's warm cache).
-        template = site.fs.root / "venvfs-template"
-        if "venvfs" not in site.prepared:
-            trees.make_skeleton(site.python, template)
-            install(site, template, link_mode="copy", compile_bytecode=False)
-            _run([*venvfs_argv(), "adopt", str(template)], env=site.env(), what="venvfs adopt")
-            site.prepared.add("venvfs")
+        return super().check() or fuse_problem()
 
     def create(self, site: Site, dest: Path) -> dict[str, float]:
         template = site.fs.root / "venvfs-template"
-        trees.make_skeleton(site.python, dest)
-        env = site.env()
-        _run([*venvfs_argv(), "add", str(dest), *_selection(template)], env=env, what="venvfs add")
+        self._new(site, dest, "hardlink")
         sp = trees.site_packages(dest)
         start = time.perf_counter()
-        _run([*venvfs_argv(), "mount", str(dest)], env=env, what="venvfs mount")
+        _run([*venvfs_argv(), "mount", str(dest)], env=venvfs_env(site), what="venvfs mount")
         probe = next(iter(sorted(trees.site_packages(template).glob("*.dist-info"))), None)
         wait_answering(sp / probe.name if probe else sp)
         return {"mount_s": time.perf_counter() - start}
 
     def teardown(self, site: Site, venv: Path) -> None:
-        proc = subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=site.env())
+        proc = subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=venvfs_env(site))
         if proc.returncode != 0:
             force_unmount(str(trees.site_packages(venv)))
 
@@ -353,8 +393,11 @@ def all_strategies() -> list[Strategy]:
         Native(),
         FileByFile("copy"), FileByFile("hardlink"), FileByFile("symlink"), FileByFile("reflink"),
         UvLinkMode("copy"), UvLinkMode("hardlink"), UvLinkMode("symlink"), UvLinkMode("clone"),
-        KernelOverlay(), FuseOverlay(), VenvfsMount(),
+        KernelOverlay(), FuseOverlay(),
+        VenvfsMaterialize("hardlink"), VenvfsMaterialize("reflink"), VenvfsMaterialize("copy"), VenvfsMount(),
     ]
 
 
-DEFAULT = [s.name for s in all_strategies()]
+KNOWN = [s.name for s in all_strategies()]
+# venvfs-copy is plain copying with extra steps: available, not run unless asked for.
+DEFAULT = [n for n in KNOWN if n != "venvfs-copy"]
