@@ -1,10 +1,129 @@
-"""Placeholder: this command group is being written."""
+"""``venvfs mount``, ``umount``, ``list`` and ``commit``: argument parsing and printing only."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from venvfs.cli_common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
+from venvfs.errors import VenvfsError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    return None
+    common, as_json = common_parent(), json_parent()
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = subparsers.add_parser(
+        "mount", parents=[common, as_json], formatter_class=fmt,
+        help="serve a venv's site-packages from the store (FUSE overlay, copy-up on write)",
+        description="Mount the venv's site-packages as a FUSE overlay: the store's files below, the venv's\n"
+        "own changes in VENV/.venvfs/upper above. Adopts the venv first if venvfs does not manage it.\n"
+        "Returns once the mount answers; the filesystem runs as a background daemon. Idempotent.\n"
+        "Where FUSE cannot be used it materializes real files instead and says why in one line.",
+    )
+    add_venv_argument(p)
+    p.add_argument("--all", action="store_true", help="mount every venv registered in the store")
+    p.add_argument("--foreground", action="store_true", help="run the filesystem in this process (debugging)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users in (adds allow_other; permissions are then enforced)")
+    p.add_argument("--mode", choices=["auto", "fuse", "materialize"], default="auto",
+                   help="auto: FUSE, else materialize; fuse: fail without FUSE; materialize: never mount")
+    p.set_defaults(handler=cmd_mount)
+
+    p = subparsers.add_parser(
+        "umount", parents=[common, as_json], help="unmount a venv's site-packages (also with files open)",
+    )
+    add_venv_argument(p)
+    p.add_argument("--all", action="store_true", help="unmount every venv registered in the store")
+    p.add_argument("--materialize", action="store_true",
+                   help="then write the venv back as real files (the materialized layout)")
+    p.set_defaults(handler=cmd_umount)
+
+    p = subparsers.add_parser("list", parents=[common, as_json], help="list mounted venvs")
+    p.set_defaults(handler=cmd_list)
+
+    p = subparsers.add_parser(
+        "commit", parents=[common, as_json], formatter_class=fmt,
+        help="move distributions pip/uv installed into a mounted venv into the store",
+        description="Store each distribution that pip or uv installed into the mounted venv's upper layer\n"
+        "and select it, so other venvs share it; its files then leave the upper layer. What the venv\n"
+        "shows does not change. Distributions uninstalled since are deselected.",
+    )
+    add_venv_argument(p)
+    p.set_defaults(handler=cmd_commit)
+
+
+def _targets(args: argparse.Namespace) -> list[Path]:
+    if getattr(args, "all", False):
+        return open_store(args).registered_venvs()
+    return [venv_path(args)]
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from venvfs import daemon
+
+    store = open_store(args)
+    results = []
+    code = 0
+    for path in _targets(args):
+        try:
+            r = daemon.mount(path, store, allow_other=args.allow_other, foreground=args.foreground, mode=args.mode)
+        except VenvfsError as e:
+            if not args.all:
+                raise
+            print(f"venvfs: error: {path}: {e}", file=sys.stderr)
+            code = e.exit_code
+            continue
+        results.append({"venv": str(r.venv), "how": r.how, "message": r.message})
+        if not args.json:
+            print(f"venvfs: {r.message}" if r.how == "materialized" else r.message,
+                  file=sys.stderr if r.how == "materialized" else sys.stdout)
+    if args.json:
+        print_json(results)
+    return code
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from venvfs import daemon
+
+    store = open_store(args)
+    out = []
+    for path in _targets(args):
+        was = daemon.umount(path, store, materialize=args.materialize)
+        out.append({"venv": str(path), "unmounted": was})
+        if not args.json:
+            print(f"unmounted {path}" if was else f"{path} was not mounted")
+    if args.json:
+        print_json(out)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from venvfs import daemon
+
+    mounts = daemon.list_mounts(open_store(args))
+    if args.json:
+        print_json(mounts)
+    else:
+        for m in mounts:
+            print(f"{m['venv']}\t{m['state']}\tpid {m.get('pid', '-')}")
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    from venvfs.commit import commit
+    from venvfs.venv import Venv
+
+    report = commit(Venv.open(venv_path(args)), open_store(args))
+    if args.json:
+        print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped})
+    else:
+        for key in report.added:
+            print(f"stored and selected {key}")
+        for key in report.removed:
+            print(f"deselected {key} (uninstalled)")
+        if not report.added and not report.removed:
+            print("nothing to commit")
+    return 0

@@ -142,7 +142,9 @@ class Venv:
 
     @property
     def site_packages(self) -> Path:
-        candidates = sorted(self.root.glob("lib/python*/site-packages"))
+        # Listed from the parent, never stat'ed: a dead FUSE mount on site-packages answers ENOTCONN.
+        candidates = sorted(p / "site-packages" for p in self.root.glob("lib/python*")
+                            if p.is_dir() and "site-packages" in os.listdir(p))
         if len(candidates) != 1:
             # Without a python version in the name we cannot tell which one the interpreter uses.
             found = ", ".join(str(c) for c in candidates) or "none"

@@ -1,0 +1,522 @@
+"""Mount lifecycle: start the FUSE daemon, wait until the mount answers, detect and clear dead mounts,
+reload the view, unmount; and the fallback to materialized files where FUSE cannot be used.
+
+One daemon per venv: ``venvfs mount`` holds the venv lock while it checks and starts, and the daemon
+holds ``.venvfs/daemon.lock`` for as long as it runs (an flock, so it dies with the process). The
+daemon's pid and reload generation are in ``.venvfs/daemon.json``.
+
+Signals to the daemon: SIGTERM/SIGINT unmount and exit; SIGHUP re-reads the venv's selection and
+switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import importlib
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from venvfs.errors import MountError, VenvError
+from venvfs.fsutil import atomic_write_json, read_json
+from venvfs.store import Store
+from venvfs.venv import Venv
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV = "VENVFS_DISABLE_FUSE"
+READY_TIMEOUT = 60.0
+MountState = Literal["mounted", "dead", "unmounted"]
+
+
+@dataclass
+class MountResult:
+    venv: Path
+    how: Literal["fuse", "already", "materialized"]
+    message: str
+
+
+# -- where things are ------------------------------------------------------------------------------
+
+def log_path(venv: Venv) -> Path:
+    return Path(platformdirs.user_log_dir("venvfs")) / f"mount-{venv.root.name}-{Store._venv_id(venv.root)}.log"
+
+
+def _lock_path(venv: Venv) -> Path:
+    return venv.state_dir / "daemon.lock"
+
+
+def _info_path(venv: Venv) -> Path:
+    return venv.state_dir / "daemon.json"
+
+
+def _drop_path(venv: Venv) -> Path:
+    return venv.state_dir / "drop-upper.json"
+
+
+# -- probing ---------------------------------------------------------------------------------------
+
+def fuse_problem() -> str | None:
+    """Why FUSE cannot be used here, in a few words; None when it can."""
+    if os.environ.get(DISABLE_ENV):
+        return f"disabled by {DISABLE_ENV}"
+    if not sys.platform.startswith("linux"):
+        return f"FUSE mounts are implemented for Linux only, not {sys.platform}"
+    if not Path("/dev/fuse").exists():
+        return "/dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    try:
+        importlib.import_module("pyfuse3")
+        importlib.import_module("trio")
+    except ImportError as e:
+        return f"pyfuse3/trio are not importable ({e}); pip install 'venvfs[fuse]'"
+    return None
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fstype(mountpoint: Path) -> str | None:
+    """The filesystem type mounted at ``mountpoint`` (the topmost), or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and _unescape(fields[4]) == target:
+            found = right.split()[0] if right else "?"
+    return found
+
+
+def daemon_pid(venv: Venv) -> int | None:
+    """The pid of this venv's running daemon (it holds the daemon lock), else None."""
+    path = _lock_path(venv)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return None
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(read_json(_info_path(venv))["pid"])
+    return None
+
+
+def mount_state(venv: Venv) -> MountState:
+    mp = venv.site_packages
+    fstype = mounted_fstype(mp)
+    if fstype is None:
+        return "unmounted"
+    if not fstype.startswith("fuse"):
+        raise MountError(f"{mp} has a {fstype} filesystem mounted on it, not venvfs")
+    try:
+        os.stat(mp)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            return "dead"
+        raise
+    return "mounted" if daemon_pid(venv) is not None else "dead"
+
+
+def _fusermount_unmount(mp: Path) -> None:
+    # -z (lazy): detach now even if files are open; they get ENOTCONN, the mount point is free.
+    tool = shutil.which("fusermount3")
+    cmd = [tool, "-u", "-z", str(mp)] if tool else ["umount", "-l", str(mp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and mounted_fstype(mp) is not None:
+        raise MountError(f"cannot unmount {mp}: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def clear_dead_mount(venv: Venv) -> None:
+    """A daemon that died left 'Transport endpoint is not connected' behind: unmount it."""
+    pid = daemon_pid(venv)
+    if pid is not None:
+        _stop(venv, pid)
+    mp = venv.site_packages
+    if mounted_fstype(mp) is not None:
+        log.info("clearing the dead mount on %s", mp)
+        _fusermount_unmount(mp)
+
+
+# -- the daemon process ------------------------------------------------------------------------------
+
+def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None) -> int:
+    """Run the filesystem until unmounted or signalled (in the daemon process)."""
+    import pyfuse3
+
+    from venvfs.fuse import Invalidator, Operations, mount_options
+    from venvfs.overlay import Overlay
+    from venvfs.upper import Upper
+    from venvfs.view import view_for
+
+    def ready(message: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, message.encode() + b"\n")
+                os.close(ready_fd)
+            ready_fd = None
+
+    trio = importlib.import_module("trio")  # untyped before trio 0.23
+    venv = Venv(venv_root)
+    lock_fd = os.open(_lock_path(venv), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        ready("already: another daemon serves this venv")
+        return 0
+    try:
+        store = Store.open(store_root, create=False)
+        state = venv.read_state()
+        started = time.monotonic()
+        view = view_for(venv, store, state)
+        upper = Upper(venv.upper_dir, venv.state_dir / "work")
+        upper.clean_work()
+        overlay = Overlay(view, upper, store)
+        # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
+        os.umask(0)
+        invalidator = Invalidator()
+        ops = Operations(overlay, invalidator)
+        mountpoint = venv.site_packages
+        try:
+            pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
+        except Exception as e:
+            ready(f"error: mounting {mountpoint} failed ({e})")
+            invalidator.close()
+            return 3
+        log.info("mounted %s (%d dists, view built in %.3fs)", mountpoint, len(state.selection),
+                 time.monotonic() - started)
+        generation = 0
+
+        def write_info() -> None:
+            atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
+                                                 "generation": generation, "log": str(log_path(venv))},
+                              durable=False)
+
+        def do_reload() -> None:
+            nonlocal generation
+            try:
+                new_state = venv.read_state()
+                overlay.replace_view(view_for(venv, store, new_state))
+                drop = _drop_path(venv)
+                if drop.exists():
+                    paths = read_json(drop)
+                    dropped = overlay.drop_upper([str(p) for p in paths])
+                    drop.unlink()
+                    log.info("dropped %d upper copies now served by the store", dropped)
+                ops.flush_invalidations()
+                log.info("reloaded the view: %d dists", len(new_state.selection))
+            except Exception:
+                log.exception("reload failed; the previous view stays")
+            generation += 1
+            write_info()
+
+        async def run() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+
+                async def fuse_main() -> None:
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(fuse_main)
+                write_info()
+                ready("ok")
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        do_reload()
+                    else:
+                        log.info("signal %d: unmounting", signum)
+                        pyfuse3.terminate()
+
+        try:
+            trio.run(run)
+        finally:
+            # Lazy unmount inside libfuse: also succeeds with files still open.
+            pyfuse3.close(unmount=True)
+            invalidator.close()
+            upper.close()
+            log.info("unmounted %s", mountpoint)
+        return 0
+    except Exception as e:
+        log.exception("daemon failed")
+        ready(f"error: {e}")
+        return 1
+    finally:
+        os.close(lock_fd)
+
+
+def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
+    """Start the daemon detached (double fork: no zombie, no controlling terminal) and wait for it."""
+    logfile = log_path(venv)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "venvfs.daemon", "--venv", str(venv.root), "--store", str(store.root),
+            "--ready-fd", str(w), "--log", str(logfile)]
+    if allow_other:
+        argv.append("--allow-other")
+    env = dict(os.environ)
+    # The daemon runs from "/", so this very venvfs must be importable without the caller's cwd.
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            os.close(r)
+            os.set_inheritable(w, True)
+            null = os.open(os.devnull, os.O_RDWR)
+            logfd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.chdir("/")
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    os.close(w)
+    os.waitpid(pid, 0)
+    try:
+        message = _read_ready(r, READY_TIMEOUT)
+    finally:
+        os.close(r)
+    if message == "ok" or message.startswith("already"):
+        return
+    if not message:
+        message = f"the daemon exited without a word; see {logfile}"
+    raise MountError(message.removeprefix("error: "))
+
+
+def _read_ready(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "error: the daemon did not answer within a minute"
+        readable, _, _ = select.select([fd], [], [], left)
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _stop(venv: Venv, pid: int, *, timeout: float = 15.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while daemon_pid(venv) is not None:
+        if time.monotonic() > deadline:
+            log.warning("daemon %d did not stop on SIGTERM; killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            break
+        time.sleep(0.02)
+
+
+def _wait_answers(mp: Path, venv: Venv) -> None:
+    root_dev = os.stat(venv.root).st_dev
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError):
+            if os.stat(mp).st_dev != root_dev:
+                os.listdir(mp)
+                return
+        if time.monotonic() > deadline:
+            raise MountError(f"{mp} does not answer after mounting")
+        time.sleep(0.01)
+
+
+# -- what commands call ----------------------------------------------------------------------------
+
+def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
+    from venvfs import layout
+
+    state = venv.read_state()
+    if state.layout == "mounted":
+        layout.to_materialized(venv, store, state)
+    return MountResult(venv.root, "materialized",
+                       f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount")
+
+
+def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
+          mode: Literal["auto", "fuse", "materialize"] = "auto") -> MountResult:
+    """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
+    where FUSE is unusable (unless ``mode="fuse"``)."""
+    from venvfs import layout
+
+    venv = Venv.open(path)
+    with venv.locked(wait=True):
+        if not venv.is_managed:
+            from venvfs.adopt import adopt
+
+            adopt(venv, store, already_locked=True)
+        state = venv.read_state()
+        if Path(state.store) != store.root:
+            raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        problem = "--mode materialize was given" if mode == "materialize" else fuse_problem()
+        current = mount_state(venv) if problem is None or mode == "materialize" else "unmounted"
+        if problem is not None:
+            if mode == "fuse":
+                raise MountError(f"cannot mount {venv.root}: {problem}")
+            if current != "unmounted":
+                _unmount_locked(venv)
+            return _fallback(venv, store, problem)
+        if current == "mounted":
+            return MountResult(venv.root, "already", f"{venv.site_packages} is already mounted")
+        if current == "dead":
+            clear_dead_mount(venv)
+        if state.layout == "materialized":
+            layout.to_mounted(venv, store, state)
+        if not foreground:
+            try:
+                _spawn(venv, store, allow_other=allow_other)
+            except MountError as e:
+                if mode == "fuse":
+                    raise
+                return _fallback(venv, store, f"FUSE mount failed ({e})")
+            _wait_answers(venv.site_packages, venv)
+            return MountResult(venv.root, "fuse", f"mounted {venv.site_packages} (log: {log_path(venv)})")
+    code = serve(venv.root, store.root, allow_other=allow_other)
+    if code != 0:
+        raise MountError(f"the daemon exited with {code}")
+    return MountResult(venv.root, "fuse", "unmounted")
+
+
+def _unmount_locked(venv: Venv) -> bool:
+    pid = daemon_pid(venv)
+    if pid is not None:
+        _stop(venv, pid)
+    if mounted_fstype(venv.site_packages) is not None:
+        _fusermount_unmount(venv.site_packages)
+        return True
+    return pid is not None
+
+
+def unmount(venv: Venv) -> bool:
+    """Unmount ``venv`` for a caller that already holds the venv lock; True if something was mounted."""
+    return _unmount_locked(venv)
+
+
+def umount(path: Path, store: Store | None = None, *, materialize: bool = False) -> bool:
+    """Unmount ``path``'s site-packages (also with files open); True if something was mounted.
+    With ``materialize`` the venv returns to the materialized layout (real files)."""
+    venv = Venv.open(path)
+    with venv.locked(wait=True):
+        was = _unmount_locked(venv)
+        if materialize and venv.is_managed:
+            from venvfs import layout
+
+            state = venv.read_state()
+            if state.layout == "mounted":
+                layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
+    return was
+
+
+def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:
+    """Make a running daemon re-read the venv's selection; returns False if none runs.
+
+    Called after the selection changed (``venvfs add/remove``, ``commit``); returns once the new
+    view is live, so the caller's next file access sees it.
+    """
+    pid = daemon_pid(venv)
+    if pid is None:
+        return False
+    if drop_upper:
+        atomic_write_json(_drop_path(venv), list(drop_upper), durable=False)
+    try:
+        generation = int(read_json(_info_path(venv)).get("generation", 0))
+    except (OSError, ValueError):
+        generation = 0
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if int(read_json(_info_path(venv)).get("generation", 0)) > generation:
+                return True
+        if daemon_pid(venv) is None:
+            raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
+        time.sleep(0.01)
+    raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
+
+
+def status(venv: Venv) -> dict[str, object]:
+    state = mount_state(venv)
+    info: dict[str, object] = {"venv": str(venv.root), "mountpoint": str(venv.site_packages), "state": state}
+    if state == "mounted":
+        info["pid"] = daemon_pid(venv)
+        info["log"] = str(log_path(venv))
+    return info
+
+
+def list_mounts(store: Store) -> list[dict[str, object]]:
+    out = []
+    for root in store.registered_venvs():
+        try:
+            venv = Venv.open(root)
+            info = status(venv)
+        except (VenvError, MountError, OSError):
+            continue
+        if info["state"] != "unmounted":
+            out.append(info)
+    return out
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m venvfs.daemon")
+    parser.add_argument("--venv", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("--allow-other", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+    return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,304 @@
+"""The pyfuse3 adapter: protocol only. Every request becomes one ``Overlay`` call; every error becomes
+a ``FUSEError`` here, at one boundary, so no exception can reach pyfuse3's loop and end the daemon.
+
+Cache policy: store entries are immutable, so entries, attributes and failed lookups are cached by
+the kernel "forever" and store files keep their pages across opens. Whatever changes behind the
+kernel's back (a copy-up, a view reload) is invalidated through a dedicated thread, because the
+notification calls block on the very kernel locks an in-flight request may hold.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
+
+from venvfs.overlay import Attr, Node, Overlay, OverlayError, SetAttr
+
+log = logging.getLogger(__name__)
+
+FOREVER = 1e6  # seconds; the kernel caps it and we invalidate on every change
+UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
+
+Ctx = pyfuse3.RequestContext
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OverlayError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            # A bug or a corrupt layer: this request fails, the filesystem stays up.
+            log.exception("%s%r failed", fn.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            assert isinstance(self, Operations)
+            self.flush_invalidations()
+
+    return wrapper
+
+
+class Invalidator:
+    """Runs kernel cache invalidations on a thread of its own (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="venvfs-invalidate", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple[str, int, str]) -> None:
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            kind, ino, name = item
+            try:
+                if kind == "inode":
+                    pyfuse3.invalidate_inode(ino, False)
+                else:
+                    pyfuse3.invalidate_entry(ino, os.fsencode(name))
+            except OSError as e:
+                # ENOENT: the kernel holds nothing for it, which is what we wanted.
+                if e.errno not in (errno.ENOENT, errno.ENOTCONN, errno.EBADF):
+                    log.warning("invalidating %s %d %r: %s", kind, ino, name, e)
+            except Exception:
+                log.exception("invalidating %s %d %r", kind, ino, name)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, overlay: Overlay, invalidator: Invalidator | None = None) -> None:
+        super().__init__()
+        self.overlay = overlay
+        self.invalidator = invalidator
+
+    def flush_invalidations(self) -> None:
+        pending = self.overlay.invalidations
+        if not pending:
+            return
+        self.overlay.invalidations = []
+        if self.invalidator is not None:
+            for item in pending:
+                self.invalidator.put(item)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = 0
+        e.entry_timeout = FOREVER
+        e.attr_timeout = FOREVER if attr.immutable else UPPER_ATTR_TIMEOUT
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = 4096
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _node_entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self.entry(self.overlay.attr(node))
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    @boundary
+    async def lookup(self, parent_inode: InodeT, name: FileNameT, ctx: Ctx) -> pyfuse3.EntryAttributes:
+        node = self.overlay.lookup(parent_inode, os.fsdecode(name))
+        if node is None:
+            # A cached "no such name": Python's import system probes many of them.
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = FOREVER
+            return e
+        try:
+            return self._node_entry(node)
+        except BaseException:
+            self.overlay.forget(node.ino, 1)
+            raise
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        try:
+            for ino, n in inode_list:
+                self.overlay.forget(ino, n)
+        except Exception:
+            log.exception("forget")
+
+    @boundary
+    async def getattr(self, inode: InodeT, ctx: Ctx) -> pyfuse3.EntryAttributes:
+        return self.entry(self.overlay.getattr(inode))
+
+    @boundary
+    async def setattr(self, inode: InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: FileHandleT | None, ctx: Ctx) -> pyfuse3.EntryAttributes:
+        changes = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.entry(self.overlay.setattr(inode, changes, fh))
+
+    @boundary
+    async def readlink(self, inode: InodeT, ctx: Ctx) -> FileNameT:
+        return os.fsencode(self.overlay.readlink(inode))
+
+    @boundary
+    async def opendir(self, inode: InodeT, ctx: Ctx) -> FileHandleT:
+        return self.overlay.opendir(inode)
+
+    @boundary
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for next_id, name, node in self.overlay.readdir(fh, start_id):
+            try:
+                attr = self.overlay.attr(node)
+            except (OverlayError, OSError) as e:
+                log.error("readdir: %s: %s", name, e)
+                continue
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.entry(attr), next_id):
+                break
+            node.nlookup += 1  # readdirplus replies count as lookups
+
+    @boundary
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self.overlay.releasedir(fh)
+
+    @boundary
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        return None  # directory changes are made with *at calls the upper filesystem journals
+
+    @boundary
+    async def open(self, inode: InodeT, flags: FlagT, ctx: Ctx) -> pyfuse3.FileInfo:
+        fh, keep = self.overlay.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @boundary
+    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+                     ctx: Ctx) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, node = self.overlay.create(parent_inode, os.fsdecode(name), mode, flags, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=fh), self._node_entry(node)
+
+    @boundary
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        return self.overlay.read(fh, off, size)
+
+    @boundary
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        return self.overlay.write(fh, off, buf)
+
+    @boundary
+    async def flush(self, fh: FileHandleT) -> None:
+        return None
+
+    @boundary
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        self.overlay.fsync(fh, datasync)
+
+    @boundary
+    async def release(self, fh: FileHandleT) -> None:
+        self.overlay.release(fh)
+
+    @boundary
+    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+                    ctx: Ctx) -> pyfuse3.EntryAttributes:
+        return self._node_entry(self.overlay.mknod(parent_inode, os.fsdecode(name), mode, rdev, ctx.uid, ctx.gid))
+
+    @boundary
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: Ctx) -> pyfuse3.EntryAttributes:
+        return self._node_entry(self.overlay.mkdir(parent_inode, os.fsdecode(name), mode, ctx.uid, ctx.gid))
+
+    @boundary
+    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                      ctx: Ctx) -> pyfuse3.EntryAttributes:
+        node = self.overlay.symlink(parent_inode, os.fsdecode(name), os.fsdecode(target), ctx.uid, ctx.gid)
+        return self._node_entry(node)
+
+    @boundary
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+                   ctx: Ctx) -> pyfuse3.EntryAttributes:
+        return self._node_entry(self.overlay.link(inode, new_parent_inode, os.fsdecode(new_name)))
+
+    @boundary
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: Ctx) -> None:
+        self.overlay.unlink(parent_inode, os.fsdecode(name))
+
+    @boundary
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: Ctx) -> None:
+        self.overlay.rmdir(parent_inode, os.fsdecode(name))
+
+    @boundary
+    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT, parent_inode_new: InodeT,
+                     name_new: FileNameT, flags: FlagT, ctx: Ctx) -> None:
+        self.overlay.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new),
+                            flags)
+
+    @boundary
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: Ctx) -> bytes:
+        return self.overlay.getxattr(inode, os.fsdecode(name))
+
+    @boundary
+    async def listxattr(self, inode: InodeT, ctx: Ctx) -> Sequence[XAttrNameT]:
+        return [os.fsencode(n) for n in self.overlay.listxattr(inode)]
+
+    @boundary
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: Ctx) -> None:
+        self.overlay.setxattr(inode, os.fsdecode(name), value)
+
+    @boundary
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: Ctx) -> None:
+        self.overlay.removexattr(inode, os.fsdecode(name))
+
+    @boundary
+    async def statfs(self, ctx: Ctx) -> pyfuse3.StatvfsData:
+        s = self.overlay.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.bsize
+        out.f_frsize = s.frsize
+        out.f_blocks = s.blocks
+        out.f_bfree = s.bfree
+        out.f_bavail = s.bavail
+        out.f_files = s.files
+        out.f_ffree = s.ffree
+        out.f_favail = s.favail
+        out.f_namemax = s.namemax
+        return out
+
+
+def mount_options(*, allow_other: bool) -> set[str]:
+    # default_permissions: the kernel checks mode bits, so the daemon never decides access itself.
+    options = set(pyfuse3.default_options) | {"fsname=venvfs", "subtype=venvfs", "default_permissions"}
+    if allow_other:
+        options.add("allow_other")
+    return options

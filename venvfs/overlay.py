@@ -1,0 +1,998 @@
+"""Overlay semantics over the view (lower, the store) and the upper layer, with no FUSE in sight.
+
+The FUSE adapter (``fuse.py``) turns each request into one call here; everything a filesystem must
+decide (which layer a name comes from, copy-up, whiteouts, opaque directories, rename, hard links,
+inode numbers and lookup counts) is decided here and unit-tested by calling these methods directly.
+
+Errors are ``OverlayError(errno)``; an ``OSError`` from the upper filesystem carries its own errno.
+Changes the kernel cannot see coming (a view reload, a copy-up) are queued in ``invalidations`` for
+the adapter to pass on, because the adapter tells the kernel to cache store entries "forever".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from venvfs.store import SOURCE_EPOCH, Store
+from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper
+from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# Store objects up to this size are hashed on their first open: a cheap check on the files Python
+# reads whole; bigger ones (extension modules) get a size check, and `venvfs store verify` the rest.
+VERIFY_MAX = 256 * 1024
+_EPOCH_NS = SOURCE_EPOCH * 1_000_000_000
+
+
+class OverlayError(Exception):
+    def __init__(self, errno_: int, message: str = "") -> None:
+        super().__init__(errno_, message or os.strerror(errno_))
+        self.errno = errno_
+
+
+class Attr:
+    __slots__ = ("atime_ns", "blocks", "ctime_ns", "gid", "immutable", "ino", "mode", "mtime_ns", "nlink",
+                 "rdev", "size", "uid")
+
+    def __init__(self, ino: int, mode: int, size: int, *, nlink: int = 1, uid: int = 0, gid: int = 0,
+                 rdev: int = 0, blocks: int | None = None, atime_ns: int = _EPOCH_NS, mtime_ns: int = _EPOCH_NS,
+                 ctime_ns: int = _EPOCH_NS, immutable: bool = False) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.size = size
+        self.nlink = nlink
+        self.uid = uid
+        self.gid = gid
+        self.rdev = rdev
+        self.blocks = blocks if blocks is not None else (size + 511) // 512
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
+        self.ctime_ns = ctime_ns
+        self.immutable = immutable  # store content: the kernel may cache it without limit
+
+    @classmethod
+    def from_stat(cls, ino: int, st: os.stat_result) -> Attr:
+        return cls(ino, st.st_mode, st.st_size, nlink=st.st_nlink, uid=st.st_uid, gid=st.st_gid, rdev=st.st_rdev,
+                   blocks=st.st_blocks, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+
+@dataclass
+class SetAttr:
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass
+class StatFs:
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    favail: int
+    namemax: int
+
+
+class Node:
+    __slots__ = ("children", "extra_links", "ino", "kind", "lower", "name", "nlookup", "opaque", "open_fhs",
+                 "parent", "upper")
+
+    def __init__(self, ino: int, parent: Node | None, name: str, kind: int, *, upper: bool,
+                 lower: LowerEntry | None) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.kind = kind
+        self.upper = upper  # the upper layer has this name (a file's bytes then come from there)
+        self.lower = lower  # file: its lower source; dir: the lower dir merged into it (None if opaque)
+        self.opaque = False
+        self.children: dict[str, Node] | None = None  # loaded on first use
+        self.nlookup = 0
+        self.extra_links: list[tuple[Node, str]] | None = None
+        self.open_fhs: set[int] | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self.parent is not None or self.ino == ROOT_INO
+
+    def add_link(self, parent: Node, name: str) -> None:
+        if self.parent is None:
+            self.parent, self.name = parent, name
+        else:
+            self.extra_links = [*(self.extra_links or []), (parent, name)]
+
+    def remove_link(self, parent: Node, name: str) -> None:
+        if self.parent is parent and self.name == name:
+            if self.extra_links:
+                self.parent, self.name = self.extra_links.pop(0)
+            else:
+                self.parent, self.name = None, ""
+        elif self.extra_links:
+            self.extra_links = [(p, n) for p, n in self.extra_links if not (p is parent and n == name)]
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino}, {self.name!r}, kind={self.kind:o}, upper={self.upper})"
+
+
+class Handle:
+    __slots__ = ("data", "fd", "node", "store", "writable")
+
+    def __init__(self, node: Node, fd: int, *, store: bool, writable: bool, data: bytes | None = None) -> None:
+        self.node = node
+        self.fd = fd
+        self.store = store
+        self.writable = writable
+        self.data = data
+
+
+def check_name(name: str, *, creating: bool = False) -> str:
+    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise OverlayError(errno.EINVAL)
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise OverlayError(errno.ENAMETOOLONG)
+    if creating and name.startswith(WHITEOUT_PREFIX):
+        # The upper layer's own bookkeeping names: creating one would delete or hide something.
+        raise OverlayError(errno.EINVAL)
+    return name
+
+
+def _lower_kind(entry: LowerEntry) -> int:
+    if isinstance(entry, LowerDir):
+        return DIR
+    return LNK if entry.kind == SYMLINK else REG
+
+
+class Overlay:
+    def __init__(self, view: View, upper: Upper, store: Store, *, uid: int | None = None,
+                 gid: int | None = None) -> None:
+        self.view = view
+        self.upper = upper
+        self.store = store
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        root = Node(ROOT_INO, None, "", DIR, upper=True, lower=view.root)
+        self.nodes: dict[int, Node] = {ROOT_INO: root}
+        self.root = root
+        self._next_ino = ROOT_INO + 1
+        self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, list[tuple[str, Node]]] = {}
+        self._next_fh = 1
+        self._verified: set[str] = set()
+        self._upper_inos: dict[int, Node] = {}
+        # ("inode", ino, "") or ("entry", parent_ino, name): for the adapter to tell the kernel.
+        self.invalidations: list[tuple[str, int, str]] = []
+
+    # -- the tree ----------------------------------------------------------------------------------
+
+    def _new(self, parent: Node, name: str, kind: int, *, upper: bool, lower: LowerEntry | None) -> Node:
+        node = Node(self._next_ino, parent, name, kind, upper=upper, lower=lower)
+        self._next_ino += 1
+        self.nodes[node.ino] = node
+        if kind == DIR and upper and lower is None:
+            pass
+        return node
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise OverlayError(errno.ESTALE) from None
+
+    def parts(self, node: Node) -> list[str]:
+        parts: list[str] = []
+        n = node
+        while n.ino != ROOT_INO:
+            if n.parent is None:
+                raise OverlayError(errno.ENOENT)
+            parts.append(n.name)
+            n = n.parent
+        parts.reverse()
+        return parts
+
+    def relpath(self, node: Node) -> str:
+        return "/".join(self.parts(node))
+
+    def load(self, d: Node) -> dict[str, Node]:
+        if d.children is not None:
+            return d.children
+        if d.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        children: dict[str, Node] = {}
+        whiteouts: set[str] = set()
+        lower = d.lower if isinstance(d.lower, LowerDir) else None
+        if d.upper:
+            try:
+                listing = self.upper.listdir(self.parts(d))
+            except (FileNotFoundError, NotADirectoryError):
+                log.error("upper directory of /%s vanished: was the upper layer changed while mounted?",
+                          self.relpath(d))
+                listing = None
+            if listing is not None:
+                if listing.opaque:
+                    d.opaque = True
+                    d.lower = lower = None
+                whiteouts = listing.whiteouts
+                for name, (kind, st_ino) in listing.entries.items():
+                    existing = self._upper_inos.get(st_ino) if kind == REG else None
+                    if existing is not None and existing.attached:
+                        existing.add_link(d, name)  # another name of a hard-linked upper file
+                        children[name] = existing
+                        continue
+                    lchild = lower.children.get(name) if lower is not None else None
+                    node = self._new(d, name, kind, upper=True,
+                                     lower=lchild if kind == DIR and isinstance(lchild, LowerDir) else None)
+                    if kind == REG:
+                        self._upper_inos[st_ino] = node
+                    children[name] = node
+        if lower is not None:
+            for name, entry in lower.children.items():
+                if name in children or name in whiteouts:
+                    continue
+                children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+        d.children = children
+        return children
+
+    def child(self, d: Node, name: str) -> Node | None:
+        return self.load(d).get(name)
+
+    def resolve(self, relpath: str) -> Node | None:
+        node = self.root
+        for part in relpath.split("/") if relpath else []:
+            if node.kind != DIR:
+                return None
+            nxt = self.child(node, part)
+            if nxt is None:
+                return None
+            node = nxt
+        return node
+
+    def _lower_has(self, d: Node, name: str) -> bool:
+        return isinstance(d.lower, LowerDir) and name in d.lower.children
+
+    def _detach(self, parent: Node, name: str, node: Node) -> None:
+        node.remove_link(parent, name)
+        if not node.attached:
+            for k, v in list(self._upper_inos.items()):
+                if v is node:
+                    del self._upper_inos[k]
+            self._maybe_free(node)
+
+    def _maybe_free(self, node: Node) -> None:
+        if not node.attached and node.nlookup <= 0 and not node.open_fhs:
+            self.nodes.pop(node.ino, None)
+
+    def _inval_inode(self, node: Node) -> None:
+        self.invalidations.append(("inode", node.ino, ""))
+
+    def _inval_entry(self, parent: Node, name: str) -> None:
+        self.invalidations.append(("entry", parent.ino, name))
+
+    # -- lookup, attributes --------------------------------------------------------------------------
+
+    def lookup(self, parent_ino: int, name: str) -> Node | None:
+        parent = self.node(parent_ino)
+        if parent.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        if name == ".":
+            node: Node | None = parent
+        elif name == "..":
+            node = parent.parent or self.root
+        else:
+            if len(os.fsencode(name)) > NAME_MAX:
+                raise OverlayError(errno.ENAMETOOLONG)
+            if name.startswith(WHITEOUT_PREFIX) or "/" in name:
+                return None
+            node = self.child(parent, name)
+        if node is not None:
+            node.nlookup += 1
+        return node
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.nlookup -= nlookup
+        self._maybe_free(node)
+
+    def _lower_path(self, entry: LowerFile) -> Path:
+        assert entry.digest is not None
+        if entry.kind == PYC:
+            assert self.view.cache_tag is not None
+            return self.store.bytecode_path(self.view.cache_tag, entry.digest)
+        return self.store.object_path(entry.digest, entry.executable)
+
+    def getattr(self, ino: int) -> Attr:
+        return self.attr(self.node(ino))
+
+    def attr(self, node: Node) -> Attr:
+        if node.upper:
+            if not node.attached:
+                for fh in node.open_fhs or ():
+                    h = self.handles[fh]
+                    if h.fd >= 0:
+                        return Attr.from_stat(node.ino, os.fstat(h.fd))
+                raise OverlayError(errno.ENOENT)
+            if node.ino == ROOT_INO:
+                st = os.stat(".", dir_fd=self.upper.root_fd)
+            else:
+                parts = self.parts(node)
+                st = self.upper.lstat(parts[:-1], parts[-1])
+            attr = Attr.from_stat(node.ino, st)
+            if node.kind == DIR and isinstance(node.lower, LowerDir):
+                attr.nlink = 1  # merged: the upper count misses lower subdirs; 1 means "unknown" to find
+            return attr
+        entry = node.lower
+        if isinstance(entry, LowerDir):
+            subdirs = sum(1 for c in entry.children.values() if isinstance(c, LowerDir))
+            return Attr(node.ino, stat.S_IFDIR | 0o755, 4096, nlink=2 + subdirs, uid=self.uid, gid=self.gid,
+                        blocks=8, immutable=True)
+        assert entry is not None
+        if entry.kind == SYMLINK:
+            return Attr(node.ino, stat.S_IFLNK | 0o777, entry.size, uid=self.uid, gid=self.gid, blocks=0,
+                        immutable=True)
+        if entry.size < 0:
+            try:
+                entry.size = self._lower_path(entry).stat().st_size
+            except OSError as e:
+                log.error("/%s: store bytecode missing (%s)", self.relpath(node), e)
+                raise OverlayError(errno.EIO) from None
+        # Shown writable (0644/0755, unlike the read-only object) so installers may replace or edit
+        # them; any write copies up first.
+        mode = stat.S_IFREG | (0o755 if entry.executable else 0o644)
+        return Attr(node.ino, mode, entry.size, uid=self.uid, gid=self.gid, immutable=True)
+
+    def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        if node.kind != LNK:
+            raise OverlayError(errno.EINVAL)
+        if not node.upper:
+            assert isinstance(node.lower, LowerFile) and node.lower.target is not None
+            return node.lower.target
+        parts = self.parts(node)
+        with self.upper.dirfd(parts[:-1]) as pfd:
+            return os.readlink(parts[-1], dir_fd=pfd)
+
+    # -- directories ---------------------------------------------------------------------------------
+
+    def opendir(self, ino: int) -> int:
+        node = self.node(ino)
+        if node.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        # A snapshot: entries added or removed while listing must not skip or repeat others.
+        self.dir_handles[fh] = list(self.load(node).items())
+        return fh
+
+    def readdir(self, fh: int, start: int) -> list[tuple[int, str, Node]]:
+        """Entries from offset ``start`` as (next offset, name, node)."""
+        entries = self.dir_handles.get(fh)
+        if entries is None:
+            raise OverlayError(errno.EBADF)
+        return [(i + 1, name, node) for i, (name, node) in enumerate(entries) if i >= start]
+
+    def releasedir(self, fh: int) -> None:
+        self.dir_handles.pop(fh, None)
+
+    # -- copy-up -------------------------------------------------------------------------------------
+
+    def ensure_upper(self, d: Node) -> None:
+        """Give directory ``d`` (and its ancestors) a directory in the upper layer."""
+        if d.upper:
+            return
+        if d.parent is None:
+            raise OverlayError(errno.ENOENT)
+        self.ensure_upper(d.parent)
+        self.upper.ensure_dir(self.parts(d.parent), d.name, 0o755)
+        d.upper = True
+
+    def copy_up(self, node: Node, *, content: bool = True) -> None:
+        if node.upper:
+            return
+        if node.kind == DIR:
+            self.ensure_upper(node)
+            return
+        parent = node.parent
+        if parent is None:
+            raise OverlayError(errno.ENOENT)
+        self.ensure_upper(parent)
+        entry = node.lower
+        assert isinstance(entry, LowerFile)
+        parts = self.parts(parent)
+        if entry.kind == SYMLINK:
+            assert entry.target is not None
+            self.upper.copy_up_symlink(parts, node.name, entry.target)
+        else:
+            src = None if entry.kind == INLINE else self._lower_path(entry)
+            size = entry.size
+            if src is not None and content:
+                try:
+                    size = src.stat().st_size
+                except OSError as e:
+                    log.error("/%s: store object missing, cannot copy up (%s)", self.relpath(node), e)
+                    raise OverlayError(errno.EIO) from None
+                if entry.kind == OBJECT and size != entry.size:
+                    log.error("/%s: store object %s is %d bytes, its record says %d (corrupt store)",
+                              self.relpath(node), entry.digest, size, entry.size)
+                    raise OverlayError(errno.EIO)
+            self.upper.copy_up_file(parts, node.name, src=src, data=entry.data, size=size,
+                                    mode=0o755 if entry.executable else 0o644, mtime_ns=_EPOCH_NS,
+                                    content=content)
+        node.upper = True
+        self._inval_inode(node)
+
+    def _copy_up_tree(self, d: Node) -> bool:
+        """Copy every lower entry below ``d`` into the upper layer; True if there were any."""
+        self.ensure_upper(d)
+        had_lower = isinstance(d.lower, LowerDir)
+        for child in list(self.load(d).values()):
+            if child.kind == DIR:
+                had_lower = self._copy_up_tree(child) or had_lower
+            elif not child.upper:
+                self.copy_up(child)
+                had_lower = True
+        return had_lower
+
+    def _forget_lower(self, d: Node) -> None:
+        d.lower = None
+        for child in (d.children or {}).values():
+            if child.kind == DIR and child.parent is d:
+                self._forget_lower(child)
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def _new_fh(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        node = handle.node
+        node.open_fhs = (node.open_fhs or set()) | {fh}
+        return fh
+
+    def _open_upper(self, node: Node, flags: int) -> int:
+        parts = self.parts(node)
+        # The kernel tracks the file position (O_APPEND included): writes arrive with explicit offsets.
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOCTTY | os.O_DIRECT | os.O_NOATIME)
+        with self.upper.dirfd(parts[:-1]) as pfd:
+            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+
+    def _open_lower(self, node: Node, entry: LowerFile) -> int:
+        path = self._lower_path(entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            log.error("/%s: store file %s unreadable (%s)", self.relpath(node), path, e)
+            raise OverlayError(errno.EIO) from None
+        try:
+            if entry.kind == OBJECT:
+                st = os.fstat(fd)
+                if st.st_size != entry.size:
+                    log.error("/%s: store object %s is %d bytes, its record says %d (corrupt store)",
+                              self.relpath(node), path, st.st_size, entry.size)
+                    raise OverlayError(errno.EIO)
+                if entry.digest not in self._verified and st.st_size <= VERIFY_MAX:
+                    if hashlib.sha256(os.pread(fd, st.st_size, 0)).hexdigest() != entry.digest:
+                        log.error("/%s: store object %s does not match its digest (corrupt store)",
+                                  self.relpath(node), path)
+                        raise OverlayError(errno.EIO)
+                    assert entry.digest is not None
+                    self._verified.add(entry.digest)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Returns (file handle, whether the kernel may keep cached pages from earlier opens)."""
+        node = self.node(ino)
+        if node.kind == DIR:
+            raise OverlayError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if not node.upper and (writable or flags & os.O_TRUNC):
+            self.copy_up(node, content=not flags & os.O_TRUNC)
+        if node.upper:
+            fd = self._open_upper(node, flags)
+            return self._new_fh(Handle(node, fd, store=False, writable=writable)), False
+        entry = node.lower
+        assert isinstance(entry, LowerFile)
+        if entry.kind == INLINE:
+            return self._new_fh(Handle(node, -1, store=True, writable=False, data=entry.data)), True
+        fd = self._open_lower(node, entry)
+        # Store bytes never change: pages cached by an earlier open stay valid (keep_cache).
+        return self._new_fh(Handle(node, fd, store=True, writable=False)), True
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise OverlayError(errno.EBADF) from None
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        if h.store and h.node.upper and h.node.attached:
+            # Copied up since this handle opened: read the copy, which a writer may have changed.
+            with contextlib.suppress(OSError):
+                fd = self._open_upper(h.node, os.O_RDONLY)
+                if h.fd >= 0:
+                    os.close(h.fd)
+                h.fd, h.store, h.data = fd, False, None
+        if h.data is not None:
+            return h.data[off:off + size]
+        try:
+            return os.pread(h.fd, size, off)
+        except OSError as e:
+            if h.store:
+                log.error("/%s: reading the store failed (%s)", self.relpath(h.node) if h.node.attached else "?", e)
+                raise OverlayError(errno.EIO) from None
+            raise
+
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        if not h.writable or h.store:
+            raise OverlayError(errno.EBADF)
+        return os.pwrite(h.fd, buf, off)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handle(fh)
+        if h.store or h.fd < 0:
+            return
+        if datasync:
+            os.fdatasync(h.fd)
+        else:
+            os.fsync(h.fd)
+
+    def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        if h.fd >= 0:
+            os.close(h.fd)
+        node = h.node
+        if node.open_fhs:
+            node.open_fhs.discard(fh)
+        self._maybe_free(node)
+
+    def fsyncdir(self, ino: int) -> None:
+        node = self.node(ino)
+        if not node.upper:
+            return
+        with self.upper.dirfd(self.parts(node)) as pfd:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- creating --------------------------------------------------------------------------------
+
+    def _prepare_create(self, parent_ino: int, name: str) -> tuple[Node, list[str]]:
+        parent = self.node(parent_ino)
+        if parent.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        check_name(name, creating=True)
+        if not parent.attached:
+            raise OverlayError(errno.ENOENT)
+        if self.child(parent, name) is not None:
+            raise OverlayError(errno.EEXIST)
+        self.ensure_upper(parent)
+        return parent, self.parts(parent)
+
+    def _chown_new(self, pfd: int, name: str, uid: int | None, gid: int | None) -> None:
+        # A daemon running as root (with --allow-other) gives new files to whoever created them.
+        if os.geteuid() == 0 and uid is not None and gid is not None and (uid, gid) != (0, 0):
+            os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+
+    def _attach_new(self, parent: Node, name: str, kind: int, *, opaque: bool = False) -> Node:
+        node = self._new(parent, name, kind, upper=True, lower=None)
+        if kind == DIR:
+            node.children = {}
+            node.opaque = opaque
+        self.load(parent)[name] = node
+        node.nlookup += 1
+        return node
+
+    def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int | None = None,
+               gid: int | None = None) -> tuple[int, Node]:
+        parent, parts = self._prepare_create(parent_ino, name)
+        open_flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOCTTY | os.O_DIRECT | os.O_NOATIME)
+                      | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with self.upper.dirfd(parts) as pfd:
+            fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
+            try:
+                self._chown_new(pfd, name, uid, gid)
+            except BaseException:
+                os.close(fd)
+                raise
+        node = self._attach_new(parent, name, REG)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        return self._new_fh(Handle(node, fd, store=False, writable=writable)), node
+
+    def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
+              gid: int | None = None) -> Node:
+        if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            raise OverlayError(errno.EPERM)
+        parent, parts = self._prepare_create(parent_ino, name)
+        with self.upper.dirfd(parts) as pfd:
+            os.mknod(name, mode, rdev, dir_fd=pfd)
+            self._chown_new(pfd, name, uid, gid)
+        return self._attach_new(parent, name, stat.S_IFMT(mode))
+
+    def mkdir(self, parent_ino: int, name: str, mode: int, uid: int | None = None, gid: int | None = None) -> Node:
+        parent, parts = self._prepare_create(parent_ino, name)
+        # The name is free in the merged view, so a lower entry of that name was deleted: the new
+        # directory must not show the old one's contents (opaque).
+        opaque = self._lower_has(parent, name)
+        self.upper.mkdir(parts, name, stat.S_IMODE(mode), opaque=opaque)
+        with self.upper.dirfd(parts) as pfd:
+            self._chown_new(pfd, name, uid, gid)
+        return self._attach_new(parent, name, DIR, opaque=opaque)
+
+    def symlink(self, parent_ino: int, name: str, target: str, uid: int | None = None,
+                gid: int | None = None) -> Node:
+        parent, parts = self._prepare_create(parent_ino, name)
+        with self.upper.dirfd(parts) as pfd:
+            os.symlink(target, name, dir_fd=pfd)
+            self._chown_new(pfd, name, uid, gid)
+        return self._attach_new(parent, name, LNK)
+
+    def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
+        node = self.node(ino)
+        if node.kind == DIR:
+            raise OverlayError(errno.EPERM)
+        if not node.attached:
+            raise OverlayError(errno.ENOENT)
+        new_parent, parts = self._prepare_create(new_parent_ino, new_name)
+        self.copy_up(node)
+        src = self.parts(node)
+        with self.upper.dirfd(src[:-1]) as sfd, self.upper.dirfd(parts) as dfd:
+            os.link(src[-1], new_name, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        node.add_link(new_parent, new_name)
+        self.load(new_parent)[new_name] = node
+        node.nlookup += 1
+        self._inval_inode(node)  # st_nlink changed
+        return node
+
+    # -- removing --------------------------------------------------------------------------------
+
+    def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
+        parent = self.node(parent_ino)
+        if parent.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        check_name(name)
+        node = self.child(parent, name) if not name.startswith(WHITEOUT_PREFIX) else None
+        if node is None:
+            raise OverlayError(errno.ENOENT)
+        return parent, node
+
+    def unlink(self, parent_ino: int, name: str) -> None:
+        parent, node = self._existing(parent_ino, name)
+        if node.kind == DIR:
+            raise OverlayError(errno.EISDIR)
+        self._remove(parent, name, node)
+
+    def rmdir(self, parent_ino: int, name: str) -> None:
+        parent, node = self._existing(parent_ino, name)
+        if node.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        if self.load(node):
+            raise OverlayError(errno.ENOTEMPTY)
+        self._remove(parent, name, node)
+
+    def _remove(self, parent: Node, name: str, node: Node) -> None:
+        parts = self.parts(parent)
+        if self._lower_has(parent, name):
+            # Whiteout first: a crash in between leaves the upper entry, which wins over it.
+            self.ensure_upper(parent)
+            self.upper.whiteout(parts, name)
+        if node.upper:
+            with self.upper.dirfd(parts) as pfd:
+                if node.kind == DIR:
+                    self.upper.clear_markers([*parts, name])
+                    os.rmdir(name, dir_fd=pfd)
+                else:
+                    os.unlink(name, dir_fd=pfd)
+        self.load(parent).pop(name, None)
+        self._detach(parent, name, node)
+        if node.attached:
+            self._inval_inode(node)  # a hard link went: st_nlink changed
+
+    # -- rename ------------------------------------------------------------------------------------
+
+    def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int = 0) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise OverlayError(errno.EINVAL)
+        old_parent, src = self._existing(old_parent_ino, old_name)
+        new_parent = self.node(new_parent_ino)
+        if new_parent.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        check_name(new_name, creating=True)
+        dst = self.child(new_parent, new_name)
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise OverlayError(errno.EEXIST)
+            if dst is src:
+                return  # two names of one file: POSIX says do nothing
+            if src.kind == DIR and dst.kind != DIR:
+                raise OverlayError(errno.ENOTDIR)
+            if src.kind != DIR and dst.kind == DIR:
+                raise OverlayError(errno.EISDIR)
+            if dst.kind == DIR and self.load(dst):
+                raise OverlayError(errno.ENOTEMPTY)
+        # Refuse to move a directory below itself (the kernel checks too, but the tree is ours to keep).
+        n: Node | None = new_parent
+        while n is not None:
+            if n is src:
+                raise OverlayError(errno.EINVAL)
+            n = n.parent
+        opaque = False
+        if src.kind == DIR:
+            # overlayfs answers EXDEV here; instead the directory's lower content is copied up so it
+            # can move as a whole, and made opaque so no lower entry at its new path leaks in.
+            had_lower = self._copy_up_tree(src)
+            opaque = had_lower or self._lower_has(new_parent, new_name)
+        else:
+            self.copy_up(src)
+        self.ensure_upper(new_parent)
+        src_parts = self.parts(old_parent)
+        dst_parts = self.parts(new_parent)
+        if opaque and not src.opaque:
+            self.upper.make_opaque([*src_parts, old_name])
+        if dst is not None and dst.kind == DIR and dst.upper:
+            self.upper.clear_markers([*dst_parts, new_name])
+        with self.upper.dirfd(src_parts) as sfd, self.upper.dirfd(dst_parts) as dfd:
+            os.rename(old_name, new_name, src_dir_fd=sfd, dst_dir_fd=dfd)
+        if self._lower_has(old_parent, old_name):
+            self.upper.whiteout(src_parts, old_name)
+        self.load(old_parent).pop(old_name, None)
+        if dst is not None:
+            self.load(new_parent).pop(new_name, None)
+            self._detach(new_parent, new_name, dst)
+        src.remove_link(old_parent, old_name)
+        src.add_link(new_parent, new_name)
+        self.load(new_parent)[new_name] = src
+        if opaque:
+            src.opaque = True
+            self._forget_lower(src)
+
+    # -- attributes --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _at(self, node: Node) -> Iterator[tuple[int, str]]:
+        """(directory fd, name) of ``node`` in the upper layer, for the *at system calls."""
+        if node.ino == ROOT_INO:
+            yield self.upper.root_fd, "."
+            return
+        parts = self.parts(node)
+        with self.upper.dirfd(parts[:-1]) as pfd:
+            yield pfd, parts[-1]
+
+    def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Attr:
+        node = self.node(ino)
+        if not node.upper:
+            self.copy_up(node, content=changes.size != 0)
+        h = self.handles.get(fh) if fh is not None else None
+        if h is not None and (h.store or h.node is not node):
+            h = None
+        if not node.attached and h is None:
+            raise OverlayError(errno.ENOENT)
+        if node.attached:
+            with self._at(node) as (pfd, name):
+                self._apply(node, changes, h, pfd, name)
+        else:
+            assert h is not None
+            self._apply_fd(changes, h.fd)
+        return self.attr(node)
+
+    def _apply(self, node: Node, c: SetAttr, h: Handle | None, pfd: int, name: str) -> None:
+        if c.size is not None:
+            if node.kind != REG:
+                raise OverlayError(errno.EINVAL if node.kind != DIR else errno.EISDIR)
+            if h is not None and h.writable:
+                os.ftruncate(h.fd, c.size)
+            else:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                try:
+                    os.ftruncate(fd, c.size)
+                finally:
+                    os.close(fd)
+        if c.mode is not None and node.kind != LNK:
+            os.chmod(name, stat.S_IMODE(c.mode), dir_fd=pfd, follow_symlinks=False)
+        if c.uid is not None or c.gid is not None:
+            os.chown(name, -1 if c.uid is None else c.uid, -1 if c.gid is None else c.gid, dir_fd=pfd,
+                     follow_symlinks=False)
+        if c.atime_ns is not None or c.mtime_ns is not None:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns if c.atime_ns is None else c.atime_ns,
+                               st.st_mtime_ns if c.mtime_ns is None else c.mtime_ns),
+                     dir_fd=pfd, follow_symlinks=False)
+
+    def _apply_fd(self, c: SetAttr, fd: int) -> None:
+        if c.size is not None:
+            os.ftruncate(fd, c.size)
+        if c.mode is not None:
+            os.fchmod(fd, stat.S_IMODE(c.mode))
+        if c.uid is not None or c.gid is not None:
+            os.fchown(fd, -1 if c.uid is None else c.uid, -1 if c.gid is None else c.gid)
+        if c.atime_ns is not None or c.mtime_ns is not None:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(st.st_atime_ns if c.atime_ns is None else c.atime_ns,
+                             st.st_mtime_ns if c.mtime_ns is None else c.mtime_ns))
+
+    # -- extended attributes -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _xattr_path(self, node: Node) -> Iterator[str]:
+        with self._at(node) as (pfd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                # The magic link reaches the very inode opened above, never a path looked up again.
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        node = self.node(ino)
+        if not node.upper or node.kind == LNK:
+            raise OverlayError(errno.ENODATA)
+        with self._xattr_path(node) as path:
+            return os.getxattr(path, name)
+
+    def listxattr(self, ino: int) -> list[str]:
+        node = self.node(ino)
+        if not node.upper or node.kind == LNK:
+            return []
+        with self._xattr_path(node) as path:
+            return os.listxattr(path)
+
+    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        node = self.node(ino)
+        if node.kind == LNK:
+            raise OverlayError(errno.EPERM)
+        self.copy_up(node)
+        with self._xattr_path(node) as path:
+            os.setxattr(path, name, value)
+
+    def removexattr(self, ino: int, name: str) -> None:
+        node = self.node(ino)
+        if not node.upper or node.kind == LNK:
+            raise OverlayError(errno.ENODATA)
+        with self._xattr_path(node) as path:
+            os.removexattr(path, name)
+
+    def statfs(self) -> StatFs:
+        st = os.statvfs(self.upper.root)
+        return StatFs(st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree,
+                      st.f_favail, NAME_MAX)
+
+    # -- view changes (commit, venvfs add/remove) --------------------------------------------------
+
+    def replace_view(self, view: View) -> None:
+        """Switch to a new selection's view, telling the kernel about every name that changed."""
+        self.view = view
+        self._reconcile(self.root, view.root)
+
+    def _reconcile(self, d: Node, new_lower: LowerDir | None) -> None:
+        if d.opaque:
+            new_lower = None
+        d.lower = new_lower
+        if d.children is None:
+            return
+        whiteouts: set[str] = set()
+        if d.upper:
+            with contextlib.suppress(OSError):
+                listing = self.upper.listdir(self.parts(d))
+                whiteouts = listing.whiteouts
+                for name in list(whiteouts):
+                    if new_lower is None or name not in new_lower.children:
+                        # Hides nothing any more; dropped so a later selection of that name shows.
+                        self.upper.remove_whiteout(self.parts(d), name)
+                        whiteouts.discard(name)
+        children = d.children
+        for name, node in list(children.items()):
+            entry = new_lower.children.get(name) if new_lower is not None and name not in whiteouts else None
+            if node.upper:
+                if node.kind == DIR and node.parent is d:
+                    self._reconcile(node, entry if isinstance(entry, LowerDir) else None)
+                continue
+            if isinstance(entry, LowerDir) and node.kind == DIR:
+                self._reconcile(node, entry)
+                continue
+            if isinstance(entry, LowerFile) and isinstance(node.lower, LowerFile) and entry.same_as(node.lower):
+                node.lower = entry
+                continue
+            del children[name]
+            self._detach(d, name, node)
+            self._inval_entry(d, name)
+            if entry is not None:
+                children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+        if new_lower is not None:
+            for name, entry in new_lower.children.items():
+                if name not in children and name not in whiteouts:
+                    children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+                    self._inval_entry(d, name)  # the kernel may hold a cached "no such name"
+
+    def drop_upper(self, relpaths: Sequence[str]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
+        dropped = 0
+        dirs: set[str] = set()
+        for rel in relpaths:
+            node = self.resolve(rel)
+            if node is None or not node.upper or node.kind != REG or node.parent is None or node.extra_links:
+                continue
+            parent = node.parent
+            entry = parent.lower.children.get(node.name) if isinstance(parent.lower, LowerDir) else None
+            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry):
+                continue
+            parts = self.parts(parent)
+            with self.upper.dirfd(parts) as pfd:
+                os.unlink(node.name, dir_fd=pfd)
+            node.upper = False
+            node.lower = entry
+            self._inval_inode(node)
+            dropped += 1
+            if parts:
+                dirs.add("/".join(parts))
+        for rel in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
+            while rel:
+                node = self.resolve(rel)
+                if node is None or not node.upper or node.parent is None or not isinstance(node.lower, LowerDir):
+                    break
+                if any(c.upper for c in self.load(node).values()):
+                    break
+                listing = self.upper.listdir(self.parts(node))
+                if listing.entries or listing.whiteouts or listing.opaque:
+                    break
+                parts = self.parts(node)
+                with self.upper.dirfd(parts[:-1]) as pfd:
+                    os.rmdir(parts[-1], dir_fd=pfd)
+                node.upper = False
+                self._inval_inode(node)
+                rel = rel.rpartition("/")[0]
+        return dropped
+
+    def _upper_matches(self, node: Node, entry: LowerFile) -> bool:
+        parts = self.parts(node)
+        if entry.kind == PYC:
+            # Bytecode of a source that now comes from the store: the store's .pyc is the valid one
+            # (the upper one was compiled against the upper copy's mtime).
+            src_name = node.name.split(".")[0] + ".py"
+            assert node.parent is not None and node.parent.parent is not None
+            src = self.child(node.parent.parent, src_name)
+            return src is not None and not src.upper
+        if entry.kind != OBJECT:
+            return False
+        try:
+            with self.upper.dirfd(parts[:-1]) as pfd:
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                st = os.fstat(fd)
+                if st.st_size != entry.size or bool(st.st_mode & 0o100) != entry.executable:
+                    return False
+                h = hashlib.sha256()
+                off = 0
+                while chunk := os.pread(fd, 1 << 20, off):
+                    h.update(chunk)
+                    off += len(chunk)
+                return h.hexdigest() == entry.digest
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
