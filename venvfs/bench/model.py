@@ -16,7 +16,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "create_s": ("s", "time to create one more venv"),
     "extra_bytes": ("bytes", "extra disk per venv (statfs delta after creating it and one import)"),
     "extra_inodes": ("inodes", "extra inodes per venv (statfs delta, same moment)"),
-    "mount_s": ("s", "time from mount to the first answered lookup"),
+    "mount_s": ("s", "mounting an existing venv again, until a lookup in it answers"),
     "import_warm_s": ("s", "warm import of the set"),
     "import_cold_s": ("s", "cold import of the set (page cache dropped before each run)"),
     "walk_warm_s": ("s", "os.walk + lstat of site-packages, warm"),

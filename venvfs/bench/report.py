@@ -45,7 +45,8 @@ def fmt_value(unit: str, value: float) -> str:
 
 
 def fmt_ratio(ratio: float) -> str:
-    return f"{ratio:.2f}x"
+    # Tiny ratios (an overlay venv costs 0.0004x a copy's disk) would all print as 0.00x.
+    return f"{ratio:.2f}x" if ratio >= 0.095 else f"{ratio:.2g}x"
 
 
 @dataclass

@@ -205,6 +205,12 @@ def _create_rounds(live: list[_Live], settings: Settings, workload: Workload, sa
             made[lv.strategy.name] = (elapsed, after.bytes - before.bytes, after.inodes - before.inodes)
             for key, value in extra.items():
                 lv.result.metric(key).add(value)
+            if lv.strategy.mounts:
+                # Mounting an existing venv again is what every later use costs (boot, automount).
+                try:
+                    lv.result.metric("mount_s").add(lv.strategy.remount(site, dest))
+                except Exception as e:
+                    lv.result.metric("mount_s").fail(f"remount failed: {_short(e)}")
             say(f"round {r + 1}/{settings.venvs}: {lv.strategy.name:<15} {elapsed:7.2f} s  "
                 f"{(after.bytes - before.bytes) / 1e6:9.1f} MB  {after.inodes - before.inodes:7d} inodes")
         base = made.get("native")

@@ -37,6 +37,13 @@ class Site:
     prepared: set[str] = field(default_factory=set)
 
     @property
+    def layers_probe(self) -> str:
+        """A name every venv's site-packages has (a dist-info directory): a lookup that proves a mount answers."""
+        assert self.seed is not None
+        found = sorted(trees.site_packages(self.seed).glob("*.dist-info"))
+        return found[0].name if found else "."
+
+    @property
     def uv_cache(self) -> Path:
         return self.fs.root / "uv-cache"
 
@@ -124,6 +131,10 @@ class Strategy:
     def teardown(self, site: Site, venv: Path) -> None:
         return None
 
+    def remount(self, site: Site, venv: Path) -> float:
+        """Unmount ``venv`` and time mounting it again until a lookup in it answers (mounts only)."""
+        raise NotImplementedError
+
     def daemon_pid(self, venv: Path) -> int | None:
         return None
 
@@ -192,7 +203,6 @@ class _Overlay(Strategy):
         raise NotImplementedError
 
     def create(self, site: Site, dest: Path) -> dict[str, float]:
-        assert site.layers is not None
         seed = ensure_seed(site)
         sp = trees.make_skeleton(site.python, dest)
         upper, work = dest / ".overlay" / "upper", dest / ".overlay" / "work"
@@ -201,13 +211,22 @@ class _Overlay(Strategy):
         sp.rename(upper)
         sp.mkdir()
         trees.copy_scripts(seed, dest)
-        probe = next(iter(sorted(trees.site_packages(seed).glob("*.dist-info"))), None)
-        start = time.perf_counter()
+        self._mount_venv(site, dest)
+        return {}
+
+    def _mount_venv(self, site: Site, dest: Path) -> None:
+        assert site.layers is not None
+        sp = trees.site_packages(dest)
         # Relative layer names, resolved against cwd by the kernel: 28 absolute paths would not fit
         # in the one page that mount options get.
-        self._mount(site, ":".join(site.layers), upper, work, sp)
-        wait_answering(sp / probe.name if probe else sp)
-        return {"mount_s": time.perf_counter() - start}
+        self._mount(site, ":".join(site.layers), dest / ".overlay" / "upper", dest / ".overlay" / "work", sp)
+        wait_answering(sp / site.layers_probe)
+
+    def remount(self, site: Site, venv: Path) -> float:
+        self.teardown(site, venv)
+        start = time.perf_counter()
+        self._mount_venv(site, venv)
+        return time.perf_counter() - start
 
     def teardown(self, site: Site, venv: Path) -> None:
         with contextlib.suppress(RuntimeError):
@@ -356,14 +375,19 @@ class VenvfsMount(_Venvfs):
         return super().check() or fuse_problem()
 
     def create(self, site: Site, dest: Path) -> dict[str, float]:
-        template = site.fs.root / "venvfs-template"
         self._new(site, dest, "hardlink")
-        sp = trees.site_packages(dest)
-        start = time.perf_counter()
+        self._mount_venv(site, dest)
+        return {}
+
+    def _mount_venv(self, site: Site, dest: Path) -> None:
         _run([*venvfs_argv(), "mount", str(dest)], env=venvfs_env(site), what="venvfs mount")
-        probe = next(iter(sorted(trees.site_packages(template).glob("*.dist-info"))), None)
-        wait_answering(sp / probe.name if probe else sp)
-        return {"mount_s": time.perf_counter() - start}
+        wait_answering(trees.site_packages(dest) / site.layers_probe)
+
+    def remount(self, site: Site, venv: Path) -> float:
+        self.teardown(site, venv)
+        start = time.perf_counter()
+        self._mount_venv(site, venv)
+        return time.perf_counter() - start
 
     def teardown(self, site: Site, venv: Path) -> None:
         proc = subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=venvfs_env(site))
