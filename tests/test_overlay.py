@@ -1,0 +1,169 @@
+"""Tier 1: the overlay's semantics, called directly (no FUSE, no venv)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from venvfs.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
+from venvfs.records import DistRecord, StoredFile
+from venvfs.store import SOURCE_EPOCH, Store
+from venvfs.upper import OPAQUE, Upper
+from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, build_view
+
+
+def _record(store: Store, files: dict[str, bytes], name: str = "demo") -> DistRecord:
+    stored = []
+    for path, data in files.items():
+        put = store.put_stream(io.BytesIO(data), durable=False)
+        stored.append(StoredFile(path, "purelib", put.digest, put.size))
+    record = DistRecord(name=name, version="1.0", dist_info=f"{name}-1.0.dist-info", tags=("py3-none-any",),
+                        files=tuple(stored))
+    store.add_dist(record)
+    return record
+
+
+FILES = {
+    "pkg/__init__.py": b"X = 1\n",
+    "pkg/mod.py": b"def f():\n    return 2\n",
+    "pkg/sub/data.txt": b"data " * 50,
+    "demo-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+}
+
+
+@pytest.fixture
+def ov(store: Store, tmp_path: Path) -> Overlay:
+    record = _record(store, FILES)
+    view = build_view([record], cache_tag=None, store_root=store.root)
+    upper = Upper(tmp_path / "upper", tmp_path / "work")
+    return Overlay(view, upper, store)
+
+
+def _ino(ov: Overlay, path: str) -> int:
+    node = ov.resolve(path)
+    assert node is not None, path
+    return node.ino
+
+
+def _read(ov: Overlay, path: str) -> bytes:
+    fh, _ = ov.open(_ino(ov, path), os.O_RDONLY)
+    try:
+        return ov.read(fh, 0, 1 << 20)
+    finally:
+        ov.release(fh)
+
+
+def test_view_merges_records_and_bytecode(store: Store) -> None:
+    record = _record(store, FILES)
+    digest = next(f.digest for f in record.files if f.path == "pkg/mod.py")
+    assert digest is not None
+    pyc = store.bytecode_path("cpython-311", digest)
+    pyc.parent.mkdir(parents=True)
+    pyc.write_bytes(b"pyc")
+    view = build_view([record], cache_tag="cpython-311", store_root=store.root)
+    entry = view.lookup("pkg/__pycache__/mod.cpython-311.pyc")
+    assert isinstance(entry, LowerFile) and entry.kind == PYC and entry.digest == digest
+    assert view.lookup("pkg/__pycache__/__init__.cpython-311.pyc") is None  # not compiled
+    assert isinstance(view.lookup("pkg/sub"), LowerDir)
+    leaf = view.lookup("pkg/mod.py")
+    assert isinstance(leaf, LowerFile) and leaf.kind == OBJECT
+
+
+def test_store_files_look_writable_with_the_epoch_mtime(ov: Overlay) -> None:
+    attr = ov.getattr(_ino(ov, "pkg/mod.py"))
+    assert attr.mode & 0o777 == 0o644 and attr.immutable
+    assert attr.mtime_ns == SOURCE_EPOCH * 10**9
+    assert attr.size == len(FILES["pkg/mod.py"])
+
+
+def test_write_open_copies_up_atomically(ov: Overlay, tmp_path: Path) -> None:
+    ino = _ino(ov, "pkg/mod.py")
+    fh, keep = ov.open(ino, os.O_WRONLY)
+    assert not keep
+    ov.write(fh, 0, b"#")
+    ov.release(fh)
+    assert (tmp_path / "upper/pkg/mod.py").read_bytes() == b"#" + FILES["pkg/mod.py"][1:]
+    assert _read(ov, "pkg/mod.py").startswith(b"#")
+    assert ("inode", ino, "") in ov.invalidations
+    assert os.listdir(tmp_path / "work") == []
+
+
+def test_truncate_and_chmod_copy_up(ov: Overlay, tmp_path: Path) -> None:
+    ov.setattr(_ino(ov, "pkg/__init__.py"), SetAttr(size=0))
+    assert (tmp_path / "upper/pkg/__init__.py").read_bytes() == b""
+    ov.setattr(_ino(ov, "pkg/mod.py"), SetAttr(mode=0o600))
+    assert (tmp_path / "upper/pkg/mod.py").stat().st_mode & 0o777 == 0o600
+
+
+def test_unlink_and_rmdir_leave_whiteouts(ov: Overlay, tmp_path: Path) -> None:
+    pkg = _ino(ov, "pkg")
+    ov.unlink(pkg, "mod.py")
+    assert (tmp_path / "upper/pkg/.wh.mod.py").exists()
+    assert ov.lookup(pkg, "mod.py") is None
+    with pytest.raises(OverlayError) as e:
+        ov.rmdir(pkg, "sub")
+    assert e.value.errno == errno.ENOTEMPTY
+    ov.unlink(_ino(ov, "pkg/sub"), "data.txt")
+    ov.rmdir(pkg, "sub")
+    assert (tmp_path / "upper/pkg/.wh.sub").exists()
+    assert not (tmp_path / "upper/pkg/sub").exists()
+    # Recreated: opaque, so the old contents never show through.
+    node = ov.mkdir(pkg, "sub", 0o755)
+    assert (tmp_path / "upper/pkg/sub" / OPAQUE).exists()
+    assert ov.opendir(node.ino) and ov.load(node) == {}
+
+
+def test_rename_of_a_store_directory_works(ov: Overlay, tmp_path: Path) -> None:
+    ov.rename(ROOT_INO, "pkg", ROOT_INO, "moved")
+    assert ov.resolve("pkg") is None
+    assert _read(ov, "moved/sub/data.txt") == FILES["pkg/sub/data.txt"]
+    assert (tmp_path / "upper/.wh.pkg").exists()
+    assert (tmp_path / "upper/moved" / OPAQUE).exists()
+
+
+def test_merged_directory_lists_each_name_once(ov: Overlay) -> None:
+    fh, _ = ov.open(_ino(ov, "pkg/mod.py"), os.O_RDWR)
+    ov.release(fh)
+    ov.create(_ino(ov, "pkg"), "new.py", 0o644, os.O_WRONLY)
+    names = [name for _, name, _ in ov.readdir(ov.opendir(_ino(ov, "pkg")), 0)]
+    assert sorted(names) == ["__init__.py", "mod.py", "new.py", "sub"]
+
+
+def test_names_are_checked(ov: Overlay) -> None:
+    for name, err in ((".wh.x", errno.EINVAL), ("a" * 256, errno.ENAMETOOLONG), ("a/b", errno.EINVAL),
+                      ("..", errno.EINVAL)):
+        with pytest.raises(OverlayError) as e:
+            ov.create(ROOT_INO, name, 0o644, os.O_WRONLY)
+        assert e.value.errno == err, name
+    assert ov.lookup(ROOT_INO, ".wh.pkg") is None
+
+
+@pytest.mark.allow_warnings
+def test_missing_or_corrupt_object_is_eio(ov: Overlay, store: Store) -> None:
+    record = store.get_dist(store.dist_keys()[0])
+    for f in record.files:
+        assert f.digest is not None
+        obj = store.object_path(f.digest)
+        if f.path == "pkg/mod.py":
+            obj.unlink()
+        elif f.path == "pkg/__init__.py":
+            os.chmod(obj, 0o644)
+            obj.write_bytes(b"Y = 1\n")  # same size, other bytes
+    for path in ("pkg/mod.py", "pkg/__init__.py"):
+        with pytest.raises(OverlayError) as e:
+            ov.open(_ino(ov, path), os.O_RDONLY)
+        assert e.value.errno == errno.EIO
+    assert _read(ov, "pkg/sub/data.txt") == FILES["pkg/sub/data.txt"]
+
+
+def test_reload_invalidates_changed_names(ov: Overlay, store: Store) -> None:
+    assert ov.lookup(ROOT_INO, "extra") is None
+    base = store.get_dist(store.dist_keys()[0])
+    extra = _record(store, {"extra/__init__.py": b""}, name="extra")
+    ov.replace_view(build_view([base, extra], cache_tag=None, store_root=store.root))
+    assert ov.lookup(ROOT_INO, "extra") is not None
+    assert ("entry", ROOT_INO, "extra") in ov.invalidations
