@@ -3,6 +3,7 @@ explained in a numbered footnote instead of a blank or a zero."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,9 @@ def fmt_value(unit: str, value: float) -> str:
 
 def fmt_ratio(ratio: float) -> str:
     # Tiny ratios (an overlay venv costs 0.0004x a copy's disk) would all print as 0.00x.
-    return f"{ratio:.2f}x" if ratio >= 0.095 else f"{ratio:.2g}x"
+    if ratio >= 0.095 or ratio <= 0:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.{1 - math.floor(math.log10(ratio))}f}x"
 
 
 @dataclass

@@ -9,6 +9,7 @@ a strategy cannot run here, and that reason goes into the report verbatim.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -375,18 +376,22 @@ class VenvfsMount(_Venvfs):
         return super().check() or fuse_problem()
 
     def create(self, site: Site, dest: Path) -> dict[str, float]:
-        self._new(site, dest, "hardlink")
-        self._mount_venv(site, dest)
-        return {}
-
-    def _mount_venv(self, site: Site, dest: Path) -> None:
-        _run([*venvfs_argv(), "mount", str(dest)], env=venvfs_env(site), what="venvfs mount")
+        # Mount the empty venv, then select: the selection reaches the daemon as a view reload, so
+        # nothing is materialized first only to be converted to the mounted layout.
+        template = site.fs.root / "venvfs-template"
+        env = venvfs_env(site)
+        trees.make_skeleton(site.python, dest)
+        _run([*venvfs_argv(), "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
+        _run([*venvfs_argv(), "mount", "--mode", "fuse", str(dest)], env=env, what="venvfs mount")
+        _run([*venvfs_argv(), "add", str(dest), *_selection(template)], env=env, what="venvfs add")
         wait_answering(trees.site_packages(dest) / site.layers_probe)
+        return {}
 
     def remount(self, site: Site, venv: Path) -> float:
         self.teardown(site, venv)
         start = time.perf_counter()
-        self._mount_venv(site, venv)
+        _run([*venvfs_argv(), "mount", "--mode", "fuse", str(venv)], env=venvfs_env(site), what="venvfs mount")
+        wait_answering(trees.site_packages(venv) / site.layers_probe)
         return time.perf_counter() - start
 
     def teardown(self, site: Site, venv: Path) -> None:
@@ -395,12 +400,12 @@ class VenvfsMount(_Venvfs):
             force_unmount(str(trees.site_packages(venv)))
 
     def daemon_pid(self, venv: Path) -> int | None:
-        for pidfile in sorted((venv / ".venvfs").glob("*.pid")):
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(pidfile.read_text().split()[0])
-                if Path(f"/proc/{pid}").exists():
-                    return pid
-        return find_process([b"venvfs", os.fsencode(venv)])
+        # daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            pid = int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["pid"])
+            if Path(f"/proc/{pid}").exists():
+                return pid
+        return find_process([b"venvfs", os.fsencode(trees.site_packages(venv))])
 
 
 def _selection(template: Path) -> list[str]:
