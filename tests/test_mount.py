@@ -1,0 +1,314 @@
+"""Tier 3: real mounts of real venvs, each overlay semantic checked through the kernel with errnos."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, uv_pip
+from tests.wheelbuilder import build_wheel, simple_package
+from venvfs import daemon
+from venvfs.store import SOURCE_EPOCH, Store
+from venvfs.venv import Venv
+
+pytestmark = pytest.mark.fuse
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _cleanup(venv: Path) -> None:
+    # pyfuse3 test/util.py style: lazy unmount, then make sure the daemon is gone.
+    v = Venv(venv)
+    pid = daemon.daemon_pid(v)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if daemon.daemon_pid(v) is None:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    with_mount = [p for p in v.root.glob("lib/python*/site-packages")]
+    for sp in with_mount:
+        if daemon.mounted_fstype(sp) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(sp)], check=False)
+
+
+@pytest.fixture
+def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+            tmp_path: Path) -> Iterator[Venv]:
+    wheel = build_wheel(tmp_path / "wheels", simple_package())
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(wheel))
+    try:
+        run_venvfs("mount", str(path))
+        yield Venv.open(path)
+    finally:
+        _cleanup(path)
+
+
+def venvfs_env(store: Store, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, timeout=300,
+                          env={**env, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(REPO)}, check=True)
+
+
+def _expect(err: int, fn: Callable[[], object]) -> None:
+    with pytest.raises(OSError) as e:
+        fn()
+    assert e.value.errno == err, e.value
+
+
+def test_mount_serves_the_store_and_is_idempotent(mounted: Venv, run_venvfs: Run) -> None:
+    sp = mounted.site_packages
+    assert daemon.mounted_fstype(sp) == "fuse.venvfs"
+    assert json.loads(mounted.state_dir.joinpath("state.json").read_text())["layout"] == "mounted"
+    st = (sp / "demo/__init__.py").stat()
+    assert st.st_mtime == SOURCE_EPOCH and st.st_mode & 0o777 == 0o644
+    out = subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers as h; print(h.double(21))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "42"
+    pid = daemon.daemon_pid(mounted)
+    assert "already mounted" in run_venvfs("mount", str(mounted.root)).stdout
+    assert daemon.daemon_pid(mounted) == pid
+    listed = json.loads(run_venvfs("list", "--json").stdout)
+    assert [m["venv"] for m in listed] == [str(mounted.root)]
+
+
+def test_edit_through_the_mount_reads_back(mounted: Venv) -> None:
+    f = mounted.site_packages / "demo/__init__.py"
+    before = f.read_bytes()
+    with open(f, "ab") as out:
+        out.write(b"EXTRA = 1\n")
+    assert f.read_bytes() == before + b"EXTRA = 1\n"
+    assert f.stat().st_size == len(before) + 10
+    assert (mounted.upper_dir / "demo/__init__.py").read_bytes() == before + b"EXTRA = 1\n"
+    # An edited .py takes effect at the next import (its new mtime makes the store's .pyc stale).
+    out = subprocess.run([str(mounted.python), "-c", "import demo; print(demo.EXTRA)"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_create_after_a_failed_lookup(mounted: Venv) -> None:
+    f = mounted.site_packages / "demo/late.py"
+    assert not f.exists()  # the kernel now caches "no such name"
+    f.write_text("LATE = 1\n")
+    assert f.read_text() == "LATE = 1\n"
+    assert "late.py" in os.listdir(f.parent)
+
+
+def test_copy_up_on_metadata_changes(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    os.chmod(sp / "demo/sub/helpers.py", 0o600)
+    assert (sp / "demo/sub/helpers.py").stat().st_mode & 0o777 == 0o600
+    os.utime(sp / "demo/sub/__init__.py", (1_000_000_000, 1_000_000_000))
+    assert (sp / "demo/sub/__init__.py").stat().st_mtime == 1_000_000_000
+    os.truncate(sp / "demo/data/table.txt", 5)
+    assert (sp / "demo/data/table.txt").read_bytes() == b"share"
+    os.chown(sp / "demo/__init__.py", os.getuid(), os.getgid())
+    for rel in ("demo/sub/helpers.py", "demo/sub/__init__.py", "demo/data/table.txt", "demo/__init__.py"):
+        assert (mounted.upper_dir / rel).is_file(), rel
+    assert os.listdir(mounted.state_dir / "work") == []
+
+
+def test_whiteouts_and_opaque_directories(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    os.unlink(sp / "demo/data/table.txt")
+    _expect(errno.ENOENT, lambda: (sp / "demo/data/table.txt").stat())
+    assert (mounted.upper_dir / "demo/data/.wh.table.txt").exists()
+    _expect(errno.ENOTEMPTY, lambda: os.rmdir(sp / "demo/sub"))
+    os.rmdir(sp / "demo/data")
+    _expect(errno.ENOENT, lambda: os.listdir(sp / "demo/data"))
+    os.mkdir(sp / "demo/data")
+    assert os.listdir(sp / "demo/data") == []
+    assert (mounted.upper_dir / "demo/data/.wh..wh..opq").exists()
+    names = os.listdir(sp / "demo")
+    assert len(names) == len(set(names))
+    _expect(errno.EINVAL, lambda: (sp / "demo/.wh.sub").write_text(""))
+    _expect(errno.ENOENT, lambda: (sp / "demo/.wh.data").stat())
+
+
+def test_rename_of_store_directory_and_files(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    os.rename(sp / "demo/sub", sp / "demo/moved")  # overlayfs says EXDEV here
+    assert (sp / "demo/moved/helpers.py").read_text().startswith("def double")
+    _expect(errno.ENOENT, lambda: (sp / "demo/sub").stat())
+    os.rename(sp / "demo/data/table.txt", sp / "demo/table.txt")
+    assert (sp / "demo/table.txt").read_bytes() == b"shared bytes " * 100
+    os.mkdir(sp / "demo/sub")
+    assert os.listdir(sp / "demo/sub") == []
+    _expect(errno.ENOTEMPTY, lambda: os.rename(sp / "demo/sub", sp / "demo/moved"))
+
+
+def test_links_xattrs_statfs_and_long_names(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    os.symlink("sub/helpers.py", sp / "demo/alias.py")
+    assert os.readlink(sp / "demo/alias.py") == "sub/helpers.py"
+    assert (sp / "demo/alias.py").read_text().startswith("def double")
+    os.link(sp / "demo/__init__.py", sp / "demo/hard.py")
+    a, b = (sp / "demo/__init__.py").stat(), (sp / "demo/hard.py").stat()
+    assert a.st_ino == b.st_ino and a.st_nlink == 2
+    with open(sp / "demo/hard.py", "a") as f:
+        f.write("# via the second name\n")
+    assert (sp / "demo/__init__.py").read_text().endswith("# via the second name\n")
+    os.setxattr(sp / "demo/hard.py", "user.venvfs-test", b"yes")
+    assert os.getxattr(sp / "demo/__init__.py", "user.venvfs-test") == b"yes"
+    _expect(errno.ENODATA, lambda: os.getxattr(sp / "demo/sub/helpers.py", "user.none"))
+    assert os.statvfs(sp).f_namemax == 255 and os.statvfs(sp).f_blocks > 0
+    _expect(errno.ENAMETOOLONG, lambda: (sp / ("n" * 256)).write_text(""))
+    (sp / ("n" * 255)).write_text("ok")
+    deep = sp / "d"
+    parts = 0
+    while len(str(deep)) < 3900:
+        deep = deep / ("x" * 200)
+        parts += 1
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("deep")
+    assert (deep / "f").read_text() == "deep"
+
+
+def test_unlinked_open_file_mmap_and_fsync(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    with open(sp / "demo/sub/helpers.py", "r+b") as f:
+        os.unlink(sp / "demo/sub/helpers.py")
+        f.write(b"# still here\n")
+        f.flush()
+        os.fsync(f.fileno())
+        f.seek(0)
+        assert f.read().startswith(b"# still here\n")
+        assert os.fstat(f.fileno()).st_nlink == 0
+    p = sp / "demo/map.bin"
+    p.write_bytes(b"\0" * 8192)
+    with open(p, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 8192, mmap.MAP_SHARED)
+        m[:5] = b"mmap!"
+        m.flush()
+        m.close()
+        os.fsync(f.fileno())
+    assert (mounted.upper_dir / "demo/map.bin").read_bytes()[:5] == b"mmap!"
+
+
+def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:
+    subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers"], check=True)
+    written = [p for p in mounted.upper_dir.rglob("*.pyc")]
+    assert written == []
+
+
+@pytest.mark.allow_warnings
+def test_missing_store_object_is_eio_and_the_daemon_lives(mounted: Venv, store: Store) -> None:
+    sp = mounted.site_packages
+    key = next(k for k in store.dist_keys() if k.startswith("demo-"))
+    f = next(f for f in store.get_dist(key).files if f.path == "demo/sub/helpers.py")
+    assert f.digest is not None
+    store.object_path(f.digest).unlink()
+    _expect(errno.EIO, lambda: (sp / "demo/sub/helpers.py").read_bytes())
+    assert (sp / "demo/data/table.txt").read_bytes() == b"shared bytes " * 100
+    assert daemon.daemon_pid(mounted) is not None
+
+
+def test_kill_9_loses_no_returned_write_and_mount_recovers(mounted: Venv, run_venvfs: Run) -> None:
+    sp = mounted.site_packages
+    (sp / "demo/written.txt").write_text("before the kill")
+    with open(sp / "demo/__init__.py", "a") as f:
+        f.write("AFTER = 1\n")
+    pid = daemon.daemon_pid(mounted)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        if daemon.daemon_pid(mounted) is None:
+            break
+        time.sleep(0.02)
+    _expect(errno.ENOTCONN, lambda: os.listdir(sp))
+    assert daemon.mount_state(mounted) == "dead"
+    run_venvfs("mount", str(mounted.root))
+    assert daemon.mount_state(mounted) == "mounted"
+    assert (sp / "demo/written.txt").read_text() == "before the kill"
+    assert (sp / "demo/__init__.py").read_text().endswith("AFTER = 1\n")
+
+
+def test_concurrent_mounts_give_one_daemon(mounted: Venv, run_venvfs: Run) -> None:
+    run_venvfs("umount", str(mounted.root))
+    assert daemon.mount_state(mounted) == "unmounted"
+    results: list[subprocess.CompletedProcess[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(run_venvfs("mount", str(mounted.root))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(r.returncode == 0 for r in results)
+    pids = subprocess.run(["pgrep", "-f", f"venvfs.daemon --venv {mounted.root} "], capture_output=True,
+                          text=True).stdout.split()
+    assert len(pids) == 1, pids
+    assert sum("already mounted" in r.stdout for r in results) == 2
+
+
+def test_umount_with_open_files_and_sigterm(mounted: Venv, run_venvfs: Run) -> None:
+    sp = mounted.site_packages
+    f = open(sp / "demo/__init__.py", "rb")  # noqa: SIM115 - held open across the unmount on purpose
+    try:
+        assert "unmounted" in run_venvfs("umount", str(mounted.root)).stdout
+        assert daemon.mounted_fstype(sp) is None
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()  # ENOTCONN: the lazily detached mount has no daemon to flush to
+    assert os.listdir(sp) == []  # the mounted layout: site-packages is empty underneath
+    run_venvfs("mount", str(mounted.root))
+    pid = daemon.daemon_pid(mounted)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(250):
+        if daemon.mounted_fstype(sp) is None and daemon.daemon_pid(mounted) is None:
+            break
+        time.sleep(0.02)
+    assert daemon.mounted_fstype(sp) is None
+
+
+def test_umount_materialize_round_trip_keeps_every_change(mounted: Venv, run_venvfs: Run) -> None:
+    sp = mounted.site_packages
+    (sp / "demo/own.txt").write_text("mine")
+    os.unlink(sp / "demo/data/table.txt")
+    os.rename(sp / "demo/sub", sp / "demo/sub2")
+    with open(sp / "demo/__init__.py", "a") as f:
+        f.write("EDIT = 1\n")
+    run_venvfs("umount", "--materialize", str(mounted.root))
+    assert (sp / "demo/own.txt").read_text() == "mine"
+    assert not (sp / "demo/data/table.txt").exists() and not (sp / "demo/sub").exists()
+    assert (sp / "demo/sub2/helpers.py").is_file()
+    assert (sp / "demo/__init__.py").read_text().endswith("EDIT = 1\n")
+    assert json.loads((mounted.state_dir / "state.json").read_text())["layout"] == "materialized"
+    run_venvfs("mount", str(mounted.root))
+    assert (sp / "demo/own.txt").read_text() == "mine"
+    assert not (sp / "demo/data/table.txt").exists() and not (sp / "demo/sub").exists()
+    assert (sp / "demo/__init__.py").read_text().endswith("EDIT = 1\n")
+
+
+def test_fallback_when_fuse_is_disabled(require_fuse: None, store: Store, make_venv: Callable[..., Path],
+                                        run_venvfs: Run, tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path / "wheels", simple_package())
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(wheel))
+    proc = venvfs_env(store, "mount", str(path), env={**os.environ, daemon.DISABLE_ENV: "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and daemon.DISABLE_ENV in lines[0], proc.stderr
+    venv = Venv.open(path)
+    assert daemon.mounted_fstype(venv.site_packages) is None
+    # A real case: no fusermount3 on PATH.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(sys.executable, bindir / "python3")
+    proc = venvfs_env(store, "mount", str(path), env={"PATH": str(bindir), "HOME": os.environ.get("HOME", "/")})
+    assert "fusermount3" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    out = subprocess.run([str(venv.python), "-c", "import demo.sub.helpers"], check=True)
+    assert out.returncode == 0
