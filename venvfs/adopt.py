@@ -14,6 +14,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -234,6 +235,10 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     records: list[DistRecord] = []
     with store.writing():
         for dist_info in dist_infos:
+            if _is_editable(dist_info):
+                # Its files point at a source tree of this machine: nothing another venv could share.
+                report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
+                continue
             adopter = _DistAdopter(venv, store, dist_info, progress)
             try:
                 record = adopter.adopt()
@@ -265,6 +270,16 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     report.link_summary = linker.summary()
     report.link_mode = state.link_mode
     return report
+
+
+def _is_editable(dist_info: Path) -> bool:
+    """PEP 660 editable installs say so in PEP 610's direct_url.json."""
+    try:
+        data = json.loads((dist_info / "direct_url.json").read_text())
+    except (OSError, ValueError):
+        return False
+    dir_info = data.get("dir_info") if isinstance(data, dict) else None
+    return isinstance(dir_info, dict) and dir_info.get("editable") is True
 
 
 def _lines(path: Path) -> list[str]:
