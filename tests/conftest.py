@@ -194,3 +194,47 @@ def xfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
         image.unlink(missing_ok=True)
+
+
+def create_venv(path: Path, tool: str = "venv") -> Path:
+    """What the ``make_venv`` fixture does, for module- and session-scoped fixtures."""
+    if tool == "venv":
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    elif tool == "uv":
+        subprocess.run([uv(), "venv", "-q", "--python", sys.executable, str(path)], check=True)
+    elif tool == "virtualenv":
+        subprocess.run([sys.executable, "-m", "virtualenv", "-q", "--python", sys.executable, str(path)], check=True)
+    else:
+        raise ValueError(tool)
+    return path
+
+
+def venv_files(venv: Path) -> dict[str, str]:
+    """The venv's files (relative path -> sha256, or "-> target" for a symlink), without bytecode caches
+    and venvfs's own state: what a user would call the venv's content."""
+    import hashlib
+
+    files: dict[str, str] = {}
+    for dirpath, dirs, names in os.walk(venv):
+        dirs[:] = [d for d in dirs if d not in ("__pycache__", ".venvfs")]
+        for name in names:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(venv))
+            if path.is_symlink():
+                files[rel] = "-> " + os.readlink(path)
+            else:
+                files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def run_cli(store: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """``python -m venvfs --store STORE ARGS`` (the store option goes after the subcommand words)."""
+    words = [a for a in args if not a.startswith("-")][:2] if args and args[0] == "store" else list(args[:1])
+    rest = list(args[len(words):])
+    proc = subprocess.run([sys.executable, "-m", "venvfs", *words, "--store", str(store), *rest],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"venvfs {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
