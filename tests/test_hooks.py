@@ -56,6 +56,7 @@ def fake_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
         script.write_text(
             "#!/bin/sh\n"
             f'echo "$* store=$VENVFS_STORE guard=$VENVFS_AUTOMOUNT_ACTIVE" >> {log}\n'
+            "echo 'mounted (stdout of venvfs mount: hooks must not pass it on)'\n"
             + body
         )
         script.chmod(0o755)
@@ -181,7 +182,7 @@ def test_quoting_survives_awkward_paths(tmp_path: Path, make_venv: Callable[...,
         # (uv's own activate.nu mangles a quote in VIRTUAL_ENV; the hook is not at fault there.)
         assert shell == "nu" or f"VE={venv.root}" in proc.stdout, (shell, proc.stdout, proc.stderr)
     assert len(calls(log)) == len(available_shells())
-    assert all(f"mount --quiet {venv.root}" in c for c in calls(log))
+    assert all(f"mount {venv.root}" in c for c in calls(log))
 
 
 # -- the checks in the shells ---------------------------------------------------------------------
@@ -243,8 +244,8 @@ def test_activation_mounts_only_when_needed(shell: str, tool: str, make_venv: Ca
     # Unmounted: the .pth shows through.
     proc = run_activation(shell, venv)
     assert proc.returncode == 0, proc.stderr
-    assert f"VE={venv.root}" in proc.stdout
-    assert calls(log) == [f"mount --quiet {venv.root} store={store.root} guard="]
+    assert f"VE={venv.root}" in proc.stdout and "mounted" not in proc.stdout
+    assert calls(log) == [f"mount {venv.root} store={store.root} guard="]
 
     # Mounted and healthy: the mount hides the .pth, site-packages is a directory.
     saved = pth.read_bytes()
@@ -284,7 +285,7 @@ def test_activation_says_so_when_venvfs_is_gone(shell: str, tmp_path: Path, make
 
 # -- the interpreter-start hook ---------------------------------------------------------------------
 
-MATERIALIZE = """SP=$(echo "$3"/lib/python3*/site-packages)
+MATERIALIZE = """SP=$(echo "$2"/lib/python3*/site-packages)
 mkdir -p "$SP/fakepkg" && echo "X = 42" > "$SP/fakepkg/__init__.py"
 echo "import os; os.environ['FAKE_PTH_RAN'] = 'yes'" > "$SP/zz_fake.pth"
 echo "venvfs: FUSE is unavailable here (test); materialized site-packages instead" >&2
@@ -308,7 +309,7 @@ def test_interpreter_start_mounts_and_sees_the_distributions_pth_files(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["42", "yes"]  # the same process sees the package and runs its .pth
     assert proc.stderr.splitlines() == ["venvfs: FUSE is unavailable here (test); materialized site-packages instead"]
-    assert calls(log) == [f"mount --quiet {venv.root} store={store.root} guard=1"]
+    assert calls(log) == [f"mount {venv.root} store={store.root} guard=1"]
 
 
 def test_console_script_and_python_dash_m_mount_too(make_venv: Callable[..., Path], store: Store,
@@ -411,7 +412,7 @@ def test_cli_hook_install_status_uninstall(make_venv: Callable[..., Path], store
     assert sys.executable in pth_line  # the venvfs that installed the hook runs the mount
 
     activate = venv.bin_dir / "activate"
-    activate.write_text(activate.read_text().replace(" mount --quiet ", " mount --quiet --edited "))
+    activate.write_text(activate.read_text().replace(" mount ", " mount --edited "))
     proc = run_venvfs("hook", "status", str(venv.root), check=False)
     assert proc.returncode == 1 and "activate: hook outdated" in proc.stdout, proc.stdout
     run_venvfs("hook", "install", str(venv.root))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from venvfs import hooks
 from venvfs.cli_common import add_venv_argument, common_parent, json_parent, print_json, venv_path
+from venvfs.fsutil import atomic_write_bytes
+from venvfs.store import STORE_ENV
 from venvfs.venv import Venv
 
 
@@ -49,6 +53,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_hook_status)
+
+    p = hook_sub.add_parser(
+        "unit", parents=[common], help="the systemd user unit that mounts every venv at login",
+        description="Print the systemd user unit that runs `venvfs mount --all` at login (and\n"
+        "`venvfs umount --all` at logout), with this venvfs's interpreter and store filled in.\n"
+        "With --install, write it to ~/.config/systemd/user/; then run\n"
+        "  systemctl --user daemon-reload && systemctl --user enable --now venvfs-mount-all.service",
+        formatter_class=fmt,
+    )
+    p.add_argument("--install", action="store_true", help="write the unit file instead of printing it")
+    p.set_defaults(handler=cmd_hook_unit)
 
     p = subparsers.add_parser(
         "eject", parents=[common, as_json], formatter_class=fmt,
@@ -135,4 +150,17 @@ def cmd_eject(args: argparse.Namespace) -> int:
     what += "upper layer brought back, " if report.converted else ""
     print(f"ejected {venv.root}: {what}{report.unlinked} store file(s) now real copies; "
           f"it is a plain venv again and the store forgot it")
+    return 0
+
+
+def cmd_hook_unit(args: argparse.Namespace) -> int:
+    store = args.store or (Path(os.environ[STORE_ENV]) if os.environ.get(STORE_ENV) else None)
+    text = hooks.render_unit(store.expanduser().absolute() if store else None)
+    if not args.install:
+        sys.stdout.write(text)
+        return 0
+    path = hooks.unit_path()
+    atomic_write_bytes(path, text.encode(), durable=False)
+    print(f"wrote {path}; now run:\n"
+          f"  systemctl --user daemon-reload && systemctl --user enable --now {hooks.UNIT_NAME}")
     return 0

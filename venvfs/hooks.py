@@ -113,7 +113,7 @@ def target_for(venv: Venv, state: VenvState) -> HookTarget:
         venv=venv.root,
         site_packages=venv.site_packages,
         store=state.store,
-        argv=venvfs_argv("mount", "--quiet", str(venv.root)),
+        argv=venvfs_argv("mount", str(venv.root)),
     )
 
 
@@ -239,7 +239,7 @@ def _render_posix(t: HookTarget) -> str:
 # unmounted venv shows the hook .pth, a dead mount's site-packages is no directory.
 if [ -z "${{{OPTOUT_ENV}-}}" ] && {{ [ -e {pth} ] || {{ [ ! -d {sp} ] && [ -f {st} ]; }}; }}; then
     if [ -x {q(t.python)} ]; then
-        VENVFS_STORE={q(t.store)} {cmd} </dev/null
+        VENVFS_STORE={q(t.store)} {cmd} </dev/null >/dev/null
     else
         echo {q(_gone_message(t))} >&2
     fi
@@ -256,7 +256,7 @@ def _render_fish(t: HookTarget) -> str:
 # Mounts this venv when it is not mounted (`venvfs hook status|uninstall`); builtins only.
 if not set -q {OPTOUT_ENV}; and begin; test -e {pth}; or begin; not test -d {sp}; and test -f {st}; end; end
     if test -x {q(t.python)}
-        env VENVFS_STORE={q(t.store)} {cmd} </dev/null
+        env VENVFS_STORE={q(t.store)} {cmd} </dev/null >/dev/null
     else
         echo {q(_gone_message(t))} >&2
     end
@@ -274,7 +274,7 @@ def _render_csh(t: HookTarget) -> str:
 if ( ! $?{OPTOUT_ENV} ) then
     if ( -e {pth} || ( ! -d {sp} && -f {st} ) ) then
         if ( -x {q(t.python)} ) then
-            env VENVFS_STORE={q(t.store)} {cmd} < /dev/null
+            env VENVFS_STORE={q(t.store)} {cmd} < /dev/null > /dev/null
         else
             echo {q(_gone_message(t))} > /dev/stderr
         endif
@@ -295,7 +295,7 @@ if (-not $env:{OPTOUT_ENV} -and ((Test-Path -LiteralPath {pth}) -or
     if (Test-Path -LiteralPath {q(t.python)}) {{
         $_venvfs_old_store = $env:VENVFS_STORE
         $env:VENVFS_STORE = {q(t.store)}
-        & {q(t.python)} {args}
+        & {q(t.python)} {args} | Out-Null
         $env:VENVFS_STORE = $_venvfs_old_store
         Remove-Variable -Name _venvfs_old_store
     }} else {{
@@ -316,7 +316,7 @@ def _render_nu(t: HookTarget) -> str:
     if ('{OPTOUT_ENV}' not-in $env) and $_venvfs_due {{
         if ({q(t.python)} | path exists) {{
             try {{
-                with-env {{ VENVFS_STORE: {q(t.store)} }} {{ run-external {q(t.python)} {args} }}
+                with-env {{ VENVFS_STORE: {q(t.store)} }} {{ run-external {q(t.python)} {args} | ignore }}
             }} catch {{
                 print -e {q(f"venvfs: automount of {t.venv} failed (see above)")}
             }}
@@ -621,6 +621,34 @@ def status(venv: Venv) -> HookStatus:
     return result
 
 
+# -- systemd user unit (mount --all at login) -------------------------------------------------------
+
+UNIT_NAME = "venvfs-mount-all.service"
+
+
+def _q_systemd(arg: str) -> str:
+    # systemd expands $VAR and %-specifiers in Exec lines, and splits on blanks outside quotes.
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def render_unit(store: Path | None = None) -> str:
+    """The packaged unit with this venvfs installation's interpreter (and the store, if not the default)."""
+    from importlib.resources import files
+
+    template = files("venvfs").joinpath("data", UNIT_NAME).read_text()
+    argv = venvfs_argv()
+    command = " ".join(_q_systemd(a) for a in argv)
+    environment = f"Environment={_q_systemd('VENVFS_STORE=' + str(store))}" if store is not None else ""
+    return (template.replace("@PYTHON@ -m venvfs", command)
+            .replace("@ENVIRONMENT@\n", environment + "\n" if environment else ""))
+
+
+def unit_path() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "systemd" / "user" / UNIT_NAME
+
+
 # -- eject ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -685,8 +713,8 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     """Turn a managed venv back into a plain one: unmount, bring the upper layer back, make every file
     a real file (copy or reflink, never a hardlink into the store), drop hooks, state and registration.
 
-    Refuses, changing nothing the user wrote, when anything of the upper layer could not be brought
-    back.
+    Refuses, having removed nothing the user wrote, when anything of the upper layer could not be
+    brought back.
     """
     from venvfs.linkmode import Linker, LinkMode
 
@@ -696,14 +724,22 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     if not venv.is_managed:
         raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
     report = EjectReport(venv=venv.root)
-    report.unmounted = _unmount(venv)
+    with venv.locked(wait=True):
+        # Hooks off first, so that no activation or interpreter start mounts the venv again while
+        # it is being ejected (a hook below a live mount reads the state and stands down).
+        state = venv.read_state()
+        if state.hooks:
+            state.hooks = False
+            venv.write_state(state)
+        uninstall(venv)
+    report.unmounted = _unmount(venv, store_root)
     linker = Linker(mode, allow_hardlink=False)
     with venv.locked(wait=True):
         state = venv.read_state()
         if _site_packages_access(venv.site_packages) in ("mounted", "dead"):
             raise VenvError(f"{venv.site_packages} is still mounted; run `venvfs umount {venv.root}` first")
         if state.layout == "mounted":
-            _to_materialized(venv, store_root, state, linker)
+            _to_materialized(venv, store_root, state, mode)
             report.converted = True
             state = venv.read_state()
             if state.layout != "materialized":
@@ -719,7 +755,6 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         left = _store_hardlinks(venv, store_root)
         if left:
             raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
-        uninstall(venv)
         (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
         # The lock file goes with the directory; the lock itself lives until the block ends.
         shutil.rmtree(venv.state_dir)
@@ -730,24 +765,47 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     return report
 
 
-def _unmount(venv: Venv) -> bool:
+def _unmount(venv: Venv, store_root: Path) -> bool:
     """Unmount through the mount machinery (it knows the daemon); False when nothing was mounted."""
-    access = _site_packages_access(venv.site_packages)
-    if access not in ("mounted", "dead"):
+    if _site_packages_access(venv.site_packages) not in ("mounted", "dead"):
         return False
     try:
         from venvfs import daemon  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         raise VenvError(f"{venv.site_packages} is mounted and this venvfs cannot unmount it") from None
-    daemon.unmount(venv)
+    from venvfs.store import Store
+
+    daemon.umount(venv.root, Store(store_root))
     return True
 
 
-def _to_materialized(venv: Venv, store_root: Path, state: VenvState, linker: Any) -> None:
+def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
+    from venvfs.linkmode import reflink
+
+    probe_src = next((p for p in src_dir.rglob("*") if p.is_file()), None)
+    if probe_src is None:
+        return False
+    probe = dst_dir / f".venvfs-reflink-probe-{os.getpid()}"
+    try:
+        reflink(probe_src, probe)
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: Any) -> None:
+    """Bring the upper layer back over real files of the selection (the mount side's layout code)."""
+    from venvfs.linkmode import LinkMode
+
     try:
         from venvfs import layout  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         raise VenvError(f"{venv.root} is in the mounted layout and this venvfs cannot convert it") from None
     from venvfs.store import Store
 
-    layout.to_materialized(venv, Store.open(store_root, create=False), state, linker)
+    # layout materializes with the state's link mode, whose "auto" may hardlink: choose for it.
+    if mode == LinkMode.AUTO:
+        mode = LinkMode.REFLINK if _reflink_works(store_root / "objects", venv.site_packages) else LinkMode.COPY
+    state.link_mode = mode.value
+    layout.to_materialized(venv, Store.open(store_root, create=False), state)
