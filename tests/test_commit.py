@@ -1,0 +1,59 @@
+"""``venvfs commit``: what pip installed into a mount moves into the store; the venv shows the same files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_pip_in_mount import _pip, _stop, tree
+from tests.wheelbuilder import build_wheel, simple_package
+from venvfs.store import Store
+from venvfs.venv import Venv
+
+pytestmark = pytest.mark.fuse
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def venv(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+         tmp_path: Path) -> Iterator[Path]:
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, simple_package("demo", "1.0"))
+    build_wheel(wheels, simple_package("extra", "1.0"))
+    path = make_venv("v")
+    _pip(path, wheels, "install", "demo==1.0")
+    try:
+        run_venvfs("mount", str(path))
+        yield path
+    finally:
+        _stop(path)
+
+
+def test_commit_moves_new_dists_into_the_store(venv: Path, store: Store, run_venvfs: Run, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    _pip(venv, wheels, "install", "extra==1.0")
+    _pip(venv, wheels, "uninstall", "-y", "demo")
+    upper = venv / ".venvfs/upper"
+    assert (upper / "extra/sub/helpers.py").is_file()
+    before = tree(venv)
+    out = json.loads(run_venvfs("commit", "--json", str(venv)).stdout)
+    assert [k.split("-")[0] for k in out["added"]] == ["extra"]
+    assert [k.split("-")[0] for k in out["removed"]] == ["demo"]
+    state = Venv.open(venv).read_state()
+    assert any(k.startswith("extra-") for k in state.selection)
+    assert not any(k.startswith("demo-") for k in state.selection)
+    assert store.has_dist(out["added"][0])
+    # Same files, now served by the store; their copies left the upper layer.
+    assert tree(venv) == before
+    assert not (upper / "extra/sub/helpers.py").exists()
+    assert not (upper / "extra/__init__.py").exists()
+    result = subprocess.run([str(venv / "bin/python"), "-c", "import extra.sub.helpers as h; print(h.double(2))"],
+                            check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "4"
+    # Another venv can now select it from the store.
+    assert "nothing to commit" in run_venvfs("commit", str(venv)).stdout
