@@ -68,13 +68,29 @@ def entry_point_scripts(venv: Venv, record: DistRecord) -> list[tuple[str, bytes
     return scripts
 
 
-def render_record(venv: Venv, interp: InterpreterInfo, record: DistRecord) -> bytes:
-    """The RECORD file of ``record`` as installed in ``venv`` (scripts and bytecode included)."""
+def _venv_script(venv: Venv, data: bytes) -> bytes | None:
+    """A ``.data/scripts`` file as written into ``venv``: ``#!python`` becomes the venv's interpreter."""
+    if data[: len(SHEBANG_PLACEHOLDER)] != SHEBANG_PLACEHOLDER:
+        return None
+    return b"#!" + os.fsencode(venv.python) + data[len(SHEBANG_PLACEHOLDER):]
+
+
+def render_record(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, store: Store | None = None) -> bytes:
+    """The RECORD file of ``record`` as installed in ``venv`` (scripts and bytecode included).
+
+    Pass ``store``: a script whose ``#!python`` shebang is rewritten for the venv is listed with the
+    hash and size of the rewritten file only when its object can be read.
+    """
     rows: list[str] = []
     for f in record.files:
         rel = record_relpath(venv, destination(venv, interp, record, f))
+        script = None
+        if store is not None and f.scheme == "scripts" and f.digest is not None:
+            script = _venv_script(venv, store.object_path(f.digest, f.executable).read_bytes())
         if f.digest is None:
             rows.append(f"{rel},,")
+        elif script is not None:
+            rows.append(f"{rel},{_record_hash(hashlib.sha256(script).digest())},{len(script)}")
         else:
             rows.append(f"{rel},{_record_hash(bytes.fromhex(f.digest))},{f.size}")
         if f.in_site_packages and compilable(f.path):
@@ -143,10 +159,9 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
             assert f.digest is not None
             obj = store.object_path(f.digest, f.executable)
             mode_bits = 0o755 if f.executable else 0o644
-            if f.scheme == "scripts" and obj.read_bytes()[: len(SHEBANG_PLACEHOLDER)] == SHEBANG_PLACEHOLDER:
-                data = obj.read_bytes()
-                atomic_write_bytes(dst, b"#!" + os.fsencode(venv.python) + data[len(SHEBANG_PLACEHOLDER):],
-                                   mode=0o755, durable=False)
+            script = _venv_script(venv, obj.read_bytes()) if f.scheme == "scripts" else None
+            if script is not None:
+                atomic_write_bytes(dst, script, mode=0o755, durable=False)
                 report.scripts += 1
                 continue
             if posixpath.basename(f.path) in REWRITTEN_METADATA and posixpath.dirname(f.path) == record.dist_info:
@@ -175,7 +190,7 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
         if site_packages:
             record_file = venv.site_packages / record.dist_info / "RECORD"
             if not record_file.exists():
-                atomic_write_bytes(record_file, render_record(venv, interp, record), durable=False)
+                atomic_write_bytes(record_file, render_record(venv, interp, record, store=store), durable=False)
     if progress is None:
         own_progress.close()
     return report
