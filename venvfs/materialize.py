@@ -21,7 +21,7 @@ from installer.scripts import Script
 
 from venvfs.bytecode import compilable, pyc_relpath
 from venvfs.fsutil import atomic_write_bytes
-from venvfs.linkmode import Linker
+from venvfs.linkmode import Linker, LinkMode
 from venvfs.progress import Progress
 from venvfs.records import REWRITTEN_METADATA, DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, Store
@@ -121,6 +121,21 @@ def _same_inode(a: Path, b: Path) -> bool:
     return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
+def _other_mode(linker: Linker, dst: Path, obj: Path) -> bool:
+    """Whether a correctly placed ``dst`` must still be placed again because another mode is asked for.
+
+    A hardlink is recognisable (the object's inode); a reflink and a copy are not, so a forced
+    reflink places every file that is not a hardlink again (cheap where reflinks work, and a clear
+    failure where they do not).
+    """
+    same = _same_inode(dst, obj)
+    if linker.requested == LinkMode.HARDLINK:
+        return not same
+    if linker.requested == LinkMode.REFLINK:
+        return True
+    return same and (linker.requested == LinkMode.COPY or not linker.allow_hardlink)
+
+
 def _place_symlink(dst: Path, target: str) -> None:
     tmp = dst.parent / f".{dst.name}.venvfs-{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -171,7 +186,7 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
                     os.utime(dst, (SOURCE_EPOCH, SOURCE_EPOCH))
                     report.placed += 1
                 continue
-            if _already_placed(dst, obj, f) and (linker.allow_hardlink or not _same_inode(dst, obj)):
+            if _already_placed(dst, obj, f) and not _other_mode(linker, dst, obj):
                 report.unchanged += 1
             else:
                 linker.place(obj, dst, mode_bits=mode_bits)
@@ -181,7 +196,8 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
                 if pyc.exists():
                     pyc_dst = venv.site_packages / pyc_relpath(f.path, interp.cache_tag)
                     pyc_dst.parent.mkdir(exist_ok=True)
-                    if not _already_placed(pyc_dst, pyc, StoredFile("", "purelib", None, pyc.stat().st_size)):
+                    if (not _already_placed(pyc_dst, pyc, StoredFile("", "purelib", None, pyc.stat().st_size))
+                            or _other_mode(linker, pyc_dst, pyc)):
                         linker.place(pyc, pyc_dst, mode_bits=0o644)
         if outside_site_packages:
             for name, data in entry_point_scripts(venv, record):
