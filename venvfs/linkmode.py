@@ -79,6 +79,7 @@ class Linker:
     fallback_reason: str | None = None
     counts: dict[LinkMode, int] = field(default_factory=dict)
     _mode_by_devices: dict[tuple[int, int], LinkMode] = field(default_factory=dict)
+    _fallbacks: list[str] = field(default_factory=list)
 
     @property
     def used(self) -> LinkMode | None:
@@ -121,8 +122,11 @@ class Linker:
                             f"{e.strerror}"
                         ) from None
                     raise
-                if self.fallback_reason is None:
-                    self.fallback_reason = f"{mode.value} unavailable ({e.strerror}), using {nxt.value}"
+                step = f"{mode.value} unavailable ({e.strerror})"
+                if step not in self._fallbacks:
+                    # The whole chain, so "using X" names the mode really used (reflink -> hardlink -> copy).
+                    self._fallbacks.append(step)
+                    self.fallback_reason = f"{', '.join(self._fallbacks)}, using {nxt.value}"
                     log.info("%s", self.fallback_reason)
                 mode = nxt
         self._mode_by_devices[devices] = mode
