@@ -1,0 +1,197 @@
+"""The store itself: format, objects, records, bytecode, and gc (which must notice a deleted venv, never
+remove what a live venv references, and change nothing with --dry-run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import create_venv, run_cli, tree_snapshot
+from tests.wheelbuilder import build_wheel, data_package, simple_package
+from venvfs.errors import StoreError
+from venvfs.records import DistRecord, StoredFile
+from venvfs.store import SOURCE_EPOCH, STORE_FORMAT, Store
+from venvfs.venv import Venv
+
+
+def test_open_creates_and_checks_format(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no venvfs store"):
+        Store.open(tmp_path / "absent", create=False)
+    store = Store.open(tmp_path / "s")
+    assert json.loads((store.root / "format.json").read_text()) == {"format": STORE_FORMAT}
+    (store.root / "format.json").write_text('{"format": 99}')
+    with pytest.raises(StoreError, match="99"):
+        Store.open(store.root)
+    (store.root / "format.json").write_text("not json")
+    with pytest.raises(StoreError, match="unreadable"):
+        Store.open(store.root)
+
+
+def test_unknown_format_is_exit_5(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    (store.root / "format.json").write_text('{"format": 2}')
+    proc = run_cli(store.root, "store", "list", check=False)
+    assert proc.returncode == 5 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_put_is_content_addressed_read_only_and_idempotent(store: Store) -> None:
+    a = store.put_stream(io.BytesIO(b"hello\n"))
+    b = store.put_stream(io.BytesIO(b"hello\n"))
+    x = store.put_stream(io.BytesIO(b"hello\n"), executable=True)
+    assert a.digest == b.digest == x.digest and (a.new, b.new, x.new) == (True, False, True)
+    plain, exe = store.object_path(a.digest), store.object_path(a.digest, True)
+    assert plain != exe and plain.read_bytes() == exe.read_bytes() == b"hello\n"
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o444 and stat.S_IMODE(exe.stat().st_mode) == 0o555
+    assert int(plain.stat().st_mtime) == SOURCE_EPOCH
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_record_needs_its_objects_and_round_trips(store: Store) -> None:
+    put = store.put_stream(io.BytesIO(b"x = 1\n"))
+    good = DistRecord("pkg", "1.0", "pkg-1.0.dist-info", ("py3-none-any",),
+                      (StoredFile("pkg/__init__.py", "purelib", put.digest, put.size),))
+    missing = DistRecord("pkg", "1.1", "pkg-1.1.dist-info", ("py3-none-any",),
+                         (StoredFile("pkg/__init__.py", "purelib", "0" * 64, 3),))
+    with pytest.raises(StoreError, match="not in the store"):
+        store.add_dist(missing)
+    assert not store.has_dist(missing.key)
+    assert store.add_dist(good) and not store.add_dist(good)
+    assert store.get_dist(good.key) == good
+    # A record whose content does not match its key is refused as unreadable.
+    path = store.dist_path(good.key)
+    data = json.loads(path.read_text())
+    data["version"] = "9.9"
+    path.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="unreadable record"):
+        store.get_dist(good.key)
+    assert store.verify({}).bad_records == [good.key]
+
+
+# -- gc ------------------------------------------------------------------------------------------------
+
+
+def _managed(path: Path, store: Path, *wheels: Path) -> Path:
+    venv = create_venv(path, "uv")
+    run_cli(store, "adopt", str(venv), "--no-hooks", "--no-compile")
+    if wheels:
+        run_cli(store, "add", str(venv), *map(str, wheels))
+    return venv
+
+
+def test_gc_forgets_deleted_venv_keeps_live_ones_and_dry_run_changes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shared = build_wheel(tmp_path / "w", simple_package("shared", "1.0"))
+    only_a = build_wheel(tmp_path / "w", data_package("onlya", "1.0"))
+    only_b = build_wheel(tmp_path / "w", simple_package("onlyb", "1.0"))
+    unused = build_wheel(tmp_path / "w", simple_package("unused", "3.0"))
+    live = _managed(tmp_path / "live", store, shared, only_a)
+    gone = _managed(tmp_path / "gone", store, shared, only_b)
+    run_cli(store, "store", "add", str(unused))
+    st = Store.open(store, create=False)
+    assert len(st.dist_keys()) == 4
+    shutil.rmtree(gone)
+    # A staging leftover of a killed writer.
+    (store / "tmp" / "obj.leftover").write_bytes(b"partial")
+
+    before = tree_snapshot(store)
+    dry = json.loads(run_cli(store, "store", "gc", "--dry-run", "--json").stdout)
+    assert tree_snapshot(store) == before, "--dry-run changed the store"
+    assert dry["dry_run"] is True
+    assert dry["forgotten_venvs"] == [str(gone)]
+    assert sorted(k.split("-")[0] for k in dry["distributions"]) == ["onlyb", "unused"]
+    assert dry["objects"] > 0 and dry["bytes_freed"] > 0
+    human = run_cli(store, "store", "gc", "--dry-run").stdout
+    assert "would free" in human and str(gone) in human
+
+    live_objects = {(f.digest, f.executable) for k in Venv(live).read_state().selection
+                    for f in st.get_dist(k).files if f.digest}
+    done = json.loads(run_cli(store, "store", "gc", "--json").stdout)
+    assert done["distributions"] == dry["distributions"] and done["objects"] == dry["objects"]
+    assert done["bytes_freed"] == dry["bytes_freed"]
+    assert sorted(k.split("-")[0] for k in st.dist_keys()) == ["onlya", "shared"]
+    remaining = {(d, x) for d, x, _p in st.iter_objects()}
+    assert live_objects <= remaining, "gc removed an object a live venv uses"
+    assert remaining == live_objects, "gc left unreferenced objects behind"
+    assert st.registered_venvs() == [live]
+    assert list((store / "tmp").iterdir()) == []
+    assert run_cli(store, "store", "verify").returncode == 0
+    proc = subprocess.run([live / "bin" / "python", "-c", "import shared, onlya; print(shared.VERSION)"],
+                          capture_output=True, text=True)
+    assert proc.stdout.strip() == "1.0", proc.stderr
+    # Nothing left to collect.
+    again = json.loads(run_cli(store, "store", "gc", "--json").stdout)
+    assert again["distributions"] == [] and again["objects"] == 0 and again["bytes_freed"] == 0
+
+
+def test_gc_keeps_bytecode_of_live_sources(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    live = create_venv(tmp_path / "live", "uv")
+    subprocess.run(["uv", "pip", "install", "-q", "--python", str(live / "bin" / "python"),
+                    str(build_wheel(tmp_path / "w", simple_package("compiled", "1.0")))], check=True)
+    run_cli(store, "adopt", str(live), "--no-hooks")  # compiles bytecode into the store
+    pycs = sorted((store / "bytecode").glob("*/*/*.pyc"))
+    assert pycs
+    # The venv's __pycache__ holds the shared .pyc, and Python accepts it (no rewrite on import).
+    site = Venv(live).site_packages
+    cached = site / "compiled" / "sub" / "__pycache__" / "helpers.cpython-311.pyc"
+    inode = cached.stat().st_ino
+    subprocess.run([live / "bin" / "python", "-c", "import compiled.sub.helpers"], check=True)
+    assert cached.stat().st_ino == inode
+    run_cli(store, "store", "gc")
+    assert sorted((store / "bytecode").glob("*/*/*.pyc")) == pycs
+
+
+def test_gc_notices_a_venv_now_using_another_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path / "w", simple_package("moved", "1.0"))
+    venv = _managed(tmp_path / "venv", store, wheel)
+    state = Venv(venv).read_state()
+    state.store = str(tmp_path / "elsewhere")
+    Venv(venv).write_state(state)
+    report = json.loads(run_cli(store, "store", "gc", "--json").stdout)
+    assert report["forgotten_venvs"] == [str(venv)]
+    assert Store.open(store, create=False).dist_keys() == []
+
+
+def test_gc_busy_while_a_writer_holds_the_store(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    with store.writing():
+        proc = run_cli(store.root, "store", "gc", check=False)
+    assert proc.returncode == 7 and "locked" in proc.stderr
+
+
+def test_store_list_and_status_json(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path / "w", simple_package("listed", "1.0"))
+    _managed(tmp_path / "venv", store, wheel)
+    rows = json.loads(run_cli(store, "store", "list", "--json").stdout)
+    (row,) = rows
+    assert row["name"] == "listed" and row["venvs"] == 1 and row["files"] > 0
+    status = json.loads(run_cli(store, "store", "status", "--json").stdout)
+    assert status["distributions"] == 1 and status["objects"] > 0 and len(status["venvs"]) == 1
+    assert "listed" in run_cli(store, "store", "list").stdout
+
+
+def test_ingest_race_with_gc_never_leaves_a_record_without_objects(tmp_path: Path) -> None:
+    """gc waits for no one (it fails busy), and writers hold the shared lock: interleave them a few times."""
+    store = Store.open(tmp_path / "store")
+    wheels = [build_wheel(tmp_path / "w", simple_package(f"race{i}", "1.0")) for i in range(6)]
+    env = {**os.environ, "VENVFS_STORE": str(store.root)}
+    import sys
+
+    adds = [subprocess.Popen([sys.executable, "-m", "venvfs", "store", "add", str(w)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for w in wheels]
+    gcs = [run_cli(store.root, "store", "gc", check=False) for _ in range(3)]
+    for p in adds:
+        p.wait(timeout=120)
+    assert all(g.returncode in (0, 7) for g in gcs), [g.stderr for g in gcs]
+    assert all(p.returncode == 0 for p in adds)
+    # Whatever gc removed (records nobody selects), no record is left pointing at a missing object.
+    assert store.verify({}).ok
