@@ -4,11 +4,11 @@ add, remove, status."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from venvfs import daemon, layout
 from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
 from venvfs.cli_common import (
@@ -245,9 +245,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     state = venv.read_state()
     linker = Linker(LinkMode(args.link_mode))
     if state.layout == "mounted":
-        # Bringing the upper layer back is the mount's business (layout.py).
-        layout: Any = importlib.import_module("venvfs.layout")
-        layout.to_materialized(venv, store, linker)
+        with venv.locked():
+            daemon.unmount(venv)
+            layout.to_materialized(venv, store, state, linker)
     else:
         with venv.locked():
             if state.interpreter is None:

@@ -6,7 +6,6 @@ the venv's own interpreter tags (most preferred first) decide between builds of 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +15,15 @@ from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from venvfs import daemon
+from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import NoMatchingDistribution, VenvError
-from venvfs.fsutil import atomic_write_bytes
 from venvfs.linkmode import Linker, LinkMode
-from venvfs.materialize import materialize, remove_files, render_record
+from venvfs.materialize import materialize, remove_files
 from venvfs.records import DistRecord
 from venvfs.store import Store
-from venvfs.venv import InterpreterInfo, Venv, VenvState, mount_state
+from venvfs.venv import InterpreterInfo, Venv, VenvState
 from venvfs.wheel import ingest_wheel
 
 
@@ -70,27 +70,6 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistReco
     return candidates[-1][2]
 
 
-def _notify_daemon(venv: Venv) -> None:
-    """Ask a running mount to rebuild its view after the selection changed."""
-    try:
-        daemon = importlib.import_module("venvfs.daemon")
-    except ImportError:
-        return
-    reload = getattr(daemon, "reload", None)
-    if reload is not None:
-        reload(venv)
-
-
-def _write_record_file(venv: Venv, interp: InterpreterInfo, state: VenvState, record: DistRecord) -> None:
-    """RECORD is a per-venv file: through the mount when mounted, else into the upper layer."""
-    data = render_record(venv, interp, record)
-    if state.layout == "mounted" and mount_state(venv.site_packages) == "mounted":
-        target = venv.site_packages / record.dist_info / "RECORD"
-    else:
-        target = venv.upper_dir / record.dist_info / "RECORD"
-    atomic_write_bytes(target, data, durable=False)
-
-
 def _selected_records(store: Store, state: VenvState) -> list[DistRecord]:
     return [store.get_dist(k) for k in state.selection]
 
@@ -100,6 +79,9 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
     """Add wheels/requirements and remove names; the venv's files follow its layout."""
     report = SelectReport()
     with venv.locked():
+        if not venv.is_managed:
+            # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
+            adopt(venv, store, already_locked=True)
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
@@ -132,9 +114,8 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
             materialize(venv, store, state, linker, records=new)
         else:
             materialize(venv, store, state, linker, records=new, site_packages=False)
-            _notify_daemon(venv)
-            for record in new:
-                _write_record_file(venv, interp, state, record)
+            # The view renders each distribution's RECORD for this venv: nothing to write here.
+            daemon.reload(venv)
         report.added = [r.key for r in new]
         report.link_summary = linker.summary()
         if linker.used:
