@@ -68,6 +68,9 @@ class StoreDestination(installer.destinations.WheelDestination):
             rel = safe_relpath(str(path))
         except UnsafePath as e:
             raise InvalidWheel(str(e)) from None
+        if scheme == "data" and rel.split("/")[0] == ".venvfs":
+            # The data scheme is the venv's root: this would overwrite venvfs's own state and upper layer.
+            raise InvalidWheel(f"{path}: data file inside the venv's .venvfs state directory")
         sch: Scheme = scheme
         if rel in self.symlinks and scheme in ("purelib", "platlib"):
             target = self.symlinks[rel]
