@@ -143,6 +143,7 @@ CORPUS: dict[str, Builder] = {
     "data-escape": _extra_file("demo-1.0.data/data/../../etc/evil", b"owned\n"),
     "data-unknown-scheme": _extra_file("demo-1.0.data/evil/x", b"owned\n"),
     "data-scripts-escape": _extra_file("demo-1.0.data/scripts/../../../bin/evil", b"#!/bin/sh\n"),
+    "data-into-venvfs-state": _extra_file("demo-1.0.data/data/.venvfs/state.json", b"{}"),
     "entry-point-name-path": _spec(entry_points="[console_scripts]\n../../evil = demo:main\n"),
 }
 
