@@ -389,3 +389,34 @@ def test_adopt_with_default_hooks_keeps_venv_working(hooked: Path, tmp_path: Pat
     assert _py(hooked, "import demo, datapkg; print(demo.VERSION)").strip() == "1.0"
     assert subprocess.run([hooked / "bin" / "demo-hello"], capture_output=True, text=True,
                           check=True).stdout == "demo 1.0\n"
+
+
+@pytest.mark.slow
+def test_done_when_numpy_pandas_scipy(tmp_path: Path) -> None:
+    """The issue's acceptance scenario: two uv venvs with numpy, pandas and scipy; the second adds < 1%."""
+    store = tmp_path / "store"
+    venvs = []
+    for name in ("one", "two"):
+        venv = create_venv(tmp_path / name, "uv")
+        _install(venv, "uv", "numpy", "pandas", "scipy")
+        venvs.append(venv)
+    before = [venv_files(v) for v in venvs]
+    run_cli(store, "adopt", str(venvs[0]), "--no-hooks")
+    size = _tree_usage(venvs[1])
+    usage = _store_usage(store)
+    report = json.loads(run_cli(store, "adopt", str(venvs[1]), "--no-hooks", "--json").stdout)
+    growth = _store_usage(store) - usage
+    assert growth < size / 100, f"second venv of {size} bytes grew the store by {growth}"
+    assert report["new_objects"] == 0
+    for venv, files in zip(venvs, before, strict=True):
+        assert venv_files(venv) == files
+        out = _py(venv, "import numpy, pandas, scipy.linalg as la\n"
+                        "print(int(la.det(numpy.eye(3) * 2)), pandas.Series([1, 2, 3]).sum())")
+        assert out.split() == ["8", "6"]
+        status = json.loads(run_cli(store, "status", str(venv), "--json").stdout)
+        assert status["shared_bytes"] == status["store_bytes"] and status["owned_alone_bytes"] == 0
+    f2py = subprocess.run([venvs[1] / "bin" / "f2py", "-v"], capture_output=True, text=True)
+    assert f2py.returncode == 0 and f2py.stdout.strip()
+    _uninstall(venvs[1], "uv", "pandas")
+    assert _py(venvs[1], "import importlib.util as u; print(u.find_spec('pandas'))").strip() == "None"
+    assert run_cli(store, "store", "verify").returncode == 0
