@@ -108,12 +108,19 @@ class _DistAdopter:
                 eps.append(EntryPoint(ep_name, module, attr, section))
         return canonicalize_name(name), version, tags, tuple(sorted(eps, key=lambda e: e.name))
 
-    def classify(self, record_path: str) -> tuple[Scheme, str] | None:
+    def classify(self, record_path: str, name: str = "") -> tuple[Scheme, str] | None:
         absolute = Path(os.path.normpath(self.venv.site_packages / record_path))
         for scheme, root in (("purelib", self.venv.site_packages), ("scripts", self.venv.bin_dir),
                              ("data", self.venv.root)):
             if absolute == root or root in absolute.parents:
-                return scheme, absolute.relative_to(root).as_posix()  # type: ignore[return-value]
+                rel = absolute.relative_to(root).as_posix()
+                parts = rel.split("/")
+                # include/site/pythonX.Y/<name>/... is the headers scheme (as materialize writes it), so a
+                # materialized venv adopted again gives the same record as the wheel it came from.
+                if (scheme == "data" and len(parts) > 4 and parts[:2] == ["include", "site"]
+                        and parts[2].startswith("python") and canonicalize_name(parts[3]) == name):
+                    return "headers", "/".join(parts[4:])
+                return scheme, rel  # type: ignore[return-value]
         return None  # outside the venv: not ours to share
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -129,7 +136,7 @@ class _DistAdopter:
         record_file = f"{self.dist_info.name}/RECORD"
         for path_field, hash_field, _size in self.rows():
             self.progress.advance(note=path_field)
-            where = self.classify(path_field)
+            where = self.classify(path_field, name)
             if where is None:
                 continue
             scheme, rel = where
