@@ -340,3 +340,15 @@ def test_remove_unknown_name_exit_8(tmp_path: Path) -> None:
     venv = managed_venv(tmp_path / "venv", store)
     proc = run_cli(store, "remove", str(venv), "absent", check=False)
     assert proc.returncode == 8 and "absent" in proc.stderr
+
+
+def test_adopt_after_add_changes_nothing(tmp_path: Path, wheels: dict[str, Path]) -> None:
+    """A venv materialized by `venvfs add`, adopted again, maps back to the very records it came from
+    (headers, #!python scripts and generated console scripts included)."""
+    store = tmp_path / "store"
+    venv = managed_venv(tmp_path / "venv", store)
+    added = json.loads(_add(store, venv, str(wheels["datapkg"]), str(wheels["demo1"])).stdout)["added"]
+    report = json.loads(run_cli(store, "adopt", str(venv), "--no-hooks", "--json").stdout)
+    assert report["new_dists"] == [] and report["new_objects"] == 0, report
+    assert sorted(report["selection"]) == sorted(added)
+    assert report["kept_in_venv"] == {}
