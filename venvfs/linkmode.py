@@ -105,7 +105,9 @@ class Linker:
         """Make ``dst`` a file with ``src``'s content, atomically replacing whatever is there."""
         devices = (os.stat(src).st_dev, os.stat(dst.parent).st_dev)
         mode = self._mode_by_devices.get(devices) or self._start_mode()
-        tmp = dst.parent / f".{dst.name}.venvfs-{os.getpid()}.tmp"
+        # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
+        # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
+        tmp = dst.parent / f".{dst.name}.venvfs.tmp"
         while True:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -137,7 +137,7 @@ def _other_mode(linker: Linker, dst: Path, obj: Path) -> bool:
 
 
 def _place_symlink(dst: Path, target: str) -> None:
-    tmp = dst.parent / f".{dst.name}.venvfs-{os.getpid()}.tmp"
+    tmp = dst.parent / f".{dst.name}.venvfs.tmp"  # fixed, as in Linker.place: a rerun clears a killed run's
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(target, tmp)
