@@ -145,3 +145,33 @@ def test_safe_relpath_normalizes() -> None:
 ])
 def test_symlink_stays_inside(link: str, target: str, inside: bool) -> None:
     assert symlink_stays_inside(link, target) is inside
+
+
+_KILLED_MID_PLACE = """
+import os, sys
+from pathlib import Path
+from venvfs import linkmode
+def die(*args, **kwargs):
+    os._exit(9)  # as SIGKILL would: between linking the temporary and renaming it over the file
+linkmode.os.replace = die
+linkmode.Linker(linkmode.LinkMode.HARDLINK).place(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_rerun_after_a_kill_mid_place_leaves_no_temporary(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    obj = _object(tmp_path / "store")
+    dst = tmp_path / "venv" / "mod.py"
+    dst.parent.mkdir()
+    dst.write_bytes(b"the venv's file")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_PLACE, str(obj), str(dst)], env=env)
+    assert proc.returncode == 9
+    assert dst.read_bytes() == b"the venv's file"  # the kill left the old file whole
+    Linker(LinkMode.HARDLINK).place(obj, dst)  # the rerun
+    assert _same_inode(obj, dst)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["mod.py"], "a temporary of the killed run is left"
