@@ -80,6 +80,7 @@ class Linker:
     counts: dict[LinkMode, int] = field(default_factory=dict)
     _mode_by_devices: dict[tuple[int, int], LinkMode] = field(default_factory=dict)
     _fallbacks: list[str] = field(default_factory=list)
+    link_limit_copies: int = 0  # files copied because their object had too many hardlinks already
 
     @property
     def used(self) -> LinkMode | None:
@@ -108,13 +109,22 @@ class Linker:
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
         tmp = dst.parent / f".{dst.name}.venvfs.tmp"
-        while True:
+        placed: LinkMode | None = None
+        while placed is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             try:
                 self._place_one(mode, src, tmp)
+                placed = mode
                 break
             except OSError as e:
+                if mode == LinkMode.HARDLINK and e.errno == errno.EMLINK:
+                    # The object's link count is at the filesystem's limit (65000 on ext4): a limit of
+                    # that one inode, not of the filesystems, so copy this file and keep hardlinking.
+                    copy(src, tmp)
+                    placed = LinkMode.COPY
+                    self.link_limit_copies += 1
+                    break
                 unsupported = _REFLINK_UNSUPPORTED if mode == LinkMode.REFLINK else _HARDLINK_UNSUPPORTED
                 nxt = self._next(mode)
                 if self.requested != LinkMode.AUTO or nxt is None or e.errno not in unsupported:
@@ -132,6 +142,7 @@ class Linker:
                     log.info("%s", self.fallback_reason)
                 mode = nxt
         self._mode_by_devices[devices] = mode
+        mode = placed
         try:
             if mode != LinkMode.HARDLINK:
                 # A hardlink shares the object's inode and already has its mode and mtime.
@@ -158,4 +169,6 @@ class Linker:
         if not self.counts:
             return "no files placed"
         parts = ", ".join(f"{n} by {m.value}" for m, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+        if self.link_limit_copies:
+            parts += f" ({self.link_limit_copies} copied: their store object reached the hardlink limit)"
         return parts + (f" ({self.fallback_reason})" if self.fallback_reason else "")
