@@ -175,3 +175,31 @@ def test_rerun_after_a_kill_mid_place_leaves_no_temporary(tmp_path: Path) -> Non
     Linker(LinkMode.HARDLINK).place(obj, dst)  # the rerun
     assert _same_inode(obj, dst)
     assert sorted(p.name for p in dst.parent.iterdir()) == ["mod.py"], "a temporary of the killed run is left"
+
+
+@pytest.mark.parametrize("requested", [LinkMode.AUTO, LinkMode.HARDLINK])
+def test_hardlink_limit_of_one_object_copies_that_file_only(tmp_path: Path, requested: LinkMode) -> None:
+    """An empty __init__.py object is linked from every venv: at 65000 links (ext4) that object alone is
+    copied, the run goes on hardlinking everything else."""
+    crowded = _object(tmp_path / "store", b"", "empty")
+    other = _object(tmp_path / "store", b"x = 1\n", "other")
+    links = tmp_path / "links"
+    links.mkdir()
+    try:
+        for i in range(70000):
+            os.link(crowded, links / str(i))
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.EMLINK:
+            raise
+    else:
+        pytest.skip("no hardlink limit below 70000 on this filesystem")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    linker = Linker(requested)
+    assert linker.place(crowded, venv / "__init__.py") == LinkMode.COPY
+    assert linker.place(other, venv / "mod.py") == LinkMode.HARDLINK
+    assert _same_inode(other, venv / "mod.py") and not _same_inode(crowded, venv / "__init__.py")
+    assert "hardlink limit" in linker.summary()
+    shutil.rmtree(links)
