@@ -26,10 +26,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True,
+                       tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The temporary is made in ``tmp_dir`` (same filesystem) if given, else beside ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -46,8 +50,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
         fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, data: Any, *, durable: bool = True) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True, tmp_dir: Path | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), durable=durable,
+                       tmp_dir=tmp_dir)
 
 
 def read_json(path: Path) -> Any:

@@ -192,7 +192,8 @@ class Store:
         if path.exists():
             return False
         self.sync_objects()
-        atomic_write_json(path, record.to_json())
+        # Staged in tmp/, which gc clears: a writer killed before the rename leaves nothing in dists/.
+        atomic_write_json(path, record.to_json(), tmp_dir=self.root / "tmp")
         return True
 
     def get_dist(self, key: str) -> DistRecord:
@@ -237,7 +238,7 @@ class Store:
     def register_venv(self, venv: Path) -> None:
         path = self.root / "venvs" / f"{self._venv_id(venv)}.json"
         if not path.exists():
-            atomic_write_json(path, {"path": str(venv.absolute())})
+            atomic_write_json(path, {"path": str(venv.absolute())}, tmp_dir=self.root / "tmp")
 
     def unregister_venv(self, venv: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
