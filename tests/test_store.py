@@ -195,3 +195,35 @@ def test_ingest_race_with_gc_never_leaves_a_record_without_objects(tmp_path: Pat
     assert all(p.returncode == 0 for p in adds)
     # Whatever gc removed (records nobody selects), no record is left pointing at a missing object.
     assert store.verify({}).ok
+
+
+_KILLED_WRITING_RECORD = """
+import io, os, sys
+from pathlib import Path
+from venvfs import fsutil
+from venvfs.records import DistRecord, StoredFile
+from venvfs.store import Store
+store = Store.open(Path(sys.argv[1]))
+put = store.put_stream(io.BytesIO(b"x = 1\\n"))
+record = DistRecord("pkg", "1.0", "pkg-1.0.dist-info", ("py3-none-any",),
+                    (StoredFile("pkg/__init__.py", "purelib", put.digest, put.size),))
+def die(*args, **kwargs):
+    os._exit(9)  # as SIGKILL would: the record is written to a temporary, not yet renamed
+fsutil.os.replace = die
+store.add_dist(record)
+"""
+
+
+def test_gc_clears_what_a_writer_killed_mid_record_left(tmp_path: Path) -> None:
+    import sys
+
+    from tests.conftest import REPO
+
+    store = Store.open(tmp_path / "store")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITING_RECORD, str(store.root)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 9
+    assert store.dist_keys() == []  # nothing half-visible
+    run_cli(store.root, "store", "gc")
+    leftovers = [str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [], "a killed writer's temporary outlives gc"
