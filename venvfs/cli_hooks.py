@@ -114,7 +114,9 @@ def cmd_hook_uninstall(args: argparse.Namespace) -> int:
 def _pth_words(st: hooks.HookStatus) -> str:
     return {
         "present": "hooked",
-        "hidden": "hooked below the mount" if st.layout == "mounted" else "hidden by the mount",
+        "hidden": "hooked (below the mount)",
+        "hidden-outdated": "outdated (below the mount)",
+        "hidden-absent": "missing below the mount (umount, then venvfs hook install)",
         "absent": "not needed (materialized layout)" if st.layout != "mounted" else "missing",
         "outdated": "outdated",
         "unreachable": "unknown (site-packages unreachable)",

@@ -443,7 +443,9 @@ class HookStatus:
     enabled: bool  # the venv's state says hooks are wanted (not opted out)
     layout: str
     scripts: list[ScriptStatus] = field(default_factory=list)
-    pth: str = "absent"  # "present", "absent", "hidden" (mounted), "unreachable" (dead mount)
+    # "present", "outdated", "absent"; below a live mount, as last written: "hidden", "hidden-outdated",
+    # "hidden-absent"; "unreachable" (dead mount)
+    pth: str = "absent"
     recreated: list[str] = field(default_factory=list)  # why the venv looks recreated by its tool
     problems: list[str] = field(default_factory=list)
 
@@ -525,23 +527,26 @@ def install(venv: Venv) -> None:
             continue
         _write_script(path, new, crlf)
         hooked.append(path.name)
-    _sync_pth(venv, state, target)
-    atomic_write_json(_record_path(venv), {
+    pth = _sync_pth(state, target)
+    old = _read_record(venv) or {}
+    record = {
         "format": RECORD_FORMAT,
         "pyvenv_cfg_sha256": _cfg_digest(venv),
         "scripts": hooked,
         "python": target.python,
-    }, durable=False)
+        # What is below a mounted site-packages cannot be seen: remember what the last look found.
+        "pth": old.get("pth") if pth is None else pth,
+    }
+    if record != old:
+        atomic_write_json(_record_path(venv), record, durable=False)
 
 
-def _sync_pth(venv: Venv, state: VenvState, target: HookTarget) -> None:
-    access = _site_packages_access(target.site_packages)
-    if access != "plain":
-        # Mounted (the .pth is below the mount, out of reach), dead or missing: the next install
-        # after an unmount handles it.
-        return
-    wanted = state.hooks and state.layout == "mounted"
-    if wanted:
+def _sync_pth(state: VenvState, target: HookTarget) -> str | None:
+    """Write or remove the .pth as the layout wants; returns its text, "" if absent, None if out of
+    reach (mounted, dead or missing site-packages: the next install after an unmount sees to it)."""
+    if _site_packages_access(target.site_packages) != "plain":
+        return None
+    if state.hooks and state.layout == "mounted":
         text = render_pth(target)
         try:
             current = target.pth.read_text()
@@ -549,8 +554,9 @@ def _sync_pth(venv: Venv, state: VenvState, target: HookTarget) -> None:
             current = None
         if current != text:
             atomic_write_bytes(target.pth, text.encode(), mode=0o644, durable=False)
-    else:
-        target.pth.unlink(missing_ok=True)
+        return text
+    target.pth.unlink(missing_ok=True)
+    return ""
 
 
 def uninstall(venv: Venv) -> None:
@@ -592,7 +598,10 @@ def status(venv: Venv) -> HookStatus:
 
     access = _site_packages_access(target.site_packages)
     if access == "mounted":
-        result.pth = "hidden"
+        # Below the mount: trust what install wrote there last.
+        last = record.get("pth") if record else None
+        result.pth = ("hidden" if last == render_pth(target) else
+                      "hidden-outdated" if last else "hidden-absent")
     elif access in ("dead", "missing"):
         result.pth = "unreachable"
     elif target.pth.exists():
@@ -604,8 +613,10 @@ def status(venv: Venv) -> HookStatus:
         for s in result.scripts:
             if s.state in ("missing", "outdated"):
                 result.problems.append(f"{s.path.name}: hook {s.state}")
-        if state.layout == "mounted" and result.pth in ("absent", "outdated"):
-            result.problems.append(f"{PTH_NAME}: {result.pth} (interpreter start will not mount)")
+        if state.layout == "mounted" and result.pth in ("absent", "outdated", "hidden-absent", "hidden-outdated"):
+            what = result.pth.removeprefix("hidden-")
+            result.problems.append(f"{PTH_NAME}: {what} (interpreter start will not mount; "
+                                   "`venvfs hook install` repairs it while the venv is not mounted)")
         if state.layout != "mounted" and result.pth == "present":
             result.problems.append(f"{PTH_NAME}: present in the {state.layout} layout")
         if access == "dead":
