@@ -420,3 +420,29 @@ def test_done_when_numpy_pandas_scipy(tmp_path: Path) -> None:
     _uninstall(venvs[1], "uv", "pandas")
     assert _py(venvs[1], "import importlib.util as u; print(u.find_spec('pandas'))").strip() == "None"
     assert run_cli(store, "store", "verify").returncode == 0
+
+
+def test_adopt_on_xfs_uses_reflinks(xfs_mount: Path, wheelhouse: Path) -> None:
+    base = xfs_mount / f"adopt-{os.urandom(4).hex()}"
+    base.mkdir()
+    try:
+        venv = create_venv(base / "venv", "uv")
+        _install(venv, "uv", "--link-mode", "copy", *map(str, sorted(wheelhouse.glob("*.whl"))))
+        before = venv_files(venv)
+        report = json.loads(run_cli(base / "store", "adopt", str(venv), "--no-hooks", "--json").stdout)
+        assert report["link_mode"] == "reflink", report["link_summary"]
+        assert venv_files(venv) == before
+        st = Store.open(base / "store", create=False)
+        for key in report["selection"]:
+            for f in st.get_dist(key).site_files():
+                if f.digest:
+                    dst, obj = _site(venv) / f.path, st.object_path(f.digest, f.executable)
+                    assert dst.read_bytes() == obj.read_bytes() and _inode(dst) != _inode(obj), f.path
+        # A reflinked file is the venv's to edit: the store object is untouched.
+        helper = _site(venv) / "demo" / "sub" / "helpers.py"
+        with open(helper, "a") as f:
+            f.write("# edited\n")
+        assert run_cli(base / "store", "store", "verify").returncode == 0
+        assert _py(venv, "import demo.sub.helpers as h; print(h.double(21))").strip() == "42"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
