@@ -271,8 +271,6 @@ def test_second_identical_venv_costs_under_one_percent(tmp_path: Path, wheelhous
     assert len(store_status["venvs"]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="status.py (lead): dedupe_ratio divides logical bytes by allocated blocks, "
-                   "so small files make two identical venvs look like 0.8x instead of 2x")
 def test_store_dedupe_ratio_of_two_identical_venvs(tmp_path: Path, wheelhouse: Path) -> None:
     store = tmp_path / "store"
     for name in ("one", "two"):

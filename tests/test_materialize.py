@@ -314,8 +314,6 @@ def test_add_unmatched_requirement_exit_8(tmp_path: Path, wheels: dict[str, Path
     assert Venv(venv).read_state().selection == []
 
 
-@pytest.mark.xfail(strict=True, reason="select.py (lead): packaging's InvalidRequirement text spans three lines "
-                   "(with a caret) and is printed as is")
 def test_add_invalid_requirement_one_line_error(tmp_path: Path) -> None:
     store = tmp_path / "store"
     venv = managed_venv(tmp_path / "venv", store)

@@ -45,7 +45,11 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistReco
     try:
         req = Requirement(requirement)
     except InvalidRequirement as e:
-        raise NoMatchingDistribution(f"{requirement!r} is neither a wheel file nor a requirement ({e})") from None
+        # packaging's message spans lines (it draws a caret under the error); keep its first.
+        first = str(e).splitlines()[0] if str(e) else "invalid"
+        raise NoMatchingDistribution(f"{requirement!r} is neither a wheel file nor a requirement ({first})") from None
+    if req.marker is not None and interp.markers and not req.marker.evaluate(interp.markers):
+        raise NoMatchingDistribution(f"{requirement}: its marker does not apply to this venv's Python")
     name = canonicalize_name(req.name)
     candidates: list[tuple[Version, int, DistRecord]] = []
     seen: list[str] = []
@@ -77,7 +81,6 @@ def _selected_records(store: Store, state: VenvState) -> list[DistRecord]:
 def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remove: Iterable[str] = (),
                      link_mode: LinkMode = LinkMode.AUTO) -> SelectReport:
     """Add wheels/requirements and remove names; the venv's files follow its layout."""
-    report = SelectReport()
     with venv.locked():
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
@@ -88,37 +91,48 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
         interp = state.interpreter
-        wanted: list[DistRecord] = []
-        for spec in add:
-            path = Path(spec)
-            if spec.endswith(".whl") and path.exists():
-                wanted.append(ingest_wheel(store, path)[0])
-            else:
-                wanted.append(resolve(store, interp, spec))
-        drop = {canonicalize_name(n) for n in remove} | {canonicalize_name(r.name) for r in wanted}
-        current = _selected_records(store, state)
-        unknown = {canonicalize_name(n) for n in remove} - {canonicalize_name(r.name) for r in current}
-        if unknown:
-            raise NoMatchingDistribution(f"not selected in {venv.root}: {', '.join(sorted(unknown))}")
-        dropped = [r for r in current if canonicalize_name(r.name) in drop and r.key not in {w.key for w in wanted}]
-        kept = [r for r in current if r not in dropped]
-        for record in dropped:
-            remove_files(venv, interp, record, site_packages=state.layout == "materialized")
-            report.removed.append(record.key)
-        new = [w for w in wanted if w.key not in {k.key for k in kept}]
-        state.selection = [r.key for r in kept] + [r.key for r in new]
+        with store.writing():
+            # Held until the state names the new records, so a concurrent gc cannot collect them.
+            wanted: list[DistRecord] = []
+            for spec in add:
+                path = Path(spec)
+                if spec.endswith(".whl") and path.exists():
+                    wanted.append(ingest_wheel(store, path)[0])
+                else:
+                    wanted.append(resolve(store, interp, spec))
+            report = _apply(venv, store, state, interp, wanted, remove, link_mode)
+    return report
+
+
+def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, wanted: list[DistRecord],
+           remove: Iterable[str], link_mode: LinkMode) -> SelectReport:
+    report = SelectReport()
+    drop = {canonicalize_name(n) for n in remove} | {canonicalize_name(r.name) for r in wanted}
+    current = _selected_records(store, state)
+    unknown = {canonicalize_name(n) for n in remove} - {canonicalize_name(r.name) for r in current}
+    if unknown:
+        raise NoMatchingDistribution(f"not selected in {venv.root}: {', '.join(sorted(unknown))}")
+    dropped = [r for r in current if canonicalize_name(r.name) in drop and r.key not in {w.key for w in wanted}]
+    kept = [r for r in current if r not in dropped]
+    for record in dropped:
+        remove_files(venv, interp, record, site_packages=state.layout == "materialized")
+        report.removed.append(record.key)
+    new = [w for w in wanted if w.key not in {k.key for k in kept}]
+    state.selection = [r.key for r in kept] + [r.key for r in new]
+    venv.write_state(state)
+    ensure_bytecode(store, wanted, interp, venv.python)
+    linker = Linker(link_mode)
+    # All of ``wanted``, not only what is new to the selection: an add killed after the state was
+    # written finishes when run again (files already in place are kept).
+    if state.layout == "materialized":
+        materialize(venv, store, state, linker, records=wanted)
+    else:
+        materialize(venv, store, state, linker, records=wanted, site_packages=False)
+        # The view renders each distribution's RECORD for this venv: nothing to write here.
+        daemon.reload(venv)
+    report.added = [r.key for r in new]
+    report.link_summary = linker.summary()
+    if linker.used:
+        state.link_mode = linker.used.value
         venv.write_state(state)
-        ensure_bytecode(store, new, interp, venv.python)
-        linker = Linker(link_mode)
-        if state.layout == "materialized":
-            materialize(venv, store, state, linker, records=new)
-        else:
-            materialize(venv, store, state, linker, records=new, site_packages=False)
-            # The view renders each distribution's RECORD for this venv: nothing to write here.
-            daemon.reload(venv)
-        report.added = [r.key for r in new]
-        report.link_summary = linker.summary()
-        if linker.used:
-            state.link_mode = linker.used.value
-            venv.write_state(state)
     return report

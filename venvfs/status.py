@@ -15,7 +15,7 @@ from typing import Any
 
 from venvfs.errors import VenvfsError
 from venvfs.records import DistRecord
-from venvfs.store import Store
+from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv, VenvState, mount_state
 
 ObjectId = tuple[str, bool]
@@ -57,6 +57,7 @@ class StoreStatus:
     distributions: int = 0
     objects: int = 0
     stored_bytes: int = 0  # allocated blocks of objects
+    stored_logical_bytes: int = 0  # lengths of objects (what dedupe is measured against)
     bytecode_bytes: int = 0  # allocated blocks of precompiled .pyc, all Python versions
     logical_bytes: int = 0  # sum over registered venvs of what their selection takes as plain copies
     dedupe_ratio: float | None = None
@@ -89,14 +90,20 @@ def _blocks(path: Path) -> int:
         return 0
 
 
-def _tree_usage(root: Path, exclude_inodes: set[tuple[int, int]]) -> tuple[int, int]:
-    """Allocated bytes and file count under ``root``, not counting inodes shared with the store."""
+def _tree_usage(root: Path, exclude_inodes: set[tuple[int, int]],
+                exclude_placed: dict[str, int] | None = None) -> tuple[int, int]:
+    """Allocated bytes and file count under ``root``, not counting inodes shared with the store, nor
+    (``exclude_placed``: relative path -> size) reflinks that materialize placed and nobody modified."""
     total = files = 0
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
+            path = os.path.join(dirpath, name)
             with contextlib.suppress(FileNotFoundError):
-                st = os.lstat(os.path.join(dirpath, name))
+                st = os.lstat(path)
                 if stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_dev) in exclude_inodes:
+                    continue
+                if (exclude_placed is not None and int(st.st_mtime) == SOURCE_EPOCH
+                        and exclude_placed.get(os.path.relpath(path, root)) == st.st_size):
                     continue
                 total += st.st_blocks * 512
                 files += 1
@@ -144,8 +151,10 @@ def venv_status(venv: Venv, store: Store) -> VenvStatus:
     if state.layout == "mounted":
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.upper_dir, set())
     elif state.link_mode == "reflink":
-        # Reflinked files share the store's extents until modified: only their metadata is the venv's.
-        status.venv_own_bytes, status.venv_own_files = 0, 0
+        # Reflinked files share the store's extents until modified (which moves their mtime): only
+        # the venv's other files are its own.
+        placed = {f.path: f.size for key in state.selection for f in store.get_dist(key).site_files()}
+        status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes, placed)
     else:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes)
     return status
@@ -156,7 +165,10 @@ def store_status(store: Store) -> StoreStatus:
     status.distributions = len(store.dist_keys())
     for _digest, _exe, path in store.iter_objects():
         status.objects += 1
-        status.stored_bytes += _blocks(path)
+        with contextlib.suppress(FileNotFoundError):
+            st = path.lstat()
+            status.stored_bytes += st.st_blocks * 512
+            status.stored_logical_bytes += st.st_size
     for pyc in (store.root / "bytecode").glob("*/*/*.pyc"):
         status.bytecode_bytes += _blocks(pyc)
     for venv_path, state in live_selections(store).items():
@@ -167,6 +179,7 @@ def store_status(store: Store) -> StoreStatus:
         status.logical_bytes += logical
         status.venvs.append({"path": venv_path, "layout": state.layout, "distributions": len(state.selection),
                              "logical_bytes": logical})
-    if status.stored_bytes:
-        status.dedupe_ratio = round(status.logical_bytes / status.stored_bytes, 2)
+    if status.stored_logical_bytes:
+        # Lengths against lengths: allocated blocks round small files up to 4 KiB and would understate it.
+        status.dedupe_ratio = round(status.logical_bytes / status.stored_logical_bytes, 2)
     return status

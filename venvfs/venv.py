@@ -33,8 +33,9 @@ Layout = Literal["materialized", "mounted"]
 _PROBE = """
 import json, sys, sysconfig
 sys.path.insert(0, sys.argv[1])
-from packaging import tags
+from packaging import markers, tags
 print(json.dumps({
+    "markers": markers.default_environment(),
     "version": "%d.%d.%d" % sys.version_info[:3],
     "cache_tag": sys.implementation.cache_tag,
     "magic": __import__("importlib.util").util.MAGIC_NUMBER.hex(),
@@ -52,6 +53,7 @@ class InterpreterInfo:
     magic: str
     tags: tuple[str, ...]  # most preferred first
     platform: str
+    markers: dict[str, str] = field(default_factory=dict)  # PEP 508 environment, for requirement markers
 
     @property
     def python_version(self) -> tuple[int, int]:
@@ -65,7 +67,7 @@ class InterpreterInfo:
     def from_json(cls, data: dict[str, Any]) -> InterpreterInfo:
         return cls(
             version=data["version"], cache_tag=data["cache_tag"], magic=data["magic"],
-            tags=tuple(data["tags"]), platform=data["platform"],
+            tags=tuple(data["tags"]), platform=data["platform"], markers=dict(data.get("markers") or {}),
         )
 
 
@@ -193,10 +195,7 @@ class Venv:
         except (OSError, subprocess.SubprocessError) as e:
             raise VenvError(f"{self.root}: cannot run its interpreter {self.python} ({e})") from e
         data = json.loads(out)
-        return InterpreterInfo(
-            version=data["version"], cache_tag=data["cache_tag"], magic=data["magic"],
-            tags=tuple(data["tags"]), platform=data["platform"],
-        )
+        return InterpreterInfo.from_json(data)
 
     def dist_info_dirs(self) -> Iterator[Path]:
         sp = self.site_packages

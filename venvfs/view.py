@@ -194,5 +194,7 @@ def view_for(venv: Venv, store: Store, state: VenvState) -> View:
     records = [store.get_dist(key) for key in state.selection]
     interp = state.interpreter
     cache_tag = interp.cache_tag if interp is not None else None
-    record_files = {r.dist_info: render_record(venv, interp, r, store=store) for r in records} if interp is not None else {}
+    record_files = (
+        {r.dist_info: render_record(venv, interp, r, store=store) for r in records} if interp is not None else {}
+    )
     return build_view(records, cache_tag=cache_tag, store_root=store.root, record_files=record_files)
