@@ -206,8 +206,9 @@ def test_paired_alternates_and_retakes_pairs_spoilt_by_a_cache_drop(monkeypatch:
             return value
         return run
 
-    pairs = probes.paired(side("n", 1.0), side("o", 2.0), 3)
-    assert [(p.native, p.other) for p in pairs] == [(1.0, 2.0)] * 3
+    result = probes.paired(side("n", 1.0), side("o", 2.0), 3)
+    assert [(p.native, p.other) for p in result.pairs] == [(1.0, 2.0)] * 3
+    assert result.retaken == 1
     # warm-up, then N O, (O N spoilt by a drop, retaken) O N, N O
     assert calls == ["n", "o", "n", "o", "o", "n", "o", "n", "n", "o"]
 

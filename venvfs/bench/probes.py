@@ -126,8 +126,14 @@ class Pair:
     other: float
 
 
+@dataclass
+class Pairs:
+    pairs: list[Pair]
+    retaken: int  # warm pairs thrown away because someone dropped the page cache meanwhile
+
+
 def paired(native: Callable[[], float], other: Callable[[], float], reps: int, *,
-           cold: CacheDropper | None = None, warmup: bool = True) -> list[Pair]:
+           cold: CacheDropper | None = None, warmup: bool = True) -> Pairs:
     """``reps`` interleaved pairs; cold runs drop the caches before every single run.
 
     Warm pairs are preceded by one untimed run of each side, and retaken (up to ``reps`` more times)
@@ -138,6 +144,7 @@ def paired(native: Callable[[], float], other: Callable[[], float], reps: int, *
         other()
     pairs: list[Pair] = []
     attempts = 0
+    retaken = 0
     while len(pairs) < reps:
         attempts += 1
         if attempts > 2 * reps + 2:
@@ -151,6 +158,7 @@ def paired(native: Callable[[], float], other: Callable[[], float], reps: int, *
                 cold.drop()
             results[side] = native() if side == "native" else other()
         if cold is None and drop_pagecache_count() != before:
+            retaken += 1
             continue
         pairs.append(Pair(results["native"], results["other"]))
-    return pairs
+    return Pairs(pairs, retaken)

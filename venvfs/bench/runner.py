@@ -267,12 +267,14 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
             say(f"{lv.strategy.name}: {key} ({settings.reps} pairs with native)")
             try:
                 # pip's own start-up is warm after its first run anyway; a warm-up pair would only add time.
-                pairs = probes.paired(run_native, run_other, settings.reps, cold=dropper if cold else None,
-                                      warmup=key != "pip_install_s")
+                result = probes.paired(run_native, run_other, settings.reps, cold=dropper if cold else None,
+                                       warmup=key != "pip_install_s")
             except Exception as e:
                 metric.fail(_short(e))
                 continue
-            for p in pairs:
+            if result.retaken:
+                metric.note = f"{result.retaken} pair(s) retaken: another process dropped the page cache"
+            for p in result.pairs:
                 metric.add(p.other, p.native)
                 nmetric.add(p.native)
         pid = lv.strategy.daemon_pid(venv)
