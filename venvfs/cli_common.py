@@ -42,9 +42,12 @@ def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
 def open_store_for(args: argparse.Namespace, venv: Venv) -> Store:
     """The store a venv command uses: --store if given, else the one the venv is managed with, else
     $VENVFS_STORE or the default (so commands on a venv never silently look in the wrong store)."""
-    if getattr(args, "store", None) is None and venv.is_managed:
-        return Store.open(Path(venv.read_state().store), create=False)
-    return open_store(args)
+    store = (Store.open(Path(venv.read_state().store), create=False)
+             if getattr(args, "store", None) is None and venv.is_managed else open_store(args))
+    if venv.is_managed:
+        # A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it.
+        store.register_venv(venv.root)
+    return store
 
 
 def venv_path(args: argparse.Namespace) -> Path:

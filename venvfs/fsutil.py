@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -22,6 +23,27 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush everything written to the filesystem holding ``path`` (data and metadata).
+
+    One syncfs makes a batch of unsynced objects durable at once: cheaper than an fsync per file
+    and per directory, and it also covers file contents, which directory fsyncs do not.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syncfs
+        except (OSError, AttributeError):  # not glibc/Linux: the whole-system sync is the fallback
+            os.sync()
+            return
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
 

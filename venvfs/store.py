@@ -30,7 +30,7 @@ from typing import IO, BinaryIO
 import platformdirs
 
 from venvfs.errors import StoreError
-from venvfs.fsutil import atomic_write_json, flock, fsync_dir, read_json
+from venvfs.fsutil import atomic_write_json, flock, read_json, syncfs
 from venvfs.records import DistRecord
 
 STORE_FORMAT = 1
@@ -172,11 +172,9 @@ class Store:
         return PutResult(digest, size, new=True)
 
     def sync_objects(self) -> None:
-        """Make every object directory's new entries durable (before a record refers to them)."""
-        objects = self.root / "objects"
-        for sub in objects.iterdir():
-            fsync_dir(sub)
-        fsync_dir(objects)
+        """Make objects written without fsync (content and names) durable before a record refers to
+        them: after a power loss a record must never point at an empty or missing object."""
+        syncfs(self.root / "objects")
 
     # -- distribution records ----------------------------------------------------------------------
 
