@@ -117,6 +117,7 @@ def _pth_words(st: hooks.HookStatus) -> str:
         "hidden": "hooked (below the mount)",
         "hidden-outdated": "outdated (below the mount)",
         "hidden-absent": "missing below the mount (umount, then venvfs hook install)",
+        "hidden-unknown": "below the mount, not seen yet (checked when unmounted)",
         "absent": "not needed (materialized layout)" if st.layout != "mounted" else "missing",
         "outdated": "outdated",
         "unreachable": "unknown (site-packages unreachable)",
@@ -132,8 +133,8 @@ def cmd_hook_status(args: argparse.Namespace) -> int:
     print(f"venv:     {st.venv}")
     print(f"hooks:    {'wanted' if st.enabled else 'off (venvfs hook install to turn on)'}; layout {st.layout}")
     for s in st.scripts:
-        print(f"  {s.path.name:<14} {s.shell:<10} {s.state}")
-    print(f"  {hooks.PTH_NAME:<14} python     {_pth_words(st)}")
+        print(f"  {s.path.name:<22} {s.shell:<10} {s.state}")
+    print(f"  {hooks.PTH_NAME:<22} {'python':<10} {_pth_words(st)}")
     for problem in st.problems:
         print(f"problem:  {problem}")
     if not st.ok:

@@ -444,7 +444,7 @@ class HookStatus:
     layout: str
     scripts: list[ScriptStatus] = field(default_factory=list)
     # "present", "outdated", "absent"; below a live mount, as last written: "hidden", "hidden-outdated",
-    # "hidden-absent"; "unreachable" (dead mount)
+    # "hidden-absent", "hidden-unknown"; "unreachable" (dead mount)
     pth: str = "absent"
     recreated: list[str] = field(default_factory=list)  # why the venv looks recreated by its tool
     problems: list[str] = field(default_factory=list)
@@ -600,7 +600,7 @@ def status(venv: Venv) -> HookStatus:
     if access == "mounted":
         # Below the mount: trust what install wrote there last.
         last = record.get("pth") if record else None
-        result.pth = ("hidden" if last == render_pth(target) else
+        result.pth = ("hidden-unknown" if last is None else "hidden" if last == render_pth(target) else
                       "hidden-outdated" if last else "hidden-absent")
     elif access in ("dead", "missing"):
         result.pth = "unreachable"
