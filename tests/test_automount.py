@@ -164,3 +164,21 @@ def test_eject_a_mounted_venv_keeps_what_the_user_wrote(mounted_venv: Venv, stor
     # Nothing venvfs left would mount it again.
     proc = run_activation("bash", venv, then=f'python -c "{CHECK}"')
     assert proc.returncode == 0 and not is_mounted(venv)
+
+
+def test_interpreter_start_falls_back_to_materialized_files(mounted_venv: Venv, run_venvfs: RunVenvfs) -> None:
+    """FUSE unusable at start-up: the mount materializes instead, says so in one line, and the same
+    process imports from the real files; later starts do not try again (materialized layout)."""
+    venv = mounted_venv
+    run_venvfs("umount", str(venv.root))
+    env = {**os.environ, "VENVFS_DISABLE_FUSE": "1"}
+    proc = subprocess.run([str(venv.python), "-c", CHECK], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1.0", "yes"]
+    assert len(proc.stderr.splitlines()) == 1 and "disabled by VENVFS_DISABLE_FUSE" in proc.stderr
+    assert venv.read_state().layout == "materialized" and not is_mounted(venv)
+    proc = subprocess.run([str(venv.python), "-c", CHECK], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.split() == ["1.0", "yes"]
+    assert not (venv.site_packages / hooks.PTH_NAME).exists()  # the stray hook removed itself
+    proc = run_activation("bash", venv, env={"VENVFS_DISABLE_FUSE": "1"}, then=f'python -c "{CHECK}"')
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
