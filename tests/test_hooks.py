@@ -429,3 +429,14 @@ def test_cli_refuses_an_unmanaged_venv(make_venv: Callable[..., Path],
     path = make_venv(tool="uv")
     proc = run_venvfs("hook", "install", str(path), check=False)
     assert proc.returncode == 4 and "not managed" in proc.stderr
+
+
+def test_failed_mount_does_not_abort_a_strict_bash(make_venv: Callable[..., Path], store: Store,
+                                                   fake_mount: Callable[..., Path]) -> None:
+    venv = manage(make_venv(tool="uv"), store)
+    require_shell("bash", venv)
+    fake_mount('echo "venvfs: error: cannot mount" >&2\nexit 6\n')
+    hooks.install(venv)
+    proc = subprocess.run(["bash", "-c", f"set -eu; source {venv.bin_dir}/activate; echo survived"],
+                          capture_output=True, text=True)
+    assert proc.stdout == "survived\n" and proc.stderr == "venvfs: error: cannot mount\n"

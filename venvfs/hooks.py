@@ -239,7 +239,7 @@ def _render_posix(t: HookTarget) -> str:
 # unmounted venv shows the hook .pth, a dead mount's site-packages is no directory.
 if [ -z "${{{OPTOUT_ENV}-}}" ] && {{ [ -e {pth} ] || {{ [ ! -d {sp} ] && [ -f {st} ]; }}; }}; then
     if [ -x {q(t.python)} ]; then
-        VENVFS_STORE={q(t.store)} {cmd} </dev/null >/dev/null
+        VENVFS_STORE={q(t.store)} {cmd} </dev/null >/dev/null || :  # not fatal under set -e
     else
         echo {q(_gone_message(t))} >&2
     fi
