@@ -6,7 +6,9 @@ holds ``.venvfs/daemon.lock`` for as long as it runs (an flock, so it dies with 
 daemon's pid and reload generation are in ``.venvfs/daemon.json``.
 
 Signals to the daemon: SIGTERM/SIGINT unmount and exit; SIGHUP re-reads the venv's selection and
-switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json``.
+switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json``; SIGUSR1
+writes the FUSE request counts since the last SIGUSR1 to ``.venvfs/fuse-stats.json`` (counted only
+when the daemon started with ``VENVFS_FUSE_STATS`` set; see scripts/perf_mount.py).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def _lock_path(venv: Venv) -> Path:
 
 def _info_path(venv: Venv) -> Path:
     return venv.state_dir / "daemon.json"
+
+
+def _stats_path(venv: Venv) -> Path:
+    return venv.state_dir / "fuse-stats.json"
 
 
 def _drop_path(venv: Venv) -> Path:
@@ -181,7 +187,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
     """Run the filesystem until unmounted or signalled (in the daemon process)."""
     import pyfuse3
 
-    from venvfs.fuse import Invalidator, Operations, mount_options
+    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options
     from venvfs.overlay import Overlay
     from venvfs.upper import Upper
     from venvfs.view import view_for
@@ -214,6 +220,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         os.umask(0)
         invalidator = Invalidator()
         ops = Operations(overlay, invalidator)
+        counts = ops.count_requests() if os.environ.get(STATS_ENV) else None
         mountpoint = venv.site_packages
         try:
             pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
@@ -251,7 +258,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         async def run() -> None:
             async with contextlib.AsyncExitStack() as stack:
                 nursery = await stack.enter_async_context(trio.open_nursery())
-                signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+                signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                                        signal.SIGUSR1))
 
                 async def fuse_main() -> None:
                     await pyfuse3.main()
@@ -263,6 +271,11 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         do_reload()
+                    elif signum == signal.SIGUSR1:
+                        # Request counts since the last SIGUSR1 (only kept with VENVFS_FUSE_STATS set).
+                        atomic_write_json(_stats_path(venv), dict(counts or {}), durable=False)
+                        if counts is not None:
+                            counts.clear()
                     else:
                         log.info("signal %d: unmounting", signum)
                         pyfuse3.terminate()

@@ -26,6 +26,7 @@ from venvfs.overlay import Attr, Node, Overlay, OverlayError, SetAttr
 log = logging.getLogger(__name__)
 
 FOREVER = 1e6  # seconds; the kernel caps it and we invalidate on every change
+STATS_ENV = "VENVFS_FUSE_STATS"  # set (to anything) for the daemon: count requests per type (scripts/perf_mount.py)
 UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
 
 Ctx = pyfuse3.RequestContext
@@ -95,6 +96,22 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.overlay = overlay
         self.invalidator = invalidator
+
+    def count_requests(self) -> dict[str, int]:
+        """Wrap every request handler with a counter; returns the live counts (for scripts/perf_mount.py).
+
+        Only done when asked (``VENVFS_FUSE_STATS``): a wrapper costs a little on every request.
+        """
+        counts: dict[str, int] = {}
+        for name in _REQUESTS:
+            handler = getattr(self, name)
+
+            def counted(*args: Any, _handler: Any = handler, _name: str = name) -> Any:
+                counts[_name] = counts.get(_name, 0) + 1
+                return _handler(*args)
+
+            setattr(self, name, counted)
+        return counts
 
     def flush_invalidations(self) -> None:
         pending = self.overlay.invalidations
@@ -294,6 +311,11 @@ class Operations(pyfuse3.Operations):
         out.f_favail = s.favail
         out.f_namemax = s.namemax
         return out
+
+
+_REQUESTS = ("lookup", "forget", "getattr", "setattr", "readlink", "opendir", "readdir", "releasedir", "fsyncdir",
+             "open", "create", "read", "write", "flush", "fsync", "release", "mknod", "mkdir", "symlink", "link",
+             "unlink", "rmdir", "rename", "getxattr", "listxattr", "setxattr", "removexattr", "statfs")
 
 
 def mount_options(*, allow_other: bool) -> set[str]:

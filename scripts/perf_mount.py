@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""A short, focused A/B of a venvfs mount against a native ext4 venv (issue 3, point 6).
+
+    scripts/perf_mount.py setup             build the venvs (untimed, no lock): a native uv venv of the
+                                            scientific set with bytecode, the same set adopted and mounted,
+                                            and a 20,000-file synthetic venv, mounted
+    scripts/perf_mount.py import [-n 7]     warm, then cold, interleaved pairs native/mount of
+                                            `python -I -c "import numpy, scipy, pandas, sklearn, matplotlib"`
+    scripts/perf_mount.py mount [-n 5]      unmount the 20,000-file venv, time `venvfs mount` until a stat
+                                            through the mount answers
+    scripts/perf_mount.py rss               daemon VmRSS of the 20,000-file venv after a full walk + import
+    scripts/perf_mount.py counts            FUSE requests per type in one warm and one cold import
+                                            (remounts with VENVFS_FUSE_STATS=1, then without)
+    scripts/perf_mount.py second            a second venv of numpy, pandas, scipy: `uv venv`, `venvfs mount`,
+                                            `venvfs add`: wall time and the filesystem's statfs delta
+    scripts/perf_mount.py all               import, mount, rss, second (counts apart: it remounts)
+
+Each command runs the daemon of the source tree the script sits in (it remounts first), so a worktree of an
+older commit can be measured against this one in one locked run:
+  flock /tmp/venvfs-perf.lock env VENVFS_BENCH_LOCKED=1 sh -c 'OLD/scripts/perf_mount.py all; scripts/perf_mount.py all'
+
+Every measuring command holds /tmp/venvfs-perf.lock (shared with scripts/bench), unless started with
+VENVFS_BENCH_LOCKED=1 under `flock /tmp/venvfs-perf.lock ...` already. Keep runs short so others get turns.
+
+Method (docs in /work/shared/performance-facts.md): native and mount alternate, A B then B A, the ratio is the
+median of the per-pair ratios; a warm pair is retaken when /proc/vmstat's drop_pagecache moved during it
+(someone dropped the caches); a cold run follows `sync; echo 3 > /proc/sys/vm/drop_caches` (root only,
+otherwise cold is reported as not measured). Ratios only mean something within one run.
+
+The wheels come from $VENVFS_PERF_WHEELS (default /tmp/scidl/wh), the work tree is $VENVFS_PERF_DIR
+(default /tmp/venvfs-perf-mount); the store is its own (DIR/store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DIR = Path(os.environ.get("VENVFS_PERF_DIR", "/tmp/venvfs-perf-mount"))  # noqa: S108
+WHEELS = Path(os.environ.get("VENVFS_PERF_WHEELS", "/tmp/scidl/wh"))  # noqa: S108
+LOCK = "/tmp/venvfs-perf.lock"  # noqa: S108 - the lock every performance measurement on this machine shares
+SCI = ["numpy", "scipy", "pandas", "scikit-learn", "matplotlib"]
+SCI_IMPORT = "import numpy, scipy, pandas, sklearn, matplotlib"
+SCALE_PACKAGES, SCALE_FILES = 10, 2000  # as `venvfs bench --synthetic-files 20000`
+SCALE_IMPORT = "import " + ", ".join(f"vfsbench_p{i}" for i in range(SCALE_PACKAGES))
+
+ENV = {**os.environ, "VENVFS_STORE": str(DIR / "store"),
+       "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
+def py(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def venvfs(*args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "venvfs", *args], check=True, env=env or ENV, stdout=subprocess.DEVNULL)
+
+
+def uv_venv(venv: Path, *packages: str, links: Path, bytecode: bool) -> None:
+    subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    if packages:
+        subprocess.run(["uv", "pip", "install", "-q", "--python", str(py(venv)), "--no-index", "--find-links",
+                        str(links), "--link-mode", "copy", *(["--compile-bytecode"] if bytecode else []),
+                        *packages], check=True)
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def perf_lock() -> Iterator[None]:
+    if os.environ.get("VENVFS_BENCH_LOCKED"):
+        yield
+        return
+    print(f"waiting for {LOCK}", file=sys.stderr)
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def drops() -> int:
+    with open("/proc/vmstat") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("drop_pagecache"))
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(argv: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def pairs(a: Callable[[], float], b: Callable[[], float], n: int, *, cold: bool) -> dict[str, float]:
+    """n interleaved pairs (A B, then B A, ...): medians and the median of per-pair ratios b/a."""
+    ta: list[float] = []
+    tb: list[float] = []
+    ratios: list[float] = []
+    if not cold:
+        a(), b()  # untimed: fill the caches
+    while len(ratios) < n:
+        before = drops()
+        order = (a, b) if len(ratios) % 2 == 0 else (b, a)
+        got = {}
+        for fn in order:
+            if cold:
+                drop_caches()
+            got[fn] = fn()
+        if not cold and drops() != before:
+            print("  caches dropped by someone during a warm pair: retaken", file=sys.stderr)
+            continue
+        ta.append(got[a])
+        tb.append(got[b])
+        ratios.append(got[b] / got[a])
+    return {"native_s": statistics.median(ta), "mount_s": statistics.median(tb),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def show(name: str, r: dict[str, float]) -> None:
+    print(f"{name:12} native {r['native_s']:.3f}s  mount {r['mount_s']:.3f}s  ratio {r['ratio']:.3f}x "
+          f"({r['ratio_min']:.2f}..{r['ratio_max']:.2f})", flush=True)
+
+
+def remount(venv: Path, env: dict[str, str] | None = None) -> None:
+    """A fresh daemon running this source tree (the script's own), so two trees compare in one run."""
+    venvfs("umount", str(venv))
+    venvfs("mount", "--mode", "fuse", str(venv), env=env)
+
+
+def cmd_import(n: int) -> None:
+    native, mnt = DIR / "native", DIR / "mnt"
+    remount(mnt)
+    a = lambda: timed([str(py(native)), "-I", "-c", SCI_IMPORT])  # noqa: E731
+    b = lambda: timed([str(py(mnt)), "-I", "-c", SCI_IMPORT])  # noqa: E731
+    show("warm import", pairs(a, b, n, cold=False))
+    if not drop_caches():
+        print("cold import  not measured: cannot write /proc/sys/vm/drop_caches (needs root)")
+        return
+    show("cold import", pairs(a, b, n, cold=True))
+
+
+def daemon_pid(venv: Path) -> int:
+    return int(json.loads((venv / ".venvfs/daemon.json").read_text())["pid"])
+
+
+def cmd_mount(n: int) -> None:
+    venv = DIR / "scale"
+    probe = site_packages(venv) / "vfsbench_p0" / "__init__.py"
+    times = []
+    for _ in range(n):
+        venvfs("umount", str(venv))
+        t = time.perf_counter()
+        venvfs("mount", "--mode", "fuse", str(venv))
+        while True:  # `venvfs mount` returns once the mount answers; this proves a file stat does
+            with contextlib.suppress(OSError):
+                os.stat(probe)
+                break
+        times.append(time.perf_counter() - t)
+    files = sum(len(f) for _, _, f in os.walk(site_packages(venv)))
+    print(f"mount        {statistics.median(times):.3f}s median of {n} ({min(times):.3f}..{max(times):.3f}), "
+          f"{files} files in the mounted site-packages", flush=True)
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    get = lambda key: next(int(line.split()[1]) for line in status if line.startswith(key))  # noqa: E731
+    return get("VmRSS:"), get("VmHWM:")
+
+
+def cmd_rss() -> None:
+    venv = DIR / "scale"
+    remount(venv)
+    pid = daemon_pid(venv)
+    before = rss_kb(pid)[0]
+    entries = 0
+    for root, dirs, files in os.walk(site_packages(venv)):
+        for name in dirs + files:
+            os.lstat(os.path.join(root, name))
+            entries += 1
+    subprocess.run([str(py(venv)), "-I", "-c", SCALE_IMPORT], check=True)
+    rss, hwm = rss_kb(pid)
+    print(f"daemon RSS   {rss / 1024:.1f} MB after a walk of {entries} entries + import (peak {hwm / 1024:.1f} MB, "
+          f"{before / 1024:.1f} MB before)", flush=True)
+
+
+def stats(venv: Path) -> dict[str, int]:
+    path = venv / ".venvfs/fuse-stats.json"
+    path.unlink(missing_ok=True)
+    os.kill(daemon_pid(venv), signal.SIGUSR1)
+    while not path.exists():
+        time.sleep(0.01)
+    counts: dict[str, int] = json.loads(path.read_text())
+    return counts
+
+
+def cmd_counts() -> None:
+    venv = DIR / "mnt"
+    remount(venv, env={**ENV, "VENVFS_FUSE_STATS": "1"})
+    try:
+        run = lambda: subprocess.run([str(py(venv)), "-I", "-c", SCI_IMPORT], check=True)  # noqa: E731
+        for label in ("first", "warm", "cold"):
+            if label == "cold" and not drop_caches():
+                break
+            stats(venv)
+            run()
+            counts = stats(venv)
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+            print(f"requests     {label}: {sum(counts.values())} ({detail})", flush=True)
+    finally:
+        remount(venv)
+
+
+def cmd_second() -> None:
+    venv = DIR / "second"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        venvfs("umount", str(venv))
+    shutil.rmtree(venv, ignore_errors=True)
+    os.sync()
+    before = os.statvfs(DIR)
+    t = time.perf_counter()
+    subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    venvfs("mount", "--mode", "fuse", str(venv))
+    venvfs("add", str(venv), "numpy", "pandas", "scipy")
+    took = time.perf_counter() - t
+    subprocess.run([str(py(venv)), "-I", "-c", "import numpy, pandas, scipy"], check=True)
+    os.sync()
+    after = os.statvfs(DIR)
+    used = ((before.f_bfree - after.f_bfree) * after.f_frsize) / 1e6
+    print(f"second venv  {took:.3f}s (uv venv + venvfs mount + venvfs add), {used:.2f} MB extra disk "
+          f"(statfs, after one import), {before.f_ffree - after.f_ffree} inodes", flush=True)
+    venvfs("umount", str(venv))
+
+
+# -- setting up (untimed) --------------------------------------------------------------------------
+
+def cmd_setup() -> None:
+    DIR.mkdir(parents=True, exist_ok=True)
+    if not (DIR / "native").exists():
+        uv_venv(DIR / "native", *SCI, links=WHEELS, bytecode=True)
+    if not (DIR / "mnt").exists():
+        uv_venv(DIR / "mnt", *SCI, links=WHEELS, bytecode=False)
+    venvfs("mount", "--mode", "fuse", str(DIR / "mnt"))
+    if not (DIR / "scale").exists():
+        sys.path.insert(0, str(REPO))
+        from venvfs.bench.wheels import synthetic_wheelhouse
+
+        wheels, _ = synthetic_wheelhouse(DIR / "scale-wheels", packages=SCALE_PACKAGES,
+                                         files_per_package=SCALE_FILES)
+        uv_venv(DIR / "scale", *map(str, wheels), links=DIR / "scale-wheels", bytecode=False)
+    venvfs("mount", "--mode", "fuse", str(DIR / "scale"))
+    print(f"ready: {DIR}/native, {DIR}/mnt and {DIR}/scale (mounted)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["setup", "import", "mount", "rss", "counts", "second", "all"])
+    parser.add_argument("-n", type=int, default=0, help="pairs (import) or repetitions (mount)")
+    args = parser.parse_args()
+    if args.command == "setup":
+        cmd_setup()
+        return 0
+    with perf_lock():
+        if args.command in ("import", "all"):
+            cmd_import(args.n or 7)
+        if args.command in ("mount", "all"):
+            cmd_mount(args.n or 5)
+        if args.command in ("rss", "all"):
+            cmd_rss()
+        if args.command == "counts":
+            cmd_counts()
+        if args.command in ("second", "all"):
+            cmd_second()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
