@@ -60,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="no loop-mounted images even as root (statfs deltas then come from a shared filesystem)")
     p.add_argument("--scratch", type=Path, metavar="DIR",
                    help="where to work (a reflink filesystem here enables the reflink strategies without root)")
-    p.add_argument("--python", default=sys.executable, help="interpreter of the venvs (default: this one)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter of the venvs (default: this one; the default set and -r are downloaded "
+                        "for the interpreter running venvfs, so give --wheelhouse for another one)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the result table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG chart (needs venvfs[plot])")

@@ -121,9 +121,18 @@ def terminal(report: Report) -> str:
     if any(r for _, r in ranges):
         lines.append("min..max:")
         lines.extend(f"  {name}: {text}" for name, text in ranges if text)
+    lines.extend(_notes(report))
     for i, reason in enumerate(notes.reasons, 1):
         lines.append(f"[{i}] {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _notes(report: Report) -> list[str]:
+    out: list[str] = []
+    for s in report.strategies:
+        out.extend(f"note: {s.name}: {n}" for n in s.notes)
+        out.extend(f"note: {s.name} {k}: {m.note}" for k, m in s.metrics.items() if m.note)
+    return out
 
 
 def _heading(report: Report) -> str:
@@ -162,6 +171,10 @@ def markdown(report: Report, command: str | None = None) -> str:
             text = _range_line(s)
             if text:
                 lines.append(f"- min..max {s.name}: {text}")
+    extra = _notes(report)
+    if extra:
+        lines.append("")
+        lines.extend(f"- {esc(n)}" for n in extra)
     if notes.reasons:
         lines.append("")
         for i, reason in enumerate(notes.reasons, 1):

@@ -285,6 +285,5 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
                 rss, hwm = probes.process_memory(pid)
                 lv.result.metric("daemon_rss_bytes").add(float(rss))
                 lv.result.metric("daemon_hwm_bytes").add(float(hwm))
-                lv.result.notes.append(f"daemon pid {pid} measured after the runs above")
             except probes.ProbeError as e:
                 lv.result.metric("daemon_rss_bytes").fail(str(e))
