@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from venvfs.bench import probes, report, system, trees, wheels
+from venvfs.bench import goals, probes, report, system, trees, wheels
 from venvfs.bench.model import METRICS, Metric, Report, StrategyResult
 
 from wheelbuilder import build_wheel, simple_package
@@ -254,3 +254,33 @@ def test_populate_modes_make_working_trees(tmp_path: Path) -> None:
     assert (tmp_path / "hardlink" / "pkg" / "__init__.py").stat().st_nlink == 2
     assert (tmp_path / "symlink" / "pkg" / "__init__.py").is_symlink()
     assert not (tmp_path / "copy" / "pkg" / "__init__.py").is_symlink()
+
+
+def _report_with(metrics: dict[str, Any], available: bool = True) -> dict[str, Any]:
+    venvfs: dict[str, Any] = {"name": "venvfs", "available": available, "metrics": metrics}
+    if not available:
+        venvfs["unavailable"] = "this venvfs has no `venvfs mount` command yet"
+    return {"strategies": [{"name": "native", "available": True, "metrics": {}}, venvfs]}
+
+
+def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
+    def ratio(value: float) -> dict[str, Any]:
+        return {"median": value, "min": value, "max": value, "ratio_to_native": {
+            "median": value, "min": value, "max": value, "pairs": [value]}}
+
+    def plain(value: float) -> dict[str, Any]:
+        return {"median": value, "min": value, "max": value}
+
+    main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6)})
+    scale = _report_with({"mount_s": plain(0.3),
+                          "daemon_rss_bytes": {"unit": "bytes", "unavailable": "daemon process not found"}})
+    verdicts = {v.goal.metric: v.status for v in goals.check({"main": main_report, "scale": scale})}
+    assert verdicts == {"import_warm_s": "pass", "import_cold_s": "FAIL", "mount_s": "pass",
+                        "daemon_rss_bytes": "unavailable"}
+    (tmp_path / "m.json").write_text(json.dumps(main_report))
+    (tmp_path / "s.json").write_text(json.dumps(scale))
+    assert goals.main([str(tmp_path / "m.json"), str(tmp_path / "s.json")]) == 1
+    missing = _report_with({}, available=False)
+    (tmp_path / "x.json").write_text(json.dumps(missing))
+    assert goals.main([str(tmp_path / "x.json")]) == 2
+    assert all(v.status == "unavailable" for v in goals.check({"main": missing, "scale": None}))
