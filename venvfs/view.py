@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 
 from venvfs.fsutil import UnsafePath, safe_relpath
@@ -39,24 +39,53 @@ def pyc_relpath(py_relpath: str, cache_tag: str) -> str:
 
 
 class LowerFile:
-    __slots__ = ("data", "digest", "executable", "kind", "size", "target")
+    """One file below: where its bytes live. An INLINE file may be rendered lazily (``render``): a
+    RECORD costs a lot to render and pip reads one only to uninstall, so mounting renders none."""
+
+    __slots__ = ("_data", "_size", "digest", "executable", "kind", "render", "target")
 
     def __init__(self, kind: int, digest: str | None, size: int, executable: bool = False,
-                 target: str | None = None, data: bytes | None = None) -> None:
+                 target: str | None = None, data: bytes | None = None,
+                 render: tuple[Callable[[], bytes], Hashable] | None = None) -> None:
         self.kind = kind
         self.digest = digest
-        self.size = size  # -1: not known yet (a .pyc, sized on first stat)
+        self._size = size  # -1: not known yet (a .pyc, sized on first stat; a RECORD not rendered yet)
         self.executable = executable
         self.target = target
-        self.data = data
+        self._data = data
+        self.render = render  # (renderer, token): equal tokens render equal bytes
+
+    @property
+    def size(self) -> int:
+        if self._size < 0 and self.render is not None:
+            self._render()
+        return self._size
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._size = value
+
+    @property
+    def data(self) -> bytes | None:
+        if self._data is None and self.render is not None:
+            self._render()
+        return self._data
+
+    def _render(self) -> None:
+        assert self.render is not None
+        self._data = self.render[0]()
+        self._size = len(self._data)
 
     def same_as(self, other: LowerEntry) -> bool:
-        return (isinstance(other, LowerFile) and other.kind == self.kind and other.digest == self.digest
-                and other.executable == self.executable and other.target == self.target
-                and other.data == self.data)
+        if not (isinstance(other, LowerFile) and other.kind == self.kind and other.digest == self.digest
+                and other.executable == self.executable and other.target == self.target):
+            return False
+        if self.render is not None and other.render is not None and self.render[1] == other.render[1]:
+            return True  # no need to render either
+        return other.data == self.data
 
     def __repr__(self) -> str:
-        return f"LowerFile(kind={self.kind}, digest={self.digest}, size={self.size})"
+        return f"LowerFile(kind={self.kind}, digest={self.digest}, size={self._size})"
 
 
 class LowerDir:
@@ -150,51 +179,104 @@ def available_bytecode(store_root: Path, cache_tag: str) -> set[str]:
 
 
 def build_view(records: Iterable[DistRecord], *, cache_tag: str | None, store_root: Path | None = None,
-               record_files: dict[str, bytes] | None = None) -> View:
+               record_files: dict[str, bytes] | None = None,
+               record_renderers: dict[str, tuple[Callable[[], bytes], Hashable]] | None = None) -> View:
     """The lower tree of a selection: site-packages files, bytecode where the store has it, and the
-    RECORD files given in ``record_files`` (dist-info name -> rendered bytes)."""
+    RECORD files given in ``record_files`` (dist-info name -> rendered bytes) or ``record_renderers``
+    (dist-info name -> (renderer, token), rendered on first use)."""
     view = View(cache_tag=cache_tag)
     pycs = available_bytecode(store_root, cache_tag) if (store_root is not None and cache_tag) else set()
+    # Directory path -> its LowerDir: each file costs one dict lookup, not a walk from the root (mount
+    # time is spent here, 20,000 files and as many .pyc for a large venv).
+    dirs: dict[str, LowerDir] = {"": view.root}
+    pyc_suffix = f".{cache_tag}.pyc"
     for record in records:
         for f in record.site_files():
-            try:
-                rel = safe_relpath(f.path)
-            except UnsafePath:
-                log.error("%s: unsafe path %r left out of the view", record.key, f.path)
-                continue
-            if rel.split("/")[-1].startswith(".wh."):
+            path = f.path
+            if (not path or "\\" in path or "\x00" in path or path[0] == "/" or path[1:2] == ":"
+                    or "//" in path or path[-1] == "/" or "." in (parts := path.split("/")) or ".." in parts):
+                try:
+                    path = safe_relpath(path)
+                except UnsafePath:
+                    log.error("%s: unsafe path %r left out of the view", record.key, f.path)
+                    continue
+            dirpath, _, name = path.rpartition("/")
+            if name.startswith(".wh."):
                 log.error("%s: %r uses the whiteout prefix; left out of the view", record.key, f.path)
                 continue
             if f.symlink is not None:
                 entry = LowerFile(SYMLINK, None, len(os.fsencode(f.symlink)), target=f.symlink)
             else:
                 entry = LowerFile(OBJECT, f.digest, f.size, executable=f.executable)
-            if not view._insert(rel, entry):
-                log.error("%s: %s conflicts with a directory of another distribution", record.key, rel)
+            d = dirs.get(dirpath)
+            if d is None:
+                d = _makedirs(view, dirs, dirpath)
+            if d is None or isinstance(d.children.get(name), LowerDir):
+                log.error("%s: %s conflicts with a directory of another distribution", record.key, path)
                 continue
-            if cache_tag and rel.endswith(".py"):
-                pyc = pyc_relpath(rel, cache_tag)
+            # Later distributions in the selection win, as a later install overwrites an earlier one.
+            d.children[name] = entry
+            if cache_tag and name.endswith(".py"):
+                pycdir = f"{dirpath}/__pycache__" if dirpath else "__pycache__"
+                pycname = name[:-3] + pyc_suffix
                 if f.digest in pycs:
-                    view._insert(pyc, LowerFile(PYC, f.digest, -1))
+                    pd = dirs.get(pycdir)
+                    if pd is None:
+                        pd = _makedirs(view, dirs, pycdir)
+                    if pd is not None and not isinstance(pd.children.get(pycname), LowerDir):
+                        pd.children[pycname] = LowerFile(PYC, f.digest, -1)
                 else:
                     # A .pyc of an earlier distribution's file at this path would carry the same
                     # mtime and maybe the same size: it must not outlive its source.
-                    view._remove(pyc)
+                    pd = dirs.get(pycdir)
+                    if pd is not None and isinstance(pd.children.get(pycname), LowerFile):
+                        del pd.children[pycname]
         if record_files and record.dist_info in record_files:
             data = record_files[record.dist_info]
             view._insert(f"{record.dist_info}/RECORD", LowerFile(INLINE, None, len(data), data=data))
+        elif record_renderers and record.dist_info in record_renderers:
+            lazy = LowerFile(INLINE, None, -1, render=record_renderers[record.dist_info])
+            view._insert(f"{record.dist_info}/RECORD", lazy)
     return view
 
 
-def view_for(venv: Venv, store: Store, state: VenvState) -> View:
-    """The view of ``venv``'s selection, with a rendered RECORD for each distribution: the store keeps
-    no RECORD (installers rewrite it), yet pip reads it to uninstall."""
-    from venvfs.materialize import render_record
+def _makedirs(view: View, dirs: dict[str, LowerDir], dirpath: str) -> LowerDir | None:
+    """The LowerDir at ``dirpath``, created with its parents; None if a file is in the way."""
+    parent, _, name = dirpath.rpartition("/")
+    pd = dirs.get(parent)
+    if pd is None:
+        pd = _makedirs(view, dirs, parent)
+        if pd is None:
+            return None
+    child = pd.children.get(name)
+    if child is None:
+        child = pd.children[name] = LowerDir()
+    elif not isinstance(child, LowerDir):
+        return None
+    dirs[dirpath] = child
+    return child
 
+
+def view_for(venv: Venv, store: Store, state: VenvState) -> View:
+    """The view of ``venv``'s selection, with a RECORD for each distribution: the store keeps no RECORD
+    (installers rewrite it), yet pip reads it to uninstall. RECORDs are rendered on first use: rendering
+    them all took most of the time a mount took, and pip reads one only to uninstall that distribution."""
     records = [store.get_dist(key) for key in state.selection]
     interp = state.interpreter
     cache_tag = interp.cache_tag if interp is not None else None
-    record_files = (
-        {r.dist_info: render_record(venv, interp, r, store=store) for r in records} if interp is not None else {}
-    )
-    return build_view(records, cache_tag=cache_tag, store_root=store.root, record_files=record_files)
+    renderers: dict[str, tuple[Callable[[], bytes], Hashable]] = {}
+    if interp is not None:
+        info = interp
+
+        def renderer(record: DistRecord) -> Callable[[], bytes]:
+            def render() -> bytes:
+                from venvfs.materialize import render_record
+
+                return render_record(venv, info, record, store=store)
+            return render
+
+        # The token: the same build in the same venv for the same interpreter renders the same RECORD.
+        # (The selection's keys, not ``DistRecord.key``, which hashes the whole manifest.)
+        renderers = {r.dist_info: (renderer(r), (key, str(venv.root), info.cache_tag))
+                     for key, r in zip(state.selection, records, strict=True)}
+    return build_view(records, cache_tag=cache_tag, store_root=store.root, record_renderers=renderers)
