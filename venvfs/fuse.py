@@ -96,6 +96,9 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.overlay = overlay
         self.invalidator = invalidator
+        self._negative = pyfuse3.EntryAttributes()
+        self._negative.st_ino = 0
+        self._negative.entry_timeout = FOREVER
 
     def count_requests(self) -> dict[str, int]:
         """Wrap every request handler with a counter; returns the live counts (for scripts/perf_mount.py).
@@ -145,7 +148,16 @@ class Operations(pyfuse3.Operations):
         return e
 
     def _node_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        return self.entry(self.overlay.attr(node))
+        """The reply for ``node``; built once for a store entry, which never changes (the overlay drops
+        ``node.entry`` on copy-up and reload). pyfuse3 copies the reply, so one object serves them all."""
+        cached = node.entry
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        attr = self.overlay.attr(node)
+        e = self.entry(attr)
+        if attr.immutable:
+            node.entry = e
+        return e
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -154,10 +166,7 @@ class Operations(pyfuse3.Operations):
         node = self.overlay.lookup(parent_inode, os.fsdecode(name))
         if node is None:
             # A cached "no such name": Python's import system probes many of them.
-            e = pyfuse3.EntryAttributes()
-            e.st_ino = 0
-            e.entry_timeout = FOREVER
-            return e
+            return self._negative
         try:
             return self._node_entry(node)
         except BaseException:
@@ -173,7 +182,7 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def getattr(self, inode: InodeT, ctx: Ctx) -> pyfuse3.EntryAttributes:
-        return self.entry(self.overlay.getattr(inode))
+        return self._node_entry(self.overlay.node(inode))
 
     @boundary
     async def setattr(self, inode: InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -200,11 +209,11 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for next_id, name, node in self.overlay.readdir(fh, start_id):
             try:
-                attr = self.overlay.attr(node)
+                entry = self._node_entry(node)
             except (OverlayError, OSError) as e:
                 log.error("readdir: %s: %s", name, e)
                 continue
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.entry(attr), next_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), entry, next_id):
                 break
             node.nlookup += 1  # readdirplus replies count as lookups
 
@@ -235,9 +244,10 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         return self.overlay.write(fh, off, buf)
 
-    @boundary
     async def flush(self, fh: FileHandleT) -> None:
-        return None
+        # Nothing to do on close(): ENOSYS makes the kernel stop sending FLUSH for good, one request
+        # less for every file Python opens.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @boundary
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:

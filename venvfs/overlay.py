@@ -92,8 +92,8 @@ class StatFs:
 
 
 class Node:
-    __slots__ = ("children", "extra_links", "ino", "kind", "lower", "name", "nlookup", "opaque", "open_fhs",
-                 "parent", "upper")
+    __slots__ = ("children", "entry", "extra_links", "ino", "kind", "lower", "name", "nlookup", "opaque",
+                 "open_fhs", "parent", "upper")
 
     def __init__(self, ino: int, parent: Node | None, name: str, kind: int, *, upper: bool,
                  lower: LowerEntry | None) -> None:
@@ -108,6 +108,8 @@ class Node:
         self.nlookup = 0
         self.extra_links: list[tuple[Node, str]] | None = None
         self.open_fhs: set[int] | None = None
+        # The adapter's reply for a store entry (immutable, so built once); dropped on every change.
+        self.entry: object | None = None
 
     @property
     def attached(self) -> bool:
@@ -176,6 +178,8 @@ class Overlay:
         self.dir_handles: dict[int, list[tuple[str, Node]]] = {}
         self._next_fh = 1
         self._verified: set[str] = set()
+        self._objects_dir = str(store.object_path("00").parent.parent)
+        self._bytecode_dir = str(store.bytecode_path(view.cache_tag or "none", "00").parent.parent)
         self._upper_inos: dict[int, Node] = {}
         # ("inode", ino, "") or ("entry", parent_ino, name): for the adapter to tell the kernel.
         self.invalidations: list[tuple[str, int, str]] = []
@@ -280,6 +284,7 @@ class Overlay:
             self.nodes.pop(node.ino, None)
 
     def _inval_inode(self, node: Node) -> None:
+        node.entry = None
         self.invalidations.append(("inode", node.ino, ""))
 
     def _inval_entry(self, parent: Node, name: str) -> None:
@@ -296,7 +301,8 @@ class Overlay:
         elif name == "..":
             node = parent.parent or self.root
         else:
-            if len(os.fsencode(name)) > NAME_MAX:
+            # (A name of at most NAME_MAX / 4 characters fits in NAME_MAX bytes: skip the encoding.)
+            if len(name) > NAME_MAX // 4 and len(os.fsencode(name)) > NAME_MAX:
                 raise OverlayError(errno.ENAMETOOLONG)
             if name.startswith(WHITEOUT_PREFIX) or "/" in name:
                 return None
@@ -403,6 +409,7 @@ class Overlay:
         self.ensure_upper(d.parent)
         self.upper.ensure_dir(self.parts(d.parent), d.name, 0o755)
         d.upper = True
+        d.entry = None  # its attributes now come from the upper directory
 
     def copy_up(self, node: Node, *, content: bool = True) -> None:
         if node.upper:
@@ -474,8 +481,16 @@ class Overlay:
         with self.upper.dirfd(parts[:-1]) as pfd:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
 
+    def _lower_str(self, entry: LowerFile) -> str:
+        """``_lower_path`` as a string built without pathlib (this runs for every cold read)."""
+        digest = entry.digest
+        assert digest is not None
+        if entry.kind == PYC:
+            return f"{self._bytecode_dir}/{digest[:2]}/{digest}.pyc"
+        return f"{self._objects_dir}/{digest[:2]}/{digest}{'.x' if entry.executable else ''}"
+
     def _open_lower(self, node: Node, entry: LowerFile) -> int:
-        path = self._lower_path(entry)
+        path = self._lower_str(entry)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -515,6 +530,10 @@ class Overlay:
         assert isinstance(entry, LowerFile)
         if entry.kind == INLINE:
             return self._new_fh(Handle(node, -1, store=True, writable=False, data=entry.data)), True
+        if entry.kind == PYC or entry.digest in self._verified:
+            # Checked before (or never checked): open the store file only when the kernel reads, which
+            # with pages kept across opens it mostly does not (a warm import reads nothing).
+            return self._new_fh(Handle(node, -1, store=True, writable=False)), True
         fd = self._open_lower(node, entry)
         # Store bytes never change: pages cached by an earlier open stay valid (keep_cache).
         return self._new_fh(Handle(node, fd, store=True, writable=False)), True
@@ -536,6 +555,10 @@ class Overlay:
                 h.fd, h.store, h.data = fd, False, None
         if h.data is not None:
             return h.data[off:off + size]
+        if h.fd < 0:
+            entry = h.node.lower
+            assert isinstance(entry, LowerFile)
+            h.fd = self._open_lower(h.node, entry)
         try:
             return os.pread(h.fd, size, off)
         except OSError as e:
@@ -887,12 +910,14 @@ class Overlay:
     def replace_view(self, view: View) -> None:
         """Switch to a new selection's view, telling the kernel about every name that changed."""
         self.view = view
+        self._bytecode_dir = str(self.store.bytecode_path(view.cache_tag or "none", "00").parent.parent)
         self._reconcile(self.root, view.root)
 
     def _reconcile(self, d: Node, new_lower: LowerDir | None) -> None:
         if d.opaque:
             new_lower = None
         d.lower = new_lower
+        d.entry = None  # a lower directory's st_nlink counts its subdirectories
         if d.children is None:
             return
         whiteouts: set[str] = set()
