@@ -10,6 +10,7 @@ venvfs keeps its per-venv state in ``VENV/.venvfs/``::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -142,9 +143,10 @@ class Venv:
     def python(self) -> Path:
         return self.bin_dir / "python"
 
-    @property
+    @functools.cached_property
     def site_packages(self) -> Path:
-        # Listed from the parent, never stat'ed: a dead FUSE mount on site-packages answers ENOTCONN.
+        # Cached: adopt asks for it once per file. Listed from the parent, never stat'ed: a dead FUSE
+        # mount on site-packages answers ENOTCONN.
         candidates = sorted(p / "site-packages" for p in self.root.glob("lib/python*")
                             if p.is_dir() and "site-packages" in os.listdir(p))
         if len(candidates) != 1:
