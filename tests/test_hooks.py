@@ -440,3 +440,29 @@ def test_failed_mount_does_not_abort_a_strict_bash(make_venv: Callable[..., Path
     proc = subprocess.run(["bash", "-c", f"set -eu; source {venv.bin_dir}/activate; echo survived"],
                           capture_output=True, text=True)
     assert proc.stdout == "survived\n" and proc.stderr == "venvfs: error: cannot mount\n"
+
+
+# -- the systemd user unit ------------------------------------------------------------------------
+
+def test_systemd_unit_is_shipped_and_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           run_venvfs: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["venvfs"]
+    assert any(Path("data", hooks.UNIT_NAME).match(p) for p in patterns), "the unit would not be packaged"
+
+    store = tmp_path / "a store with $pecial %chars"
+    text = hooks.render_unit(store)
+    assert "@PYTHON@" not in text and "@ENVIRONMENT@" not in text
+    assert "mount --all" in text and "umount --all" in text
+    assert 'Environment="VENVFS_STORE=' + str(store).replace("$", "$$").replace("%", "%%") + '"' in text
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    proc = run_venvfs("hook", "unit", "--install")
+    unit = tmp_path / "config" / "systemd" / "user" / hooks.UNIT_NAME
+    assert unit.exists() and "systemctl --user enable --now" in proc.stdout
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed: unit syntax not checked")
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
