@@ -77,9 +77,10 @@ def _hash_file(path: Path, algo: str) -> str:
 class _DistAdopter:
     """Reads one .dist-info and stores what its RECORD vouches for."""
 
-    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress) -> None:
+    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, linker: Linker) -> None:
         self.venv = venv
         self.store = store
+        self.linker = linker  # venv file -> store: by hardlink or reflink, adopting copies no data
         self.dist_info = dist_info
         self.progress = progress
         self.files: list[StoredFile] = []
@@ -170,6 +171,7 @@ class _DistAdopter:
             self.kept.append(rel)
             return
         executable = bool(st.st_mode & 0o111)
+        verified: str | None = None  # the file's sha256, once read
         if expected is not None:
             algo, want = expected
             if algo == "sha256":
@@ -187,6 +189,8 @@ class _DistAdopter:
             except ValueError:  # unknown hash algorithm in RECORD
                 self.kept.append(rel)
                 return
+            if algo == "sha256":
+                verified = want
         data_override: bytes | None = None
         if scheme == "scripts":
             head = path.read_bytes()
@@ -196,8 +200,8 @@ class _DistAdopter:
         if data_override is not None:
             put = self.store.put_stream(io.BytesIO(data_override), executable=executable, durable=False)
         else:
-            with open(path, "rb") as f:
-                put = self.store.put_stream(f, executable=executable, durable=False)
+            digest = verified or _hash_file(path, "sha256")
+            put = self.store.put_placed(path, digest, st.st_size, executable, self.linker)
         self._add(scheme, rel, put.digest, put.size, executable, new=put.new)
 
     def _add(self, scheme: Scheme, rel: str, digest: str, size: int, executable: bool, *, new: bool) -> None:
@@ -240,13 +244,14 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     total = sum(1 for d in dist_infos for _ in _lines(d / "RECORD"))
     progress = Progress(f"adopting {venv.root.name}", total)
     records: list[DistRecord] = []
+    ingest_linker = Linker(link_mode)
     with store.writing():
         for dist_info in dist_infos:
             if _is_editable(dist_info):
                 # Its files point at a source tree of this machine: nothing another venv could share.
                 report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
                 continue
-            adopter = _DistAdopter(venv, store, dist_info, progress)
+            adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker)
             try:
                 record = adopter.adopt()
             except VenvError as e:

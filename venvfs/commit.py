@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from venvfs.errors import VenvError
+from venvfs.linkmode import Linker, LinkMode
 from venvfs.store import Store
 from venvfs.venv import Venv
 
@@ -48,7 +49,8 @@ def commit(venv: Venv, store: Store) -> CommitReport:
             for info in sorted(sp.glob("*.dist-info")):
                 if info.name in by_dist_info or not (upper / info.name / "RECORD").is_file():
                     continue
-                adopter = _DistAdopter(venv, store, info, Progress(f"committing {info.name}", 0))
+                # Read through the mount: a link from a FUSE mount into the store cannot work.
+                adopter = _DistAdopter(venv, store, info, Progress(f"committing {info.name}", 0), Linker(LinkMode.COPY))
                 record = adopter.adopt()
                 store.add_dist(record)
                 new_records.append(record)
