@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, uv_pip
 from tests.wheelbuilder import build_wheel, simple_package
-from venvfs import daemon
+from venvfs import daemon, hooks
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv
 
@@ -263,7 +263,8 @@ def test_umount_with_open_files_and_sigterm(mounted: Venv, run_venvfs: Run) -> N
     finally:
         with contextlib.suppress(OSError):
             f.close()  # ENOTCONN: the lazily detached mount has no daemon to flush to
-    assert os.listdir(sp) == []  # the mounted layout: site-packages is empty underneath
+    # The mounted layout: underneath, site-packages holds only the automount hook, for the next start.
+    assert os.listdir(sp) == [hooks.PTH_NAME]
     run_venvfs("mount", str(mounted.root))
     pid = daemon.daemon_pid(mounted)
     assert pid is not None

@@ -7,8 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from venvfs.cli_common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
+from venvfs.cli_common import (
+    add_venv_argument,
+    common_parent,
+    json_parent,
+    open_store,
+    open_store_for,
+    print_json,
+    venv_path,
+)
 from venvfs.errors import VenvfsError
+from venvfs.store import Store
+from venvfs.venv import Venv
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -30,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="let other users in (adds allow_other; permissions are then enforced)")
     p.add_argument("--mode", choices=["auto", "fuse", "materialize"], default="auto",
                    help="auto: FUSE, else materialize; fuse: fail without FUSE; materialize: never mount")
+    hooks = p.add_mutually_exclusive_group()
+    hooks.add_argument("--no-hooks", dest="hooks", action="store_false", default=None,
+                       help="remove and stop installing the automount hooks (activation scripts, .pth)")
+    hooks.add_argument("--hooks", dest="hooks", action="store_true",
+                       help="install the automount hooks again after --no-hooks (the default)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (for hooks and scripts)")
     p.set_defaults(handler=cmd_mount)
 
     p = subparsers.add_parser(
@@ -61,15 +77,22 @@ def _targets(args: argparse.Namespace) -> list[Path]:
     return [venv_path(args)]
 
 
+def _store_for(args: argparse.Namespace, path: Path) -> Store:
+    """The venv's own store unless --store says otherwise (see cli_common.open_store_for)."""
+    venv = Venv(path)
+    return open_store_for(args, venv) if (venv.root / "pyvenv.cfg").exists() else open_store(args)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from venvfs import daemon
 
-    store = open_store(args)
     results = []
     code = 0
     for path in _targets(args):
         try:
-            r = daemon.mount(path, store, allow_other=args.allow_other, foreground=args.foreground, mode=args.mode)
+            store = _store_for(args, path)
+            r = daemon.mount(path, store, allow_other=args.allow_other, foreground=args.foreground, mode=args.mode,
+                             hooks=args.hooks)
         except VenvfsError as e:
             if not args.all:
                 raise
@@ -77,9 +100,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
             code = e.exit_code
             continue
         results.append({"venv": str(r.venv), "how": r.how, "message": r.message})
-        if not args.json:
-            print(f"venvfs: {r.message}" if r.how == "materialized" else r.message,
-                  file=sys.stderr if r.how == "materialized" else sys.stdout)
+        if r.how == "materialized":
+            print(f"venvfs: {r.message}", file=sys.stderr)  # the fallback is always reported
+        elif not args.json and not args.quiet:
+            print(r.message)
     if args.json:
         print_json(results)
     return code
@@ -88,10 +112,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from venvfs import daemon
 
-    store = open_store(args)
     out = []
     for path in _targets(args):
-        was = daemon.umount(path, store, materialize=args.materialize)
+        was = daemon.umount(path, _store_for(args, path), materialize=args.materialize)
         out.append({"venv": str(path), "unmounted": was})
         if not args.json:
             print(f"unmounted {path}" if was else f"{path} was not mounted")

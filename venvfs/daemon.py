@@ -404,9 +404,11 @@ def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
 
 
 def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
-          mode: Literal["auto", "fuse", "materialize"] = "auto") -> MountResult:
+          mode: Literal["auto", "fuse", "materialize"] = "auto", hooks: bool | None = None) -> MountResult:
     """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
-    where FUSE is unusable (unless ``mode="fuse"``)."""
+    where FUSE is unusable (unless ``mode="fuse"``). ``hooks`` turns the automount hooks on or off
+    (remembered in the venv's state); None keeps the venv's choice."""
+    from venvfs import hooks as automount
     from venvfs import layout
 
     venv = Venv.open(path)
@@ -418,6 +420,9 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        if hooks is not None and hooks != state.hooks:
+            state.hooks = hooks
+            venv.write_state(state)
         problem = "--mode materialize was given" if mode == "materialize" else fuse_problem()
         current = mount_state(venv) if problem is None or mode == "materialize" else "unmounted"
         if problem is not None:
@@ -425,20 +430,28 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
                 raise MountError(f"cannot mount {venv.root}: {problem}")
             if current != "unmounted":
                 _unmount_locked(venv)
-            return _fallback(venv, store, problem)
+            result = _fallback(venv, store, problem)
+            automount.install(venv)  # materialized: removes the .pth, so activation stops calling mount
+            return result
         if current == "mounted":
+            # Puts the activation blocks back after a tool recreated them; the .pth is under the mount.
+            automount.install(venv)
             return MountResult(venv.root, "already", f"{venv.site_packages} is already mounted")
         if current == "dead":
             clear_dead_mount(venv)
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
+        # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
+        automount.install(venv)
         if not foreground:
             try:
                 _spawn(venv, store, allow_other=allow_other)
             except MountError as e:
                 if mode == "fuse":
                     raise
-                return _fallback(venv, store, f"FUSE mount failed ({e})")
+                result = _fallback(venv, store, f"FUSE mount failed ({e})")
+                automount.install(venv)
+                return result
             _wait_answers(venv.site_packages, venv)
             return MountResult(venv.root, "fuse", f"mounted {venv.site_packages} (log: {log_path(venv)})")
     code = serve(venv.root, store.root, allow_other=allow_other)
@@ -468,12 +481,15 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     venv = Venv.open(path)
     with venv.locked(wait=True):
         was = _unmount_locked(venv)
-        if materialize and venv.is_managed:
+        if venv.is_managed:
+            from venvfs import hooks as automount
             from venvfs import layout
 
             state = venv.read_state()
-            if state.layout == "mounted":
+            if materialize and state.layout == "mounted":
                 layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
+            # Unmounted in the mounted layout, the .pth must be visible again for the next start.
+            automount.install(venv)
     return was
 
 
