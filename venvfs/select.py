@@ -53,9 +53,13 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistReco
     name = canonicalize_name(req.name)
     candidates: list[tuple[Version, int, DistRecord]] = []
     seen: list[str] = []
-    for record in store.iter_dists():
-        if canonicalize_name(record.name) != name:
+    # Keys start with the canonical name: read only the records that can match (a store holds thousands).
+    for key in store.dist_keys():
+        if not key.startswith(name + "-"):
             continue
+        record = store.get_dist(key)
+        if canonicalize_name(record.name) != name:
+            continue  # "foo" matched the start of "foo-bar-..."
         seen.append(f"{record.version} ({', '.join(record.tags) or 'no tags'})")
         try:
             version = Version(record.version)
