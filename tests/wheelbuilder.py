@@ -34,6 +34,7 @@ class WheelSpec:
     omit: frozenset[str] = frozenset()  # archive paths (e.g. "WHEEL", "RECORD" in dist-info) left out
     dist_info_override: str | None = None
     filename_override: str | None = None
+    requires: tuple[str, ...] = ()  # Requires-Dist lines of METADATA
 
     @property
     def dist_info(self) -> str:
@@ -56,7 +57,8 @@ def build_wheel(directory: Path, spec: WheelSpec) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     di = spec.dist_info
     contents: dict[str, bytes] = dict(spec.files)
-    contents[f"{di}/METADATA"] = f"Metadata-Version: 2.1\nName: {spec.name}\nVersion: {spec.version}\n".encode()
+    contents[f"{di}/METADATA"] = (f"Metadata-Version: 2.1\nName: {spec.name}\nVersion: {spec.version}\n"
+                                  + "".join(f"Requires-Dist: {r}\n" for r in spec.requires)).encode()
     contents[f"{di}/WHEEL"] = (
         spec.wheel_metadata
         if spec.wheel_metadata is not None

@@ -92,11 +92,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "add", parents=[common, as_json], formatter_class=fmt, help="select distributions from the store",
         description="Select stored distributions for a venv: wheel files (ingested first) or requirements\n"
-        "such as 'numpy==2.1.*', matched to the venv's interpreter and platform tags.\n\n"
+        "such as 'numpy==2.1.*', matched to the venv's interpreter and platform tags. What they require\n"
+        "(Requires-Dist, markers evaluated for the venv) is selected too, from the store.\n\n"
         "example: venvfs add .venv 'numpy>=2' ./x-1.0-py3-none-any.whl",
     )
     p.add_argument("venv", type=Path)
     p.add_argument("specs", nargs="+", metavar="WHEEL_OR_REQUIREMENT")
+    p.add_argument("--no-deps", action="store_true",
+                   help="select only what is named, not the stored distributions it requires")
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
     p.set_defaults(handler=cmd_add)
 
@@ -282,7 +285,8 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
 def cmd_add(args: argparse.Namespace) -> int:
     venv = Venv.open(args.venv)
     store = open_store_for(args, venv)
-    report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode))
+    report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
+                              dependencies=not args.no_deps)
     _print_selection(args, venv, report.added, report.removed, report.link_summary)
     return 0
 

@@ -6,8 +6,10 @@ the venv's own interpreter tags (most preferred first) decide between builds of 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from email.parser import Parser
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -78,13 +80,82 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistReco
     return candidates[-1][2]
 
 
+def requires_dist(store: Store, record: DistRecord) -> list[Requirement]:
+    """The record's ``Requires-Dist`` (from its stored METADATA); unparsable lines are skipped."""
+    meta_path = f"{record.dist_info}/METADATA"
+    meta = next((f for f in record.site_files() if f.path == meta_path and f.digest), None)
+    if meta is None or meta.digest is None:
+        return []
+    text = store.object_path(meta.digest, meta.executable).read_text(errors="replace")
+    requirements = []
+    for line in Parser().parsestr(text, headersonly=True).get_all("Requires-Dist") or ():
+        with contextlib.suppress(InvalidRequirement):
+            requirements.append(Requirement(line))
+    return requirements
+
+
+def _applies(req: Requirement, interp: InterpreterInfo, extras: Iterable[str]) -> bool:
+    if req.marker is None:
+        return True
+    if not interp.markers:
+        return True  # an interpreter probed before markers were recorded: take the dependency
+    return any(req.marker.evaluate({**interp.markers, "extra": extra}) for extra in ("", *extras))
+
+
+def with_dependencies(store: Store, interp: InterpreterInfo, roots: list[tuple[DistRecord, set[str]]],
+                      selected: Iterable[DistRecord]) -> list[DistRecord]:
+    """``roots`` plus what they require, transitively, from the store (greedy, newest fitting build;
+    what the venv already selects is kept when it satisfies the requirement)."""
+    chosen = {canonicalize_name(r.name): r for r, _ in roots}
+    have = {canonicalize_name(r.name): r for r in selected}
+    result = [r for r, _ in roots]
+    queue = list(roots)
+    missing: list[str] = []
+    while queue:
+        record, extras = queue.pop()
+        for req in requires_dist(store, record):
+            if not _applies(req, interp, extras):
+                continue
+            name = canonicalize_name(req.name)
+            present = chosen.get(name) or have.get(name)
+            if present is not None and req.specifier.contains(Version(present.version), prereleases=True):
+                continue
+            if name in chosen:
+                missing.append(f"{record.name} needs {req.name}{req.specifier}, {present.version} was chosen"
+                               if present else str(req))
+                continue
+            bare = f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}{req.specifier}"
+            try:
+                dep = resolve(store, interp, bare)
+            except NoMatchingDistribution:
+                missing.append(f"{record.name} requires {bare}")
+                continue
+            chosen[name] = dep
+            result.append(dep)
+            queue.append((dep, set(req.extras)))
+    if missing:
+        raise NoMatchingDistribution(
+            "dependencies not in the store: " + "; ".join(sorted(set(missing)))
+            + " (`venvfs store add` their wheels, or pass --no-deps)")
+    return result
+
+
+def _is_requirement(spec: str) -> bool:
+    try:
+        Requirement(spec)
+    except InvalidRequirement:
+        return False
+    return True
+
+
 def _selected_records(store: Store, state: VenvState) -> list[DistRecord]:
     return [store.get_dist(k) for k in state.selection]
 
 
 def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remove: Iterable[str] = (),
-                     link_mode: LinkMode = LinkMode.AUTO) -> SelectReport:
-    """Add wheels/requirements and remove names; the venv's files follow its layout."""
+                     link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True) -> SelectReport:
+    """Add wheels/requirements (with their dependencies from the store, unless ``dependencies`` is
+    False) and remove names; the venv's files follow its layout."""
     with venv.locked():
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
@@ -97,13 +168,18 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         interp = state.interpreter
         with store.writing():
             # Held until the state names the new records, so a concurrent gc cannot collect them.
-            wanted: list[DistRecord] = []
+            roots: list[tuple[DistRecord, set[str]]] = []
             for spec in add:
                 path = Path(spec)
                 if spec.endswith(".whl") and path.exists():
-                    wanted.append(ingest_wheel(store, path)[0])
+                    roots.append((ingest_wheel(store, path)[0], set()))
                 else:
-                    wanted.append(resolve(store, interp, spec))
+                    extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
+                    roots.append((resolve(store, interp, spec), extras))
+            if dependencies:
+                wanted = with_dependencies(store, interp, roots, _selected_records(store, state))
+            else:
+                wanted = [r for r, _ in roots]
             report = _apply(venv, store, state, interp, wanted, remove, link_mode)
     return report
 
