@@ -238,3 +238,19 @@ def run_cli(store: Path, *args: str, check: bool = True, env: dict[str, str] | N
     if check and proc.returncode != 0:
         raise AssertionError(f"venvfs {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(autouse=True)
+def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Unmount whatever a test left mounted below its tmp_path (an automount hook can mount a venv
+    from any interpreter start, ensurepip's included), so pytest can delete it and no daemon lingers."""
+    yield
+    prefix = str(tmp_path) + "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4].replace("\\040", " ") for line in f]
+    except OSError:
+        return
+    for point in points:
+        if point.startswith(prefix) and shutil.which("fusermount3"):
+            subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import create_venv, run_cli
 from venvfs.venv import Venv
+
+from conftest import create_venv, run_cli
 from wheelbuilder import WheelSpec, build_wheel, simple_package
 
 
