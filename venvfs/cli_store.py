@@ -302,6 +302,10 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv)
+    if venv.is_managed and venv.read_state().layout == "mounted" and daemon.mount_state(venv) == "dead":
+        # A killed daemon leaves "Transport endpoint is not connected": clear it and mount again.
+        result = daemon.mount(venv.root, store)
+        print(f"venvfs: the mount's daemon had died; {result.message}", file=sys.stderr)
     status = venv_status(venv, store)
     if args.json:
         print_json(status.to_json())

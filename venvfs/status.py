@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from venvfs.daemon import mount_state
 from venvfs.errors import VenvfsError
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import Venv, VenvState, mount_state
+from venvfs.venv import Venv, VenvState
 
 ObjectId = tuple[str, bool]
 
@@ -119,7 +120,7 @@ def venv_status(venv: Venv, store: Store) -> VenvStatus:
             with contextlib.suppress(VenvfsError):
                 other_objects |= _objects(store.get_dist(key))
     status = VenvStatus(
-        venv=str(venv.root), store=state.store, layout=state.layout, mount=mount_state(venv.site_packages),
+        venv=str(venv.root), store=state.store, layout=state.layout, mount=mount_state(venv),
         link_mode=state.link_mode, python=state.interpreter.version if state.interpreter else None,
     )
     mine: set[ObjectId] = set()

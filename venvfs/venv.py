@@ -203,28 +203,3 @@ class Venv:
         sp = self.site_packages
         yield from sorted(p for p in sp.glob("*.dist-info") if p.is_dir())
 
-
-MountState = Literal["mounted", "stale", "unmounted"]
-
-
-def mount_state(path: Path) -> MountState:
-    """Whether a filesystem is mounted on ``path``; "stale" when its FUSE daemon is gone."""
-    target = os.fsencode(path.absolute())
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            # Field 5 is the mount point, with spaces and such escaped as octal.
-            points = {line.split()[4] for line in f}
-    except OSError:
-        return "unmounted"
-    escaped = target.replace(b"\\", b"\\134").replace(b" ", b"\\040").replace(b"\t", b"\\011").replace(b"\n", b"\\012")
-    if escaped not in points:
-        return "unmounted"
-    try:
-        os.stat(path)
-    except OSError as e:
-        import errno
-
-        if e.errno == errno.ENOTCONN:  # "Transport endpoint is not connected": the daemon died
-            return "stale"
-        raise
-    return "mounted"
