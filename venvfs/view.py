@@ -7,13 +7,16 @@ The overlay merges it with the upper layer; the FUSE adapter never sees it direc
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import marshal
 import os
 import posixpath
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-from venvfs.fsutil import UnsafePath, safe_relpath
+from venvfs.fsutil import UnsafePath, atomic_write_bytes, safe_relpath
 from venvfs.records import DistRecord
 from venvfs.store import Store
 from venvfs.venv import Venv, VenvState
@@ -89,10 +92,45 @@ class LowerFile:
 
 
 class LowerDir:
-    __slots__ = ("children",)
+    """A directory below. One loaded from a cached view (``from_raw``) turns its raw entries into
+    ``LowerFile``/``LowerDir`` objects on first use, so a mount builds only the directories it visits."""
+
+    __slots__ = ("_children", "_raw")
 
     def __init__(self) -> None:
-        self.children: dict[str, LowerEntry] = {}
+        self._children: dict[str, LowerEntry] | None = {}
+        self._raw: dict[str, Any] | None = None
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> LowerDir:
+        d = cls.__new__(cls)
+        d._children = None
+        d._raw = raw
+        return d
+
+    @property
+    def children(self) -> dict[str, LowerEntry]:
+        children = self._children
+        if children is None:
+            raw = self._raw
+            assert raw is not None
+            children = self._children = {
+                name: LowerDir.from_raw(v) if type(v) is dict else LowerFile(*v) for name, v in raw.items()}
+            self._raw = None
+        return children
+
+    def to_raw(self) -> dict[str, Any]:
+        """Marshal-able nested dicts and tuples (see ``from_raw``); INLINE files are left out."""
+        if self._children is None:
+            assert self._raw is not None
+            return self._raw
+        out: dict[str, Any] = {}
+        for name, entry in self._children.items():
+            if isinstance(entry, LowerDir):
+                out[name] = entry.to_raw()
+            elif entry.kind != INLINE:
+                out[name] = (entry.kind, entry.digest, entry._size, entry.executable, entry.target)
+        return out
 
     def __repr__(self) -> str:
         return f"LowerDir({len(self.children)} entries)"
@@ -257,13 +295,85 @@ def _makedirs(view: View, dirs: dict[str, LowerDir], dirpath: str) -> LowerDir |
     return child
 
 
-def view_for(venv: Venv, store: Store, state: VenvState) -> View:
+VIEW_CACHE_FORMAT = 1
+
+
+def _view_cache_key(venv: Venv, store: Store, state: VenvState, cache_tag: str | None) -> str:
+    # A dist key names one immutable build, so the selection, the interpreter and the store decide the tree
+    # (apart from which .pyc the store has: see ``missing`` in ``view_for``).
+    text = "\0".join([str(VIEW_CACHE_FORMAT), str(venv.root), str(store.root), cache_tag or "", *state.selection])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_cached_view(path: Path, key: str, store: Store, cache_tag: str | None) -> tuple[View, dict[str, str]] | None:
+    try:
+        data = marshal.loads(path.read_bytes())
+        if not (isinstance(data, dict) and data.get("key") == key):
+            return None
+        missing: list[str] = data["missing"]
+        raw: dict[str, Any] = data["tree"]
+        records: dict[str, str] = data["records"]
+    except (OSError, ValueError, EOFError, TypeError, KeyError):
+        return None
+    if missing and cache_tag:
+        # .py files that had no bytecode when the view was built: compiled since, the view must show it.
+        if len(missing) <= 64:
+            if any(store.bytecode_path(cache_tag, d).exists() for d in missing):
+                return None
+        elif not available_bytecode(store.root, cache_tag).isdisjoint(missing):
+            return None
+    return View(LowerDir.from_raw(raw), cache_tag=cache_tag), records
+
+
+def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) -> View:
     """The view of ``venv``'s selection, with a RECORD for each distribution: the store keeps no RECORD
     (installers rewrite it), yet pip reads it to uninstall. RECORDs are rendered on first use: rendering
-    them all took most of the time a mount took, and pip reads one only to uninstall that distribution."""
-    records = [store.get_dist(key) for key in state.selection]
+    them all took most of the time a mount took, and pip reads one only to uninstall that distribution.
+
+    The tree is cached in ``.venvfs/view.marshal`` by selection (``cache``): loading it reads no
+    distribution record and builds a directory's entries only when it is first visited, which takes a
+    20,000-file venv's mount from ~0.2 s of building to a few milliseconds."""
     interp = state.interpreter
     cache_tag = interp.cache_tag if interp is not None else None
+    cache_path = venv.state_dir / "view.marshal"
+    key = _view_cache_key(venv, store, state, cache_tag)
+    if cache:
+        loaded = _load_cached_view(cache_path, key, store, cache_tag)
+        if loaded is not None:
+            view, dist_infos = loaded
+            if interp is not None:
+                for dist_info, dist_key in dist_infos.items():
+                    render = _lazy_renderer(venv, store, interp, dist_key)
+                    view._insert(f"{dist_info}/RECORD",
+                                 LowerFile(INLINE, None, -1, render=(render, (dist_key, str(venv.root), cache_tag))))
+            return view
+    records = [store.get_dist(key) for key in state.selection]
+    view = _view_for_records(venv, store, state, records, cache_tag)
+    if cache:
+        pycs = available_bytecode(store.root, cache_tag) if cache_tag else set()
+        missing = sorted({f.digest for r in records for f in r.site_files() if f.symlink is None
+                          and f.digest is not None and f.path.endswith(".py") and f.digest not in pycs}
+                         ) if cache_tag else []
+        data = {"key": key, "missing": missing, "tree": view.root.to_raw(),
+                "records": {r.dist_info: k for k, r in zip(state.selection, records, strict=True)}}
+        try:
+            atomic_write_bytes(cache_path, marshal.dumps(data), durable=False)
+        except (OSError, ValueError) as e:
+            log.warning("cannot cache the view in %s: %s", cache_path, e)
+    return view
+
+
+def _lazy_renderer(venv: Venv, store: Store, info: Any, dist_key: str) -> Callable[[], bytes]:
+    def render() -> bytes:
+        from venvfs.materialize import render_record
+
+        return render_record(venv, info, store.get_dist(dist_key), store=store)
+    return render
+
+
+def _view_for_records(venv: Venv, store: Store, state: VenvState, records: list[DistRecord],
+                      cache_tag: str | None) -> View:
+    interp = state.interpreter
     renderers: dict[str, tuple[Callable[[], bytes], Hashable]] = {}
     if interp is not None:
         info = interp
