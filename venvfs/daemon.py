@@ -158,7 +158,8 @@ def mount_state(venv: Venv) -> MountState:
     try:
         os.stat(mp)
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        # ENOTCONN once the daemon's fd is closed; ECONNABORTED while the kernel is still aborting it.
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return "dead"
         raise
     return "mounted" if daemon_pid(venv) is not None else "dead"
