@@ -485,6 +485,10 @@ def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
             os.dup2(null, 0)
             os.dup2(logfd, 1)
             os.dup2(logfd, 2)
+            # Nothing else the caller holds may outlive it in the daemon: an inherited flock (flock(1)'s,
+            # a venv lock taken by a parent process) would stay locked for as long as the mount runs.
+            os.closerange(3, w)
+            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
             os.chdir("/")
             os.execve(sys.executable, argv, env)
         finally:
