@@ -19,6 +19,9 @@ Each command runs the daemon of the source tree the script sits in (it remounts 
 older commit can be measured against this one in one locked run:
   flock /tmp/venvfs-perf.lock env VENVFS_BENCH_LOCKED=1 sh -c 'OLD/scripts/perf_mount.py all; scripts/perf_mount.py all'
 
+The daemon runs pyfuse3 on venvfs's DirectLoop; VENVFS_FUSE_LOOP=trio in the environment runs it on trio (the
+remount passes the environment on), for an A/B of the two loops.
+
 Every measuring command holds /tmp/venvfs-perf.lock (shared with scripts/bench), unless started with
 VENVFS_BENCH_LOCKED=1 under `flock /tmp/venvfs-perf.lock ...` already. Keep runs short so others get turns.
 
@@ -181,9 +184,16 @@ def cmd_mount(n: int) -> None:
                 os.stat(probe)
                 break
         times.append(time.perf_counter() - t)
+    # Once more without the cached view (.venvfs/view.marshal): a first mount after the selection changed.
+    venvfs("umount", str(venv))
+    (venv / ".venvfs/view.marshal").unlink(missing_ok=True)
+    t = time.perf_counter()
+    venvfs("mount", "--mode", "fuse", str(venv))
+    os.stat(probe)
+    uncached = time.perf_counter() - t
     files = sum(len(f) for _, _, f in os.walk(site_packages(venv)))
     print(f"mount        {statistics.median(times):.3f}s median of {n} ({min(times):.3f}..{max(times):.3f}), "
-          f"{files} files in the mounted site-packages", flush=True)
+          f"{uncached:.3f}s without the cached view; {files} files in the mounted site-packages", flush=True)
 
 
 def rss_kb(pid: int) -> tuple[int, int]:
