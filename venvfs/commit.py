@@ -27,9 +27,8 @@ class CommitReport:
 def commit(venv: Venv, store: Store) -> CommitReport:
     from venvfs import daemon
     from venvfs.adopt import _DistAdopter
-    from venvfs.bytecode import ensure_bytecode
+    from venvfs.bytecode import ensure_bytecode, pyc_relpath
     from venvfs.progress import Progress
-    from venvfs.view import pyc_relpath
 
     report = CommitReport()
     with venv.locked(wait=True):

@@ -468,7 +468,8 @@ def _site_packages_access(sp: Path) -> str:
     except FileNotFoundError:
         return "missing"
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        # ECONNABORTED while the kernel is still tearing down a killed daemon's connection.
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return "dead"
         raise
     if not stat.S_ISDIR(st.st_mode):

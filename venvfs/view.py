@@ -30,17 +30,6 @@ SYMLINK = 2
 INLINE = 3  # bytes rendered in memory (RECORD of a dist, which pip needs to uninstall it)
 
 
-def pyc_relpath(py_relpath: str, cache_tag: str) -> str:
-    """``a/b/mod.py`` -> ``a/b/__pycache__/mod.<cache_tag>.pyc`` (what importlib looks for)."""
-    try:
-        from venvfs.bytecode import pyc_relpath as lead
-
-        return lead(py_relpath, cache_tag)
-    except ImportError:  # pragma: no cover - bytecode.py is part of the package
-        directory, name = posixpath.split(py_relpath)
-        return posixpath.join(directory, "__pycache__", f"{name[:-3]}.{cache_tag}.pyc")
-
-
 class LowerFile:
     """One file below: where its bytes live. An INLINE file may be rendered lazily (``render``): a
     RECORD costs a lot to render and pip reads one only to uninstall, so mounting renders none."""
