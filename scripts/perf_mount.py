@@ -19,8 +19,8 @@ Each command runs the daemon of the source tree the script sits in (it remounts 
 older commit can be measured against this one in one locked run:
   flock /tmp/venvfs-perf.lock env VENVFS_BENCH_LOCKED=1 sh -c 'OLD/scripts/perf_mount.py all; scripts/perf_mount.py all'
 
-The daemon runs pyfuse3 on venvfs's DirectLoop; VENVFS_FUSE_LOOP=trio in the environment runs it on trio (the
-remount passes the environment on), for an A/B of the two loops.
+The daemon runs pyfuse3 on trio; VENVFS_FUSE_LOOP=direct in the environment runs it on venvfs's DirectLoop
+(the remount passes the environment on), for an A/B of the two loops.
 
 Every measuring command holds /tmp/venvfs-perf.lock (shared with scripts/bench), unless started with
 VENVFS_BENCH_LOCKED=1 under `flock /tmp/venvfs-perf.lock ...` already. Keep runs short so others get turns.
