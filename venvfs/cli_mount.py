@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _targets(args: argparse.Namespace) -> list[Path]:
     if getattr(args, "all", False):
-        return open_store(args).registered_venvs()
+        # A registered venv deleted since is no error here: `venvfs store gc` forgets it.
+        return [p for p in open_store(args).registered_venvs() if (p / ".venvfs" / "state.json").exists()]
     return [venv_path(args)]
 
 
