@@ -20,6 +20,7 @@ import pytest
 from venvfs.bench import goals, probes, report, system, trees, wheels
 from venvfs.bench.model import METRICS, Metric, Report, StrategyResult
 
+from conftest import missing_tool
 from wheelbuilder import build_wheel, simple_package
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,7 +148,7 @@ def test_quick_outputs(quick_run: tuple[dict[str, Any], Path]) -> None:
 
 def test_reflink_unavailable_is_explained(wheelhouse: Path, tmp_path: Path) -> None:
     if shutil.which("uv") is None:
-        pytest.skip("uv not installed")
+        missing_tool("uv is not installed (pip install uv)")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     if system.fs_type(scratch) in ("xfs", "btrfs"):
@@ -215,7 +216,7 @@ def test_paired_alternates_and_retakes_pairs_spoilt_by_a_cache_drop(monkeypatch:
 
 def test_perf_lock_under_flock_wrapper_does_not_deadlock(tmp_path: Path) -> None:
     if shutil.which("flock") is None:
-        pytest.skip("flock(1) not installed")
+        missing_tool("flock(1) is not installed (apt-get install util-linux)")
     lock = tmp_path / "perf.lock"
     code = ("import sys; from pathlib import Path; from venvfs.bench.system import perf_lock\n"
             f"with perf_lock(Path({str(lock)!r}), say=lambda m: sys.exit('waited: ' + m)): print('inside')")
