@@ -6,6 +6,7 @@ same build adopted from two venvs, or ingested from the same wheel twice, has on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -98,8 +99,10 @@ class DistRecord:
     source: str = ""  # "wheel:<file name>" or "adopted:<venv>"; informational, not part of the key
     omitted: tuple[str, ...] = field(default=())  # adopted files that were modified or missing
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        # Cached: it hashes the whole manifest (15,000 files for torch), and callers compare keys in loops.
+        # cached_property writes the instance __dict__ directly, which a frozen dataclass allows.
         return f"{canonicalize_name(self.name)}-{self.version}-{self.manifest_digest()[:16]}"
 
     def manifest_digest(self) -> str:

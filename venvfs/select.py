@@ -192,12 +192,14 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     unknown = {canonicalize_name(n) for n in remove} - {canonicalize_name(r.name) for r in current}
     if unknown:
         raise NoMatchingDistribution(f"not selected in {venv.root}: {', '.join(sorted(unknown))}")
-    dropped = [r for r in current if canonicalize_name(r.name) in drop and r.key not in {w.key for w in wanted}]
+    wanted_keys = {w.key for w in wanted}
+    dropped = [r for r in current if canonicalize_name(r.name) in drop and r.key not in wanted_keys]
     kept = [r for r in current if r not in dropped]
     for record in dropped:
         remove_files(venv, interp, record, site_packages=state.layout == "materialized")
         report.removed.append(record.key)
-    new = [w for w in wanted if w.key not in {k.key for k in kept}]
+    kept_keys = {k.key for k in kept}
+    new = [w for w in wanted if w.key not in kept_keys]
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
