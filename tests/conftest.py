@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -254,3 +256,23 @@ def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
     for point in points:
         if point.startswith(prefix) and shutil.which("fusermount3"):
             subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)
+
+
+def stop_mount(venv: Path) -> None:
+    """pyfuse3 test/util.py style: stop the daemon (SIGTERM, then SIGKILL), then unmount lazily."""
+    from venvfs import daemon
+    from venvfs.venv import Venv
+
+    v = Venv(venv)
+    pid = daemon.daemon_pid(v)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(250):
+            if daemon.daemon_pid(v) is None:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    for sp in v.root.glob("lib/python*/site-packages"):
+        if daemon.mounted_fstype(sp) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(sp)], check=False)

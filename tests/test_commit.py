@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pip_in_mount import _pip, _stop, tree
+from tests.conftest import stop_mount
+from tests.test_pip_in_mount import _pip, tree
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.store import Store
 from venvfs.venv import Venv
@@ -31,7 +32,7 @@ def venv(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_v
         run_venvfs("mount", str(path))
         yield path
     finally:
-        _stop(path)
+        stop_mount(path)
 
 
 def test_commit_moves_new_dists_into_the_store(venv: Path, store: Store, run_venvfs: Run, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, uv_pip
+from tests.conftest import REPO, stop_mount, uv_pip
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import daemon, hooks
 from venvfs.store import SOURCE_EPOCH, Store
@@ -26,24 +26,6 @@ from venvfs.venv import Venv
 pytestmark = pytest.mark.fuse
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _cleanup(venv: Path) -> None:
-    # pyfuse3 test/util.py style: lazy unmount, then make sure the daemon is gone.
-    v = Venv(venv)
-    pid = daemon.daemon_pid(v)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(200):
-            if daemon.daemon_pid(v) is None:
-                break
-            time.sleep(0.02)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    with_mount = [p for p in v.root.glob("lib/python*/site-packages")]
-    for sp in with_mount:
-        if daemon.mounted_fstype(sp) is not None:
-            subprocess.run(["fusermount3", "-u", "-z", str(sp)], check=False)
 
 
 @pytest.fixture
@@ -56,7 +38,7 @@ def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], ru
         run_venvfs("mount", str(path))
         yield Venv.open(path)
     finally:
-        _cleanup(path)
+        stop_mount(path)
 
 
 def venvfs_env(store: Store, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

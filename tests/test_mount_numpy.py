@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import uv_pip
-from tests.test_pip_in_mount import _stop, tree
+from tests.conftest import stop_mount, uv_pip
+from tests.test_pip_in_mount import tree
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import daemon
 from venvfs.venv import Venv
@@ -45,8 +45,8 @@ def test_numpy_venv_mounted(require_fuse: None, make_venv: Callable[..., Path],
             pip(v, "install", "--no-index", str(wheel))
             pip(v, "uninstall", "-y", "numpy")
         assert tree(mounted) == tree(plain)
-        _stop(mounted)
+        stop_mount(mounted)
         run_venvfs("mount", str(mounted))
         assert tree(mounted) == tree(plain)
     finally:
-        _stop(mounted)
+        stop_mount(mounted)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import uv
+from tests.conftest import stop_mount, uv
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs import daemon
 from venvfs.store import Store
@@ -55,19 +53,6 @@ def tree(venv: Path) -> dict[str, str]:
     return out
 
 
-def _stop(venv: Path) -> None:
-    v = Venv(venv)
-    pid = daemon.daemon_pid(v)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(250):
-            if daemon.daemon_pid(v) is None:
-                break
-            time.sleep(0.02)
-    if daemon.mounted_fstype(v.site_packages) is not None:
-        subprocess.run(["fusermount3", "-u", "-z", str(v.site_packages)], check=False)
-
-
 @pytest.fixture
 def wheels(tmp_path: Path) -> Path:
     d = tmp_path / "wheels"
@@ -94,7 +79,7 @@ def pair(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_v
         assert daemon.mount_state(Venv(mounted)) == "mounted"
         yield plain, mounted
     finally:
-        _stop(mounted)
+        stop_mount(mounted)
 
 
 def _pip(venv: Path, wheels: Path, *args: str) -> str:
