@@ -48,6 +48,20 @@ def require_fuse() -> None:
         missing_tool(problem)
 
 
+@pytest.fixture(params=["no-open", "open"])
+def fuse_mode(request: pytest.FixtureRequest, require_fuse: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a mount test in both of the daemon's modes: the kernel's "no open" mode (needs venvfs's
+    pyfuse3 patch, which scripts/test installs) and the stock mode with an OPEN per file."""
+    mode: str = request.param
+    if mode == "no-open":
+        import pyfuse3
+
+        if not getattr(pyfuse3, "ZERO_FH_IS_INODE", False):
+            missing_tool("pyfuse3 without venvfs's patch (scripts/build-pyfuse3 --install python3)")
+    monkeypatch.setenv("VENVFS_NO_OPEN", "1" if mode == "no-open" else "0")
+    return mode
+
+
 @pytest.fixture
 def require_root() -> None:
     if os.geteuid() != 0:

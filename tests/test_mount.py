@@ -29,7 +29,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
             tmp_path: Path) -> Iterator[Venv]:
     wheel = build_wheel(tmp_path / "wheels", simple_package())
     path = make_venv("v", tool="uv")
@@ -52,9 +52,11 @@ def _expect(err: int, fn: Callable[[], object]) -> None:
     assert e.value.errno == err, e.value
 
 
-def test_mount_serves_the_store_and_is_idempotent(mounted: Venv, run_venvfs: Run) -> None:
+def test_mount_serves_the_store_and_is_idempotent(mounted: Venv, run_venvfs: Run, fuse_mode: str) -> None:
     sp = mounted.site_packages
     assert daemon.mounted_fstype(sp) == "fuse.venvfs"
+    info = json.loads((mounted.state_dir / "daemon.json").read_text())
+    assert info["no_open"] is (fuse_mode == "no-open")
     assert json.loads(mounted.state_dir.joinpath("state.json").read_text())["layout"] == "mounted"
     st = (sp / "demo/__init__.py").stat()
     assert st.st_mtime == SOURCE_EPOCH and st.st_mode & 0o777 == 0o644
@@ -179,6 +181,52 @@ def test_unlinked_open_file_mmap_and_fsync(mounted: Venv) -> None:
         m.close()
         os.fsync(f.fileno())
     assert (mounted.upper_dir / "demo/map.bin").read_bytes()[:5] == b"mmap!"
+
+
+def test_open_with_o_trunc_empties_store_and_upper_files(mounted: Venv) -> None:
+    # In no-open mode O_TRUNC never travels with an OPEN: it must arrive as a size change.
+    sp = mounted.site_packages
+    with open(sp / "demo/data/table.txt", "wb") as f:
+        f.write(b"new")
+    assert (sp / "demo/data/table.txt").read_bytes() == b"new"
+    assert (mounted.upper_dir / "demo/data/table.txt").read_bytes() == b"new"
+    with open(sp / "demo/data/table.txt", "wb") as f:
+        f.write(b"z")
+    assert (sp / "demo/data/table.txt").read_bytes() == b"z"
+    os.close(os.open(sp / "demo/__init__.py", os.O_WRONLY | os.O_TRUNC))
+    assert (sp / "demo/__init__.py").stat().st_size == 0
+    assert (mounted.upper_dir / "demo/__init__.py").read_bytes() == b""
+
+
+def test_listing_while_deleting_skips_nothing(mounted: Venv) -> None:
+    d = mounted.site_packages / "demo/many"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i:03}.txt").write_text(str(i))
+    with os.scandir(d) as it:
+        for entry in it:
+            os.unlink(entry.path)  # every unlink makes the kernel drop its cached listing
+    assert os.listdir(d) == []
+    assert os.listdir(mounted.upper_dir / "demo/many") == []
+
+
+def test_more_open_files_than_the_daemon_keeps_fds_for(mounted: Venv) -> None:
+    d = mounted.site_packages / "demo/lots"
+    d.mkdir()
+    paths = [d / f"{i:03}.bin" for i in range(300)]
+    for p in paths:
+        p.write_bytes(b"")
+    files = [open(p, "r+b") for p in paths]  # noqa: SIM115 - all open at once, on purpose
+    try:
+        for mark in (b"A", b"B"):
+            for f in files:
+                f.write(mark)
+                f.flush()
+    finally:
+        for f in files:
+            f.close()
+    assert {p.read_bytes() for p in paths} == {b"AB"}
+    assert (mounted.site_packages / "demo/data/table.txt").read_bytes() == b"shared bytes " * 100
 
 
 def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:

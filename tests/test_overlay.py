@@ -167,3 +167,62 @@ def test_reload_invalidates_changed_names(ov: Overlay, store: Store) -> None:
     ov.replace_view(build_view([base, extra], cache_tag=None, store_root=store.root))
     assert ov.lookup(ROOT_INO, "extra") is not None
     assert ("entry", ROOT_INO, "extra") in ov.invalidations
+
+
+@pytest.fixture
+def ov_no_open(store: Store, tmp_path: Path) -> Overlay:
+    record = _record(store, FILES)
+    view = build_view([record], cache_tag=None, store_root=store.root)
+    return Overlay(view, Upper(tmp_path / "upper", tmp_path / "work"), store, no_open=True)
+
+
+def test_no_open_reads_by_inode_and_copies_up_on_the_first_write(ov_no_open: Overlay, tmp_path: Path) -> None:
+    ov = ov_no_open
+    node = ov.resolve("pkg/mod.py")
+    assert node is not None
+    node.nlookup += 1  # as the kernel's lookup would
+    assert ov.read(node.ino, 0, 100) == FILES["pkg/mod.py"]
+    assert not (tmp_path / "upper/pkg/mod.py").exists()  # reading copies nothing up
+    assert ov.write(node.ino, 0, b"#") == 1
+    assert (tmp_path / "upper/pkg/mod.py").read_bytes() == b"#" + FILES["pkg/mod.py"][1:]
+    assert ov.read(node.ino, 0, 1) == b"#"
+    ov.forget(node.ino, 1)
+    assert node.ino not in ov.handles
+
+
+def test_no_open_unlinked_file_stays_readable_and_writable_until_forgotten(ov_no_open: Overlay) -> None:
+    ov = ov_no_open
+    for path in ("pkg/mod.py", "pkg/__init__.py"):
+        node = ov.resolve(path)
+        assert node is not None
+        node.nlookup += 1
+        if path == "pkg/__init__.py":
+            ov.write(node.ino, 0, b"Y")  # an upper file
+        parent = node.parent
+        assert parent is not None
+        ov.unlink(parent.ino, node.name)
+        assert ov.resolve(path) is None
+        ov.write(node.ino, 0, b"Z")
+        assert ov.read(node.ino, 0, 1) == b"Z"
+        assert ov.getattr(node.ino).nlink == 0
+        ov.forget(node.ino, 1)
+        with pytest.raises(OverlayError) as e:
+            ov.read(node.ino, 0, 1)
+        assert e.value.errno == errno.ESTALE
+
+
+def test_no_open_listing_resumes_by_name_not_position(ov_no_open: Overlay) -> None:
+    ov = ov_no_open
+    d = ov.resolve("pkg")
+    assert d is not None
+    for i in range(20):
+        fh, _node = ov.create(d.ino, f"n{i}", 0o644, os.O_WRONLY)
+        ov.release(fh)
+    first = ov.readdir(d.ino, 0)[:10]
+    resume = first[-1][0]
+    for _off, name, _node in first:
+        ov.unlink(d.ino, name)
+    rest = ov.readdir(d.ino, resume)
+    assert {n for _o, n, _ in first} | {n for _o, n, _ in rest} == {*(f"n{i}" for i in range(20)), "__init__.py",
+                                                                   "mod.py", "sub"}
+    assert all(off > resume for off, _n, _ in rest)

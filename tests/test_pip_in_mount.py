@@ -67,7 +67,7 @@ def wheels(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pair(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+def pair(fuse_mode: str, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
          wheels: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     # The same name in two places: activation scripts embed the name as the prompt.
     plain = make_venv("venv", parent=(tmp_path / "plain").mkdir() or tmp_path / "plain")

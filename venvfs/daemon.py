@@ -211,7 +211,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
-    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options
+    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available
     from venvfs.overlay import Overlay
     from venvfs.upper import Upper
     from venvfs.view import view_for
@@ -229,7 +229,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
         upper.clean_work()
-        overlay = Overlay(view, upper, store)
+        overlay = Overlay(view, upper, store, no_open=no_open_available())
         # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
         os.umask(0)
         invalidator = Invalidator()
@@ -242,13 +242,15 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
             ready(f"error: mounting {mountpoint} failed ({e})")
             invalidator.close()
             return 3
-        log.info("mounted %s (%d dists, view built in %.3fs)", mountpoint, len(state.selection),
-                 time.monotonic() - started)
+        log.info("mounted %s (%d dists, view built in %.3fs, %s)", mountpoint, len(state.selection),
+                 time.monotonic() - started,
+                 "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
 
         def write_info() -> None:
             atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
-                                                 "generation": generation, "log": str(log_path(venv))},
+                                                 "generation": generation, "log": str(log_path(venv)),
+                                                 "no_open": overlay.no_open},
                               durable=False)
 
         def do_reload() -> None:

@@ -26,6 +26,7 @@ from venvfs.overlay import Attr, Node, Overlay, OverlayError, SetAttr
 log = logging.getLogger(__name__)
 
 FOREVER = 1e6  # seconds; the kernel caps it and we invalidate on every change
+NO_OPEN_ENV = "VENVFS_NO_OPEN"  # "0": keep per-open requests even where the binding could do without
 STATS_ENV = "VENVFS_FUSE_STATS"  # set (to anything) for the daemon: count requests per type (scripts/perf_mount.py)
 UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
 
@@ -88,6 +89,12 @@ class Invalidator:
         self._thread.join(timeout=5)
 
 
+def no_open_available() -> bool:
+    """Whether the kernel's "no open" mode can be used: it needs a pyfuse3 that passes the inode
+    where the kernel sends a zero file handle (venvfs's patch, ``scripts/build-pyfuse3``)."""
+    return bool(getattr(pyfuse3, "ZERO_FH_IS_INODE", False)) and os.environ.get(NO_OPEN_ENV, "1") != "0"
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -96,6 +103,12 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.overlay = overlay
         self.invalidator = invalidator
+        # "No open" mode: OPEN and OPENDIR answered ENOSYS once, after which the kernel sends neither
+        # (nor RELEASE), keeps every file's pages and caches directory listings. A warm import then
+        # costs the daemon almost no requests instead of an OPEN and a RELEASE per module.
+        self.no_open = overlay.no_open
+        # With no OPEN to carry it, O_TRUNC must come as a SETATTR (read by the patched pyfuse3).
+        self.enable_atomic_o_trunc = not overlay.no_open
         self._negative = pyfuse3.EntryAttributes()
         self._negative.st_ino = 0
         self._negative.entry_timeout = FOREVER
@@ -203,6 +216,8 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def opendir(self, inode: InodeT, ctx: Ctx) -> FileHandleT:
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return self.overlay.opendir(inode)
 
     @boundary
@@ -227,6 +242,8 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def open(self, inode: InodeT, flags: FlagT, ctx: Ctx) -> pyfuse3.FileInfo:
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh, keep = self.overlay.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper
+from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, clone_or_copy
 from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,13 @@ RENAME_EXCHANGE = 2
 # reads whole; bigger ones (extension modules) get a size check, and `venvfs store verify` the rest.
 VERIFY_MAX = 256 * 1024
 _EPOCH_NS = SOURCE_EPOCH * 1_000_000_000
+# File handles this overlay hands out start here. In the kernel's "no open" mode requests carry no
+# handle and the (patched) binding passes the inode number instead, which is always below this.
+HANDLE_BASE = 1 << 48
+# In that mode files are read by inode, so the fds are a cache: at most this many stay open.
+INODE_FDS_MAX = 256
+# readdir offsets in that mode (see ``Overlay.readdir``): 62 bits of the name's hash, never 0.
+_OFFSET_MASK = (1 << 62) - 1
 
 
 class OverlayError(Exception):
@@ -135,14 +142,18 @@ class Node:
 
 
 class Handle:
-    __slots__ = ("data", "fd", "node", "store", "writable")
+    __slots__ = ("by_inode", "data", "fd", "node", "store", "writable")
 
-    def __init__(self, node: Node, fd: int, *, store: bool, writable: bool, data: bytes | None = None) -> None:
+    def __init__(self, node: Node, fd: int, *, store: bool, writable: bool, data: bytes | None = None,
+                 by_inode: bool = False) -> None:
         self.node = node
         self.fd = fd
         self.store = store
         self.writable = writable
         self.data = data
+        # No-open mode: the one handle of a node, keyed by its inode, living until the kernel forgets
+        # the node; its fd is reopened on demand, upgraded to writable on the first write.
+        self.by_inode = by_inode
 
 
 def check_name(name: str, *, creating: bool = False) -> str:
@@ -164,8 +175,11 @@ def _lower_kind(entry: LowerEntry) -> int:
 
 class Overlay:
     def __init__(self, view: View, upper: Upper, store: Store, *, uid: int | None = None,
-                 gid: int | None = None) -> None:
+                 gid: int | None = None, no_open: bool = False) -> None:
         self.view = view
+        # The kernel sends no OPEN/OPENDIR/RELEASE: I/O and listings arrive with an inode number where
+        # a handle would be (see HANDLE_BASE), and copy-up waits for the first write or truncate.
+        self.no_open = no_open
         self.upper = upper
         self.store = store
         self.uid = os.getuid() if uid is None else uid
@@ -176,7 +190,8 @@ class Overlay:
         self._next_ino = ROOT_INO + 1
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, list[tuple[str, Node]]] = {}
-        self._next_fh = 1
+        self._next_fh = HANDLE_BASE
+        self._fd_cache: dict[int, Handle] = {}  # no-open mode: inode handles holding an fd, oldest first
         self._verified: set[str] = set()
         self._objects_dir = str(store.object_path("00").parent.parent)
         self._bytecode_dir = str(store.bytecode_path(view.cache_tag or "none", "00").parent.parent)
@@ -316,6 +331,9 @@ class Overlay:
         if node is None or ino == ROOT_INO:
             return
         node.nlookup -= nlookup
+        if node.nlookup <= 0 and ino in self.handles:
+            # The kernel drops an inode only once no open file refers to it.
+            self.release(ino)
         self._maybe_free(node)
 
     def _lower_path(self, entry: LowerFile) -> Path:
@@ -390,10 +408,23 @@ class Overlay:
 
     def readdir(self, fh: int, start: int) -> list[tuple[int, str, Node]]:
         """Entries from offset ``start`` as (next offset, name, node)."""
+        if fh < HANDLE_BASE and self.no_open:
+            return self._readdir_stateless(fh, start)
         entries = self.dir_handles.get(fh)
         if entries is None:
             raise OverlayError(errno.EBADF)
         return [(i + 1, name, node) for i, (name, node) in enumerate(entries) if i >= start]
+
+    def _readdir_stateless(self, ino: int, start: int) -> list[tuple[int, str, Node]]:
+        """A listing with no handle to hold a snapshot: each entry's offset is derived from its name,
+        so a listing resumed after names came or went neither skips nor repeats the others (the
+        kernel caches the whole listing, so this runs once per directory and change). ``hash`` is
+        salted per process, which is fine: the kernel forgets the offsets when the mount ends."""
+        d = self.node(ino)
+        if d.kind != DIR:
+            raise OverlayError(errno.ENOTDIR)
+        entries = sorted(((hash(name) & _OFFSET_MASK) + 1, name, node) for name, node in self.load(d).items())
+        return [e for e in entries if e[0] > start]
 
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
@@ -475,7 +506,9 @@ class Overlay:
         return fh
 
     def _open_upper(self, node: Node, flags: int) -> int:
-        parts = self.parts(node)
+        return self._open_upper_parts(self.parts(node), flags)
+
+    def _open_upper_parts(self, parts: list[str], flags: int) -> int:
         # The kernel tracks the file position (O_APPEND included): writes arrive with explicit offsets.
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOCTTY | os.O_DIRECT | os.O_NOATIME)
         with self.upper.dirfd(parts[:-1]) as pfd:
@@ -539,10 +572,96 @@ class Overlay:
         return self._new_fh(Handle(node, fd, store=True, writable=False)), True
 
     def _handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is not None:
+            return h
+        if fh < HANDLE_BASE and self.no_open:
+            node = self.node(fh)
+            if node.kind == DIR:
+                raise OverlayError(errno.EISDIR)
+            h = Handle(node, -1, store=not node.upper, writable=False, by_inode=True,
+                       data=node.lower.data if not node.upper and isinstance(node.lower, LowerFile)
+                       and node.lower.kind == INLINE else None)
+            self.handles[fh] = h
+            node.open_fhs = (node.open_fhs or set()) | {fh}
+            return h
+        raise OverlayError(errno.EBADF)
+
+    def _cache_fd(self, h: Handle) -> None:
+        """Count ``h``'s fresh fd against INODE_FDS_MAX, closing the oldest cached ones beyond it."""
+        cache = self._fd_cache
+        cache.pop(h.node.ino, None)
+        cache[h.node.ino] = h
+        while len(cache) > INODE_FDS_MAX:
+            ino = next(iter(cache))
+            old = cache.pop(ino)
+            if old.fd >= 0 and (old.store or old.node.attached):
+                # An unlinked upper file is reachable through this fd alone: never close that one.
+                os.close(old.fd)
+                old.fd = -1
+                old.writable = False
+
+    def _pin(self, node: Node) -> None:
+        """No-open mode: ``node`` (an upper file) loses its last name while the kernel may still
+        have it open; hold an fd to it, as an open handle would, until the kernel forgets it."""
+        if not self.no_open or node.nlookup <= 0 or node.kind != REG or not node.upper or node.extra_links:
+            return
+        h = self._handle(node.ino)
+        if h.fd >= 0 and not h.store:
+            self._fd_cache.pop(node.ino, None)
+            return
+        parts = self.parts(node)
         try:
-            return self.handles[fh]
-        except KeyError:
-            raise OverlayError(errno.EBADF) from None
+            fd = self._open_upper_parts(parts, os.O_RDWR)
+            writable = True
+        except PermissionError:
+            fd = self._open_upper_parts(parts, os.O_RDONLY)
+            writable = False
+        if h.fd >= 0:
+            os.close(h.fd)
+        h.fd, h.store, h.writable, h.data = fd, False, writable, None
+        self._fd_cache.pop(node.ino, None)
+
+    def _anonymous_copy(self, node: Node) -> int:
+        entry = node.lower
+        assert isinstance(entry, LowerFile)
+        fd = os.open(self.upper.work, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            if entry.kind == INLINE:
+                os.pwrite(fd, entry.data or b"", 0)
+            else:
+                src = self._open_lower(node, entry)
+                try:
+                    clone_or_copy(src, fd, os.fstat(src).st_size)
+                finally:
+                    os.close(src)
+            os.fchmod(fd, 0o755 if entry.executable else 0o644)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _writable(self, h: Handle) -> None:
+        """No-open mode: make inode handle ``h`` writable, copying its file up first if needed."""
+        node = h.node
+        if not node.attached:
+            if node.upper:
+                raise OverlayError(errno.EBADF)  # unlinked, and its pinned fd is read-only
+            # A store file deleted while open, now written: overlayfs would have copied it up at
+            # open time; the copy goes where an unlinked file lives, nowhere.
+            fd = self._anonymous_copy(node)
+            if h.fd >= 0:
+                os.close(h.fd)
+            h.fd, h.store, h.writable, h.data = fd, False, True, None
+            node.upper = True
+            self._inval_inode(node)
+            return
+        self.copy_up(node)
+        fd = self._open_upper(node, os.O_RDWR)
+        if h.fd >= 0:
+            os.close(h.fd)
+        h.fd, h.store, h.writable, h.data = fd, False, True, None
+        self._cache_fd(h)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handle(fh)
@@ -553,12 +672,19 @@ class Overlay:
                 if h.fd >= 0:
                     os.close(h.fd)
                 h.fd, h.store, h.data = fd, False, None
+                if h.by_inode:
+                    self._cache_fd(h)
         if h.data is not None:
             return h.data[off:off + size]
         if h.fd < 0:
-            entry = h.node.lower
-            assert isinstance(entry, LowerFile)
-            h.fd = self._open_lower(h.node, entry)
+            if h.store:
+                entry = h.node.lower
+                assert isinstance(entry, LowerFile)
+                h.fd = self._open_lower(h.node, entry)
+            else:
+                h.fd = self._open_upper(h.node, os.O_RDONLY)
+            if h.by_inode:
+                self._cache_fd(h)
         try:
             return os.pread(h.fd, size, off)
         except OSError as e:
@@ -569,12 +695,18 @@ class Overlay:
 
     def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
+        if h.by_inode and (not h.writable or h.fd < 0 or h.store):
+            self._writable(h)
         if not h.writable or h.store:
             raise OverlayError(errno.EBADF)
         return os.pwrite(h.fd, buf, off)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
+        if h.by_inode and h.fd < 0 and not h.store:
+            # Its fd was closed (cache eviction) after a write: fsync reaches the file through any fd.
+            h.fd = self._open_upper(h.node, os.O_RDONLY)
+            self._cache_fd(h)
         if h.store or h.fd < 0:
             return
         if datasync:
@@ -588,6 +720,8 @@ class Overlay:
             return
         if h.fd >= 0:
             os.close(h.fd)
+        if h.by_inode:
+            self._fd_cache.pop(fh, None)
         node = h.node
         if node.open_fhs:
             node.open_fhs.discard(fh)
@@ -720,6 +854,7 @@ class Overlay:
         self._remove(parent, name, node)
 
     def _remove(self, parent: Node, name: str, node: Node) -> None:
+        self._pin(node)
         parts = self.parts(parent)
         if self._lower_has(parent, name):
             # Whiteout first: a crash in between leaves the upper entry, which wins over it.
@@ -780,6 +915,8 @@ class Overlay:
             self.upper.make_opaque([*src_parts, old_name])
         if dst is not None and dst.kind == DIR and dst.upper:
             self.upper.clear_markers([*dst_parts, new_name])
+        if dst is not None:
+            self._pin(dst)
         with self.upper.dirfd(src_parts) as sfd, self.upper.dirfd(dst_parts) as dfd:
             os.rename(old_name, new_name, src_dir_fd=sfd, dst_dir_fd=dfd)
         if self._lower_has(old_parent, old_name):
@@ -811,8 +948,9 @@ class Overlay:
         node = self.node(ino)
         if not node.upper:
             self.copy_up(node, content=changes.size != 0)
-        h = self.handles.get(fh) if fh is not None else None
-        if h is not None and (h.store or h.node is not node):
+        # In no-open mode ftruncate arrives with a zero handle: the node's inode handle stands in.
+        h = self.handles.get(fh) if fh else self.handles.get(ino) if self.no_open else None
+        if h is not None and (h.store or h.node is not node or h.fd < 0):
             h = None
         if not node.attached and h is None:
             raise OverlayError(errno.ENOENT)
@@ -971,6 +1109,13 @@ class Overlay:
                 os.unlink(node.name, dir_fd=pfd)
             node.upper = False
             node.lower = entry
+            h = self.handles.get(node.ino)
+            if h is not None and h.by_inode:
+                # Its fd reaches the unlinked upper copy: read the store's from now on.
+                if h.fd >= 0:
+                    os.close(h.fd)
+                self._fd_cache.pop(node.ino, None)
+                h.fd, h.store, h.writable = -1, True, False
             self._inval_inode(node)
             dropped += 1
             if parts:
