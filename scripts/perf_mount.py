@@ -184,9 +184,10 @@ def cmd_mount(n: int) -> None:
                 os.stat(probe)
                 break
         times.append(time.perf_counter() - t)
-    # Once more without the cached view (.venvfs/view.marshal): a first mount after the selection changed.
+    # Once more without the cached view (STORE/views/): a first mount after the selection changed.
     venvfs("umount", str(venv))
-    (venv / ".venvfs/view.marshal").unlink(missing_ok=True)
+    for view in (DIR / "store/views").glob("*.marshal"):
+        view.unlink()
     t = time.perf_counter()
     venvfs("mount", "--mode", "fuse", str(venv))
     os.stat(probe)

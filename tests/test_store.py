@@ -19,6 +19,7 @@ from venvfs.errors import StoreError
 from venvfs.records import DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, STORE_FORMAT, Store
 from venvfs.venv import Venv
+from venvfs.view import view_for
 
 
 def test_open_creates_and_checks_format(tmp_path: Path) -> None:
@@ -158,6 +159,25 @@ def test_gc_notices_a_venv_now_using_another_store(tmp_path: Path) -> None:
     report = json.loads(run_cli(store, "store", "gc", "--json").stdout)
     assert report["forgotten_venvs"] == [str(venv)]
     assert Store.open(store, create=False).dist_keys() == []
+
+
+def test_venvs_of_one_selection_share_one_cached_view_and_gc_drops_unused_ones(tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    wheel = build_wheel(tmp_path / "w", simple_package("viewed", "1.0"))
+    a, b = (_managed(tmp_path / name, store_root, wheel) for name in ("a", "b"))
+    store = Store.open(store_root)
+    (a / ".venvfs/view.marshal").write_bytes(b"where venvfs 0.1 kept it")
+    for v in (a, b):
+        venv = Venv(v)
+        assert view_for(venv, store, venv.read_state()).lookup("viewed/__init__.py") is not None
+    (live,) = (store_root / "views").glob("*.marshal")
+    assert not (a / ".venvfs/view.marshal").exists()
+    stale = store_root / "views" / ("0" * 64 + ".marshal")  # the tree of a selection nobody has now
+    stale.write_bytes(b"stale")
+    dry = json.loads(run_cli(store_root, "store", "gc", "--dry-run", "--json").stdout)
+    assert dry["views"] == 1 and stale.exists()
+    report = json.loads(run_cli(store_root, "store", "gc", "--json").stdout)
+    assert report["views"] == 1 and sorted((store_root / "views").iterdir()) == [live]
 
 
 def test_gc_busy_while_a_writer_holds_the_store(tmp_path: Path) -> None:

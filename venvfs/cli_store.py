@@ -27,6 +27,7 @@ from venvfs.progress import human_bytes
 from venvfs.select import change_selection
 from venvfs.status import live_selections, store_status, venv_status
 from venvfs.venv import Venv
+from venvfs.view import view_cache_key
 from venvfs.wheel import ingest_wheel
 
 
@@ -204,21 +205,22 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
     with store.collecting():
         live = live_selections(store)
         forgotten = [p for p in store.registered_venvs() if str(p) not in live]
-        report = store.gc({p: s.selection for p, s in live.items()}, dry_run=args.dry_run)
+        report = store.gc({p: s.selection for p, s in live.items()}, dry_run=args.dry_run,
+                          live_views={view_cache_key(s) for s in live.values()})
         if not args.dry_run:
             for path in forgotten:
                 store.unregister_venv(path)
     report.forgotten_venvs = [str(p) for p in forgotten]
     if args.json:
         print_json({"dry_run": args.dry_run, "distributions": report.dists, "objects": report.objects,
-                    "bytecode": report.bytecode, "bytes_freed": report.bytes_freed,
+                    "bytecode": report.bytecode, "views": report.views, "bytes_freed": report.bytes_freed,
                     "forgotten_venvs": report.forgotten_venvs})
         return 0
     verb = "would free" if args.dry_run else "freed"
     for gone in report.forgotten_venvs:
         print(f"{'would forget' if args.dry_run else 'forgot'} venv {gone} (gone or no longer using this store)")
     print(f"{verb} {human_bytes(report.bytes_freed)}: {len(report.dists)} distribution(s), {report.objects} "
-          f"object(s), {report.bytecode} bytecode file(s)")
+          f"object(s), {report.bytecode} bytecode file(s), {report.views} cached view(s)")
     return 0
 
 

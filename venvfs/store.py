@@ -22,7 +22,8 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -68,6 +69,7 @@ class GcReport:
     bytecode: int = 0
     bytes_freed: int = 0
     forgotten_venvs: list[str] = field(default_factory=list)
+    views: int = 0
 
 
 @dataclass
@@ -234,6 +236,10 @@ class Store:
 
     # -- bytecode ----------------------------------------------------------------------------------
 
+    def view_cache_path(self, key: str) -> Path:
+        """The cached tree of one selection (``venvfs.view``): a cache, rebuilt when missing."""
+        return self.root / "views" / f"{key}.marshal"
+
     def bytecode_path(self, cache_tag: str, digest: str) -> Path:
         return self.root / "bytecode" / cache_tag / digest[:2] / f"{digest}.pyc"
 
@@ -314,8 +320,9 @@ class Store:
                 report.affected_venvs[digest] = sorted(venvs)
         return report
 
-    def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool) -> GcReport:
-        """Remove records, objects and bytecode no live venv references. Caller holds ``collecting()``."""
+    def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool, live_views: Collection[str] = ()) -> GcReport:
+        """Remove records, objects, bytecode and cached views (other than ``live_views``) no live venv
+        references. Caller holds ``collecting()``."""
         report = GcReport()
         live_keys = {k for keys in live_selections.values() for k in keys}
         live_objects: set[tuple[str, bool]] = set()
@@ -356,6 +363,20 @@ class Store:
             report.bytes_freed += self.disk_usage(pyc)
             if not dry_run:
                 pyc.unlink()
+        views = self.root / "views"
+        for view in list(views.iterdir()) if views.is_dir() else []:
+            # Cached views are written without the store lock (by mounting daemons) through a temporary
+            # dotfile beside them: only a day-old one is a crash's leftover.
+            if view.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    if time.time() - view.lstat().st_mtime < 86400:
+                        continue
+            elif view.stem in live_views:
+                continue
+            report.views += 1
+            report.bytes_freed += self.disk_usage(view)
+            if not dry_run:
+                view.unlink(missing_ok=True)
         if not dry_run:
             for tmp in (self.root / "tmp").iterdir():
                 # Only gc holds the exclusive lock, so no writer owns these: leftovers of a crash.

@@ -284,13 +284,17 @@ def _makedirs(view: View, dirs: dict[str, LowerDir], dirpath: str) -> LowerDir |
     return child
 
 
-VIEW_CACHE_FORMAT = 1
+VIEW_CACHE_FORMAT = 2
 
 
-def _view_cache_key(venv: Venv, store: Store, state: VenvState, cache_tag: str | None) -> str:
-    # A dist key names one immutable build, so the selection, the interpreter and the store decide the tree
-    # (apart from which .pyc the store has: see ``missing`` in ``view_for``).
-    text = "\0".join([str(VIEW_CACHE_FORMAT), str(venv.root), str(store.root), cache_tag or "", *state.selection])
+def view_cache_key(state: VenvState) -> str:
+    """Names the cached tree of ``state``'s selection in the store (``Store.view_cache_path``).
+
+    A dist key names one immutable build, so the selection and the interpreter's cache tag decide the
+    tree (apart from which .pyc the store has: see ``missing`` in ``view_for``); the venv does not, so
+    every venv of one selection shares one cached tree."""
+    cache_tag = state.interpreter.cache_tag if state.interpreter is not None else ""
+    text = "\0".join([str(VIEW_CACHE_FORMAT), cache_tag or "", *state.selection])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -319,13 +323,15 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
     (installers rewrite it), yet pip reads it to uninstall. RECORDs are rendered on first use: rendering
     them all took most of the time a mount took, and pip reads one only to uninstall that distribution.
 
-    The tree is cached in ``.venvfs/view.marshal`` by selection (``cache``): loading it reads no
-    distribution record and builds a directory's entries only when it is first visited, which takes a
-    20,000-file venv's mount from ~0.2 s of building to a few milliseconds."""
+    The tree is cached in the store by selection (``cache``), shared by every venv of that selection:
+    loading it reads no distribution record and builds a directory's entries only when it is first
+    visited, which takes a 20,000-file venv's mount from ~0.2 s of building to a few milliseconds."""
     interp = state.interpreter
     cache_tag = interp.cache_tag if interp is not None else None
-    cache_path = venv.state_dir / "view.marshal"
-    key = _view_cache_key(venv, store, state, cache_tag)
+    key = view_cache_key(state)
+    cache_path = store.view_cache_path(key)
+    # Where venvfs before 0.2 kept it: one copy per venv, up to a megabyte each.
+    (venv.state_dir / "view.marshal").unlink(missing_ok=True)
     if cache:
         loaded = _load_cached_view(cache_path, key, store, cache_tag)
         if loaded is not None:
@@ -346,6 +352,7 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
         data = {"key": key, "missing": missing, "tree": view.root.to_raw(),
                 "records": {r.dist_info: k for k, r in zip(state.selection, records, strict=True)}}
         try:
+            cache_path.parent.mkdir(exist_ok=True)
             atomic_write_bytes(cache_path, marshal.dumps(data), durable=False)
         except (OSError, ValueError) as e:
             log.warning("cannot cache the view in %s: %s", cache_path, e)
