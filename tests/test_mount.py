@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, stop_mount, uv_pip
+from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import daemon, hooks
 from venvfs.store import SOURCE_EPOCH, Store
@@ -68,6 +71,7 @@ def test_mount_serves_the_store_and_is_idempotent(mounted: Venv, run_venvfs: Run
     assert daemon.daemon_pid(mounted) == pid
     listed = json.loads(run_venvfs("list", "--json").stdout)
     assert [m["venv"] for m in listed] == [str(mounted.root)]
+    assert listed[0]["no_open"] is (fuse_mode == "no-open")
 
 
 def test_edit_through_the_mount_reads_back(mounted: Venv) -> None:
@@ -133,6 +137,31 @@ def test_rename_of_store_directory_and_files(mounted: Venv) -> None:
     os.mkdir(sp / "demo/sub")
     assert os.listdir(sp / "demo/sub") == []
     _expect(errno.ENOTEMPTY, lambda: os.rename(sp / "demo/sub", sp / "demo/moved"))
+
+
+def _rename_exchange(a: Path, b: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_rename_exchange_swaps_names_atomically(mounted: Venv) -> None:
+    sp = mounted.site_packages
+    (sp / "demo/mine.txt").write_bytes(b"mine")
+    _rename_exchange(sp / "demo/mine.txt", sp / "demo/data/table.txt")  # overlayfs: a whiteout dance
+    assert (sp / "demo/data/table.txt").read_bytes() == b"mine"
+    assert (sp / "demo/mine.txt").read_bytes() == b"shared bytes " * 100
+    sub = sorted(os.listdir(sp / "demo/sub"))
+    _rename_exchange(sp / "demo/sub", sp / "demo/data")  # two store directories
+    assert sorted(os.listdir(sp / "demo/data")) == sub and "helpers.py" in sub
+    assert (sp / "demo/sub/table.txt").read_bytes() == b"mine"
+    _expect(errno.ENOENT, lambda: _rename_exchange(sp / "demo/nothing", sp / "demo/sub"))
+    stop_mount(mounted.root)
+    # The upper layer alone holds the result, readable with nothing mounted.
+    assert (mounted.upper_dir / "demo/sub/table.txt").read_bytes() == b"mine"
+    assert (mounted.upper_dir / "demo/data/helpers.py").read_text().startswith("def double")
 
 
 def test_links_xattrs_statfs_and_long_names(mounted: Venv) -> None:
@@ -323,6 +352,45 @@ def test_umount_materialize_round_trip_keeps_every_change(mounted: Venv, run_ven
     assert (sp / "demo/own.txt").read_text() == "mine"
     assert not (sp / "demo/data/table.txt").exists() and not (sp / "demo/sub").exists()
     assert (sp / "demo/__init__.py").read_text().endswith("EDIT = 1\n")
+
+
+def test_the_mount_is_the_owners_alone_unless_allow_other(require_fuse: None, require_root: None, store: Store,
+                                                          run_venvfs: Run, tmp_path: Path) -> None:
+    if shutil.which("setpriv") is None:
+        missing_tool("setpriv (util-linux)")
+    # Under /tmp itself: pytest's own temporary directories are closed to other users.
+    base = Path(tempfile.mkdtemp(prefix="venvfs-allow-other-"))
+    base.chmod(0o755)
+    venv = create_venv(base / "v", "uv")
+    try:
+        uv_pip(venv, str(build_wheel(tmp_path / "wheels", simple_package())))
+        sp = Venv.open(venv).site_packages
+        init = sp / "demo/__init__.py"
+
+        def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
+                                  capture_output=True, text=True, timeout=60)
+
+        run_venvfs("mount", str(venv))
+        denied = as_nobody("cat", str(init))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        stop_mount(venv)
+
+        run_venvfs("mount", "--allow-other", str(venv))
+        before = init.read_bytes()
+        shared = as_nobody("cat", str(init))
+        assert shared.returncode == 0 and shared.stdout.encode() == before
+        # Other users get what the mode bits give them (default_permissions): no writes, no new files.
+        for cmd in (["sh", "-c", f"echo x >> '{init}'"], ["touch", str(sp / "demo/intruder.py")],
+                    ["rm", "-f", str(init)]):
+            r = as_nobody(*cmd)
+            assert r.returncode != 0 and "Permission denied" in r.stderr, (cmd, r.stderr)
+        assert init.read_bytes() == before
+        assert not (sp / "demo/intruder.py").exists()
+        assert not (Venv.open(venv).upper_dir / "demo").exists()
+    finally:
+        stop_mount(venv)
+        shutil.rmtree(base)
 
 
 def test_fallback_when_fuse_is_disabled(require_fuse: None, store: Store, make_venv: Callable[..., Path],

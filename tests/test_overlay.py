@@ -226,3 +226,29 @@ def test_no_open_listing_resumes_by_name_not_position(ov_no_open: Overlay) -> No
     assert {n for _o, n, _ in first} | {n for _o, n, _ in rest} == {*(f"n{i}" for i in range(20)), "__init__.py",
                                                                    "mod.py", "sub"}
     assert all(off > resume for off, _n, _ in rest)
+
+
+def test_rename_exchange_swaps_store_and_upper_entries(ov: Overlay, tmp_path: Path) -> None:
+    from venvfs.overlay import RENAME_EXCHANGE
+
+    pkg = _ino(ov, "pkg")
+    fh, _node = ov.create(pkg, "new.txt", 0o644, os.O_WRONLY)
+    ov.write(fh, 0, b"upper")
+    ov.release(fh)
+    ov.rename(pkg, "new.txt", pkg, "mod.py", RENAME_EXCHANGE)  # an upper file and a store file
+    assert _read(ov, "pkg/mod.py") == b"upper"
+    assert _read(ov, "pkg/new.txt") == FILES["pkg/mod.py"]
+    with pytest.raises(OverlayError) as e:  # a directory may not land below itself
+        ov.rename(ROOT_INO, "pkg", _ino(ov, "pkg/sub"), "data.txt", RENAME_EXCHANGE)
+    assert e.value.errno == errno.EINVAL
+    # A store directory and a store file: both names stay, each now shows the other's content.
+    ov.rename(pkg, "sub", pkg, "__init__.py", RENAME_EXCHANGE)
+    assert _read(ov, "pkg/sub") == FILES["pkg/__init__.py"]
+    assert _read(ov, "pkg/__init__.py/data.txt") == FILES["pkg/sub/data.txt"]
+    assert sorted(ov.load(ov.node(pkg))) == ["__init__.py", "mod.py", "new.txt", "sub"]
+    # What the upper layer holds is the same tree, readable with nothing mounted.
+    assert (tmp_path / "upper/pkg/sub").read_bytes() == FILES["pkg/__init__.py"]
+    assert (tmp_path / "upper/pkg/__init__.py/data.txt").read_bytes() == FILES["pkg/sub/data.txt"]
+    with pytest.raises(OverlayError) as e:
+        ov.rename(pkg, "missing", pkg, "mod.py", RENAME_EXCHANGE)
+    assert e.value.errno == errno.ENOENT

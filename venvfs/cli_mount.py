@@ -132,7 +132,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print_json(mounts)
     else:
         for m in mounts:
-            print(f"{m['venv']}\t{m['state']}\tpid {m.get('pid', '-')}")
+            no_open = m.get("no_open")
+            mode = "" if no_open is None else "\tno-open" if no_open else "\tper-open"
+            print(f"{m['venv']}\t{m['state']}\tpid {m.get('pid', '-')}{mode}")
     return 0
 
 

@@ -691,6 +691,9 @@ def status(venv: Venv) -> dict[str, object]:
     if state == "mounted":
         info["pid"] = daemon_pid(venv)
         info["log"] = str(log_path(venv))
+        with contextlib.suppress(OSError, ValueError):
+            # "no open": the kernel sends no request per file opened (see docs/mount.md).
+            info["no_open"] = bool(read_json(_info_path(venv)).get("no_open", False))
     return info
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, clone_or_copy
+from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, clone_or_copy, rename_exchange
 from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
 
 log = logging.getLogger(__name__)
@@ -876,7 +876,8 @@ class Overlay:
 
     def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int = 0) -> None:
         if flags & RENAME_EXCHANGE:
-            raise OverlayError(errno.EINVAL)
+            self._exchange(old_parent_ino, old_name, new_parent_ino, new_name)
+            return
         old_parent, src = self._existing(old_parent_ino, old_name)
         new_parent = self.node(new_parent_ino)
         if new_parent.kind != DIR:
@@ -931,6 +932,43 @@ class Overlay:
         if opaque:
             src.opaque = True
             self._forget_lower(src)
+
+    def _exchange(self, a_parent_ino: int, a_name: str, b_parent_ino: int, b_name: str) -> None:
+        """rename(RENAME_EXCHANGE): both names stay, so no whiteout is needed, only both in the upper layer."""
+        a_parent, a = self._existing(a_parent_ino, a_name)
+        b_parent, b = self._existing(b_parent_ino, b_name)
+        if a is b:
+            return
+        for node, dest in ((a, b_parent), (b, a_parent)):
+            n: Node | None = dest
+            while n is not None:
+                if n is node:
+                    raise OverlayError(errno.EINVAL)  # a directory would end up below itself
+                n = n.parent
+        for node, parent, name in ((a, a_parent, a_name), (b, b_parent, b_name)):
+            if node.kind == DIR:
+                # As for rename: its store content comes along, and nothing of the store at its new
+                # place may show through.
+                self._copy_up_tree(node)
+                if not node.opaque:
+                    self.upper.make_opaque([*self.parts(parent), name])
+            else:
+                self.copy_up(node)
+        self.ensure_upper(a_parent)
+        self.ensure_upper(b_parent)
+        with self.upper.dirfd(self.parts(a_parent)) as afd, self.upper.dirfd(self.parts(b_parent)) as bfd:
+            rename_exchange(afd, a_name, bfd, b_name)
+        a.remove_link(a_parent, a_name)
+        b.remove_link(b_parent, b_name)
+        a.add_link(b_parent, b_name)
+        b.add_link(a_parent, a_name)
+        self.load(a_parent)[a_name] = b
+        self.load(b_parent)[b_name] = a
+        for node in (a, b):
+            if node.kind == DIR:
+                node.opaque = True
+                self._forget_lower(node)
+            self._inval_inode(node)  # ctime changed
 
     # -- attributes --------------------------------------------------------------------------------
 

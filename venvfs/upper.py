@@ -16,8 +16,10 @@ a crash leaves the lower file showing or the complete copy, never a partial one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -30,6 +32,7 @@ NAME_MAX = 255
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 
+_RENAME_EXCHANGE = 2
 _DIRPATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CLONE_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM,
                       errno.EBADF}
@@ -265,6 +268,18 @@ class Upper:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.work_fd)
             raise
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def rename_exchange(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """Swap two names atomically: renameat2(RENAME_EXCHANGE), which Python's os module lacks."""
+    if _libc().renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
