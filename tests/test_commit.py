@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import stop_mount
 from tests.test_pip_in_mount import _pip, tree
 from tests.wheelbuilder import build_wheel, simple_package
+from venvfs import daemon
 from venvfs.store import Store
 from venvfs.venv import Venv
 
@@ -58,3 +59,23 @@ def test_commit_moves_new_dists_into_the_store(venv: Path, store: Store, run_ven
     assert result.stdout.strip() == "4"
     # Another venv can now select it from the store.
     assert "nothing to commit" in run_venvfs("commit", str(venv)).stdout
+
+
+def test_commit_of_an_unmounted_venv_mounts_it_for_the_duration(venv: Path, store: Store, run_venvfs: Run,
+                                                                tmp_path: Path) -> None:
+    _pip(venv, tmp_path / "wheels", "install", "extra==1.0")
+    run_venvfs("umount", str(venv))
+    out = json.loads(run_venvfs("commit", "--json", str(venv)).stdout)
+    assert [k.split("-")[0] for k in out["added"]] == ["extra"]
+    assert daemon.mount_state(Venv.open(venv)) == "unmounted"  # left as it was found
+    assert not (venv / ".venvfs/upper/extra/__init__.py").exists()
+    run_venvfs("mount", str(venv))
+    result = subprocess.run([str(venv / "bin/python"), "-c", "import extra.sub.helpers as h; print(h.double(2))"],
+                            check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "4"
+
+
+def test_commit_of_a_materialized_venv_points_to_adopt(venv: Path, run_venvfs: Run) -> None:
+    run_venvfs("umount", "--materialize", str(venv))
+    proc = run_venvfs("commit", str(venv), check=False)
+    assert proc.returncode != 0 and "venvfs adopt" in proc.stderr

@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="move distributions pip/uv installed into a mounted venv into the store",
         description="Store each distribution that pip or uv installed into the mounted venv's upper layer\n"
         "and select it, so other venvs share it; its files then leave the upper layer. What the venv\n"
-        "shows does not change. Distributions uninstalled since are deselected.",
+        "shows does not change. Distributions uninstalled since are deselected. An unmounted venv is\n"
+        "mounted for the duration and unmounted again.",
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_commit)

@@ -25,6 +25,24 @@ class CommitReport:
 
 
 def commit(venv: Venv, store: Store) -> CommitReport:
+    """Commit ``venv``'s new distributions. An unmounted venv is mounted for the duration: commit
+    reads the files through the mount and the daemon drops the upper copies."""
+    from venvfs import daemon
+
+    if venv.read_state().layout != "mounted":
+        raise VenvError(f"{venv.root} is materialized (real files, no upper layer): `venvfs adopt` stores "
+                        "what pip or uv installed there")
+    temporary = daemon.mount_state(venv) != "mounted"
+    if temporary:
+        daemon.mount(venv.root, store, mode="fuse")
+    try:
+        return _commit_mounted(venv, store)
+    finally:
+        if temporary:
+            daemon.umount(venv.root, store)
+
+
+def _commit_mounted(venv: Venv, store: Store) -> CommitReport:
     from venvfs import daemon
     from venvfs.adopt import _DistAdopter
     from venvfs.bytecode import ensure_bytecode, pyc_relpath
@@ -34,7 +52,7 @@ def commit(venv: Venv, store: Store) -> CommitReport:
     with venv.locked(wait=True):
         state = venv.read_state()
         if state.layout != "mounted" or daemon.mount_state(venv) != "mounted":
-            raise VenvError(f"{venv.root} is not mounted: `venvfs mount` it first (commit reads through the mount)")
+            raise VenvError(f"{venv.root} was unmounted during the commit; nothing was changed")
         assert state.interpreter is not None
         sp = venv.site_packages
         upper = venv.upper_dir
