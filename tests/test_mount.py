@@ -258,6 +258,21 @@ def test_more_open_files_than_the_daemon_keeps_fds_for(mounted: Venv) -> None:
     assert (mounted.site_packages / "demo/data/table.txt").read_bytes() == b"shared bytes " * 100
 
 
+def test_add_and_remove_change_a_listed_mount(mounted: Venv, run_venvfs: Run, tmp_path: Path) -> None:
+    sp = mounted.site_packages
+    before = set(os.listdir(sp))  # Python's startup lists it too: the kernel may now cache the listing
+    wheel = build_wheel(tmp_path / "more", simple_package("extra", "1.0"))
+    run_venvfs("add", str(mounted.root), str(wheel))
+    assert {"extra", "extra-1.0.dist-info"} <= set(os.listdir(sp)) - before
+    out = subprocess.run([str(mounted.python), "-c", "import extra.sub.helpers as h; print(h.double(3))"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "6"
+    run_venvfs("remove", str(mounted.root), "extra")
+    assert set(os.listdir(sp)) == before
+    gone = subprocess.run([str(mounted.python), "-c", "import extra"], capture_output=True, text=True)
+    assert gone.returncode != 0 and "No module named 'extra'" in gone.stderr
+
+
 def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:
     subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers"], check=True)
     written = [p for p in mounted.upper_dir.rglob("*.pyc")]

@@ -1107,6 +1107,7 @@ class Overlay:
                         self.upper.remove_whiteout(self.parts(d), name)
                         whiteouts.discard(name)
         children = d.children
+        names_before = set(children)
         for name, node in list(children.items()):
             entry = new_lower.children.get(name) if new_lower is not None and name not in whiteouts else None
             if node.upper:
@@ -1129,6 +1130,10 @@ class Overlay:
                 if name not in children and name not in whiteouts:
                     children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
                     self._inval_entry(d, name)  # the kernel may hold a cached "no such name"
+        if set(children) != names_before:
+            # The kernel may hold this directory's listing (no-open mode caches listings), and
+            # invalidating an entry it never looked up does not drop that: drop the directory's pages.
+            self._inval_inode(d)
 
     def drop_upper(self, relpaths: Sequence[str]) -> int:
         """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
