@@ -273,6 +273,21 @@ def test_add_and_remove_change_a_listed_mount(mounted: Venv, run_venvfs: Run, tm
     assert gone.returncode != 0 and "No module named 'extra'" in gone.stderr
 
 
+def test_add_to_an_empty_mounted_venv_shows_at_once(fuse_mode: str, store: Store, make_venv: Callable[..., Path],
+                                                    run_venvfs: Run, tmp_path: Path) -> None:
+    # An empty listing the kernel caches has no pages to drop: only a new mtime retires it.
+    path = make_venv("empty", tool="uv")
+    try:
+        run_venvfs("mount", str(path))
+        sp = Venv.open(path).site_packages
+        assert os.listdir(sp) == []
+        run_venvfs("add", str(path), str(build_wheel(tmp_path / "wheels", simple_package("extra", "1.0"))))
+        assert sorted(os.listdir(sp)) == ["extra", "extra-1.0.dist-info"]
+        subprocess.run([str(path / "bin/python"), "-c", "import extra.sub.helpers"], check=True)
+    finally:
+        stop_mount(path)
+
+
 def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:
     subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers"], check=True)
     written = [p for p in mounted.upper_dir.rglob("*.pyc")]

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import functools
 import importlib
 import importlib.util
 import logging
@@ -247,7 +248,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
 
-        def write_info() -> None:
+        def write_info(generation: int = 0) -> None:
             atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open},
@@ -269,7 +270,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
             except Exception:
                 log.exception("reload failed; the previous view stays")
             generation += 1
-            write_info()
+            # Published once the kernel has been told (the invalidations run on their own thread, in
+            # order): `venvfs add` returns when it sees the new generation, and what its caller lists
+            # next must be the new view, not a listing the kernel still caches.
+            invalidator.after(functools.partial(write_info, generation))
 
         def on_signal(signum: int) -> None:
             if signum == signal.SIGHUP:

@@ -62,15 +62,25 @@ class Invalidator:
     """Runs kernel cache invalidations on a thread of its own (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[str, int, str] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, int, str] | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="venvfs-invalidate", daemon=True)
         self._thread.start()
 
     def put(self, item: tuple[str, int, str]) -> None:
         self._queue.put(item)
 
+    def after(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the invalidation thread once everything put before it has been done."""
+        self._queue.put(fn)
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
+            if callable(item):
+                try:
+                    item()
+                except Exception:
+                    log.exception("after invalidating")
+                continue
             kind, ino, name = item
             try:
                 if kind == "inode":

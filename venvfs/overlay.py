@@ -1132,7 +1132,12 @@ class Overlay:
                     self._inval_entry(d, name)  # the kernel may hold a cached "no such name"
         if set(children) != names_before:
             # The kernel may hold this directory's listing (no-open mode caches listings), and
-            # invalidating an entry it never looked up does not drop that: drop the directory's pages.
+            # invalidating an entry it never looked up does not drop that. Dropping the directory's
+            # pages does, except for an empty listing, which has none: that one is dropped when the
+            # directory's mtime differs, which is also the truth (its contents changed now).
+            if d.upper:
+                with contextlib.suppress(OSError), self._at(d) as (pfd, name):
+                    os.utime(name, dir_fd=pfd, follow_symlinks=False)
             self._inval_inode(d)
 
     def drop_upper(self, relpaths: Sequence[str]) -> int:
