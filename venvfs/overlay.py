@@ -607,7 +607,7 @@ class Overlay:
         if not self.no_open or node.nlookup <= 0 or node.kind != REG or not node.upper or node.extra_links:
             return
         h = self._handle(node.ino)
-        if h.fd >= 0 and not h.store:
+        if h.fd >= 0 and not h.store and h.writable:
             self._fd_cache.pop(node.ino, None)
             return
         parts = self.parts(node)
