@@ -234,11 +234,13 @@ class Store:
         for key in self.dist_keys():
             yield self.get_dist(key)
 
-    # -- bytecode ----------------------------------------------------------------------------------
+    # -- cached views ------------------------------------------------------------------------------
 
     def view_cache_path(self, key: str) -> Path:
         """The cached tree of one selection (``venvfs.view``): a cache, rebuilt when missing."""
         return self.root / "views" / f"{key}.marshal"
+
+    # -- bytecode ----------------------------------------------------------------------------------
 
     def bytecode_path(self, cache_tag: str, digest: str) -> Path:
         return self.root / "bytecode" / cache_tag / digest[:2] / f"{digest}.pyc"

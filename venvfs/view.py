@@ -352,7 +352,6 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
         data = {"key": key, "missing": missing, "tree": view.root.to_raw(),
                 "records": {r.dist_info: k for k, r in zip(state.selection, records, strict=True)}}
         try:
-            cache_path.parent.mkdir(exist_ok=True)
             atomic_write_bytes(cache_path, marshal.dumps(data), durable=False)
         except (OSError, ValueError) as e:
             log.warning("cannot cache the view in %s: %s", cache_path, e)
