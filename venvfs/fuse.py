@@ -113,10 +113,6 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.overlay = overlay
         self.invalidator = invalidator
-        # "No open" mode: OPEN and OPENDIR answered ENOSYS once, after which the kernel sends neither
-        # (nor RELEASE), keeps every file's pages and caches directory listings. A warm import then
-        # costs the daemon almost no requests instead of an OPEN and a RELEASE per module.
-        self.no_open = overlay.no_open
         # With no OPEN to carry it, O_TRUNC must come as a SETATTR (read by the patched pyfuse3).
         self.enable_atomic_o_trunc = not overlay.no_open
         self._negative = pyfuse3.EntryAttributes()
@@ -226,8 +222,8 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def opendir(self, inode: InodeT, ctx: Ctx) -> FileHandleT:
-        if self.no_open:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self.overlay.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # see open()
         return self.overlay.opendir(inode)
 
     @boundary
@@ -252,7 +248,10 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def open(self, inode: InodeT, flags: FlagT, ctx: Ctx) -> pyfuse3.FileInfo:
-        if self.no_open:
+        if self.overlay.no_open:
+            # "No open" mode: OPEN and OPENDIR answered ENOSYS once, after which the kernel sends
+            # neither (nor RELEASE), keeps every file's pages and caches directory listings. A warm
+            # import then costs the daemon almost no requests instead of an OPEN and a RELEASE per module.
             raise pyfuse3.FUSEError(errno.ENOSYS)
         fh, keep = self.overlay.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)

@@ -155,6 +155,12 @@ class Handle:
         # the node; its fd is reopened on demand, upgraded to writable on the first write.
         self.by_inode = by_inode
 
+    def switch(self, fd: int, *, store: bool, writable: bool) -> None:
+        """Serve this handle from ``fd`` (-1: open on demand) from now on, closing the fd it had."""
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd, self.store, self.writable, self.data = fd, store, writable, None
+
 
 def check_name(name: str, *, creating: bool = False) -> str:
     if not name or "/" in name or "\x00" in name or name in (".", ".."):
@@ -617,9 +623,7 @@ class Overlay:
         except PermissionError:
             fd = self._open_upper_parts(parts, os.O_RDONLY)
             writable = False
-        if h.fd >= 0:
-            os.close(h.fd)
-        h.fd, h.store, h.writable, h.data = fd, False, writable, None
+        h.switch(fd, store=False, writable=writable)
         self._fd_cache.pop(node.ino, None)
 
     def _anonymous_copy(self, node: Node) -> int:
@@ -649,18 +653,12 @@ class Overlay:
                 raise OverlayError(errno.EBADF)  # unlinked, and its pinned fd is read-only
             # A store file deleted while open, now written: overlayfs would have copied it up at
             # open time; the copy goes where an unlinked file lives, nowhere.
-            fd = self._anonymous_copy(node)
-            if h.fd >= 0:
-                os.close(h.fd)
-            h.fd, h.store, h.writable, h.data = fd, False, True, None
+            h.switch(self._anonymous_copy(node), store=False, writable=True)
             node.upper = True
             self._inval_inode(node)
             return
         self.copy_up(node)
-        fd = self._open_upper(node, os.O_RDWR)
-        if h.fd >= 0:
-            os.close(h.fd)
-        h.fd, h.store, h.writable, h.data = fd, False, True, None
+        h.switch(self._open_upper(node, os.O_RDWR), store=False, writable=True)
         self._cache_fd(h)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
@@ -668,10 +666,7 @@ class Overlay:
         if h.store and h.node.upper and h.node.attached:
             # Copied up since this handle opened: read the copy, which a writer may have changed.
             with contextlib.suppress(OSError):
-                fd = self._open_upper(h.node, os.O_RDONLY)
-                if h.fd >= 0:
-                    os.close(h.fd)
-                h.fd, h.store, h.data = fd, False, None
+                h.switch(self._open_upper(h.node, os.O_RDONLY), store=False, writable=False)
                 if h.by_inode:
                     self._cache_fd(h)
         if h.data is not None:
@@ -895,12 +890,7 @@ class Overlay:
                 raise OverlayError(errno.EISDIR)
             if dst.kind == DIR and self.load(dst):
                 raise OverlayError(errno.ENOTEMPTY)
-        # Refuse to move a directory below itself (the kernel checks too, but the tree is ours to keep).
-        n: Node | None = new_parent
-        while n is not None:
-            if n is src:
-                raise OverlayError(errno.EINVAL)
-            n = n.parent
+        self._refuse_below_itself(src, new_parent)
         opaque = False
         if src.kind == DIR:
             # overlayfs answers EXDEV here; instead the directory's lower content is copied up so it
@@ -933,18 +923,23 @@ class Overlay:
             src.opaque = True
             self._forget_lower(src)
 
+    @staticmethod
+    def _refuse_below_itself(node: Node, dest: Node) -> None:
+        """A directory may not move below itself (the kernel checks too, but the tree is ours to keep)."""
+        n: Node | None = dest
+        while n is not None:
+            if n is node:
+                raise OverlayError(errno.EINVAL)
+            n = n.parent
+
     def _exchange(self, a_parent_ino: int, a_name: str, b_parent_ino: int, b_name: str) -> None:
         """rename(RENAME_EXCHANGE): both names stay, so no whiteout is needed, only both in the upper layer."""
         a_parent, a = self._existing(a_parent_ino, a_name)
         b_parent, b = self._existing(b_parent_ino, b_name)
         if a is b:
             return
-        for node, dest in ((a, b_parent), (b, a_parent)):
-            n: Node | None = dest
-            while n is not None:
-                if n is node:
-                    raise OverlayError(errno.EINVAL)  # a directory would end up below itself
-                n = n.parent
+        self._refuse_below_itself(a, b_parent)
+        self._refuse_below_itself(b, a_parent)
         for node, parent, name in ((a, a_parent, a_name), (b, b_parent, b_name)):
             if node.kind == DIR:
                 # As for rename: its store content comes along, and nothing of the store at its new
@@ -1160,10 +1155,8 @@ class Overlay:
             h = self.handles.get(node.ino)
             if h is not None and h.by_inode:
                 # Its fd reaches the unlinked upper copy: read the store's from now on.
-                if h.fd >= 0:
-                    os.close(h.fd)
+                h.switch(-1, store=True, writable=False)
                 self._fd_cache.pop(node.ino, None)
-                h.fd, h.store, h.writable = -1, True, False
             self._inval_inode(node)
             dropped += 1
             if parts:
