@@ -20,6 +20,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def writes_bytecode() -> dict[str, str]:
+    """The environment with Python's bytecode writing on (a shell may have turned it off), for tests
+    that check which .pyc files an import writes."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def missing_tool(reason: str) -> None:
     """A test's tool (FUSE, root, a shell) is missing: skip locally, but fail in CI, where a skipped
     core test would hide a broken install."""
@@ -50,15 +56,17 @@ def require_fuse() -> None:
 
 @pytest.fixture(params=["no-open", "open"])
 def fuse_mode(request: pytest.FixtureRequest, require_fuse: None, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a mount test in both of the daemon's modes: the kernel's "no open" mode (needs venvfs's
-    pyfuse3 patch, which scripts/test installs) and the stock mode with an OPEN per file."""
+    """Run a mount test in both of the daemon's configurations: the fast one (the kernel's "no open"
+    mode and store bytecode shown as symlinks into the store; needs venvfs's pyfuse3 patch, which
+    scripts/test installs) and the conservative one (an OPEN per file, bytecode as regular files)."""
     mode: str = request.param
     if mode == "no-open":
         import pyfuse3
 
-        if not getattr(pyfuse3, "ZERO_FH_IS_INODE", False):
+        if not (getattr(pyfuse3, "ZERO_FH_IS_INODE", False) and getattr(pyfuse3, "CACHE_SYMLINKS_OPTION", False)):
             missing_tool("pyfuse3 without venvfs's patch (scripts/build-pyfuse3 --install python3)")
     monkeypatch.setenv("VENVFS_NO_OPEN", "1" if mode == "no-open" else "0")
+    monkeypatch.setenv("VENVFS_PYC_LINKS", "1" if mode == "no-open" else "0")
     return mode
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip
+from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip, writes_bytecode
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import daemon, hooks
 from venvfs.store import SOURCE_EPOCH, Store
@@ -289,9 +289,56 @@ def test_add_to_an_empty_mounted_venv_shows_at_once(fuse_mode: str, store: Store
 
 
 def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:
-    subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers"], check=True)
+    subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers"], check=True, env=writes_bytecode())
     written = [p for p in mounted.upper_dir.rglob("*.pyc")]
     assert written == []
+
+
+def test_store_bytecode_opens_on_the_store_filesystem(mounted: Venv, store: Store, fuse_mode: str) -> None:
+    pyc = mounted.site_packages / "demo/sub/__pycache__/helpers.cpython-311.pyc"
+    stored = store.root / "bytecode" / "cpython-311"
+    info = json.loads((mounted.state_dir / "daemon.json").read_text())
+    assert info["pyc_links"] is (fuse_mode == "no-open")
+    with open(pyc, "rb") as f:
+        data = f.read()
+        st = os.fstat(f.fileno())
+    if fuse_mode == "no-open":
+        # The open (and the isatty() ioctl CPython's open() makes) lands on the store's own
+        # filesystem, not on the FUSE mount.
+        target = Path(os.readlink(pyc))
+        assert target.is_relative_to(stored) and target.read_bytes() == data
+        assert st.st_dev == os.stat(stored).st_dev != os.stat(mounted.site_packages).st_dev
+    else:
+        assert pyc.is_file() and not pyc.is_symlink()
+        assert st.st_dev == os.stat(mounted.site_packages).st_dev
+    out = subprocess.run([str(mounted.python), "-X", "importtime", "-c", "import demo.sub.helpers"],
+                         capture_output=True, text=True, check=True, env=writes_bytecode())
+    assert "demo.sub.helpers" in out.stderr
+    assert list(mounted.upper_dir.rglob("*.pyc")) == []
+
+
+def test_bytecode_links_give_way_to_recompiles(mounted: Venv, store: Store, run_venvfs: Run) -> None:
+    sp = mounted.site_packages
+    pyc = sp / "demo/sub/__pycache__/helpers.cpython-311.pyc"
+    store_pycs = {p: p.read_bytes() for p in (store.root / "bytecode").rglob("*.pyc")}
+    # compileall (what pip and uv run after an install) finds the store's bytecode up to date.
+    subprocess.run([str(mounted.python), "-m", "compileall", "-q", str(sp)], check=True)
+    assert list(mounted.upper_dir.rglob("*.pyc")) == []
+    # An edited source: Python writes fresh bytecode (temp file + rename), replacing the link only.
+    with open(sp / "demo/sub/helpers.py", "a") as f:
+        f.write("TRIPLE = 3\n")
+    subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers as h; assert h.TRIPLE == 3"], check=True,
+                   env=writes_bytecode())
+    assert pyc.is_file() and not pyc.is_symlink()
+    assert (mounted.upper_dir / "demo/sub/__pycache__/helpers.cpython-311.pyc").is_file()
+    # A renamed link is copied up as a link; a venv turned back into real files gets a copy of its own.
+    init_pyc = sp / "demo/__pycache__/__init__.cpython-311.pyc"
+    expected = init_pyc.read_bytes()
+    os.rename(init_pyc, sp / "demo/__pycache__/moved.pyc")
+    run_venvfs("umount", "--materialize", str(mounted.root))
+    moved = sp / "demo/__pycache__/moved.pyc"
+    assert moved.is_file() and not moved.is_symlink() and moved.read_bytes() == expected
+    assert {p: p.read_bytes() for p in (store.root / "bytecode").rglob("*.pyc")} == store_pycs
 
 
 @pytest.mark.allow_warnings
@@ -407,6 +454,9 @@ def test_the_mount_is_the_owners_alone_unless_allow_other(require_fuse: None, re
         stop_mount(venv)
 
         run_venvfs("mount", "--allow-other", str(venv))
+        # Other users may not enter the owner's store: bytecode is served as files, not store links.
+        assert not (sp / "demo/sub/__pycache__/helpers.cpython-311.pyc").is_symlink()
+        assert as_nobody(str(Venv.open(venv).python), "-c", "import demo.sub.helpers").returncode == 0
         before = init.read_bytes()
         shared = as_nobody("cat", str(init))
         assert shared.returncode == 0 and shared.stdout.encode() == before

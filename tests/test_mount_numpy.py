@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_mount, uv_pip
+from tests.conftest import stop_mount, uv_pip, writes_bytecode
 from tests.test_pip_in_mount import tree
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import daemon
@@ -37,7 +37,8 @@ def test_numpy_venv_mounted(require_fuse: None, make_venv: Callable[..., Path],
     try:
         run_venvfs("mount", str(mounted))
         assert daemon.mount_state(Venv(mounted)) == "mounted"
-        out = subprocess.run([str(mounted / "bin/python"), "-c", CHECK], check=True, capture_output=True, text=True)
+        out = subprocess.run([str(mounted / "bin/python"), "-c", CHECK], check=True, capture_output=True, text=True,
+                             env=writes_bytecode())
         assert out.stdout.strip() == "45"
         assert list((mounted / ".venvfs/upper").rglob("*.pyc")) == []  # bytecode came from the store
         subprocess.run([str(mounted / "bin/numpy-config"), "--version"], check=True, capture_output=True)

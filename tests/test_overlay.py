@@ -254,3 +254,59 @@ def test_rename_exchange_swaps_store_and_upper_entries(ov: Overlay, tmp_path: Pa
     with pytest.raises(OverlayError) as e:
         ov.rename(pkg, "missing", pkg, "mod.py", RENAME_EXCHANGE)
     assert e.value.errno == errno.ENOENT
+
+
+@pytest.fixture
+def linked(store: Store, tmp_path: Path) -> tuple[Overlay, Path]:
+    """An overlay that shows store bytecode as symlinks; returns it and the store's .pyc of pkg/mod.py."""
+    record = _record(store, FILES)
+    digest = next(f.digest for f in record.files if f.path == "pkg/mod.py")
+    assert digest is not None
+    pyc = store.bytecode_path("cpython-311", digest)
+    pyc.parent.mkdir(parents=True)
+    pyc.write_bytes(b"store bytecode")
+    view = build_view([record], cache_tag="cpython-311", store_root=store.root)
+    return Overlay(view, Upper(tmp_path / "upper", tmp_path / "work"), store, pyc_links=True), pyc
+
+
+PYC_PATH = "pkg/__pycache__/mod.cpython-311.pyc"
+
+
+def test_store_bytecode_is_a_symlink_into_the_store(linked: tuple[Overlay, Path]) -> None:
+    ov, pyc = linked
+    node = ov.resolve(PYC_PATH)
+    assert node is not None
+    attr = ov.getattr(node.ino)
+    assert stat.S_ISLNK(attr.mode) and attr.immutable
+    assert ov.readlink(node.ino) == str(pyc)
+    assert attr.size == len(os.fsencode(str(pyc)))
+    # Everything else stays a regular file.
+    assert stat.S_ISREG(ov.getattr(_ino(ov, "pkg/mod.py")).mode)
+
+
+def test_renaming_a_bytecode_link_copies_the_link_up(linked: tuple[Overlay, Path], tmp_path: Path) -> None:
+    ov, pyc = linked
+    cache = _ino(ov, "pkg/__pycache__")
+    ov.rename(cache, "mod.cpython-311.pyc", cache, "moved.pyc")
+    assert os.readlink(tmp_path / "upper/pkg/__pycache__/moved.pyc") == str(pyc)
+    assert (tmp_path / "upper/pkg/__pycache__/.wh.mod.cpython-311.pyc").exists()
+    assert pyc.read_bytes() == b"store bytecode"  # the store object itself is untouched
+
+
+def test_dropping_an_upper_pyc_for_a_link_gives_the_name_a_new_inode(linked: tuple[Overlay, Path],
+                                                                      tmp_path: Path) -> None:
+    ov, pyc = linked
+    # What a commit leaves: bytecode pip compiled in the upper layer, for a source now in the store.
+    (tmp_path / "upper/pkg/__pycache__").mkdir(parents=True)
+    (tmp_path / "upper/pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"pip's bytecode")
+    cache = _ino(ov, "pkg/__pycache__")
+    old = ov.lookup(cache, "mod.cpython-311.pyc")
+    assert old is not None and stat.S_ISREG(ov.getattr(old.ino).mode)
+    ov.invalidations.clear()
+    assert ov.drop_upper([PYC_PATH]) == 1
+    assert not os.path.lexists(tmp_path / "upper/pkg/__pycache__/mod.cpython-311.pyc")
+    new = ov.resolve(PYC_PATH)
+    # The kernel keeps an inode's file type: a regular file cannot become a symlink in place.
+    assert new is not None and new.ino != old.ino and stat.S_ISLNK(ov.getattr(new.ino).mode)
+    assert ov.readlink(new.ino) == str(pyc)
+    assert ("entry", cache, "mod.cpython-311.pyc") in ov.invalidations

@@ -135,6 +135,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for m in mounts:
             no_open = m.get("no_open")
             mode = "" if no_open is None else "\tno-open" if no_open else "\tper-open"
+            if m.get("pyc_links"):
+                mode += ",pyc-links"
             print(f"{m['venv']}\t{m['state']}\tpid {m.get('pid', '-')}{mode}")
     return 0
 

@@ -212,7 +212,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
-    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available
+    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
     from venvfs.overlay import Overlay
     from venvfs.upper import Upper
     from venvfs.view import view_for
@@ -230,7 +230,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
         upper.clean_work()
-        overlay = Overlay(view, upper, store, no_open=no_open_available())
+        overlay = Overlay(view, upper, store, no_open=no_open_available(),
+                          pyc_links=pyc_links_wanted(allow_other=allow_other))
         # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
         os.umask(0)
         invalidator = Invalidator()
@@ -251,7 +252,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         def write_info(generation: int = 0) -> None:
             atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
-                                                 "no_open": overlay.no_open},
+                                                 "no_open": overlay.no_open, "pyc_links": overlay.pyc_links},
                               durable=False)
 
         def do_reload() -> None:
@@ -696,8 +697,11 @@ def status(venv: Venv) -> dict[str, object]:
         info["pid"] = daemon_pid(venv)
         info["log"] = str(log_path(venv))
         with contextlib.suppress(OSError, ValueError):
-            # "no open": the kernel sends no request per file opened (see docs/mount.md).
-            info["no_open"] = bool(read_json(_info_path(venv)).get("no_open", False))
+            written = read_json(_info_path(venv))
+            # "no open": the kernel sends no request per file opened; "pyc links": store bytecode is
+            # shown as symlinks into the store (see docs/mount.md).
+            info["no_open"] = bool(written.get("no_open", False))
+            info["pyc_links"] = bool(written.get("pyc_links", False))
     return info
 
 

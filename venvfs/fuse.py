@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FOREVER = 1e6  # seconds; the kernel caps it and we invalidate on every change
 NO_OPEN_ENV = "VENVFS_NO_OPEN"  # "0": keep per-open requests even where the binding could do without
+PYC_LINKS_ENV = "VENVFS_PYC_LINKS"  # "0": serve store bytecode as regular files instead of symlinks
 STATS_ENV = "VENVFS_FUSE_STATS"  # set (to anything) for the daemon: count requests per type (scripts/perf_mount.py)
 UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
 
@@ -105,9 +106,18 @@ def no_open_available() -> bool:
     return bool(getattr(pyfuse3, "ZERO_FH_IS_INODE", False)) and os.environ.get(NO_OPEN_ENV, "1") != "0"
 
 
+def pyc_links_wanted(*, allow_other: bool) -> bool:
+    """Whether to show store bytecode as symlinks into the store (``Overlay.pyc_links``). Not for a
+    mount shared with other users: they may not be allowed into the owner's store directory."""
+    return not allow_other and os.environ.get(PYC_LINKS_ENV, "1") != "0"
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    # Read by venvfs's pyfuse3 patch (stock pyfuse3 ignores it): symlink targets stay in the kernel's
+    # page cache, so following a store .pyc link costs no READLINK round trip.
+    enable_cache_symlinks = True
 
     def __init__(self, overlay: Overlay, invalidator: Invalidator | None = None) -> None:
         super().__init__()

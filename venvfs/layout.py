@@ -141,7 +141,7 @@ def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker |
         # From here on site-packages holds moved user files: materializing again could overwrite them.
         atomic_write_bytes(marker, b"applying the upper layer\n")
     if upper.is_dir():
-        _apply_upper(upper, sp)
+        _apply_upper(upper, sp, str(store.root / "bytecode") + os.sep)
     state.layout = "materialized"
     venv.write_state(state)
     marker.unlink(missing_ok=True)
@@ -155,7 +155,7 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _apply_upper(udir: Path, sdir: Path) -> None:
+def _apply_upper(udir: Path, sdir: Path, store_bytecode: str) -> None:
     entries = sorted(os.listdir(udir))
     # Order within a directory makes a rerun safe: whiteouts and the opaque marker are consumed
     # (and deleted) before any user file moves into place, so they can never delete a moved file.
@@ -181,7 +181,22 @@ def _apply_upper(udir: Path, sdir: Path) -> None:
             if not dst.exists():
                 dst.mkdir()
             shutil.copymode(src, dst)
-            _apply_upper(src, dst)
+            _apply_upper(src, dst, store_bytecode)
             src.rmdir()
+        elif src.is_symlink() and os.readlink(src).startswith(store_bytecode):
+            # A store .pyc the mount showed as a symlink, copied up by a rename: a venv of real files
+            # gets a copy of its own, never a link into the store.
+            _copy_out_of_store(src, dst)
         else:
             _move(src, dst)
+
+
+def _copy_out_of_store(link: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".venvfs-tmp")
+    try:
+        shutil.copyfile(link, tmp)
+    except FileNotFoundError:
+        link.unlink()  # the store no longer holds it: a cache file, which Python writes again
+        return
+    os.replace(tmp, dst)
+    link.unlink()

@@ -173,19 +173,18 @@ def check_name(name: str, *, creating: bool = False) -> str:
     return name
 
 
-def _lower_kind(entry: LowerEntry) -> int:
-    if isinstance(entry, LowerDir):
-        return DIR
-    return LNK if entry.kind == SYMLINK else REG
-
-
 class Overlay:
     def __init__(self, view: View, upper: Upper, store: Store, *, uid: int | None = None,
-                 gid: int | None = None, no_open: bool = False) -> None:
+                 gid: int | None = None, no_open: bool = False, pyc_links: bool = False) -> None:
         self.view = view
         # The kernel sends no OPEN/OPENDIR/RELEASE: I/O and listings arrive with an inode number where
         # a handle would be (see HANDLE_BASE), and copy-up waits for the first write or truncate.
         self.no_open = no_open
+        # Store bytecode is shown as symlinks to the store's .pyc files. CPython 3.11's open() calls
+        # isatty() on every file, and the kernel forwards that ioctl to a FUSE daemon whatever it
+        # answered before: ~50 us a .pyc, about 0.07x of a warm import. Through a symlink the open,
+        # the ioctl and the reads land on the store's own filesystem (docs/mount.md, "Bytecode").
+        self.pyc_links = pyc_links
         self.upper = upper
         self.store = store
         self.uid = os.getuid() if uid is None else uid
@@ -214,6 +213,12 @@ class Overlay:
         if kind == DIR and upper and lower is None:
             pass
         return node
+
+    def kind_of(self, entry: LowerEntry) -> int:
+        """The file type the mount shows for a lower entry."""
+        if isinstance(entry, LowerDir):
+            return DIR
+        return LNK if entry.kind == SYMLINK or (entry.kind == PYC and self.pyc_links) else REG
 
     def node(self, ino: int) -> Node:
         try:
@@ -271,7 +276,7 @@ class Overlay:
             for name, entry in lower.children.items():
                 if name in children or name in whiteouts:
                     continue
-                children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+                children[name] = self._new(d, name, self.kind_of(entry), upper=False, lower=entry)
         d.children = children
         return children
 
@@ -375,8 +380,9 @@ class Overlay:
             return Attr(node.ino, stat.S_IFDIR | 0o755, 4096, nlink=2 + subdirs, uid=self.uid, gid=self.gid,
                         blocks=8, immutable=True)
         assert entry is not None
-        if entry.kind == SYMLINK:
-            return Attr(node.ino, stat.S_IFLNK | 0o777, entry.size, uid=self.uid, gid=self.gid, blocks=0,
+        if node.kind == LNK:
+            size = entry.size if entry.kind == SYMLINK else len(os.fsencode(self._lower_str(entry)))
+            return Attr(node.ino, stat.S_IFLNK | 0o777, size, uid=self.uid, gid=self.gid, blocks=0,
                         immutable=True)
         if entry.size < 0:
             try:
@@ -394,8 +400,12 @@ class Overlay:
         if node.kind != LNK:
             raise OverlayError(errno.EINVAL)
         if not node.upper:
-            assert isinstance(node.lower, LowerFile) and node.lower.target is not None
-            return node.lower.target
+            entry = node.lower
+            assert isinstance(entry, LowerFile)
+            if entry.kind == PYC:
+                return self._lower_str(entry)
+            assert entry.target is not None
+            return entry.target
         parts = self.parts(node)
         with self.upper.dirfd(parts[:-1]) as pfd:
             return os.readlink(parts[-1], dir_fd=pfd)
@@ -461,9 +471,8 @@ class Overlay:
         entry = node.lower
         assert isinstance(entry, LowerFile)
         parts = self.parts(parent)
-        if entry.kind == SYMLINK:
-            assert entry.target is not None
-            self.upper.copy_up_symlink(parts, node.name, entry.target)
+        if node.kind == LNK:
+            self.upper.copy_up_symlink(parts, node.name, self.readlink(node.ino))
         else:
             src = None if entry.kind == INLINE else self._lower_path(entry)
             size = entry.size
@@ -1119,11 +1128,11 @@ class Overlay:
             self._detach(d, name, node)
             self._inval_entry(d, name)
             if entry is not None:
-                children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+                children[name] = self._new(d, name, self.kind_of(entry), upper=False, lower=entry)
         if new_lower is not None:
             for name, entry in new_lower.children.items():
                 if name not in children and name not in whiteouts:
-                    children[name] = self._new(d, name, _lower_kind(entry), upper=False, lower=entry)
+                    children[name] = self._new(d, name, self.kind_of(entry), upper=False, lower=entry)
                     self._inval_entry(d, name)  # the kernel may hold a cached "no such name"
         if set(children) != names_before:
             # The kernel may hold this directory's listing (no-open mode caches listings), and
@@ -1148,16 +1157,27 @@ class Overlay:
             if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry):
                 continue
             parts = self.parts(parent)
+            replaced = self.kind_of(entry) != REG
+            if replaced:
+                self._pin(node)
             with self.upper.dirfd(parts) as pfd:
                 os.unlink(node.name, dir_fd=pfd)
-            node.upper = False
-            node.lower = entry
-            h = self.handles.get(node.ino)
-            if h is not None and h.by_inode:
-                # Its fd reaches the unlinked upper copy: read the store's from now on.
-                h.switch(-1, store=True, writable=False)
-                self._fd_cache.pop(node.ino, None)
-            self._inval_inode(node)
+            if replaced:
+                # A .pyc now shown as a symlink: the kernel keeps an inode's file type, so the name
+                # gets a new inode (readers of the old one keep its bytes, as after an unlink).
+                name = node.name
+                self._detach(parent, name, node)
+                self.load(parent)[name] = self._new(parent, name, self.kind_of(entry), upper=False, lower=entry)
+                self._inval_entry(parent, name)
+            else:
+                node.upper = False
+                node.lower = entry
+                h = self.handles.get(node.ino)
+                if h is not None and h.by_inode:
+                    # Its fd reaches the unlinked upper copy: read the store's from now on.
+                    h.switch(-1, store=True, writable=False)
+                    self._fd_cache.pop(node.ino, None)
+                self._inval_inode(node)
             dropped += 1
             if parts:
                 dirs.add("/".join(parts))
