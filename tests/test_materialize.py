@@ -273,6 +273,34 @@ def test_verify_detects_a_missing_object(tmp_path: Path, wheels: dict[str, Path]
     assert list(report["affected_venvs"].values()) == [[str(venv)]]
 
 
+def test_verify_checks_the_shared_bytecode(tmp_path: Path, wheels: dict[str, Path]) -> None:
+    # Mounts show store bytecode as symlinks into the store, so a chmod or a write that follows one
+    # reaches the shared .pyc: verify must see it, although a .pyc is not named by its own hash.
+    store = tmp_path / "store"
+    venv = managed_venv(tmp_path / "venv", store)
+    _add(store, venv, str(wheels["demo1"]), mode="copy")
+    digest = hashlib.sha256(b"def double(x):\n    return 2 * x\n").hexdigest()
+    (pyc,) = (store / "bytecode").glob(f"*/*/{digest}.pyc")
+    report = json.loads(run_cli(store, "store", "verify", "--json").stdout)
+    assert report["ok"] and report["bytecode_checked"] >= 3
+    name = f"{pyc.parent.parent.name}/{digest}"
+    good = pyc.read_bytes()
+    for damage, problem in ((lambda: pyc.chmod(0o644), "writable"),
+                            (lambda: pyc.write_bytes(good[:-8]), "modified"),
+                            (lambda: pyc.write_bytes(good[:10]), "truncated")):
+        damage()
+        if problem != "writable":
+            pyc.chmod(0o444)
+        proc = run_cli(store, "store", "verify", check=False)
+        assert proc.returncode == 5 and f"{problem}: bytecode {pyc}" in proc.stdout and str(venv) in proc.stdout
+        report = json.loads(run_cli(store, "store", "verify", "--json", check=False).stdout)
+        assert report["bad_bytecode"] == {name: problem} and report["affected_venvs"][digest] == [str(venv)]
+        pyc.chmod(0o644)
+        pyc.write_bytes(good)
+        pyc.chmod(0o444)
+    assert run_cli(store, "store", "verify").returncode == 0
+
+
 # -- add / remove (select.py) ---------------------------------------------------------------------------
 
 

@@ -189,14 +189,21 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     report = store.verify(selections)
     if args.json:
         print_json({"objects_checked": report.objects_checked, "problems": report.problems,
+                    "bytecode_checked": report.bytecode_checked, "bad_bytecode": report.bad_bytecode,
                     "affected_venvs": report.affected_venvs, "bad_records": report.bad_records, "ok": report.ok})
     else:
         for digest, problem in sorted(report.problems.items()):
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
             print(f"{problem}: object {digest[:16]}… (used by {venvs})")
+        for name, problem in sorted(report.bad_bytecode.items()):
+            tag, _, digest = name.partition("/")
+            venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
+            print(f"{problem}: bytecode {store.bytecode_path(tag, digest)} (used by {venvs}); "
+                  "delete it and Python compiles the source instead")
         for key in report.bad_records:
             print(f"unreadable record: {key}")
-        print(f"checked {report.objects_checked} objects: {'ok' if report.ok else 'PROBLEMS FOUND'}")
+        print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: "
+              f"{'ok' if report.ok else 'PROBLEMS FOUND'}")
     return 0 if report.ok else 5
 
 

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import marshal
 import os
 import shutil
 import stat
+import struct
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +85,13 @@ class VerifyReport:
     # digest -> venvs whose selection uses it
     affected_venvs: dict[str, list[str]] = field(default_factory=dict)
     bad_records: list[str] = field(default_factory=list)
+    bytecode_checked: int = 0
+    # "<cache tag>/<source digest>" -> problem; the venvs using that source are in affected_venvs
+    bad_bytecode: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.bad_records
+        return not self.problems and not self.bad_records and not self.bad_bytecode
 
 
 class Store:
@@ -320,6 +328,16 @@ class Store:
             if problem:
                 report.problems[digest] = problem
                 report.affected_venvs[digest] = sorted(venvs)
+        sources = {digest: venvs for (digest, _), venvs in wanted.items()}
+        for pyc in sorted((self.root / "bytecode").glob("*/*/*.pyc")):
+            tag, digest = pyc.parent.parent.name, pyc.name[:-4]
+            source_size = next((p.stat().st_size for p in (self.object_path(digest), self.object_path(digest, True))
+                                if p.exists()), None)
+            problem = _check_bytecode(pyc, source_size, tag == sys.implementation.cache_tag)
+            report.bytecode_checked += 1
+            if problem:
+                report.bad_bytecode[f"{tag}/{digest}"] = problem
+                report.affected_venvs[digest] = sorted(sources.get(digest, ()))
         return report
 
     def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool, live_views: Collection[str] = ()) -> GcReport:
@@ -404,6 +422,36 @@ def _check_object(path: Path, digest: str) -> str | None:
         return "modified"
     if st.st_mode & 0o222:
         return "writable"
+    return None
+
+
+def _check_bytecode(path: Path, source_size: int | None, loadable_here: bool) -> str | None:
+    """A .pyc is named by its source, not by its own hash, and marshal output is not stable enough to
+    compare with a recompile. What is checked: read-only (mounts show it through a symlink), a
+    timestamp header for ``SOURCE_EPOCH`` and the source's size, and for this interpreter's cache tag
+    a payload that loads as a code object."""
+    try:
+        st = path.lstat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_mode & 0o222:
+        return "writable"
+    if len(data) < 16:
+        return "truncated"
+    flags, mtime, size = struct.unpack("<III", data[4:16])
+    if flags != 0 or mtime != SOURCE_EPOCH or (source_size is not None and size != source_size & 0xFFFFFFFF):
+        return "modified"
+    if loadable_here:
+        if data[:4] != importlib.util.MAGIC_NUMBER:
+            return "modified"
+        try:
+            if not isinstance(marshal.loads(data[16:]), types.CodeType):
+                return "modified"
+        except (ValueError, EOFError, TypeError):
+            return "modified"
     return None
 
 
