@@ -5,11 +5,16 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, missing_tool
 from venvfs.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
 from venvfs.records import DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, Store
@@ -310,3 +315,46 @@ def test_dropping_an_upper_pyc_for_a_link_gives_the_name_a_new_inode(linked: tup
     assert new is not None and new.ino != old.ino and stat.S_ISLNK(ov.getattr(new.ino).mode)
     assert ov.readlink(new.ino) == str(pyc)
     assert ("entry", cache, "mod.cpython-311.pyc") in ov.invalidations
+
+
+_AS_OWNER = """
+import os, sys
+from pathlib import Path
+from venvfs.overlay import INODE_FDS_MAX, ROOT_INO, Overlay, SetAttr
+from venvfs.store import Store
+from venvfs.upper import Upper
+from venvfs.view import View
+
+base = Path(sys.argv[1])
+ov = Overlay(View(), Upper(base / "upper", base / "work"), Store.open(base / "store", create=True), no_open=True)
+fh, node = ov.create(ROOT_INO, "ro.txt", 0o644, os.O_WRONLY)
+ov.release(fh)
+node.nlookup += 1
+ov.write(node.ino, 0, b"abc")  # no-open mode: by inode, as the kernel sends it
+ov.setattr(node.ino, SetAttr(mode=0o444))  # what a caller does with the file still open for writing
+for i in range(INODE_FDS_MAX + 1):  # evicts ro.txt's fd from the daemon's cache
+    fh, other = ov.create(ROOT_INO, f"f{i}", 0o644, os.O_WRONLY)
+    ov.release(fh)
+    other.nlookup += 1
+    ov.write(other.ino, 0, b"x")
+ov.write(node.ino, 3, b"def")
+ov.setattr(node.ino, SetAttr(size=5))
+st = os.stat(base / "upper/ro.txt")
+print((base / "upper/ro.txt").read_bytes().decode(), oct(st.st_mode & 0o777))
+"""
+
+
+def test_an_ordinary_users_daemon_keeps_writing_a_file_made_read_only(require_root: None) -> None:
+    # Root ignores mode bits, so the daemon runs as an ordinary user here (nobody) to meet them.
+    if shutil.which("setpriv") is None:
+        missing_tool("setpriv (util-linux)")
+    base = Path(tempfile.mkdtemp(prefix="venvfs-owner-"))
+    try:
+        os.chown(base, 65534, 65534)
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               _AS_OWNER, str(base)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["abcde", "0o444"]
+    finally:
+        shutil.rmtree(base)

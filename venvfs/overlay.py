@@ -529,6 +529,27 @@ class Overlay:
         with self.upper.dirfd(parts[:-1]) as pfd:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
 
+    def _open_upper_writing(self, parts: list[str], flags: int) -> int:
+        """Open an upper file for a write the kernel has already allowed: it checked the mode when
+        the caller opened the file, or before it sent a truncate (default_permissions). In no-open
+        mode the daemon opens files itself, later, and a daemon that is not root meets the mode
+        again: a file made read-only since must not refuse writes through a file opened before, so
+        the owner's write bit is lifted for this open alone (a crash in between leaves it lifted)."""
+        try:
+            return self._open_upper_parts(parts, flags)
+        except PermissionError as e:
+            denied = e
+        with self.upper.dirfd(parts[:-1]) as pfd:
+            st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & stat.S_IWUSR:
+                raise denied
+            mode = stat.S_IMODE(st.st_mode)
+            os.chmod(parts[-1], mode | stat.S_IWUSR, dir_fd=pfd)
+            try:
+                return self._open_upper_parts(parts, flags)
+            finally:
+                os.chmod(parts[-1], mode, dir_fd=pfd)
+
     def _lower_str(self, entry: LowerFile) -> str:
         """``_lower_path`` as a string built without pathlib (this runs for every cold read)."""
         digest = entry.digest
@@ -627,7 +648,7 @@ class Overlay:
             return
         parts = self.parts(node)
         try:
-            fd = self._open_upper_parts(parts, os.O_RDWR)
+            fd = self._open_upper_writing(parts, os.O_RDWR)
             writable = True
         except PermissionError:
             fd = self._open_upper_parts(parts, os.O_RDONLY)
@@ -667,7 +688,7 @@ class Overlay:
             self._inval_inode(node)
             return
         self.copy_up(node)
-        h.switch(self._open_upper(node, os.O_RDWR), store=False, writable=True)
+        h.switch(self._open_upper_writing(self.parts(node), os.O_RDWR), store=False, writable=True)
         self._cache_fd(h)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
@@ -1011,7 +1032,7 @@ class Overlay:
             if h is not None and h.writable:
                 os.ftruncate(h.fd, c.size)
             else:
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                fd = self._open_upper_writing(self.parts(node), os.O_WRONLY)
                 try:
                     os.ftruncate(fd, c.size)
                 finally:
