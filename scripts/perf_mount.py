@@ -13,6 +13,10 @@
                                             (remounts with VENVFS_FUSE_STATS=1, then without)
     scripts/perf_mount.py second            a second venv of numpy, pandas, scipy: `uv venv`, `venvfs mount`,
                                             `venvfs add`: wall time and the filesystem's statfs delta
+    scripts/perf_mount.py links [-n 9]      the bytecode links' trade: native, the mount, and a second mount of
+                                            the same selection serving bytecode as files (VENVFS_PYC_LINKS=0),
+                                            interleaved: warm import (wall, voluntary context switches),
+                                            then warm and cold walks (os.walk + lstat)
     scripts/perf_mount.py all               import, mount, rss, second (counts apart: it remounts)
 
 Each command runs the daemon of the source tree the script sits in (it remounts first), so a worktree of an
@@ -280,6 +284,63 @@ def cmd_second() -> None:
     venvfs("umount", str(venv))
 
 
+def timed_rusage(argv: list[str]) -> tuple[float, int]:
+    """Wall time and voluntary context switches (each a wait, e.g. on a FUSE round trip) of one run."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise subprocess.CalledProcessError(status, argv)
+    return time.perf_counter() - t, usage.ru_nvcsw
+
+
+def walk(root: Path) -> float:
+    t = time.perf_counter()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.lstat(os.path.join(dirpath, name))
+    return time.perf_counter() - t
+
+
+def cmd_links(n: int) -> None:
+    native, links, files = DIR / "native", DIR / "mnt", DIR / "mnt-files"
+    remount(links)
+    if not files.exists():
+        subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(files)], check=True)
+        venvfs("mount", "--mode", "fuse", str(files), env={**ENV, "VENVFS_PYC_LINKS": "0"})
+        venvfs("add", str(files), *SCI)
+    remount(files, env={**ENV, "VENVFS_PYC_LINKS": "0"})
+    venvs = {"native": native, "links": links, "files": files}
+    names = list(venvs)
+
+    def rounds(measure: Callable[[Path], tuple[float, int]], *, cold: bool) -> dict[str, list[tuple[float, int]]]:
+        got: dict[str, list[tuple[float, int]]] = {k: [] for k in names}
+        if not cold:
+            for v in venvs.values():
+                measure(v)  # untimed: fill the caches
+        for i in range(n):
+            for k in names[i % 3:] + names[:i % 3]:  # each goes first in turn
+                if cold:
+                    drop_caches()
+                got[k].append(measure(venvs[k]))
+        return got
+
+    def report(label: str, got: dict[str, list[tuple[float, int]]], counts: bool) -> None:
+        for k in names:
+            t = statistics.median(x for x, _ in got[k])
+            # The median of per-round ratios: a round's three runs share the machine's mood.
+            ratio = statistics.median(x / base for (x, _), (base, _) in zip(got[k], got["native"], strict=True))
+            extra = f", {statistics.median(c for _, c in got[k]):.0f} voluntary context switches" if counts else ""
+            print(f"{label:11} {k:7} {t * 1000:7.0f} ms  {ratio:.2f}x{extra}", flush=True)
+
+    report("warm import", rounds(lambda v: timed_rusage([str(py(v)), "-I", "-c", SCI_IMPORT]), cold=False), True)
+    report("warm walk", rounds(lambda v: (walk(site_packages(v)), 0), cold=False), False)
+    if drop_caches():
+        report("cold walk", rounds(lambda v: (walk(site_packages(v)), 0), cold=True), False)
+    else:
+        print("cold walk   not measured: cannot write /proc/sys/vm/drop_caches (needs root)")
+
+
 # -- setting up (untimed) --------------------------------------------------------------------------
 
 def cmd_setup() -> None:
@@ -302,7 +363,7 @@ def cmd_setup() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["setup", "import", "mount", "rss", "counts", "second", "all"])
+    parser.add_argument("command", choices=["setup", "import", "mount", "rss", "counts", "second", "links", "all"])
     parser.add_argument("-n", type=int, default=0, help="pairs (import) or repetitions (mount)")
     args = parser.parse_args()
     if args.command == "setup":
@@ -317,6 +378,8 @@ def main() -> int:
             cmd_rss()
         if args.command == "counts":
             cmd_counts()
+        if args.command == "links":
+            cmd_links(args.n or 9)
         if args.command in ("second", "all"):
             cmd_second()
     return 0
