@@ -19,7 +19,7 @@ from venvfs.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
 from venvfs.records import DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.upper import OPAQUE, Upper
-from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, build_view
+from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, View, build_view
 
 
 def _record(store: Store, files: dict[str, bytes], name: str = "demo") -> DistRecord:
@@ -63,16 +63,22 @@ def _read(ov: Overlay, path: str) -> bytes:
         ov.release(fh)
 
 
-def test_view_merges_records_and_bytecode(store: Store) -> None:
+def _compiled_view(store: Store, pyc_bytes: bytes) -> tuple[View, Path]:
+    """FILES as a view for cpython-311 whose store holds bytecode for pkg/mod.py alone; returns the
+    view and that .pyc."""
     record = _record(store, FILES)
     digest = next(f.digest for f in record.files if f.path == "pkg/mod.py")
     assert digest is not None
     pyc = store.bytecode_path("cpython-311", digest)
     pyc.parent.mkdir(parents=True)
-    pyc.write_bytes(b"pyc")
-    view = build_view([record], cache_tag="cpython-311", store_root=store.root)
+    pyc.write_bytes(pyc_bytes)
+    return build_view([record], cache_tag="cpython-311", store_root=store.root), pyc
+
+
+def test_view_merges_records_and_bytecode(store: Store) -> None:
+    view, pyc = _compiled_view(store, b"pyc")
     entry = view.lookup("pkg/__pycache__/mod.cpython-311.pyc")
-    assert isinstance(entry, LowerFile) and entry.kind == PYC and entry.digest == digest
+    assert isinstance(entry, LowerFile) and entry.kind == PYC and entry.digest == pyc.stem
     assert view.lookup("pkg/__pycache__/__init__.cpython-311.pyc") is None  # not compiled
     assert isinstance(view.lookup("pkg/sub"), LowerDir)
     leaf = view.lookup("pkg/mod.py")
@@ -264,13 +270,7 @@ def test_rename_exchange_swaps_store_and_upper_entries(ov: Overlay, tmp_path: Pa
 @pytest.fixture
 def linked(store: Store, tmp_path: Path) -> tuple[Overlay, Path]:
     """An overlay that shows store bytecode as symlinks; returns it and the store's .pyc of pkg/mod.py."""
-    record = _record(store, FILES)
-    digest = next(f.digest for f in record.files if f.path == "pkg/mod.py")
-    assert digest is not None
-    pyc = store.bytecode_path("cpython-311", digest)
-    pyc.parent.mkdir(parents=True)
-    pyc.write_bytes(b"store bytecode")
-    view = build_view([record], cache_tag="cpython-311", store_root=store.root)
+    view, pyc = _compiled_view(store, b"store bytecode")
     return Overlay(view, Upper(tmp_path / "upper", tmp_path / "work"), store, pyc_links=True), pyc
 
 
