@@ -223,6 +223,35 @@ def test_no_open_unlinked_file_stays_readable_and_writable_until_forgotten(ov_no
         assert e.value.errno == errno.ESTALE
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_open_created_files_hold_no_fd_past_the_cache(ov_no_open: Overlay) -> None:
+    # The kernel sends no RELEASE in no-open mode, so create() must not hand out a handle that only a
+    # RELEASE would close: here, as there, nothing is ever released.
+    from venvfs.overlay import INODE_FDS_MAX
+
+    ov = ov_no_open
+    d = ov.resolve("pkg")
+    assert d is not None
+    before = _open_fds()
+    nodes = []
+    for i in range(INODE_FDS_MAX * 3):
+        fh, node = ov.create(d.ino, f"new{i}", 0o644, os.O_WRONLY)
+        assert fh == 0  # I/O then arrives by inode
+        assert ov.write(node.ino, 0, b"x" * 10) == 10
+        assert ov.read(node.ino, 0, 100) == b"x" * 10  # by another opener: the fd serves them all
+        nodes.append(node)
+    assert _open_fds() - before <= INODE_FDS_MAX
+    assert ov.read(nodes[0].ino, 0, 100) == b"x" * 10  # an evicted fd is reopened on demand
+    for node in nodes:
+        ov.unlink(d.ino, node.name)
+        ov.forget(node.ino, 1)
+    assert _open_fds() == before
+    assert not ov.handles
+
+
 def test_no_open_listing_resumes_by_name_not_position(ov_no_open: Overlay) -> None:
     ov = ov_no_open
     d = ov.resolve("pkg")

@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -192,6 +193,16 @@ def clear_dead_mount(venv: Venv) -> None:
 
 # -- the daemon process ------------------------------------------------------------------------------
 
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard one. The daemon holds an fd per open upper
+    file and per file unlinked while still open, on behalf of every process using the venv: a
+    user's shell limit (often 1024) is sized for one program, not for a filesystem serving many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None) -> int:
     """Run the filesystem until unmounted or signalled (in the daemon process)."""
 
@@ -203,6 +214,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 os.close(ready_fd)
             ready_fd = None
 
+    raise_fd_limit()
     use_trio = os.environ.get(LOOP_ENV) != "direct"
     direct = None if use_trio else DirectLoop()
     try:

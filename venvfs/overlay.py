@@ -796,6 +796,10 @@ class Overlay:
         parent, parts = self._prepare_create(parent_ino, name)
         open_flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOCTTY | os.O_DIRECT | os.O_NOATIME)
                       | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if self.no_open:
+            # The fd serves every later read and write of this inode, whoever opened it how: read-write.
+            # (Whoever creates a file may open it so, whatever mode it is given.)
+            open_flags = open_flags & ~os.O_ACCMODE | os.O_RDWR
         with self.upper.dirfd(parts) as pfd:
             fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=pfd)
             try:
@@ -805,6 +809,16 @@ class Overlay:
                 raise
         node = self._attach_new(parent, name, REG)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if self.no_open:
+            # Once OPEN has been answered ENOSYS the kernel never sends RELEASE for a regular file,
+            # not even for one that came from CREATE (fs/fuse/file.c, fuse_file_put: "no_open" skips
+            # the release request), so a handle handed out here would never be closed: one leaked fd
+            # per created file. Reply with handle 0 instead: the kernel then sends I/O on this file
+            # with the inode, like every other file, and its fd joins the bounded inode fd cache.
+            h = self._handle(node.ino)
+            h.switch(fd, store=False, writable=True)
+            self._cache_fd(h)
+            return 0, node
         return self._new_fh(Handle(node, fd, store=False, writable=writable)), node
 
     def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
