@@ -172,6 +172,64 @@ def test_missing_or_corrupt_object_is_eio(ov: Overlay, store: Store) -> None:
     assert _read(ov, "pkg/sub/data.txt") == FILES["pkg/sub/data.txt"]
 
 
+def _damage(path: Path, offset: int) -> None:
+    """Flip one byte in place, as a disk error or a careless root would (same size, same inode)."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(path, 0o444)
+
+
+@pytest.mark.allow_warnings
+@pytest.mark.parametrize("chunk_list", ["kept", "missing"])
+def test_a_damaged_large_object_is_eio_where_it_is_damaged(store: Store, tmp_path: Path, chunk_list: str) -> None:
+    from venvfs.chunks import CHUNK, chunks_path
+
+    big = os.urandom(CHUNK * 4 + 1000)
+    record = _record(store, {"pkg/big.so": big, "pkg/other.so": os.urandom(CHUNK * 2)})
+    digest = record.files[0].digest
+    assert digest is not None and chunks_path(store.root, digest).exists()
+    if chunk_list == "missing":  # an object stored before chunk lists: checked whole on its first read
+        chunks_path(store.root, digest).unlink()
+    _damage(store.object_path(digest), CHUNK * 3 + 7)
+    for no_open in (False, True):
+        view = build_view([record], cache_tag=None, store_root=store.root)
+        ov = Overlay(view, Upper(tmp_path / f"upper{no_open}", tmp_path / f"work{no_open}"), store, no_open=no_open)
+        node = ov.resolve("pkg/big.so")
+        assert node is not None
+        node.nlookup += 1
+        fh = node.ino if no_open else ov.open(node.ino, os.O_RDONLY)[0]
+        if chunk_list == "kept":
+            assert ov.read(fh, 0, 128 * 1024) == big[:128 * 1024]  # chunks before the damage serve
+            assert ov.read(fh, CHUNK * 4, 4096) == big[CHUNK * 4:]
+        with pytest.raises(OverlayError) as e:
+            ov.read(fh, CHUNK * 3, 128 * 1024)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OverlayError) as e:  # nor can the damage be copied up into the venv
+            ov.write(fh, 0, b"x") if no_open else ov.open(node.ino, os.O_RDWR)
+        assert e.value.errno == errno.EIO
+    report = store.verify({})
+    assert report.problems == {digest: "modified"}
+
+
+def test_verify_checks_and_completes_chunk_lists(store: Store) -> None:
+    from venvfs.chunks import CHUNK, chunks_path
+
+    record = _record(store, {"pkg/big.so": os.urandom(CHUNK * 3)})
+    digest = record.files[0].digest
+    assert digest is not None
+    listed = chunks_path(store.root, digest)
+    original = listed.read_bytes()
+    listed.unlink()
+    assert store.verify({}).ok
+    assert listed.read_bytes() == original  # written again from the verified object
+    _damage(listed, 5)
+    assert store.verify({}).problems == {digest: "chunk list damaged"}
+
+
 def test_reload_invalidates_changed_names(ov: Overlay, store: Store) -> None:
     assert ov.lookup(ROOT_INO, "extra") is None
     base = store.get_dist(store.dist_keys()[0])

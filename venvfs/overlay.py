@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from venvfs.chunks import CorruptObject, ObjectChecker, needs_chunks
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, clone_or_copy, rename_exchange
 from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
@@ -30,9 +31,6 @@ log = logging.getLogger(__name__)
 ROOT_INO = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-# Store objects up to this size are hashed on their first open: a cheap check on the files Python
-# reads whole; bigger ones (extension modules) get a size check, and `venvfs store verify` the rest.
-VERIFY_MAX = 256 * 1024
 _EPOCH_NS = SOURCE_EPOCH * 1_000_000_000
 # File handles this overlay hands out start here. In the kernel's "no open" mode requests carry no
 # handle and the (patched) binding passes the inode number instead, which is always below this.
@@ -197,7 +195,9 @@ class Overlay:
         self.dir_handles: dict[int, list[tuple[str, Node]]] = {}
         self._next_fh = HANDLE_BASE
         self._fd_cache: dict[int, Handle] = {}  # no-open mode: inode handles holding an fd, oldest first
-        self._verified: set[str] = set()
+        # Every store object is checked against its digest as it is first read (``chunks.py``): what
+        # the mount serves from the store is never silently wrong, however large the file.
+        self._checker = ObjectChecker(store.root)
         self._objects_dir = str(store.object_path("00").parent.parent)
         self._bytecode_dir = str(store.bytecode_path(view.cache_tag or "none", "00").parent.parent)
         self._upper_inos: dict[int, Node] = {}
@@ -482,10 +482,13 @@ class Overlay:
                 except OSError as e:
                     log.error("/%s: store object missing, cannot copy up (%s)", self.relpath(node), e)
                     raise OverlayError(errno.EIO) from None
-                if entry.kind == OBJECT and size != entry.size:
-                    log.error("/%s: store object %s is %d bytes, its record says %d (corrupt store)",
-                              self.relpath(node), entry.digest, size, entry.size)
-                    raise OverlayError(errno.EIO)
+                if entry.kind == OBJECT:
+                    # The copy is the venv's own from now on: bad bytes copied now would never be checked.
+                    fd = self._open_lower(node, entry)
+                    try:
+                        self._check_whole(node, entry, fd)
+                    finally:
+                        os.close(fd)
             self.upper.copy_up_file(parts, node.name, src=src, data=entry.data, size=size,
                                     mode=0o755 if entry.executable else 0o644, mtime_ns=_EPOCH_NS,
                                     content=content)
@@ -572,17 +575,18 @@ class Overlay:
                     log.error("/%s: store object %s is %d bytes, its record says %d (corrupt store)",
                               self.relpath(node), path, st.st_size, entry.size)
                     raise OverlayError(errno.EIO)
-                if entry.digest not in self._verified and st.st_size <= VERIFY_MAX:
-                    if hashlib.sha256(os.pread(fd, st.st_size, 0)).hexdigest() != entry.digest:
-                        log.error("/%s: store object %s does not match its digest (corrupt store)",
-                                  self.relpath(node), path)
-                        raise OverlayError(errno.EIO)
-                    assert entry.digest is not None
-                    self._verified.add(entry.digest)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _check_whole(self, node: Node, entry: LowerFile, fd: int) -> None:
+        assert entry.digest is not None
+        try:
+            self._checker.check_whole(fd, entry.digest, entry.size)
+        except CorruptObject as e:
+            log.error("/%s: store object %s %s (corrupt store)", self.relpath(node), entry.digest, e)
+            raise OverlayError(errno.EIO) from None
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Returns (file handle, whether the kernel may keep cached pages from earlier opens)."""
@@ -599,12 +603,19 @@ class Overlay:
         assert isinstance(entry, LowerFile)
         if entry.kind == INLINE:
             return self._new_fh(Handle(node, -1, store=True, writable=False, data=entry.data)), True
-        if entry.kind == PYC or entry.digest in self._verified:
-            # Checked before (or never checked): open the store file only when the kernel reads, which
-            # with pages kept across opens it mostly does not (a warm import reads nothing).
+        if entry.kind == PYC or (entry.digest is not None and self._checker.checked(entry.digest)):
+            # Checked before: open the store file only when the kernel reads, which with pages kept
+            # across opens (keep_cache: store bytes never change) it mostly does not.
             return self._new_fh(Handle(node, -1, store=True, writable=False)), True
+        # A missing or resized object fails the open itself, and so does a damaged small one (Python
+        # reads those whole anyway); a large one is checked chunk by chunk as it is read.
         fd = self._open_lower(node, entry)
-        # Store bytes never change: pages cached by an earlier open stay valid (keep_cache).
+        try:
+            if entry.kind == OBJECT and not needs_chunks(entry.size):
+                self._check_whole(node, entry, fd)
+        except BaseException:
+            os.close(fd)
+            raise
         return self._new_fh(Handle(node, fd, store=True, writable=False)), True
 
     def _handle(self, fh: int) -> Handle:
@@ -666,6 +677,7 @@ class Overlay:
             else:
                 src = self._open_lower(node, entry)
                 try:
+                    self._check_whole(node, entry, src)
                     clone_or_copy(src, fd, os.fstat(src).st_size)
                 finally:
                     os.close(src)
@@ -711,7 +723,15 @@ class Overlay:
             if h.by_inode:
                 self._cache_fd(h)
         try:
+            if h.store:
+                entry = h.node.lower
+                if isinstance(entry, LowerFile) and entry.kind == OBJECT and entry.digest is not None:
+                    return self._checker.read(h.fd, entry.digest, entry.size, off, size)
             return os.pread(h.fd, size, off)
+        except CorruptObject as e:
+            log.error("/%s: store object %s %s (corrupt store)", self.relpath(h.node) if h.node.attached else "?",
+                      h.node.lower.digest if isinstance(h.node.lower, LowerFile) else "?", e)
+            raise OverlayError(errno.EIO) from None
         except OSError as e:
             if h.store:
                 log.error("/%s: reading the store failed (%s)", self.relpath(h.node) if h.node.attached else "?", e)

@@ -4,6 +4,7 @@ Layout under the store root::
 
     format.json                   {"format": 1}
     objects/ab/<sha256>           file contents, mode 0444 (0555 with the suffix ``.x``)
+    chunks/ab/<sha256>            sha256 of each 256 KiB of an object larger than that (``chunks.py``)
     dists/<key>.json              one DistRecord per distribution build
     bytecode/<cache_tag>/ab/<sha256>.pyc   timestamp .pyc of a .py object, for one Python version
     venvs/<id>.json               registry of venvs using the store (for gc and ``mount --all``)
@@ -35,8 +36,9 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 import platformdirs
 
+from venvfs.chunks import CHUNK, chunks_path, needs_chunks, write_chunks
 from venvfs.errors import StoreError
-from venvfs.fsutil import atomic_write_json, flock, read_json, syncfs
+from venvfs.fsutil import atomic_write_bytes, atomic_write_json, flock, read_json, syncfs
 from venvfs.records import DistRecord
 
 if TYPE_CHECKING:
@@ -187,6 +189,14 @@ class Store:
 
     def _publish(self, tmp: str, digest: str, size: int, executable: bool) -> PutResult:
         final = self.object_path(digest, executable)
+        if needs_chunks(size) and not chunks_path(self.root, digest).exists():
+            # Before the object: a mount never meets a large object it cannot check as it reads.
+            # (An object stored before chunk lists existed gets its list when it is added again.)
+            fd = os.open(final if final.exists() else tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                write_chunks(self.root, digest, fd, size, self.root / "tmp")
+            finally:
+                os.close(fd)
         if final.exists():
             return PutResult(digest, size, new=False)
         os.chmod(tmp, 0o555 if executable else 0o444)
@@ -323,7 +333,7 @@ class Store:
             if progress:
                 progress(i, total)
             path = self.object_path(digest, executable)
-            problem = _check_object(path, digest)
+            problem = self._check_object(path, digest)
             report.objects_checked += 1
             if problem:
                 report.problems[digest] = problem
@@ -339,6 +349,35 @@ class Store:
                 report.bad_bytecode[f"{tag}/{digest}"] = problem
                 report.affected_venvs[digest] = sorted(sources.get(digest, ()))
         return report
+
+    def _check_object(self, path: Path, digest: str) -> str | None:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return "missing"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        whole = hashlib.sha256()
+        pieces = bytearray()
+        with open(path, "rb") as f:
+            while piece := f.read(CHUNK):
+                whole.update(piece)
+                pieces += hashlib.sha256(piece).digest()
+        if whole.hexdigest() != digest:
+            return "modified"
+        if needs_chunks(st.st_size):
+            listed = chunks_path(self.root, digest)
+            try:
+                if listed.read_bytes() != pieces:
+                    return "chunk list damaged"
+            except FileNotFoundError:
+                # Stored before chunk lists existed: the object is good, so its list can be made now
+                # (a mount checks such an object whole on its first read until then).
+                with contextlib.suppress(OSError):
+                    atomic_write_bytes(listed, bytes(pieces), mode=0o444, tmp_dir=self.root / "tmp")
+        if st.st_mode & 0o222:
+            return "writable"
+        return None
 
     def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool, live_views: Collection[str] = ()) -> GcReport:
         """Remove records, objects, bytecode and cached views (other than ``live_views``) no live venv
@@ -376,6 +415,13 @@ class Store:
             report.bytes_freed += self.disk_usage(path)
             if not dry_run:
                 path.unlink()
+        live_digests = {digest for digest, _ in live_objects}
+        for listed in list((self.root / "chunks").glob("*/*")):
+            if listed.name in live_digests:
+                continue
+            report.bytes_freed += self.disk_usage(listed)
+            if not dry_run:
+                listed.unlink(missing_ok=True)
         for pyc in list((self.root / "bytecode").glob("*/*/*.pyc")):
             if pyc.stem in live_sources:
                 continue
@@ -405,24 +451,6 @@ class Store:
                 else:
                     tmp.unlink(missing_ok=True)
         return report
-
-
-def _check_object(path: Path, digest: str) -> str | None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return "missing"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    if h.hexdigest() != digest:
-        return "modified"
-    if st.st_mode & 0o222:
-        return "writable"
-    return None
 
 
 def _check_bytecode(path: Path, source_size: int | None, loadable_here: bool) -> str | None:
