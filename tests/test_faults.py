@@ -119,6 +119,23 @@ def test_enospc_in_adopt_leaves_venv_and_store_as_they_were(tmp_path: Path) -> N
     assert not (venv / ".venvfs" / "state.json").exists()
 
 
+def test_enospc_in_add_of_a_wheel_one_line_no_orphans(tmp_path: Path) -> None:
+    """`venvfs add VENV x.whl` ingests inside its own writing() block (the nested case)."""
+    venv = create_venv(tmp_path / "venv", "uv")
+    wheel = build_wheel(tmp_path / "wheels", bulky_package("bulky", files=30, size=100_000, seed=2))
+    with small_tmpfs(tmp_path / "small", "2m") as fs:
+        store = fs / "store"
+        run_cli(store, "adopt", str(venv), "--no-hooks", "--no-compile")
+        state = (venv / ".venvfs" / "state.json").read_text()
+        proc = run_cli(store, "add", str(venv), str(wheel), check=False)
+        line = one_line_error(proc)
+        assert proc.returncode == IOFailure.exit_code, proc.stderr
+        assert "no space left on device" in line and wheel.name in line
+        assert_no_orphans(store)
+        assert (venv / ".venvfs" / "state.json").read_text() == state
+        assert not list(venv.glob("lib/python*/site-packages/bulky"))
+
+
 def test_failed_ingest_takes_back_only_what_no_record_names(tmp_path: Path) -> None:
     """The rollback rule: an object this run published stays when a record (another writer's, done
     under the shared lock before the rollback's exclusive lock) refers to it."""
@@ -349,6 +366,16 @@ def test_fuse_fallback_names_dev_fuse_permissions(public_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "permission on /dev/fuse" in proc.stderr and "fuse_session_mount" not in proc.stderr, proc.stderr
     assert "keeps real files" in proc.stderr
+
+
+def test_add_missing_wheel_file_touches_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    venv = create_venv(tmp_path / "venv", "uv")
+    before = venv_files(venv)
+    proc = run_cli(store, "add", str(venv), str(tmp_path / "typo-1.0-py3-none-any.whl"), check=False)
+    line = one_line_error(proc)
+    assert proc.returncode == UsageError.exit_code and "no such file" in line
+    assert venv_files(venv) == before and not (venv / ".venvfs" / "state.json").exists()
 
 
 def test_store_add_missing_file_fifo_and_empty_folder(tmp_path: Path) -> None:

@@ -698,7 +698,7 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
 
             state = venv.read_state()
             if materialize and state.layout == "mounted":
-                layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
+                layout.to_materialized(venv, store or Store.open(Path(state.store), create=False), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.
             automount.install(venv)
     return was
