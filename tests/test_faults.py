@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +135,47 @@ def test_enospc_in_add_of_a_wheel_one_line_no_orphans(tmp_path: Path) -> None:
         assert_no_orphans(store)
         assert (venv / ".venvfs" / "state.json").read_text() == state
         assert not list(venv.glob("lib/python*/site-packages/bulky"))
+
+
+def test_rollback_waits_for_a_concurrent_writer_and_keeps_what_it_published(tmp_path: Path) -> None:
+    """The race the rollback rule is about, with two processes: writer B (this test) holds the store's
+    shared lock while `store add` (A) fills the disk; A must wait for B, and an object A published
+    first but B's record then names must survive A's rollback."""
+    import fcntl
+    import hashlib
+
+    shared = b"both writers store this file\n" * 50
+    bulky = bulky_package("bulky", files=30, size=100_000, seed=3)
+    wheel = build_wheel(tmp_path / "wheels", WheelSpec(name="bulky", version="1.0",
+                                                       files={"bulky/aaa_shared.txt": shared, **bulky.files}))
+    with small_tmpfs(tmp_path / "small", "2m") as fs:
+        store = Store.open(fs / "store")
+        fd = os.open(store.root / "lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        a = subprocess.Popen([sys.executable, "-m", "venvfs", "store", "add", "--store", str(store.root), str(wheel)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            for _ in range(600):  # until A, out of space, waits for the exclusive lock
+                locks = Path("/proc/locks").read_text().splitlines()
+                if any(" -> FLOCK " in line and f" WRITE {a.pid} " in line for line in locks):
+                    break
+                assert a.poll() is None, a.communicate()
+                time.sleep(0.05)
+            else:
+                pytest.fail("the failed ingest never asked for the exclusive lock")
+            digest = hashlib.sha256(shared).hexdigest()
+            assert store.object_path(digest).exists()  # published by A, found "already stored" by B
+            store.add_dist(DistRecord(name="other", version="1", dist_info="other-1.dist-info",
+                                      tags=("py3-none-any",),
+                                      files=(StoredFile("other/shared.txt", "purelib", digest, len(shared)),)))
+            assert a.poll() is None  # still waiting for B
+        finally:
+            os.close(fd)
+        _out, err = a.communicate(timeout=60)
+        assert a.returncode == IOFailure.exit_code and "no space left" in err, err
+        assert objects_in(fs / "store") == [digest]
+        assert_no_orphans(fs / "store")
 
 
 def test_failed_ingest_takes_back_only_what_no_record_names(tmp_path: Path) -> None:
