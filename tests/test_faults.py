@@ -231,12 +231,13 @@ def test_read_only_store_one_line(tmp_path: Path) -> None:
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
         venv = create_venv(tmp_path / "venv")
-        for args in (["store", "add", str(wheel)], ["adopt", str(venv), "--no-hooks"]):
+        for args in (["store", "add", str(wheel)], ["adopt", str(venv), "--no-hooks"], ["store", "gc"]):
             proc = run_cli(ro, *args, check=False)
             line = one_line_error(proc)
             assert proc.returncode == IOFailure.exit_code, proc.stderr
             assert "read-only file system" in line and str(ro) in line, line
         assert run_cli(ro, "store", "list").stdout.startswith("first-1.0-")
+        assert json.loads(run_cli(ro, "store", "verify", "--json").stdout)["ok"] is True
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
 

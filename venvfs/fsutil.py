@@ -171,15 +171,18 @@ def free_bytes(path: Path) -> int | None:
 def io_failure(err: OSError, doing: str, *, need: int | None = None, where: Path | None = None) -> IOFailure:
     """The one line for a filesystem error met while ``doing`` something: what, where, and for a full
     disk how much was needed and how much is free (on ``where``'s filesystem, else the failed path's)."""
-    line = f"{doing}: {describe_oserror(err)}"
-    if is_enospc(err):
-        if where is None and err.filename is not None:
-            where = Path(os.fsdecode(err.filename))
-            while not where.exists() and where != where.parent:
-                where = where.parent
-        free = free_bytes(where) if where is not None else None
-        room = [f"needs up to {human_bytes(need)}" if need is not None else "",
-                f"{human_bytes(free)} free there" if free is not None else ""]
-        if any(room):
-            line += f" ({', '.join(r for r in room if r)})"
+    if not is_enospc(err):
+        return IOFailure(f"{doing}: {describe_oserror(err)}")
+    # A copy's error names source and destination; only the destination's filesystem is full.
+    target = err.filename2 if err.filename2 is not None else err.filename
+    line = f"{doing}: {describe_oserror(OSError(err.errno, err.strerror, target))}"
+    if where is None and target is not None:
+        where = Path(os.fsdecode(target))
+        while not where.exists() and where != where.parent:
+            where = where.parent
+    free = free_bytes(where) if where is not None else None
+    room = [f"needs up to {human_bytes(need)}" if need is not None else "",
+            f"{human_bytes(free)} free there" if free is not None else ""]
+    if any(room):
+        line += f" ({', '.join(r for r in room if r)})"
     return IOFailure(line)

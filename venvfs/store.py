@@ -17,6 +17,7 @@ a crash leaves nothing half-visible; a record is written only after all its obje
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -54,7 +55,7 @@ SOURCE_EPOCH = 315532800
 log = logging.getLogger(__name__)
 
 # Store root -> the objects this process published inside its outermost ``writing()`` block so far.
-_PUBLISHED: dict[Path, list[Path]] = {}
+_PUBLISHED: dict[str, list[Path]] = {}
 
 _CHUNK = 1 << 20
 
@@ -170,6 +171,16 @@ class Store:
 
     # -- locking -----------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _key(self) -> str:
+        # Two spellings of one store (a symlink, a bind mount) must count as one, as they do for flock,
+        # or an inner block would take itself for the outermost and wait on its own shared lock.
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return os.path.realpath(self.root)
+        return f"{st.st_dev}:{st.st_ino}"
+
     def writing(self) -> contextlib.AbstractContextManager[None]:
         """Held (shared) while adding objects and records, so gc never deletes what is being written.
 
@@ -184,8 +195,9 @@ class Store:
         # for the same root) share one list per root: only the outermost block, the one whose lock
         # release ends this process's shared hold, may take the exclusive lock for the rollback;
         # an inner one would wait forever on the outer's shared lock (flock locks are per open file).
-        outermost = self.root not in _PUBLISHED
-        published = _PUBLISHED.setdefault(self.root, [])
+        key = self._key
+        outermost = key not in _PUBLISHED
+        published = _PUBLISHED.setdefault(key, [])
         try:
             with contextlib.ExitStack() as held:
                 try:
@@ -199,7 +211,7 @@ class Store:
             raise
         finally:
             if outermost:
-                del _PUBLISHED[self.root]
+                del _PUBLISHED[key]
 
     def _take_back(self, published: list[Path]) -> None:
         """Remove the objects this run published that no record refers to, after a failure.
@@ -303,7 +315,7 @@ class Store:
         except FileExistsError:
             return PutResult(digest, size, new=False)
         with contextlib.suppress(KeyError):
-            _PUBLISHED[self.root].append(final)
+            _PUBLISHED[self._key].append(final)
         return PutResult(digest, size, new=True)
 
     def sync_objects(self) -> None:
