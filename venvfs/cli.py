@@ -28,7 +28,8 @@ typical use:
   venvfs status .venv           what it shares with other venvs and what it owns alone
   venvfs store list             what the store holds
 
-The store lives in the user data directory; --store or VENVFS_STORE choose another.
+The store lives in the user data directory; --store or VENVFS_STORE choose another. Only store add,
+adopt, mount and add create a store (in a missing or empty directory); other commands need one.
 """
 
 
