@@ -440,3 +440,25 @@ def test_store_add_missing_file_fifo_and_empty_folder(tmp_path: Path) -> None:
         pytest.fail("store add hangs on a FIFO")
     line = one_line_error(proc)
     assert proc.returncode == UsageError.exit_code and "not a regular file" in line
+
+
+def test_fuse_fallback_names_a_missing_module(tmp_path: Path) -> None:
+    venv = create_venv(tmp_path / "venv", "uv")
+    code = ("import sys; sys.modules['pyfuse3'] = None; from venvfs.cli import main; "
+            f"sys.exit(main(['mount', {str(venv)!r}, '--store', {str(tmp_path / 'store')!r}, '--no-hooks']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "no module named 'pyfuse3'" in proc.stderr and "keeps real files" in proc.stderr, proc.stderr
+
+
+def test_failed_mount_quotes_libfuse_from_the_log(tmp_path: Path) -> None:
+    """libfuse gives pyfuse3 only "fuse_session_mount failed"; its reason is on the daemon's stderr."""
+    from venvfs.daemon import _libfuse_cause
+
+    log = tmp_path / "daemon.log"
+    log.write_text("venvfs: starting\nfusermount3: mount failed: Operation not permitted\nvenvfs: bye\n")
+    assert _libfuse_cause(log) == ": fusermount3: mount failed: Operation not permitted"
+    log.write_text("venvfs: nothing from libfuse\n")
+    assert _libfuse_cause(log) == ""
+    assert _libfuse_cause(tmp_path / "absent.log") == ""
