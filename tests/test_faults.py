@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -370,6 +370,23 @@ def test_python_too_old_for_the_probe(tmp_path: Path) -> None:
     assert proc.returncode == 4
     assert line.startswith("venvfs: error: venvfs needs Python >= 3.") and "(found 3.8." in line
     assert len(line) < 200
+
+
+def test_probe_says_which_python_it_needs(make_venv: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same path with the interpreter at hand: a minimum above it stands for packaging's."""
+    from venvfs import venv as venv_module
+    from venvfs.errors import VenvError
+
+    venv = venv_module.Venv.open(make_venv("v", tool="uv"))
+    monkeypatch.setattr(venv_module, "_min_probe_python", lambda: "3.99")
+    with pytest.raises(VenvError, match=r"^venvfs needs Python >= 3\.99 in the venv \(found 3\.\d+\.\d+ in "):
+        venv.probe_interpreter()
+    monkeypatch.undo()
+    from importlib import metadata
+
+    # The real minimum is packaging's own Requires-Python (">=3.10" for packaging 26).
+    requires = (metadata.metadata("packaging")["Requires-Python"] or "").replace(" ", "")
+    assert f">={venv_module._min_probe_python()}" in requires
 
 
 def test_closed_stdout_ends_quietly(tmp_path: Path) -> None:
