@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "add", parents=[common, as_json], formatter_class=fmt, help="ingest wheels into the store",
         description="Validate and ingest wheel files (or every *.whl in a directory) into the store.\n\n"
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
-        "escape, duplicate entries) is refused with exit code 3 and nothing written.",
+        "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
+        "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
+        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     p.set_defaults(handler=cmd_store_add)
@@ -51,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = store_sub.add_parser(
         "verify", parents=[common, as_json], help="re-hash every object; name the venvs a damaged one affects",
         description="Re-hash every stored object. A modified or missing object (for example one edited\n"
-        "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.",
+        "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.\n"
+        "Objects no record refers to (a crashed ingest's leftovers) are counted, not failed on:\n"
+        "`venvfs store gc` removes them.",
         formatter_class=fmt,
     )
     p.set_defaults(handler=cmd_store_verify)
