@@ -479,3 +479,29 @@ def test_failed_mount_quotes_libfuse_from_the_log(tmp_path: Path) -> None:
     log.write_text("venvfs: nothing from libfuse\n")
     assert _libfuse_cause(log) == ""
     assert _libfuse_cause(tmp_path / "absent.log") == ""
+
+
+def test_every_command_on_someone_elses_venv_and_store(public_dir: Path) -> None:
+    """EACCES everywhere: user nobody runs each command on root's venv and store. Reading works;
+    whatever needs a write ends in one line naming the path, with exit 74."""
+    cmd = nobody_python(public_dir)
+    store, venv = public_dir / "store", public_dir / "venv"
+    subprocess.run([uv(), "venv", "-q", "--python", cmd[-1], str(venv)], check=True)
+    wheel = build_wheel(public_dir / "wheels", simple_package("theirs", "1.0"))
+    run_cli(store, "adopt", str(venv), "--no-hooks", "--no-compile")
+    run_cli(store, "add", str(venv), str(wheel))
+    subprocess.run(["chmod", "-R", "a+rX", str(public_dir)], check=True)
+    reading = [["status", str(venv)], ["store", "list"], ["store", "status"], ["store", "verify"], ["list"]]
+    writing = [["store", "gc"], ["store", "add", str(wheel)], ["adopt", str(venv)], ["add", str(venv), "theirs"],
+               ["remove", str(venv), "theirs"], ["materialize", str(venv)], ["mount", str(venv)],
+               ["umount", str(venv)], ["eject", str(venv)], ["hook", "install", str(venv)]]
+    for args in reading + writing:
+        words = args[:2] if args[0] in ("store", "hook") else args[:1]
+        proc = subprocess.run([*cmd, "-m", "venvfs", *words, "--store", str(store), *args[len(words):]],
+                              capture_output=True, text=True, cwd="/")
+        if args in reading:
+            assert proc.returncode == 0, (args, proc.stderr)
+            continue
+        line = one_line_error(proc)
+        assert proc.returncode == IOFailure.exit_code, (args, proc.stderr)
+        assert "permission denied" in line and str(public_dir) in line, (args, line)
