@@ -150,7 +150,8 @@ class Store:
             st = self.root.stat()
         except FileNotFoundError:
             if not create:
-                raise StoreError(f"no venvfs store at {self.root}") from None
+                raise StoreError(f"no venvfs store at {self.root} (`venvfs store add` or `venvfs adopt` "
+                                 "makes one)") from None
             return
         except OSError as e:
             raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
