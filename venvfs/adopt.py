@@ -29,7 +29,7 @@ from packaging.utils import canonicalize_name
 from venvfs import hooks
 from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import VenvError
-from venvfs.fsutil import symlink_stays_inside
+from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.materialize import materialize
 from venvfs.progress import Progress
@@ -220,10 +220,15 @@ def adopt(venv: Venv, store: Store, *, link_mode: LinkMode = LinkMode.AUTO, comp
     Idempotent: run again after pip or uv changed the venv, it adopts what is new and forgets what
     was uninstalled.
     """
-    if already_locked:
-        return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
-    with venv.locked():
-        return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+    try:
+        if already_locked:
+            return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+        with venv.locked():
+            return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+    except OSError as e:
+        # The store's writing() has taken back the objects of the distribution it was storing by now.
+        need = _payload(list(venv.dist_info_dirs())) if is_enospc(e) else None
+        raise io_failure(e, f"adopting {venv.root} into the store {store.root}", need=need) from None
 
 
 def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool,
@@ -292,6 +297,17 @@ def _is_editable(dist_info: Path) -> bool:
         return False
     dir_info = data.get("dir_info") if isinstance(data, dict) else None
     return isinstance(dir_info, dict) and dir_info.get("editable") is True
+
+
+def _payload(dist_infos: list[Path]) -> int:
+    """Bytes of the files the RECORDs list: the most adopting can copy into the store."""
+    total = 0
+    for dist_info in dist_infos:
+        for row in csv.reader(io.StringIO("\n".join(_lines(dist_info / "RECORD")))):
+            if row:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.normpath(dist_info.parent / row[0])).st_size
+    return total
 
 
 def _lines(path: Path) -> list[str]:

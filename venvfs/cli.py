@@ -7,14 +7,16 @@ each exposing ``register(subparsers)``; every handler takes the parsed namespace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
 from venvfs import __version__
-from venvfs.errors import EXIT_CODES, VenvfsError
+from venvfs.errors import EXIT_CODES, IOFailure, VenvfsError
 
 COMMAND_MODULES = ("venvfs.cli_store", "venvfs.cli_mount", "venvfs.cli_hooks", "venvfs.cli_bench")
 
@@ -26,7 +28,8 @@ typical use:
   venvfs status .venv           what it shares with other venvs and what it owns alone
   venvfs store list             what the store holds
 
-The store lives in the user data directory; --store or VENVFS_STORE choose another.
+The store lives in the user data directory; --store or VENVFS_STORE choose another. Only store add,
+adopt, mount and add create a store (in a missing or empty directory); other commands need one.
 """
 
 
@@ -48,21 +51,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `venvfs store list | head`: the reader has what it wanted. Later writes (the interpreter's
+        # own flush at exit included) go to /dev/null so none raises again, and the exit status is
+        # the one a shell shows for a process SIGPIPE ended (128 + 13), as `yes | head` leaves it:
+        # `set -o pipefail` scripts treat venvfs like any other producer there.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help into a closed pipe: seen here, not at interpreter exit
+        raise
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="venvfs: %(message)s",
     )
     if not getattr(args, "handler", None):
         parser.print_help()
+        sys.stdout.flush()
         return 2
     try:
         code: int = args.handler(args)
+        # Flushed here, not at interpreter exit, so a reader that went away is seen by main.
+        sys.stdout.flush()
         return code
+    except BrokenPipeError:
+        raise
     except VenvfsError as e:
         print(f"venvfs: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # The filesystem's answer (a full disk, a read-only mount, a permission), not a venvfs bug:
+        # the library names the operation where it can; here at least the path and the reason.
+        from venvfs.fsutil import describe_oserror
+
+        print(f"venvfs: error: {describe_oserror(e)}", file=sys.stderr)
+        return IOFailure.exit_code
     except KeyboardInterrupt:
         print("venvfs: interrupted", file=sys.stderr)
         return 130

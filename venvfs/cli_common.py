@@ -11,13 +11,18 @@ from typing import Any
 from venvfs.store import STORE_ENV, Store
 from venvfs.venv import Venv
 
+# The commands that make a store where none is: they exist to put something in it. Every other command
+# refuses a missing store rather than leave an empty one behind (a typo in --store, a deleted store).
+CREATING = "`store add`, `adopt`, `mount` and `add`"
+
 
 def common_parent() -> argparse.ArgumentParser:
     """Options accepted by every subcommand (so ``venvfs status --store X`` works as users type it)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "--store", type=Path, default=None, metavar="DIR",
-        help=f"the store to use (default: ${STORE_ENV}, else the user data directory)",
+        help=f"the store to use (default: ${STORE_ENV}, else the user data directory); only {CREATING} "
+        "create one, in a missing or empty directory",
     )
     return parent
 
@@ -35,15 +40,18 @@ def add_venv_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
+def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
+    """--store, else $VENVFS_STORE or the default; made there only with ``create`` (see CREATING)."""
     return Store.open(getattr(args, "store", None), create=create)
 
 
-def open_store_for(args: argparse.Namespace, venv: Venv) -> Store:
+def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False) -> Store:
     """The store a venv command uses: --store if given, else the one the venv is managed with, else
     $VENVFS_STORE or the default (so commands on a venv never silently look in the wrong store)."""
+    if not create and not venv.is_managed:
+        venv.read_state()  # "not managed (run `venvfs adopt`)" says more than "no store" would
     store = (Store.open(Path(venv.read_state().store), create=False)
-             if getattr(args, "store", None) is None and venv.is_managed else open_store(args))
+             if getattr(args, "store", None) is None and venv.is_managed else open_store(args, create=create))
     if venv.is_managed:
         # A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it.
         store.register_venv(venv.root)

@@ -79,10 +79,11 @@ def _targets(args: argparse.Namespace) -> list[Path]:
     return [venv_path(args)]
 
 
-def _store_for(args: argparse.Namespace, path: Path) -> Store:
+def _store_for(args: argparse.Namespace, path: Path, *, create: bool = False) -> Store:
     """The venv's own store unless --store says otherwise (see cli_common.open_store_for)."""
     venv = Venv(path)
-    return open_store_for(args, venv) if (venv.root / "pyvenv.cfg").exists() else open_store(args)
+    return (open_store_for(args, venv, create=create) if (venv.root / "pyvenv.cfg").exists()
+            else open_store(args))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -92,7 +93,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     code = 0
     for path in _targets(args):
         try:
-            store = _store_for(args, path)
+            store = _store_for(args, path, create=True)
             r = daemon.mount(path, store, allow_other=args.allow_other, foreground=args.foreground, mode=args.mode,
                              hooks=args.hooks)
         except VenvfsError as e:
@@ -116,7 +117,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
     out = []
     for path in _targets(args):
-        was = daemon.umount(path, _store_for(args, path), materialize=args.materialize)
+        # The store matters only to --materialize: a venv whose store is gone still unmounts.
+        was = daemon.umount(path, _store_for(args, path) if args.materialize else None, materialize=args.materialize)
         out.append({"venv": str(path), "unmounted": was})
         if not args.json:
             print(f"unmounted {path}" if was else f"{path} was not mounted")

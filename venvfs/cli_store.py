@@ -9,6 +9,7 @@ builds this parser, and importing them all (installer, packaging's parsers, the 
 from __future__ import annotations
 
 import argparse
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from venvfs.cli_common import (
     print_json,
     venv_path,
 )
-from venvfs.errors import InvalidWheel, VenvfsError
+from venvfs.errors import InvalidWheel, UsageError, VenvfsError
+from venvfs.fsutil import describe_oserror
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.progress import human_bytes
 from venvfs.venv import Venv
@@ -38,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "add", parents=[common, as_json], formatter_class=fmt, help="ingest wheels into the store",
         description="Validate and ingest wheel files (or every *.whl in a directory) into the store.\n\n"
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
-        "escape, duplicate entries) is refused with exit code 3 and nothing written.",
+        "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
+        "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
+        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     p.set_defaults(handler=cmd_store_add)
@@ -49,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = store_sub.add_parser(
         "verify", parents=[common, as_json], help="re-hash every object; name the venvs a damaged one affects",
         description="Re-hash every stored object. A modified or missing object (for example one edited\n"
-        "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.",
+        "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.\n"
+        "Objects no record refers to (a crashed ingest's leftovers) are counted, not failed on:\n"
+        "`venvfs store gc` removes them.",
         formatter_class=fmt,
     )
     p.set_defaults(handler=cmd_store_verify)
@@ -117,22 +123,37 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _wheel_paths(paths: list[Path]) -> list[Path]:
+    """The wheels the arguments name, each checked to exist: all before anything is stored, so a
+    typo in the last argument stores nothing (and makes no store)."""
     wheels: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            wheels.extend(sorted(path.glob("*.whl")))
-        else:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file or directory") from None
+        except OSError as e:
+            raise UsageError(describe_oserror(e)) from None
+        if stat.S_ISDIR(st.st_mode):
+            found = sorted(p for p in path.glob("*.whl") if p.is_file())
+            if not found:
+                raise UsageError(f"no wheels (*.whl files) in {path}")
+            wheels.extend(found)
+        elif stat.S_ISREG(st.st_mode):
             wheels.append(path)
+        else:
+            # Opening a FIFO for reading blocks until a writer comes; a device is no archive either.
+            raise UsageError(f"{path}: not a regular file")
     return wheels
 
 
 def cmd_store_add(args: argparse.Namespace) -> int:
     from venvfs.wheel import ingest_wheel
 
-    store = open_store(args)
+    wheels = _wheel_paths(args.paths)
+    store = open_store(args, create=True)
     results: list[dict[str, Any]] = []
     code = 0
-    for path in _wheel_paths(args.paths):
+    for path in wheels:
         try:
             record, new = ingest_wheel(store, path)
         except InvalidWheel as e:
@@ -195,7 +216,8 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"objects_checked": report.objects_checked, "problems": report.problems,
                     "bytecode_checked": report.bytecode_checked, "bad_bytecode": report.bad_bytecode,
-                    "affected_venvs": report.affected_venvs, "bad_records": report.bad_records, "ok": report.ok})
+                    "affected_venvs": report.affected_venvs, "bad_records": report.bad_records,
+                    "orphans": report.orphans, "orphan_bytes": report.orphan_bytes, "ok": report.ok})
     else:
         for digest, problem in sorted(report.problems.items()):
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
@@ -207,6 +229,9 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
                   "delete it and Python compiles the source instead")
         for key in report.bad_records:
             print(f"unreadable record: {key}")
+        if report.orphans:
+            print(f"{report.orphans} object(s) ({human_bytes(report.orphan_bytes)}) that no record refers to "
+                  "(left by an interrupted or failed ingest, or one still running): `venvfs store gc` removes them")
         print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: "
               f"{'ok' if report.ok else 'PROBLEMS FOUND'}")
     return 0 if report.ok else 5
@@ -243,7 +268,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     from venvfs.adopt import adopt
 
     venv = Venv.open(venv_path(args))
-    store = open_store_for(args, venv)
+    store = open_store_for(args, venv, create=True)
     report = adopt(venv, store, link_mode=LinkMode(args.link_mode), compile_bytecode=not args.no_compile,
                    install_hooks=False if args.no_hooks else None)
     if args.json:
@@ -309,7 +334,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from venvfs.select import change_selection
 
     venv = Venv.open(args.venv)
-    store = open_store_for(args, venv)
+    store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
                               dependencies=not args.no_deps)
     _print_selection(args, venv, report.added, report.removed, report.link_summary)

@@ -26,6 +26,7 @@ import resource
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -93,6 +94,13 @@ def fuse_problem() -> str | None:
         return f"FUSE mounts are implemented for Linux only, not {sys.platform}"
     if not Path("/dev/fuse").exists():
         return "/dev/fuse does not exist"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # libfuse opens /dev/fuse itself before any mount; fusermount3 (setuid) is only its way around
+        # a missing CAP_SYS_ADMIN for mount(2), not around this. It fails with just
+        # "fuse_session_mount failed" (the cause goes to the daemon's log).
+        st = os.stat("/dev/fuse")
+        return (f"no read/write permission on /dev/fuse (mode {stat.filemode(st.st_mode)}, "
+                f"owner {_owner(st.st_uid)}, group {_group(st.st_gid)}; it is usually 0666)")
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (apt-get install fuse3)"
     # Found, not imported: importing trio and pyfuse3 costs ~0.15 s of every `venvfs mount`, and the daemon
@@ -101,6 +109,24 @@ def fuse_problem() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"{_NOT_IMPORTABLE} (no module named {module!r}); pip install 'venvfs[fuse]'"
     return None
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _unescape(field: str) -> str:
@@ -526,7 +552,22 @@ def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
         return
     if not message:
         message = f"the daemon exited without a word; see {logfile}"
-    raise MountError(message.removeprefix("error: "))
+    raise MountError(message.removeprefix("error: ") + _libfuse_cause(logfile))
+
+
+def _libfuse_cause(logfile: Path) -> str:
+    """libfuse writes why a mount failed ("fuse: failed to open /dev/fuse: ...", "fusermount3: ...")
+    to the daemon's stderr, our log, and tells pyfuse3 only "fuse_session_mount failed"."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith(("fuse:", "fusermount3:", "fusermount:")):
+            return f": {line.strip()}"
+    return ""
 
 
 def _read_ready(fd: int, timeout: float) -> str:
@@ -669,7 +710,7 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
 
             state = venv.read_state()
             if materialize and state.layout == "mounted":
-                layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
+                layout.to_materialized(venv, store or Store.open(Path(state.store), create=False), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.
             automount.install(venv)
     return was

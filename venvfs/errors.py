@@ -1,7 +1,9 @@
 """The exceptions venvfs raises on purpose, each with the exit code the CLI turns it into.
 
-Scripts rely on these codes (documented in ``venvfs --help``); anything not a ``VenvfsError`` is a bug
-and exits 70 (EX_SOFTWARE) with a traceback.
+Scripts rely on these codes (documented in ``venvfs --help``). An ``OSError`` that reaches the command line
+is the filesystem's answer, not a bug: one line naming the path, exit 74 (EX_IOERR). A closed stdout
+(``venvfs list | head``) exits 141 quietly. Anything else is a bug and exits 70 (EX_SOFTWARE) with a
+traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ class VenvfsError(Exception):
     """An error the user can act on. ``str(err)`` is one line that says what and why."""
 
     exit_code = 1
+
+
+class UsageError(VenvfsError):
+    """An argument that names nothing usable (a missing file, a directory without wheels)."""
+
+    exit_code = 2
 
 
 class InvalidWheel(VenvfsError):
@@ -49,6 +57,16 @@ class NoMatchingDistribution(VenvfsError):
     exit_code = 8
 
 
+class IOFailure(VenvfsError):
+    """The filesystem refused a read or write: no space left, read-only, permission denied.
+
+    74 is sysexits.h's EX_IOERR, as 70 is its EX_SOFTWARE: the one code scripts need to tell "the disk"
+    from "venvfs" (``str(err)`` names the path, and the space needed where it is known).
+    """
+
+    exit_code = 74
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "error",
@@ -59,5 +77,7 @@ EXIT_CODES: dict[int, str] = {
     6: "FUSE unavailable or mount failed",
     7: "busy: another venvfs command holds the lock",
     8: "no stored distribution matches",
+    74: "I/O error: no space left, read-only filesystem or permission denied (the path is named)",
     70: "internal error (a bug: please report it)",
+    141: "stdout was closed early (`venvfs ... | head`): the status of a process ended by SIGPIPE",
 }

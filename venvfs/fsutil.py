@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from venvfs.errors import Busy
+from venvfs.errors import Busy, IOFailure
+from venvfs.progress import human_bytes
 
 
 def fsync_dir(path: Path) -> None:
@@ -149,3 +150,39 @@ def symlink_stays_inside(link_path: str, target: str) -> bool:
 
 def is_enospc(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def describe_oserror(err: OSError) -> str:
+    """``[Errno 28] No space left on device: '/a/b'`` as one plain line: "/a/b: no space left on device"."""
+    what = (err.strerror or str(err) or type(err).__name__)
+    what = what[:1].lower() + what[1:] if what[1:2].islower() else what
+    paths = [os.fsdecode(p) for p in (err.filename, err.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {what}" if paths else what
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def io_failure(err: OSError, doing: str, *, need: int | None = None, where: Path | None = None) -> IOFailure:
+    """The one line for a filesystem error met while ``doing`` something: what, where, and for a full
+    disk how much was needed and how much is free (on ``where``'s filesystem, else the failed path's)."""
+    if not is_enospc(err):
+        return IOFailure(f"{doing}: {describe_oserror(err)}")
+    # A copy's error names source and destination; only the destination's filesystem is full.
+    target = err.filename2 if err.filename2 is not None else err.filename
+    line = f"{doing}: {describe_oserror(OSError(err.errno, err.strerror, target))}"
+    if where is None and target is not None:
+        where = Path(os.fsdecode(target))
+        while not where.exists() and where != where.parent:
+            where = where.parent
+    free = free_bytes(where) if where is not None else None
+    room = [f"needs up to {human_bytes(need)}" if need is not None else "",
+            f"{human_bytes(free)} free there" if free is not None else ""]
+    if any(room):
+        line += f" ({', '.join(r for r in room if r)})"
+    return IOFailure(line)

@@ -158,12 +158,18 @@ class Linker:
 
     @staticmethod
     def _place_one(mode: LinkMode, src: Path, tmp: Path) -> None:
-        if mode == LinkMode.REFLINK:
-            reflink(src, tmp)
-        elif mode == LinkMode.HARDLINK:
-            os.link(src, tmp)
-        else:
-            copy(src, tmp)
+        try:
+            if mode == LinkMode.REFLINK:
+                reflink(src, tmp)
+            elif mode == LinkMode.HARDLINK:
+                os.link(src, tmp)
+            else:
+                copy(src, tmp)
+        except BaseException:
+            # A copy that ran out of space leaves a partial file (in the store's tmp/ or in the venv).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def summary(self) -> str:
         if not self.counts:

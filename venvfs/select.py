@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 from venvfs import daemon
 from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
-from venvfs.errors import NoMatchingDistribution, VenvError
+from venvfs.errors import NoMatchingDistribution, UsageError, VenvError
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.materialize import materialize, remove_files
 from venvfs.records import DistRecord
@@ -156,6 +156,10 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
                      link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True) -> SelectReport:
     """Add wheels/requirements (with their dependencies from the store, unless ``dependencies`` is
     False) and remove names; the venv's files follow its layout."""
+    for spec in add:
+        if spec.endswith(".whl") and not Path(spec).exists():
+            # A typo in a path, not a project called "x.whl": said before anything is adopted or locked.
+            raise UsageError(f"{spec}: no such file")
     with venv.locked():
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
@@ -171,7 +175,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
             roots: list[tuple[DistRecord, set[str]]] = []
             for spec in add:
                 path = Path(spec)
-                if spec.endswith(".whl") and path.exists():
+                if spec.endswith(".whl"):
                     roots.append((ingest_wheel(store, path)[0], set()))
                 else:
                     extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()

@@ -18,8 +18,10 @@ a crash leaves nothing half-visible; a record is written only after all its obje
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
+import logging
 import marshal
 import os
 import shutil
@@ -37,8 +39,8 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 import platformdirs
 
 from venvfs.chunks import CHUNK, chunks_path, needs_chunks, write_chunks
-from venvfs.errors import StoreError
-from venvfs.fsutil import atomic_write_bytes, atomic_write_json, flock, read_json, syncfs
+from venvfs.errors import Busy, StoreError
+from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
 from venvfs.records import DistRecord
 
 if TYPE_CHECKING:
@@ -52,7 +54,14 @@ STORE_ENV = "VENVFS_STORE"
 # time a zip file can hold, so tools that zip site-packages keep working.
 SOURCE_EPOCH = 315532800
 
+log = logging.getLogger(__name__)
+
+# Store root -> the objects this process published inside its outermost ``writing()`` block so far.
+_PUBLISHED: dict[str, list[Path]] = {}
+
 _CHUNK = 1 << 20
+
+_STORE_DIRS = ("objects", "dists", "bytecode", "venvs", "tmp")
 
 
 def default_store_path() -> Path:
@@ -90,6 +99,10 @@ class VerifyReport:
     bytecode_checked: int = 0
     # "<cache tag>/<source digest>" -> problem; the venvs using that source are in affected_venvs
     bad_bytecode: dict[str, str] = field(default_factory=dict)
+    # Objects no record refers to (left by a crash, or by an ingest still running): no damage, and
+    # nothing any venv reads; space that `store gc` frees.
+    orphans: int = 0
+    orphan_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -104,28 +117,135 @@ class Store:
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True) -> Store:
+        """The store at ``root`` (default: ``$VENVFS_STORE``, else the user data directory).
+
+        With ``create``, a missing or empty directory becomes a new store; never a directory that
+        holds anything else (``--store ~/src`` must not scatter objects/ and dists/ among a user's
+        files), and without ``create`` nothing is ever made.
+        """
         store = cls(root if root is not None else default_store_path())
         fmt = store.root / "format.json"
-        if fmt.exists():
+        try:
+            is_store = fmt.exists()
+        except OSError as e:  # e.g. ENOTDIR below a file named as the store, EACCES on a parent
+            raise StoreError(f"{store.root}: not usable as a store ({describe_oserror(e)})") from None
+        if is_store:
             try:
                 version = read_json(fmt).get("format")
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, AttributeError) as e:
                 raise StoreError(f"{store.root}: unreadable format.json ({e})") from e
             if version != STORE_FORMAT:
                 raise StoreError(f"{store.root}: store format {version!r}, this venvfs reads {STORE_FORMAT}")
-        elif create:
-            for sub in ("objects", "dists", "bytecode", "venvs", "tmp"):
+            return store
+        store._check_new_store_place(create)
+        try:
+            for sub in _STORE_DIRS:
                 (store.root / sub).mkdir(parents=True, exist_ok=True)
             atomic_write_json(fmt, {"format": STORE_FORMAT})
-        else:
-            raise StoreError(f"no venvfs store at {store.root}")
+        except OSError as e:
+            raise io_failure(e, f"cannot create a store at {store.root}", where=store.root.parent) from None
         return store
+
+    def _check_new_store_place(self, create: bool) -> None:
+        """Refuse to make a store where one must not be made (see ``open``)."""
+        try:
+            st = self.root.stat()
+        except FileNotFoundError:
+            if not create:
+                raise StoreError(f"no venvfs store at {self.root} (`venvfs store add` or `venvfs adopt` "
+                                 "makes one)") from None
+            return
+        except OSError as e:
+            raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{self.root} is not a directory, so not a venvfs store")
+        try:
+            names = os.listdir(self.root)
+        except OSError as e:
+            raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
+        # What a creation killed before format.json was written leaves behind: still ours to finish.
+        foreign = [n for n in names
+                   if n not in (*_STORE_DIRS, "views", "lock") and not n.startswith(".format.json.")]
+        if foreign:
+            raise StoreError(f"{self.root} is not a venvfs store (no format.json) and not empty "
+                             f"({len(foreign)} entries, e.g. {sorted(foreign)[0]!r}): refusing to turn it into one")
+        if not create:
+            raise StoreError(f"no venvfs store at {self.root} (an empty directory)")
 
     # -- locking -----------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _key(self) -> str:
+        # Two spellings of one store (a symlink, a bind mount) must count as one, as they do for flock,
+        # or an inner block would take itself for the outermost and wait on its own shared lock.
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return os.path.realpath(self.root)
+        return f"{st.st_dev}:{st.st_ino}"
+
     def writing(self) -> contextlib.AbstractContextManager[None]:
-        """Held (shared) while adding objects and records, so gc never deletes what is being written."""
-        return flock(self.root / "lock", exclusive=False, what=f"store {self.root}")
+        """Held (shared) while adding objects and records, so gc never deletes what is being written.
+
+        A run that fails inside it (a full disk, an interrupt) takes back the objects it published
+        itself and no record refers to: see ``_ingest``.
+        """
+        return self._ingest()
+
+    @contextlib.contextmanager
+    def _ingest(self) -> Iterator[None]:
+        # Nested blocks (``venvfs add`` ingesting a wheel inside its own block, another Store object
+        # for the same root) share one list per root: only the outermost block, the one whose lock
+        # release ends this process's shared hold, may take the exclusive lock for the rollback;
+        # an inner one would wait forever on the outer's shared lock (flock locks are per open file).
+        key = self._key
+        outermost = key not in _PUBLISHED
+        published = _PUBLISHED.setdefault(key, [])
+        try:
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(flock(self.root / "lock", exclusive=False, what=f"store {self.root}"))
+                except OSError as e:
+                    raise io_failure(e, f"cannot write to the store {self.root}") from None
+                yield
+        except BaseException:
+            if outermost:
+                self._take_back(published)
+            raise
+        finally:
+            if outermost:
+                del _PUBLISHED[key]
+
+    def _take_back(self, published: list[Path]) -> None:
+        """Remove the objects this run published that no record refers to, after a failure.
+
+        Why this is safe against a concurrent ingest that found one of them already stored and
+        counts on it: every writer decides "already stored" and publishes the record that refers to
+        the object under the shared lock, so once this run holds the exclusive lock (as gc does)
+        each such writer has either published its record, which the scan below sees, or ended
+        without one. What no record names at that moment is referenced by nobody: the same rule gc
+        applies to every object, applied here only to this run's own, so gc is never needed after
+        a failed ingest. The shared lock is released first: flock would deadlock this process's
+        exclusive request against its own shared one.
+        """
+        if not published:
+            return
+        try:
+            with self.collecting(wait=True):
+                referenced: set[tuple[str, bool]] = set()
+                for path in (self.root / "dists").glob("*.json"):
+                    referenced |= _digests_in_raw_record(path)
+                for obj in published:
+                    executable = obj.name.endswith(".x")
+                    digest = obj.name.removesuffix(".x")
+                    if (digest, executable) not in referenced:
+                        obj.unlink(missing_ok=True)
+                        if not self.object_path(digest, not executable).exists():
+                            chunks_path(self.root, digest).unlink(missing_ok=True)
+        except (OSError, Busy) as e:
+            # Unlinking frees space, so this rarely fails; what stays is what gc removes anyway.
+            log.warning("could not take back the %d object(s) this run stored in %s (%s); "
+                        "`venvfs store gc` removes them", len(published), self.root, e)
 
     def collecting(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
         return flock(self.root / "lock", exclusive=True, wait=wait, what=f"store {self.root}")
@@ -208,6 +328,8 @@ class Store:
             os.link(tmp, final)
         except FileExistsError:
             return PutResult(digest, size, new=False)
+        with contextlib.suppress(KeyError):
+            _PUBLISHED[self._key].append(final)
         return PutResult(digest, size, new=True)
 
     def sync_objects(self) -> None:
@@ -319,15 +441,22 @@ class Store:
             for key in keys:
                 users.setdefault(key, set()).add(venv)
         wanted: dict[tuple[str, bool], set[str]] = {}
+        unreadable_refs: set[tuple[str, bool]] = set()
         for key in self.dist_keys():
             try:
                 record = self.get_dist(key)
             except StoreError:
                 report.bad_records.append(key)
+                unreadable_refs |= _digests_in_raw_record(self.dist_path(key))
                 continue
             for f in record.files:
                 if f.digest is not None:
                     wanted.setdefault((f.digest, f.executable), set()).update(users.get(key, ()))
+        for digest, executable, path in self.iter_objects():
+            if (digest, executable) not in wanted and (digest, executable) not in unreadable_refs:
+                with contextlib.suppress(FileNotFoundError):
+                    report.orphan_bytes += self.disk_usage(path)
+                    report.orphans += 1
         total = len(wanted)
         for i, ((digest, executable), venvs) in enumerate(sorted(wanted.items())):
             if progress:

@@ -30,9 +30,14 @@ STATE_FORMAT = 1
 
 Layout = Literal["materialized", "mounted"]
 
-# Runs under the venv's own interpreter (any CPython >= 3.8) with only the stdlib and packaging.
+# Runs under the venv's own interpreter with only the stdlib and venvfs's own packaging, which needs
+# the Python its Requires-Python names (argv[2]): an older one must say so before importing it. The
+# first lines therefore stay valid Python 2.7.
 _PROBE = """
 import json, sys, sysconfig
+if sys.version_info[:2] < tuple(int(p) for p in sys.argv[2].split(".")):
+    print(json.dumps({"too_old": "%d.%d.%d" % sys.version_info[:3]}))
+    sys.exit(0)
 sys.path.insert(0, sys.argv[1])
 from packaging import markers, tags
 print(json.dumps({
@@ -105,6 +110,18 @@ class VenvState:
             interpreter=InterpreterInfo.from_json(interp) if interp else None,
             hooks=bool(data.get("hooks", True)),
         )
+
+
+def _min_probe_python() -> str:
+    """The oldest Python the probe runs on: what venvfs's packaging declares (packaging 26 needs 3.10)."""
+    import re
+    from importlib import metadata
+
+    with contextlib.suppress(metadata.PackageNotFoundError, TypeError):
+        found = re.search(r">=\s*(\d+\.\d+)", metadata.metadata("packaging")["Requires-Python"] or "")
+        if found:
+            return found.group(1)
+    return "3.8"
 
 
 class Venv:
@@ -189,14 +206,24 @@ class Venv:
     def probe_interpreter(self) -> InterpreterInfo:
         """Ask the venv's own interpreter for its tags and bytecode cache tag (one subprocess)."""
         packaging_parent = str(Path(packaging.__file__).parent.parent)
+        minimum = _min_probe_python()
         try:
-            out = subprocess.run(
-                [str(self.python), "-I", "-S", "-c", _PROBE, packaging_parent],
-                check=True, capture_output=True, text=True, timeout=60,
-            ).stdout
+            proc = subprocess.run(
+                [str(self.python), "-I", "-S", "-c", _PROBE, packaging_parent, minimum],
+                capture_output=True, text=True, timeout=60,
+            )
         except (OSError, subprocess.SubprocessError) as e:
             raise VenvError(f"{self.root}: cannot run its interpreter {self.python} ({e})") from e
-        data = json.loads(out)
+        try:
+            data = json.loads(proc.stdout) if proc.returncode == 0 else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise VenvError(f"{self.root}: its interpreter {self.python} could not report its tags "
+                            f"(exit {proc.returncode}: {lines[-1] if lines else 'no output'})")
+        if "too_old" in data:
+            raise VenvError(f"venvfs needs Python >= {minimum} in the venv (found {data['too_old']} in {self.root})")
         return InterpreterInfo.from_json(data)
 
     def dist_info_dirs(self) -> Iterator[Path]:

@@ -25,7 +25,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from venvfs.errors import InvalidWheel
-from venvfs.fsutil import UnsafePath, safe_relpath, symlink_stays_inside
+from venvfs.fsutil import UnsafePath, io_failure, safe_relpath, symlink_stays_inside
 from venvfs.progress import Progress
 from venvfs.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store import Store
@@ -145,6 +145,13 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
     Nothing is written before validation succeeds; a failure raises ``InvalidWheel``.
     """
     try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InvalidWheel(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        # zipfile would block opening a FIFO until some writer appears.
+        raise InvalidWheel(f"{path}: not a regular file")
+    try:
         name, version, _build, file_tags = parse_wheel_filename(path.name)
     except InvalidWheelFilename as e:
         raise InvalidWheel(f"{path.name}: {e}") from None
@@ -177,22 +184,27 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
         total = sum(i.file_size for i in zf.infolist())
         own_progress = progress or Progress(f"ingesting {path.name}", total, unit="bytes")
         dest = StoreDestination(store, symlinks, own_progress)
-        with store.writing():
-            try:
-                _install(source, dest, path.name)
-            finally:
-                if progress is None:
-                    own_progress.close()
-            record = DistRecord(
-                name=canonicalize_name(name),
-                version=str(version),
-                dist_info=dist_info,
-                tags=tags,
-                files=tuple(sorted(dest.files, key=lambda f: (f.scheme, f.path))),
-                entry_points=tuple(sorted(dest.entry_points, key=lambda ep: ep.name)),
-                source=f"wheel:{path.name}",
-            )
-            new = store.add_dist(record)
+        try:
+            with store.writing():
+                try:
+                    _install(source, dest, path.name)
+                finally:
+                    if progress is None:
+                        own_progress.close()
+                record = DistRecord(
+                    name=canonicalize_name(name),
+                    version=str(version),
+                    dist_info=dist_info,
+                    tags=tags,
+                    files=tuple(sorted(dest.files, key=lambda f: (f.scheme, f.path))),
+                    entry_points=tuple(sorted(dest.entry_points, key=lambda ep: ep.name)),
+                    source=f"wheel:{path.name}",
+                )
+                new = store.add_dist(record)
+        except OSError as e:
+            # writing() has taken back this wheel's new objects by now; the wheel's unpacked size
+            # is what it may need (less where files are already stored).
+            raise io_failure(e, f"storing {path.name} in {store.root}", need=total, where=store.root) from None
     return record, new
 
 
