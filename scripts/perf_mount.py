@@ -13,8 +13,9 @@
                                             (remounts with VENVFS_FUSE_STATS=1, then without)
     scripts/perf_mount.py second            a second venv of numpy, pandas, scipy: `uv venv`, `venvfs mount`,
                                             `venvfs add`: wall time and the filesystem's statfs delta
-    scripts/perf_mount.py links [-n 9]      the bytecode links' trade: native, the mount, and a second mount of
-                                            the same selection serving bytecode as files (VENVFS_PYC_LINKS=0),
+    scripts/perf_mount.py links [-n 9]      the bytecode links' trade: native, the mount (bytecode as files, the
+                                            default), and a second mount of the same selection with the opt-in
+                                            links (VENVFS_PYC_LINKS=1, root only),
                                             interleaved: warm import (wall, voluntary context switches),
                                             then warm and cold walks (os.walk + lstat)
     scripts/perf_mount.py all               import, mount, rss, second (counts apart: it remounts)
@@ -303,13 +304,13 @@ def walk(root: Path) -> float:
 
 
 def cmd_links(n: int) -> None:
-    native, links, files = DIR / "native", DIR / "mnt", DIR / "mnt-files"
-    remount(links)
-    if not files.exists():
-        subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(files)], check=True)
-        venvfs("mount", "--mode", "fuse", str(files), env={**ENV, "VENVFS_PYC_LINKS": "0"})
-        venvfs("add", str(files), *SCI)
+    native, links, files = DIR / "native", DIR / "mnt-links", DIR / "mnt"
     remount(files, env={**ENV, "VENVFS_PYC_LINKS": "0"})
+    if not links.exists():
+        subprocess.run(["uv", "venv", "-q", "-p", sys.executable, str(links)], check=True)
+        venvfs("mount", "--mode", "fuse", str(links), env={**ENV, "VENVFS_PYC_LINKS": "1"})
+        venvfs("add", str(links), *SCI)
+    remount(links, env={**ENV, "VENVFS_PYC_LINKS": "1"})
     venvs = {"native": native, "links": links, "files": files}
     names = list(venvs)
 

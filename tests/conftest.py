@@ -57,8 +57,9 @@ def require_fuse() -> None:
 @pytest.fixture(params=["no-open", "open"])
 def fuse_mode(request: pytest.FixtureRequest, require_fuse: None, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a mount test in both of the daemon's configurations: the fast one (the kernel's "no open"
-    mode and store bytecode shown as symlinks into the store; needs venvfs's pyfuse3 patch, which
-    scripts/test installs) and the conservative one (an OPEN per file, bytecode as regular files)."""
+    mode; needs venvfs's pyfuse3 patch, which scripts/test installs) and the conservative one (an
+    OPEN per file). Store bytecode is served as regular files in both (the default); the opt-in
+    bytecode links have tests of their own (test_mount.py, ``linked``)."""
     mode: str = request.param
     if mode == "no-open":
         import pyfuse3
@@ -66,7 +67,7 @@ def fuse_mode(request: pytest.FixtureRequest, require_fuse: None, monkeypatch: p
         if not (getattr(pyfuse3, "ZERO_FH_IS_INODE", False) and getattr(pyfuse3, "CACHE_SYMLINKS_OPTION", False)):
             missing_tool("pyfuse3 without venvfs's patch (scripts/build-pyfuse3 --install python3)")
     monkeypatch.setenv("VENVFS_NO_OPEN", "1" if mode == "no-open" else "0")
-    monkeypatch.setenv("VENVFS_PYC_LINKS", "1" if mode == "no-open" else "0")
+    monkeypatch.delenv("VENVFS_PYC_LINKS", raising=False)
     return mode
 
 

@@ -10,6 +10,7 @@ import mmap
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ def test_mount_serves_the_store_and_is_idempotent(mounted: Venv, run_venvfs: Run
     assert daemon.mounted_fstype(sp) == "fuse.venvfs"
     info = json.loads((mounted.state_dir / "daemon.json").read_text())
     assert info["no_open"] is (fuse_mode == "no-open")
+    assert info["pyc_links"] is False
     assert json.loads(mounted.state_dir.joinpath("state.json").read_text())["layout"] == "mounted"
     st = (sp / "demo/__init__.py").stat()
     assert st.st_mtime == SOURCE_EPOCH and st.st_mode & 0o777 == 0o644
@@ -350,30 +352,118 @@ def test_first_import_writes_no_bytecode_for_store_files(mounted: Venv) -> None:
     assert written == []
 
 
-def test_store_bytecode_opens_on_the_store_filesystem(mounted: Venv, store: Store, fuse_mode: str) -> None:
+def test_store_bytecode_is_served_by_the_mount(mounted: Venv, fuse_mode: str) -> None:
     pyc = mounted.site_packages / "demo/sub/__pycache__/helpers.cpython-311.pyc"
-    stored = store.root / "bytecode" / "cpython-311"
-    info = json.loads((mounted.state_dir / "daemon.json").read_text())
-    assert info["pyc_links"] is (fuse_mode == "no-open")
+    assert json.loads((mounted.state_dir / "daemon.json").read_text())["pyc_links"] is False
+    assert pyc.is_file() and not pyc.is_symlink()
     with open(pyc, "rb") as f:
-        data = f.read()
-        st = os.fstat(f.fileno())
-    if fuse_mode == "no-open":
-        # The open (and the isatty() ioctl CPython's open() makes) lands on the store's own
-        # filesystem, not on the FUSE mount.
-        target = Path(os.readlink(pyc))
-        assert target.is_relative_to(stored) and target.read_bytes() == data
-        assert st.st_dev == os.stat(stored).st_dev != os.stat(mounted.site_packages).st_dev
-    else:
-        assert pyc.is_file() and not pyc.is_symlink()
-        assert st.st_dev == os.stat(mounted.site_packages).st_dev
+        assert os.fstat(f.fileno()).st_dev == os.stat(mounted.site_packages).st_dev
     out = subprocess.run([str(mounted.python), "-X", "importtime", "-c", "import demo.sub.helpers"],
                          capture_output=True, text=True, check=True, env=writes_bytecode())
     assert "demo.sub.helpers" in out.stderr
     assert list(mounted.upper_dir.rglob("*.pyc")) == []
 
 
-def test_bytecode_links_give_way_to_recompiles(mounted: Venv, store: Store, run_venvfs: Run) -> None:
+def _store_state(store: Store) -> dict[str, tuple[str, int, int, int]]:
+    """Every store file's content, mode, mtime and inode: what no venv may change."""
+    import hashlib
+
+    state = {}
+    for p in sorted(store.root.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p.parent.name not in ("tmp", "views") and p.name != "lock":
+            st = p.stat()
+            state[str(p.relative_to(store.root))] = (hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mode,
+                                                      st.st_mtime_ns, st.st_ino)
+    return state
+
+
+@pytest.mark.allow_warnings
+def test_no_write_through_the_mount_changes_the_store(mounted: Venv, store: Store, tmp_path: Path) -> None:
+    """Every way to change a file, aimed at store files (bytecode included) through the mount, as
+    root: the venv sees its change, the store keeps every byte, mode and mtime."""
+    sp = mounted.site_packages
+    before = _store_state(store)
+    assert any(k.startswith("bytecode/") for k in before)
+    init_pyc = sp / "demo/__pycache__/__init__.cpython-311.pyc"
+    helpers_pyc = sp / "demo/sub/__pycache__/helpers.cpython-311.pyc"
+    sub_pyc = sp / "demo/sub/__pycache__/__init__.cpython-311.pyc"
+    table = sp / "demo/data/table.txt"
+    with open(init_pyc, "r+b") as f:  # open for write, in place
+        f.write(b"\0\0\0\0")
+    with open(helpers_pyc, "ab") as f:
+        f.write(b"appended")
+    os.truncate(sp / "demo/sub/helpers.py", 0)
+    os.chmod(table, 0o600)
+    with open(table, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        m[0:1] = b"!"
+    os.chown(sp / "demo/__init__.py", 1234, 1234)
+    os.utime(sp / "demo/sub/__init__.py", (0, 0))
+    os.setxattr(sub_pyc, "user.venvfs", b"x")
+    os.link(sub_pyc, sp / "linked.pyc")
+    with open(sp / "linked.pyc", "ab") as f:
+        f.write(b"through a new link")
+    (sp / "new.py").write_text("NEW = 1\n")
+    os.rename(sp / "new.py", sp / "demo/sub/__init__.py")  # rename over a store file
+    assert init_pyc.read_bytes()[:4] == b"\0\0\0\0" and helpers_pyc.read_bytes().endswith(b"appended")
+    assert (sp / "demo/sub/helpers.py").read_bytes() == b""
+    assert stat.S_IMODE(table.stat().st_mode) == 0o600 and table.read_bytes()[:1] == b"!"
+    assert (sp / "demo/__init__.py").stat().st_uid == 1234
+    assert os.getxattr(sub_pyc, "user.venvfs") == b"x" and sub_pyc.read_bytes().endswith(b"through a new link")
+    assert (sp / "demo/sub/__init__.py").read_text() == "NEW = 1\n"
+    assert _store_state(store) == before
+    # What installers do: compileall -f rewrites every .pyc, pip reinstalls every file.
+    subprocess.run([str(mounted.python), "-m", "compileall", "-q", "-f", str(sp / "demo")], check=True)
+    wheel = next((tmp_path / "wheels").glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(mounted.python), "install", "-q",
+                    "--force-reinstall", "--no-deps", "--disable-pip-version-check", str(wheel)], check=True)
+    subprocess.run([str(mounted.python), "-c", "import demo.sub.helpers as h; assert h.double(2) == 4"], check=True)
+    assert _store_state(store) == before
+
+
+@pytest.fixture
+def linked(require_fuse: None, require_root: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Venv]:
+    """A mount with the opt-in bytecode links (``VENVFS_PYC_LINKS=1``, root only)."""
+    from venvfs.fsflags import set_immutable
+
+    monkeypatch.setenv("VENVFS_PYC_LINKS", "1")
+    wheel = build_wheel(tmp_path / "wheels", simple_package())
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(wheel))
+    try:
+        run_venvfs("mount", str(path))
+        yield Venv.open(path)
+    finally:
+        stop_mount(path)
+        for pyc in (store.root / "bytecode").rglob("*.pyc"):  # or pytest could not remove the store
+            set_immutable(pyc, False)
+
+
+def test_bytecode_links_open_on_the_store_and_nothing_changes_it(linked: Venv, store: Store) -> None:
+    from venvfs.fsflags import is_immutable
+
+    sp = linked.site_packages
+    pyc = sp / "demo/sub/__pycache__/helpers.cpython-311.pyc"
+    stored = store.root / "bytecode" / "cpython-311"
+    assert json.loads((linked.state_dir / "daemon.json").read_text())["pyc_links"] is True
+    target = Path(os.readlink(pyc))
+    assert target.is_relative_to(stored) and is_immutable(target)
+    with open(pyc, "rb") as f:
+        # The open (and the isatty() ioctl CPython's open() makes) lands on the store's own
+        # filesystem, not on the FUSE mount.
+        assert target.read_bytes() == f.read()
+        assert os.fstat(f.fileno()).st_dev == os.stat(stored).st_dev != os.stat(sp).st_dev
+    before = _store_state(store)
+    # Calls that follow the link meet an immutable file: refused, for root too.
+    for change in (lambda: os.open(pyc, os.O_WRONLY | os.O_APPEND), lambda: os.truncate(pyc, 0),
+                   lambda: os.chmod(pyc, 0o666), lambda: os.utime(pyc, (0, 0)),
+                   lambda: os.setxattr(pyc, "user.x", b"1"), lambda: os.chown(pyc, 1234, 1234)):
+        _expect(errno.EPERM, change)
+    assert _store_state(store) == before
+
+
+def test_bytecode_links_give_way_to_recompiles(linked: Venv, store: Store, run_venvfs: Run) -> None:
+    mounted = linked
     sp = mounted.site_packages
     pyc = sp / "demo/sub/__pycache__/helpers.cpython-311.pyc"
     store_pycs = {p: p.read_bytes() for p in (store.root / "bytecode").rglob("*.pyc")}

@@ -21,13 +21,14 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
+from venvfs.fsflags import can_set_immutable
 from venvfs.overlay import Attr, Node, Overlay, OverlayError, SetAttr
 
 log = logging.getLogger(__name__)
 
 FOREVER = 1e6  # seconds; the kernel caps it and we invalidate on every change
 NO_OPEN_ENV = "VENVFS_NO_OPEN"  # "0": keep per-open requests even where the binding could do without
-PYC_LINKS_ENV = "VENVFS_PYC_LINKS"  # "0": serve store bytecode as regular files instead of symlinks
+PYC_LINKS_ENV = "VENVFS_PYC_LINKS"  # "1": show store bytecode as symlinks into the store (needs root)
 STATS_ENV = "VENVFS_FUSE_STATS"  # set (to anything) for the daemon: count requests per type (scripts/perf_mount.py)
 UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
 
@@ -107,9 +108,17 @@ def no_open_available() -> bool:
 
 
 def pyc_links_wanted(*, allow_other: bool) -> bool:
-    """Whether to show store bytecode as symlinks into the store (``Overlay.pyc_links``). Not for a
-    mount shared with other users: they may not be allowed into the owner's store directory."""
-    return not allow_other and os.environ.get(PYC_LINKS_ENV, "1") != "0"
+    """Whether to show store bytecode as symlinks into the store (``Overlay.pyc_links``): asked for
+    with ``VENVFS_PYC_LINKS=1``, and possible only for a daemon that may set the immutable flag
+    (root), since a link is safe only to an object nobody can change. Not for a mount shared with
+    other users: they may not be allowed into the owner's store directory."""
+    if allow_other or os.environ.get(PYC_LINKS_ENV) != "1":
+        return False
+    if not can_set_immutable():
+        log.info("%s=1 ignored: bytecode links need CAP_LINUX_IMMUTABLE (root) to keep the store unchanged",
+                 PYC_LINKS_ENV)
+        return False
+    return True
 
 
 class Operations(pyfuse3.Operations):

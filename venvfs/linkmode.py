@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from venvfs.errors import VenvfsError
+from venvfs.fsflags import is_immutable
 from venvfs.store import SOURCE_EPOCH
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,12 @@ class Linker:
                 placed = mode
                 break
             except OSError as e:
-                if mode == LinkMode.HARDLINK and e.errno == errno.EMLINK:
-                    # The object's link count is at the filesystem's limit (65000 on ext4): a limit of
-                    # that one inode, not of the filesystems, so copy this file and keep hardlinking.
+                if mode == LinkMode.HARDLINK and (e.errno == errno.EMLINK
+                                                  or (e.errno == errno.EPERM and is_immutable(src))):
+                    # The object's link count is at the filesystem's limit (65000 on ext4), or it is
+                    # immutable (bytecode a mount links to, which must not gain a writable name): a
+                    # limit of that one inode, not of the filesystems, so copy this file and keep
+                    # hardlinking.
                     copy(src, tmp)
                     placed = LinkMode.COPY
                     self.link_limit_copies += 1
@@ -176,5 +180,5 @@ class Linker:
             return "no files placed"
         parts = ", ".join(f"{n} by {m.value}" for m, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         if self.link_limit_copies:
-            parts += f" ({self.link_limit_copies} copied: their store object reached the hardlink limit)"
+            parts += f" ({self.link_limit_copies} copied: their store object cannot take another hardlink)"
         return parts + (f" ({self.fallback_reason})" if self.fallback_reason else "")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from venvfs.chunks import CorruptObject, ObjectChecker, needs_chunks
+from venvfs.fsflags import set_immutable
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, clone_or_copy, rename_exchange
 from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
@@ -178,11 +179,15 @@ class Overlay:
         # The kernel sends no OPEN/OPENDIR/RELEASE: I/O and listings arrive with an inode number where
         # a handle would be (see HANDLE_BASE), and copy-up waits for the first write or truncate.
         self.no_open = no_open
-        # Store bytecode is shown as symlinks to the store's .pyc files. CPython 3.11's open() calls
-        # isatty() on every file, and the kernel forwards that ioctl to a FUSE daemon whatever it
-        # answered before: ~50 us a .pyc, about 0.07x of a warm import. Through a symlink the open,
-        # the ioctl and the reads land on the store's own filesystem (docs/mount.md, "Bytecode").
+        # Store bytecode may be shown as symlinks to the store's .pyc files. CPython 3.11's open()
+        # calls isatty() on every file, and the kernel forwards that ioctl to a FUSE daemon whatever
+        # it answered before: ~50 us a .pyc, about 0.07x of a warm import. Through a symlink the
+        # open, the ioctl and the reads land on the store's own filesystem (docs/mount.md,
+        # "Bytecode"). But a chmod, utime or write that follows the link reaches the store object,
+        # which mode 0444 does not stop for its owner or root: a file is linked only once it carries
+        # the immutable flag (``fsflags``), which stops everyone; elsewhere it is a regular file.
         self.pyc_links = pyc_links
+        self._sealed: dict[str, bool] = {}  # bytecode digest -> immutable (may be linked)
         self.upper = upper
         self.store = store
         self.uid = os.getuid() if uid is None else uid
@@ -218,7 +223,17 @@ class Overlay:
         """The file type the mount shows for a lower entry."""
         if isinstance(entry, LowerDir):
             return DIR
-        return LNK if entry.kind == SYMLINK or (entry.kind == PYC and self.pyc_links) else REG
+        if entry.kind == PYC and self.pyc_links:
+            return LNK if self._seal(entry) else REG
+        return LNK if entry.kind == SYMLINK else REG
+
+    def _seal(self, entry: LowerFile) -> bool:
+        digest = entry.digest
+        assert digest is not None
+        sealed = self._sealed.get(digest)
+        if sealed is None:
+            sealed = self._sealed[digest] = set_immutable(self._lower_str(entry))
+        return sealed
 
     def node(self, ino: int) -> Node:
         try:

@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 import platformdirs
 
+from venvfs import fsflags
 from venvfs.chunks import CHUNK, chunks_path, needs_chunks, write_chunks
 from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
@@ -557,7 +558,7 @@ class Store:
             report.bytecode += 1
             report.bytes_freed += self.disk_usage(pyc)
             if not dry_run:
-                pyc.unlink()
+                fsflags.unlink(pyc)  # a mount that links bytecode made it immutable
         views = self.root / "views"
         for view in list(views.iterdir()) if views.is_dir() else []:
             # Cached views are written without the store lock (by mounting daemons) through a temporary
