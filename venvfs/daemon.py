@@ -600,15 +600,19 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
                 raise MountError(f"cannot mount {venv.root}: {problem}")
             if current != "unmounted":
                 _unmount_locked(venv)
+            layout.resume(venv, store, state)
             result = _fallback(venv, store, problem)
             automount.install(venv)  # materialized: removes the .pth, so activation stops calling mount
             return result
         if current == "mounted":
+            layout.resume(venv, store, state)  # only stale markers can be left while mounted
             # Puts the activation blocks back after a tool recreated them; the .pth is under the mount.
             automount.install(venv)
             return MountResult(venv.root, "already", f"{venv.site_packages} is already mounted")
         if current == "dead":
             clear_dead_mount(venv)
+        # A switch that a killed command left half done (its markers) is finished before mounting.
+        layout.resume(venv, store, state)
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
         # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
@@ -656,6 +660,7 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
             from venvfs import layout
 
             state = venv.read_state()
+            layout.resume(venv, store, state)
             if materialize and state.layout == "mounted":
                 layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.

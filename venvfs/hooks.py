@@ -65,6 +65,10 @@ OPTOUT_ENV = "VENVFS_NO_AUTOMOUNT"
 # An interpreter start or an activation must not hang forever on a mount that never answers.
 MOUNT_TIMEOUT = 120
 
+# layout.TO_MOUNTED: while it exists, site-packages may be half emptied into the upper layer whatever
+# the state says, and `venvfs mount` is what finishes the switch.
+SWITCH_MARKER = "converting-to-mounted"
+
 
 # -- what a hook runs -------------------------------------------------------------------------------
 
@@ -85,6 +89,11 @@ class HookTarget:
     @property
     def state_file(self) -> Path:
         return self.venv / ".venvfs" / "state.json"
+
+    @property
+    def switch_marker(self) -> Path:
+        """Present while a switch to the mounted layout is unfinished (see layout.py)."""
+        return self.venv / ".venvfs" / SWITCH_MARKER
 
     @property
     def python(self) -> str:
@@ -122,7 +131,7 @@ def target_for(venv: Venv, state: VenvState) -> HookTarget:
 # Runs in the venv's interpreter while site.py processes site-packages, before any user code, with
 # only the stdlib. Kept in one function so that nothing leaks into site's namespace.
 _PTH_CODE = r'''
-def _venvfs_automount(venv, sp, state, pth, argv, store):
+def _venvfs_automount(venv, sp, state, pth, argv, store, marker):
     import os, sys
     if getattr(sys, "_venvfs_automount_ran", False):
         return
@@ -140,7 +149,8 @@ def _venvfs_automount(venv, sp, state, pth, argv, store):
     except (OSError, ValueError) as e:
         say("automount of %s skipped: unreadable %s (%s)" % (venv, state, e))
         return
-    if st.get("layout") != "mounted" or not st.get("hooks", True):
+    switching = os.path.exists(marker)  # a killed switch to the mounted layout: mounting finishes it
+    if not switching and (st.get("layout") != "mounted" or not st.get("hooks", True)):
         # Nothing to mount (materialized, ejected or opted out): remove the leftover so that later
         # starts skip even this.
         try:
@@ -188,7 +198,7 @@ def _venvfs_automount(venv, sp, state, pth, argv, store):
 
 def render_pth(target: HookTarget) -> str:
     args = (str(target.venv), str(target.site_packages), str(target.state_file), str(target.pth),
-            target.argv, target.store)
+            target.argv, target.store, str(target.switch_marker))
     call = f"_venvfs_automount{args!r}"
     # site.py execs lines that start with "import"; everything must fit on that one line.
     line = f"import sys; exec({(_PTH_CODE + call + chr(10))!r}, {{'__name__': '_venvfs_automount'}})"
@@ -547,7 +557,7 @@ def _sync_pth(state: VenvState, target: HookTarget) -> str | None:
     reach (mounted, dead or missing site-packages: the next install after an unmount sees to it)."""
     if _site_packages_access(target.site_packages) != "plain":
         return None
-    if state.hooks and state.layout == "mounted":
+    if state.hooks and (state.layout == "mounted" or target.switch_marker.exists()):
         text = render_pth(target)
         try:
             current = target.pth.read_text()
@@ -618,7 +628,7 @@ def status(venv: Venv) -> HookStatus:
             what = result.pth.removeprefix("hidden-")
             result.problems.append(f"{PTH_NAME}: {what} (interpreter start will not mount; "
                                    "`venvfs hook install` repairs it while the venv is not mounted)")
-        if state.layout != "mounted" and result.pth == "present":
+        if state.layout != "mounted" and result.pth == "present" and not target.switch_marker.exists():
             result.problems.append(f"{PTH_NAME}: present in the {state.layout} layout")
         if access == "dead":
             result.problems.append("site-packages is a dead mount (its daemon is gone): run `venvfs mount`")
@@ -750,6 +760,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         state = venv.read_state()
         if _site_packages_access(venv.site_packages) in ("mounted", "dead"):
             raise VenvError(f"{venv.site_packages} is still mounted; run `venvfs umount {venv.root}` first")
+        _resume(venv, store_root, state)
         if state.layout == "mounted":
             _to_materialized(venv, store_root, state, mode)
             report.converted = True
@@ -804,6 +815,14 @@ def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
         return False
     probe.unlink()
     return True
+
+
+def _resume(venv: Venv, store_root: Path, state: VenvState) -> None:
+    """Finish a layout switch a killed command left half done (the mount side's layout code)."""
+    from venvfs import layout  # type: ignore[attr-defined,unused-ignore]
+    from venvfs.store import Store
+
+    layout.resume(venv, Store.open(store_root, create=False), state)
 
 
 def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: Any) -> None:

@@ -163,6 +163,9 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        from venvfs import layout
+
+        layout.resume(venv, store, state)  # files follow the layout: it must be whole first
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
         interp = state.interpreter
