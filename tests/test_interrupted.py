@@ -170,3 +170,51 @@ def test_marker_left_after_a_finished_switch_is_dropped(venv: Venv, run_venvfs: 
     run_venvfs("mount", str(venv.root))
     assert not helpers.exists()
     assert not (venv.state_dir / layout.TO_MOUNTED).exists()
+
+
+def test_killed_add_is_reported_and_finished_by_the_next_command(
+        venv: Venv, tmp_path: Path, run_venvfs: RunVenvfs) -> None:
+    """An add killed after the state names the new distribution but before its files are placed: a
+    switch to the mounted layout would then hide the missing files for good behind whiteouts."""
+    run_venvfs("store", "add", str(build_wheel(tmp_path / "wheels3", simple_package("third"))))
+    crash("select:placing", "add", str(venv.root), "third")
+    assert "an add/remove was interrupted" in str(status_json(run_venvfs, venv)["interrupted"])
+    proc = run_venvfs("mount", str(venv.root))
+    assert proc.stderr == f"venvfs: finished the interrupted change of the selection of {venv.root}\n"
+    assert_whole_and_mounted(venv)
+    proc = python(venv, "import third.sub.helpers; print(third.VERSION)", NO_HOOKS)
+    assert proc.returncode == 0 and proc.stdout == "1.0\n", proc.stderr
+    assert (venv.bin_dir / "third-hello").exists()
+    assert not (venv.state_dir / "changing-selection").exists()
+
+
+def test_killed_eject_is_finished_by_the_next_eject(venv: Venv, store: Store, run_venvfs: RunVenvfs) -> None:
+    """An eject killed while it deletes VENV/.venvfs (state.json may already be gone): the venv is a
+    plain one that works, and the next eject removes what is left and makes the store forget it."""
+    crash("eject:renamed", "eject", str(venv.root))
+    leftover = venv.root / ".venvfs-ejected"
+    (leftover / "state.json").unlink()  # as a delete killed half way may leave it
+    assert not venv.is_managed and venv.root in store.registered_venvs()
+    assert python(venv, CHECK).stdout.split() == ["1.0", "1.0", "kept"]
+    proc = run_venvfs("eject", str(venv.root))
+    assert proc.stderr == f"venvfs: finished the interrupted eject of {venv.root}\n"
+    assert not leftover.exists() and venv.root not in store.registered_venvs()
+    assert python(venv, CHECK).stdout.split() == ["1.0", "1.0", "kept"]
+
+
+def test_killed_commit_leaves_upper_copies_to_the_next_daemon(
+        venv: Venv, tmp_path: Path, run_venvfs: RunVenvfs) -> None:
+    """A commit killed after the state names the stored distribution, before the daemon dropped the
+    upper copies: the next daemon start drops them (the store serves the same bytes)."""
+    run_venvfs("mount", str(venv.root))
+    uv_pip(venv.root, str(build_wheel(tmp_path / "wheels4", simple_package("fourth"))))
+    copy = venv.upper_dir / "fourth" / "sub" / "helpers.py"
+    assert copy.exists()
+    crash("commit:selected", "commit", str(venv.root))
+    assert any(k.startswith("fourth-") for k in venv.read_state().selection)
+    run_venvfs("umount", str(venv.root))
+    run_venvfs("mount", str(venv.root))
+    assert not copy.exists()
+    proc = python(venv, "import fourth.sub.helpers; print(fourth.VERSION)", NO_HOOKS)
+    assert proc.returncode == 0 and proc.stdout == "1.0\n", proc.stderr
+    assert_whole_and_mounted(venv)

@@ -301,6 +301,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
                 nursery.start_soon(fuse_main)
                 write_info()
+                if _drop_path(venv).exists():
+                    do_reload()  # a commit killed before its reload queued upper copies to drop
                 ready("ok")
                 async for signum in signals:
                     on_signal(signum)
@@ -311,6 +313,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 trio.run(run)
             else:
                 write_info()
+                if _drop_path(venv).exists():
+                    do_reload()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
             # Lazy unmount inside libfuse: also succeeds with files still open.
@@ -666,6 +670,12 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.
             automount.install(venv)
     return was
+
+
+def queue_drop_upper(venv: Venv, paths: Sequence[str]) -> None:
+    """Name upper copies the store now serves; the daemon drops them at its next reload or start."""
+    if paths:
+        atomic_write_json(_drop_path(venv), list(paths))
 
 
 def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:

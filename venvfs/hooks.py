@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.errors import VenvError
-from venvfs.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from venvfs.fsutil import atomic_write_bytes, atomic_write_json, crash_point, read_json
 from venvfs.venv import Venv, VenvState
 
 log = logging.getLogger("venvfs.hooks")
@@ -54,6 +54,8 @@ PTH_NAME = "_venvfs_automount.pth"
 BEGIN = "# >>> venvfs automount >>>"
 END = "# <<< venvfs automount <<<"
 RECORD_NAME = "hooks.json"
+# Where eject moves VENV/.venvfs before deleting it (see eject).
+EJECTED_DIR = ".venvfs-ejected"
 RECORD_FORMAT = 1
 
 # Set in the environment of the `venvfs mount` a hook starts: if that process (or anything it runs)
@@ -743,9 +745,12 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
         raise VenvError("eject makes real files: --link-mode must be reflink, copy or auto")
-    if not venv.is_managed:
-        raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
     report = EjectReport(venv=venv.root)
+    if not venv.is_managed:
+        if finish_eject(venv, store_root):
+            log.warning("finished the interrupted eject of %s", venv.root)
+            return report
+        raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
     with venv.locked(wait=True):
         # Hooks off first, so that no activation or interpreter start mounts the venv again while
         # it is being ejected (a hook below a live mount reads the state and stands down).
@@ -779,13 +784,36 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         if left:
             raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
         (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
-        # The lock file goes with the directory; the lock itself lives until the block ends.
-        shutil.rmtree(venv.state_dir)
-    from venvfs.store import Store
-
-    Store(store_root).unregister_venv(venv.root)
+        # One rename makes the venv unmanaged at once (rmtree deletes state.json at some point of its
+        # own choosing); a crash after it leaves only EJECTED_DIR, which the next eject removes. The
+        # lock file goes with the directory; the lock itself lives until the block ends.
+        shutil.rmtree(venv.root / EJECTED_DIR, ignore_errors=True)
+        os.rename(venv.state_dir, venv.root / EJECTED_DIR)
+        crash_point("eject:renamed")
+    finish_eject(venv, store_root)
     report.link_summary = linker.summary()
     return report
+
+
+def ejected_store(venv: Venv) -> Path | None:
+    """The store of a venv whose eject was killed after it stopped being managed, else None."""
+    try:
+        return Path(read_json(venv.root / EJECTED_DIR / "state.json")["store"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finish_eject(venv: Venv, store_root: Path) -> bool:
+    """The last steps of eject, which a rerun after a crash performs again; False if nothing was left."""
+    from venvfs.store import Store
+
+    leftover = venv.root / EJECTED_DIR
+    if not leftover.exists():
+        return False
+    # Unregistered before the directory goes: the store keeps the venv's distributions until then.
+    Store(store_root).unregister_venv(venv.root)
+    shutil.rmtree(leftover)
+    return True
 
 
 def _unmount(venv: Venv, store_root: Path) -> bool:

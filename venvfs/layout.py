@@ -190,8 +190,14 @@ def _install_hooks(venv: Venv) -> None:
     hooks.install(venv)
 
 
+# select.SELECTING: an add/remove that had begun to change files (not imported: select imports the
+# daemon and adopt, which status and the hooks do not need).
+_SELECTING = "changing-selection"
+
+
 def interrupted(venv: Venv) -> str | None:
-    """The layout an interrupted switch was heading for ("mounted" or "materialized"), else None.
+    """What a killed command left half done: "mounted" or "materialized" (the layout a switch was
+    heading for), "selection" (an add/remove), else None.
 
     A marker left behind after the state already names its layout (a crash between the two last
     steps) is no interrupted switch: ``resume`` only removes it.
@@ -200,6 +206,8 @@ def interrupted(venv: Venv) -> str | None:
         layout = venv.read_state().layout
     except VenvError:
         return None
+    if (venv.state_dir / _SELECTING).exists():
+        return "selection"
     if (venv.state_dir / TO_MATERIALIZED).exists() and layout != "materialized":
         return "materialized"
     if (venv.state_dir / TO_MOUNTED).exists() and layout != "mounted":
@@ -208,16 +216,28 @@ def interrupted(venv: Venv) -> str | None:
 
 
 def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
-    """Finish a layout switch that a killed command left half done; None if there was none, else the
-    one line (also logged as a warning) saying what was finished. ``state`` is updated in place.
+    """Finish what a killed command left half done (a layout switch, an add/remove); None if there
+    was nothing, else the one line (also logged as a warning) saying what was finished. ``state`` is
+    updated in place.
 
-    The caller holds the venv lock. Nothing may be mounted on site-packages when there is something
-    to finish (a switch only ever runs unmounted, and ``venvfs mount`` finishes it before mounting).
-    ``store`` None: the venv's own, opened only if there is something to finish.
+    The caller holds the venv lock. Nothing may be mounted on site-packages when a layout switch is
+    to be finished (a switch only ever runs unmounted, and ``venvfs mount`` finishes it before
+    mounting). ``store`` None: the venv's own, opened only if there is something to finish.
     """
     to_materialized_marker = venv.state_dir / TO_MATERIALIZED
     to_mounted_marker = venv.state_dir / TO_MOUNTED
+    messages: list[str] = []
     target = interrupted(venv)
+    if target is not None and store is None:
+        store = Store.open(Path(state.store), create=False)
+    if target == "selection":
+        assert store is not None
+        from venvfs.select import finish_interrupted
+
+        finished = finish_interrupted(venv, store, state)
+        if finished:
+            messages.append(finished)
+        target = interrupted(venv)
     if target is None:
         # Stale markers of finished switches: harmless to drop, wrong to keep (a later switch would
         # skip its first phase).
@@ -225,19 +245,21 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
             (venv.site_packages / AUTOMOUNT_PTH).unlink(missing_ok=True)
         to_materialized_marker.unlink(missing_ok=True)
         to_mounted_marker.unlink(missing_ok=True)
-        return None
-    from venvfs.daemon import mounted_fstype
-
-    if mounted_fstype(venv.site_packages) is not None:
-        raise VenvError(f"{venv.root}: an interrupted switch to the {target} layout must be finished while "
-                        f"site-packages is not mounted; run `venvfs umount {venv.root}` first")
-    if store is None:
-        store = Store.open(Path(state.store), create=False)
-    if target == "materialized":
-        to_materialized(venv, store, state)
     else:
-        to_mounted(venv, store, state)
-    message = f"finished the interrupted switch of {venv.root} to the {target} layout"
+        from venvfs.daemon import mounted_fstype
+
+        if mounted_fstype(venv.site_packages) is not None:
+            raise VenvError(f"{venv.root}: an interrupted switch to the {target} layout must be finished "
+                            f"while site-packages is not mounted; run `venvfs umount {venv.root}` first")
+        assert store is not None
+        if target == "materialized":
+            to_materialized(venv, store, state)
+        else:
+            to_mounted(venv, store, state)
+        messages.append(f"finished the interrupted switch of {venv.root} to the {target} layout")
+    if not messages:
+        return None
+    message = "; ".join(messages)
     log.warning("%s", message)
     return message
 

@@ -123,6 +123,9 @@ def _interrupted(venv: Venv, state: VenvState) -> str | None:
         return (f"the switch to the mounted layout was interrupted: site-packages is half moved into "
                 f"{venv.upper_dir}, so imports can fail until it is finished{then}; any other venvfs "
                 "command on this venv finishes it first")
+    if target == "selection":
+        return ("an add/remove was interrupted: the venv's files match neither selection; the next venvfs "
+                "command on this venv finishes it first")
     return ("the switch to the materialized layout was interrupted: site-packages holds part of the "
             "selection; the next venvfs command on this venv finishes it first (`venvfs mount` then mounts)")
 
