@@ -218,3 +218,27 @@ def test_killed_commit_leaves_upper_copies_to_the_next_daemon(
     proc = python(venv, "import fourth.sub.helpers; print(fourth.VERSION)", NO_HOOKS)
     assert proc.returncode == 0 and proc.stdout == "1.0\n", proc.stderr
     assert_whole_and_mounted(venv)
+
+
+@pytest.mark.parametrize("then", ["eject", "mount"])
+def test_eject_killed_while_materializing(then: str, venv: Venv, store: Store, run_venvfs: RunVenvfs) -> None:
+    """An eject of a mounted venv killed while it brings the upper layer back: eject run again
+    finishes it; mount instead keeps the venv with venvfs, its hooks on again."""
+    run_venvfs("mount", str(venv.root))
+    (venv.site_packages / "written_while_mounted.py").write_text("X = 1\n")
+    crash("to-materialized:applying", "eject", str(venv.root))
+    assert not venv.read_state().hooks
+    assert "switch to the materialized layout was interrupted" in str(status_json(run_venvfs, venv)["interrupted"])
+    proc = run_venvfs(then, str(venv.root))
+    assert f"finished the interrupted switch of {venv.root} to the materialized layout" in proc.stderr
+    if then == "eject":
+        assert not venv.state_dir.exists() and not (venv.root / ".venvfs-ejected").exists()
+        assert venv.root not in store.registered_venvs()
+    else:
+        assert f"abandoned the unfinished eject of {venv.root}; its hooks are back on" in proc.stderr
+        assert_whole_and_mounted(venv)
+        assert venv.read_state().hooks and status_json(run_venvfs, venv)["interrupted"] is None
+        run_venvfs("umount", str(venv.root))
+    proc = python(venv, CHECK + "; import written_while_mounted")
+    assert proc.returncode == 0 and proc.stdout.split() == ["1.0", "1.0", "kept"], proc.stderr
+    assert (venv.site_packages / "demo" / "data" / "table.txt").read_bytes() == b"edited by the user\n"

@@ -89,6 +89,7 @@ def cmd_hook_install(args: argparse.Namespace) -> int:
     venv = _open(args)
     with venv.locked(wait=True):
         state = venv.read_state()
+        hooks.abandon_eject(venv, state)
         if not state.hooks:
             state.hooks = True
             venv.write_state(state)

@@ -594,6 +594,9 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        abandoned = automount.abandon_eject(venv, state)  # mounting is keeping venvfs
+        if abandoned:
+            log.warning("%s", abandoned)
         if hooks is not None and hooks != state.hooks:
             state.hooks = hooks
             venv.write_state(state)

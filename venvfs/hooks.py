@@ -56,6 +56,8 @@ END = "# <<< venvfs automount <<<"
 RECORD_NAME = "hooks.json"
 # Where eject moves VENV/.venvfs before deleting it (see eject).
 EJECTED_DIR = ".venvfs-ejected"
+# In VENV/.venvfs while an eject has begun and not finished: {"hooks": the venv's choice before}.
+EJECTING = "ejecting"
 RECORD_FORMAT = 1
 
 # Set in the environment of the `venvfs mount` a hook starts: if that process (or anything it runs)
@@ -755,6 +757,9 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         # Hooks off first, so that no activation or interpreter start mounts the venv again while
         # it is being ejected (a hook below a live mount reads the state and stands down).
         state = venv.read_state()
+        ejecting = venv.state_dir / EJECTING
+        if not ejecting.exists():  # a rerun keeps what the first attempt found
+            atomic_write_json(ejecting, {"hooks": state.hooks})
         if state.hooks:
             state.hooks = False
             venv.write_state(state)
@@ -793,6 +798,24 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     finish_eject(venv, store_root)
     report.link_summary = linker.summary()
     return report
+
+
+def abandon_eject(venv: Venv, state: VenvState) -> str | None:
+    """Undo the one change an unfinished eject leaves in a venv that is still managed (its hooks
+    off), for a caller that wants to keep using venvfs (``mount``, ``hook install``); caller holds
+    the venv lock. Returns what was done, None if no eject was pending."""
+    ejecting = venv.state_dir / EJECTING
+    try:
+        hooks_before = bool(read_json(ejecting).get("hooks", True))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        hooks_before = True
+    if hooks_before and not state.hooks:
+        state.hooks = True
+        venv.write_state(state)
+    ejecting.unlink()
+    return f"abandoned the unfinished eject of {venv.root}" + ("; its hooks are back on" if hooks_before else "")
 
 
 def ejected_store(venv: Venv) -> Path | None:

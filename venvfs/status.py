@@ -15,6 +15,7 @@ from typing import Any
 
 from venvfs.daemon import mount_state
 from venvfs.errors import VenvfsError
+from venvfs.hooks import EJECTING
 from venvfs.layout import interrupted
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
@@ -116,6 +117,9 @@ def _tree_usage(root: Path, exclude_inodes: set[tuple[int, int]],
 def _interrupted(venv: Venv, state: VenvState) -> str | None:
     target = interrupted(venv)
     if target is None:
+        if (venv.state_dir / EJECTING).exists():
+            return ("an eject did not finish (its hooks are off): `venvfs eject` again finishes it; "
+                    "`venvfs mount` or `venvfs hook install` keeps the venv with venvfs")
         return None
     if target == "mounted":
         then = ("; `venvfs mount`, or starting its python, finishes it and mounts" if state.hooks else
