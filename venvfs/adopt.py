@@ -237,6 +237,11 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        from venvfs import layout
+
+        # Half of a killed switch to the mounted layout is in the upper layer: adopting what is left
+        # in site-packages would forget the rest.
+        layout.resume(venv, store, state)
         if state.layout == "mounted":
             raise VenvError(f"{venv.root} is in the mounted layout: use `venvfs commit` to store new packages")
     else:

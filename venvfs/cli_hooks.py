@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs import hooks
-from venvfs.cli_common import add_venv_argument, common_parent, json_parent, print_json, venv_path
+from venvfs.cli_common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
 from venvfs.fsutil import atomic_write_bytes
 from venvfs.store import STORE_ENV
 from venvfs.venv import Venv
@@ -89,6 +89,7 @@ def cmd_hook_install(args: argparse.Namespace) -> int:
     venv = _open(args)
     with venv.locked(wait=True):
         state = venv.read_state()
+        hooks.abandon_eject(venv, state)
         if not state.hooks:
             state.hooks = True
             venv.write_state(state)
@@ -143,8 +144,13 @@ def cmd_hook_status(args: argparse.Namespace) -> int:
 
 
 def cmd_eject(args: argparse.Namespace) -> int:
-    venv = _open(args)
-    store = Path(args.store) if args.store else Path(venv.read_state().store)
+    venv = Venv.open(venv_path(args))
+    if not venv.is_managed and (venv.root / hooks.EJECTED_DIR).exists():
+        # An eject killed after VENV/.venvfs moved aside: the venv is unmanaged, and eject finishes it.
+        store = Path(args.store) if args.store else hooks.ejected_store(venv) or open_store(args).root
+    else:
+        venv.read_state()  # a clear error for an unmanaged venv
+        store = Path(args.store) if args.store else Path(venv.read_state().store)
     report = hooks.eject(venv, store, link_mode=args.link_mode)
     if args.json:
         print_json(report.to_json())

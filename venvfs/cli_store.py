@@ -293,14 +293,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv)
-    state = venv.read_state()
     linker = Linker(LinkMode(args.link_mode))
-    if state.layout == "mounted":
-        with venv.locked():
+    with venv.locked():
+        state = venv.read_state()
+        if state.layout == "mounted" or layout.interrupted(venv):
             daemon.unmount(venv)
+        layout.resume(venv, store, state)
+        if state.layout == "mounted":
             layout.to_materialized(venv, store, state, linker)
-    else:
-        with venv.locked():
+        else:
             if state.interpreter is None:
                 state.interpreter = venv.probe_interpreter()
             records = [store.get_dist(k) for k in state.selection]
@@ -368,6 +369,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"venv:        {status.venv}")
     print(f"store:       {status.store}")
     print(f"layout:      {status.layout} (site-packages {status.mount})")
+    if status.interrupted:
+        print(f"interrupted: {status.interrupted}")
     print(f"link mode:   {status.link_mode or '-'}")
     print(f"python:      {status.python or '?'}")
     print(f"distributions: {len(status.distributions)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from venvfs.errors import VenvError
+from venvfs.fsutil import crash_point
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.store import Store
 from venvfs.venv import Venv
@@ -79,12 +80,17 @@ def _commit_mounted(venv: Venv, store: Store) -> CommitReport:
         report.added = [r.key for r in new_records]
         state.selection = [k for k in state.selection if k not in report.removed]
         state.selection += [k for k in report.added if k not in state.selection]
-        venv.write_state(state)
         drop: list[str] = []
         for record in new_records:
             for f in record.site_files():
                 drop.append(f.path)
                 if f.path.endswith(".py"):
                     drop.append(pyc_relpath(f.path, state.interpreter.cache_tag))
-        daemon.reload(venv, drop_upper=drop)
+        # Queued before the state names the new records: a commit killed from here on leaves the
+        # upper copies to the next reload or daemon start, which drops them (only where they still
+        # match the store), instead of to nobody.
+        daemon.queue_drop_upper(venv, drop)
+        venv.write_state(state)
+        crash_point("commit:selected")
+        daemon.reload(venv)
     return report

@@ -339,6 +339,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
                 nursery.start_soon(fuse_main)
                 write_info()
+                if _drop_path(venv).exists():
+                    do_reload()  # a commit killed before its reload queued upper copies to drop
                 ready("ok")
                 async for signum in signals:
                     on_signal(signum)
@@ -349,6 +351,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 trio.run(run)
             else:
                 write_info()
+                if _drop_path(venv).exists():
+                    do_reload()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
             # Lazy unmount inside libfuse: also succeeds with files still open.
@@ -643,6 +647,9 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        abandoned = automount.abandon_eject(venv, state)  # mounting is keeping venvfs
+        if abandoned:
+            log.warning("%s", abandoned)
         if hooks is not None and hooks != state.hooks:
             state.hooks = hooks
             venv.write_state(state)
@@ -653,15 +660,19 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
                 raise MountError(f"cannot mount {venv.root}: {problem}")
             if current != "unmounted":
                 _unmount_locked(venv)
+            layout.resume(venv, store, state)
             result = _fallback(venv, store, problem)
             automount.install(venv)  # materialized: removes the .pth, so activation stops calling mount
             return result
         if current == "mounted":
+            layout.resume(venv, store, state)  # only stale markers can be left while mounted
             # Puts the activation blocks back after a tool recreated them; the .pth is under the mount.
             automount.install(venv)
             return MountResult(venv.root, "already", f"{venv.site_packages} is already mounted")
         if current == "dead":
             clear_dead_mount(venv)
+        # A switch that a killed command left half done (its markers) is finished before mounting.
+        layout.resume(venv, store, state)
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
         # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
@@ -709,11 +720,18 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
             from venvfs import layout
 
             state = venv.read_state()
+            layout.resume(venv, store, state)
             if materialize and state.layout == "mounted":
                 layout.to_materialized(venv, store or Store.open(Path(state.store), create=False), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.
             automount.install(venv)
     return was
+
+
+def queue_drop_upper(venv: Venv, paths: Sequence[str]) -> None:
+    """Name upper copies the store now serves; the daemon drops them at its next reload or start."""
+    if paths:
+        atomic_write_json(_drop_path(venv), list(paths))
 
 
 def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:

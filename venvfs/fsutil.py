@@ -186,3 +186,14 @@ def io_failure(err: OSError, doing: str, *, need: int | None = None, where: Path
     if any(room):
         line += f" ({', '.join(r for r in room if r)})"
     return IOFailure(line)
+
+
+CRASH_ENV = "VENVFS_TEST_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    """Test-only fault injection: with ``VENVFS_TEST_CRASH_AT=<step>`` the process dies here as if by
+    SIGKILL (no cleanup, no finally, no atexit), so tests can stop a multi-step change of a venv at a
+    named step deterministically. The steps are listed in docs/design.md ("Interrupted commands")."""
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(137)

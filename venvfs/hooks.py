@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.errors import VenvError
-from venvfs.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from venvfs.fsutil import atomic_write_bytes, atomic_write_json, crash_point, read_json
 from venvfs.venv import Venv, VenvState
 
 log = logging.getLogger("venvfs.hooks")
@@ -54,6 +54,10 @@ PTH_NAME = "_venvfs_automount.pth"
 BEGIN = "# >>> venvfs automount >>>"
 END = "# <<< venvfs automount <<<"
 RECORD_NAME = "hooks.json"
+# Where eject moves VENV/.venvfs before deleting it (see eject).
+EJECTED_DIR = ".venvfs-ejected"
+# In VENV/.venvfs while an eject has begun and not finished: {"hooks": the venv's choice before}.
+EJECTING = "ejecting"
 RECORD_FORMAT = 1
 
 # Set in the environment of the `venvfs mount` a hook starts: if that process (or anything it runs)
@@ -64,6 +68,10 @@ OPTOUT_ENV = "VENVFS_NO_AUTOMOUNT"
 
 # An interpreter start or an activation must not hang forever on a mount that never answers.
 MOUNT_TIMEOUT = 120
+
+# layout.TO_MOUNTED: while it exists, site-packages may be half emptied into the upper layer whatever
+# the state says, and `venvfs mount` is what finishes the switch.
+SWITCH_MARKER = "converting-to-mounted"
 
 
 # -- what a hook runs -------------------------------------------------------------------------------
@@ -85,6 +93,11 @@ class HookTarget:
     @property
     def state_file(self) -> Path:
         return self.venv / ".venvfs" / "state.json"
+
+    @property
+    def switch_marker(self) -> Path:
+        """Present while a switch to the mounted layout is unfinished (see layout.py)."""
+        return self.venv / ".venvfs" / SWITCH_MARKER
 
     @property
     def python(self) -> str:
@@ -122,7 +135,7 @@ def target_for(venv: Venv, state: VenvState) -> HookTarget:
 # Runs in the venv's interpreter while site.py processes site-packages, before any user code, with
 # only the stdlib. Kept in one function so that nothing leaks into site's namespace.
 _PTH_CODE = r'''
-def _venvfs_automount(venv, sp, state, pth, argv, store):
+def _venvfs_automount(venv, sp, state, pth, argv, store, marker):
     import os, sys
     if getattr(sys, "_venvfs_automount_ran", False):
         return
@@ -140,7 +153,8 @@ def _venvfs_automount(venv, sp, state, pth, argv, store):
     except (OSError, ValueError) as e:
         say("automount of %s skipped: unreadable %s (%s)" % (venv, state, e))
         return
-    if st.get("layout") != "mounted" or not st.get("hooks", True):
+    switching = os.path.exists(marker)  # a killed switch to the mounted layout: mounting finishes it
+    if not switching and (st.get("layout") != "mounted" or not st.get("hooks", True)):
         # Nothing to mount (materialized, ejected or opted out): remove the leftover so that later
         # starts skip even this.
         try:
@@ -188,7 +202,7 @@ def _venvfs_automount(venv, sp, state, pth, argv, store):
 
 def render_pth(target: HookTarget) -> str:
     args = (str(target.venv), str(target.site_packages), str(target.state_file), str(target.pth),
-            target.argv, target.store)
+            target.argv, target.store, str(target.switch_marker))
     call = f"_venvfs_automount{args!r}"
     # site.py execs lines that start with "import"; everything must fit on that one line.
     line = f"import sys; exec({(_PTH_CODE + call + chr(10))!r}, {{'__name__': '_venvfs_automount'}})"
@@ -547,7 +561,7 @@ def _sync_pth(state: VenvState, target: HookTarget) -> str | None:
     reach (mounted, dead or missing site-packages: the next install after an unmount sees to it)."""
     if _site_packages_access(target.site_packages) != "plain":
         return None
-    if state.hooks and state.layout == "mounted":
+    if state.hooks and (state.layout == "mounted" or target.switch_marker.exists()):
         text = render_pth(target)
         try:
             current = target.pth.read_text()
@@ -618,7 +632,7 @@ def status(venv: Venv) -> HookStatus:
             what = result.pth.removeprefix("hidden-")
             result.problems.append(f"{PTH_NAME}: {what} (interpreter start will not mount; "
                                    "`venvfs hook install` repairs it while the venv is not mounted)")
-        if state.layout != "mounted" and result.pth == "present":
+        if state.layout != "mounted" and result.pth == "present" and not target.switch_marker.exists():
             result.problems.append(f"{PTH_NAME}: present in the {state.layout} layout")
         if access == "dead":
             result.problems.append("site-packages is a dead mount (its daemon is gone): run `venvfs mount`")
@@ -733,13 +747,19 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
         raise VenvError("eject makes real files: --link-mode must be reflink, copy or auto")
-    if not venv.is_managed:
-        raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
     report = EjectReport(venv=venv.root)
+    if not venv.is_managed:
+        if finish_eject(venv, store_root):
+            log.warning("finished the interrupted eject of %s", venv.root)
+            return report
+        raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
     with venv.locked(wait=True):
         # Hooks off first, so that no activation or interpreter start mounts the venv again while
         # it is being ejected (a hook below a live mount reads the state and stands down).
         state = venv.read_state()
+        ejecting = venv.state_dir / EJECTING
+        if not ejecting.exists():  # a rerun keeps what the first attempt found
+            atomic_write_json(ejecting, {"hooks": state.hooks})
         if state.hooks:
             state.hooks = False
             venv.write_state(state)
@@ -750,6 +770,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         state = venv.read_state()
         if _site_packages_access(venv.site_packages) in ("mounted", "dead"):
             raise VenvError(f"{venv.site_packages} is still mounted; run `venvfs umount {venv.root}` first")
+        _resume(venv, store_root, state)
         if state.layout == "mounted":
             _to_materialized(venv, store_root, state, mode)
             report.converted = True
@@ -768,13 +789,54 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         if left:
             raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
         (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
-        # The lock file goes with the directory; the lock itself lives until the block ends.
-        shutil.rmtree(venv.state_dir)
-    from venvfs.store import Store
-
-    Store(store_root).unregister_venv(venv.root)
+        # One rename makes the venv unmanaged at once (rmtree deletes state.json at some point of its
+        # own choosing); a crash after it leaves only EJECTED_DIR, which the next eject removes. The
+        # lock file goes with the directory; the lock itself lives until the block ends.
+        shutil.rmtree(venv.root / EJECTED_DIR, ignore_errors=True)
+        os.rename(venv.state_dir, venv.root / EJECTED_DIR)
+        crash_point("eject:renamed")
+    finish_eject(venv, store_root)
     report.link_summary = linker.summary()
     return report
+
+
+def abandon_eject(venv: Venv, state: VenvState) -> str | None:
+    """Undo the one change an unfinished eject leaves in a venv that is still managed (its hooks
+    off), for a caller that wants to keep using venvfs (``mount``, ``hook install``); caller holds
+    the venv lock. Returns what was done, None if no eject was pending."""
+    ejecting = venv.state_dir / EJECTING
+    try:
+        hooks_before = bool(read_json(ejecting).get("hooks", True))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        hooks_before = True
+    if hooks_before and not state.hooks:
+        state.hooks = True
+        venv.write_state(state)
+    ejecting.unlink()
+    return f"abandoned the unfinished eject of {venv.root}" + ("; its hooks are back on" if hooks_before else "")
+
+
+def ejected_store(venv: Venv) -> Path | None:
+    """The store of a venv whose eject was killed after it stopped being managed, else None."""
+    try:
+        return Path(read_json(venv.root / EJECTED_DIR / "state.json")["store"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finish_eject(venv: Venv, store_root: Path) -> bool:
+    """The last steps of eject, which a rerun after a crash performs again; False if nothing was left."""
+    from venvfs.store import Store
+
+    leftover = venv.root / EJECTED_DIR
+    if not leftover.exists():
+        return False
+    # Unregistered before the directory goes: the store keeps the venv's distributions until then.
+    Store(store_root).unregister_venv(venv.root)
+    shutil.rmtree(leftover)
+    return True
 
 
 def _unmount(venv: Venv, store_root: Path) -> bool:
@@ -804,6 +866,14 @@ def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
         return False
     probe.unlink()
     return True
+
+
+def _resume(venv: Venv, store_root: Path, state: VenvState) -> None:
+    """Finish a layout switch a killed command left half done (the mount side's layout code)."""
+    from venvfs import layout  # type: ignore[attr-defined,unused-ignore]
+    from venvfs.store import Store
+
+    layout.resume(venv, Store.open(store_root, create=False), state)
 
 
 def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: Any) -> None:

@@ -2,21 +2,27 @@
 (site-packages empty under the mount, the venv's own files in the upper layer).
 
 Never loses a file: content identical to the store is deleted (the view serves it), everything else
-is moved by rename. Both directions are rerunnable after a crash at any point: a marker file in
-``.venvfs/`` records which phase was reached, and each phase is idempotent.
+is moved by rename. Both directions can be finished after a crash at any point: a marker file in
+``.venvfs/`` (``TO_MOUNTED``, ``TO_MATERIALIZED``) exists from the first change to the venv until the
+state names the new layout, and records which phase was reached; each phase is idempotent. A venv
+with a marker is half switched (``import`` of a selected distribution may fail), so every command
+that changes the venv calls ``resume`` first, ``venvfs status`` reports it (``interrupted``), and
+the automount hooks treat an unfinished switch to the mounted layout as a reason to mount.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from venvfs.fsutil import atomic_write_bytes, fsync_dir
+from venvfs.errors import VenvError
+from venvfs.fsutil import atomic_write_bytes, crash_point, fsync_dir
 from venvfs.store import Store
 from venvfs.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
 from venvfs.venv import Venv, VenvState
@@ -25,9 +31,16 @@ from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, View
 if TYPE_CHECKING:
     from venvfs.linkmode import Linker
 
+log = logging.getLogger(__name__)
+
 AUTOMOUNT_PTH = "_venvfs_automount.pth"
 TO_MOUNTED = "converting-to-mounted"
 TO_MATERIALIZED = "converting-to-materialized"
+# Marker contents: the phase reached. Older venvfs wrote only the second phase's text.
+_HIDING = b"writing whiteouts\n"
+_EMPTYING = b"whiteouts written\n"
+_MATERIALIZING = b"materializing\n"
+_APPLYING = b"applying the upper layer\n"
 
 
 def _same_content(path: Path, st: os.stat_result, digest: str, size: int, executable: bool,
@@ -75,9 +88,12 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
     upper.mkdir(parents=True, exist_ok=True)
     view = view if view is not None else view_for(venv, store, state)
     marker = venv.state_dir / TO_MOUNTED
-    if not marker.exists():
+    # A marker of a switch to the materialized layout that ended after its state was written.
+    (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
+    if _phase(marker) in (None, _HIDING):
         # Phase 1, before anything is deleted: what the user removed from the store's files must
-        # stay removed once the view shows them again.
+        # stay removed once the view shows them again. Rerunnable while site-packages is untouched.
+        atomic_write_bytes(marker, _HIDING)
         hidden: list[str] = []
         for rel, entry in view.walk():
             if not isinstance(entry, LowerDir) and entry.kind == PYC:
@@ -89,7 +105,10 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
                 (upper / parent).mkdir(parents=True, exist_ok=True)
                 (upper / parent / whiteout_name(name)).touch()
                 hidden.append(rel)
-        atomic_write_bytes(marker, b"whiteouts written\n")
+        atomic_write_bytes(marker, _EMPTYING)
+    # From here until the state says "mounted", site-packages is half emptied: the interpreter-start
+    # hook must be in place (and must see the marker) so that starting Python finishes the switch.
+    _install_hooks(venv)
     # Phase 2: deepest first, delete what the view serves and move the rest to the upper layer.
     for dirpath, dirnames, filenames in os.walk(sp, topdown=False):
         d = Path(dirpath)
@@ -117,7 +136,9 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
                 path.unlink()
             else:
                 _move(path, upper / rel)
+            crash_point("to-mounted:emptying")
     fsync_dir(sp)
+    crash_point("to-mounted:emptied")
     state.layout = "mounted"
     venv.write_state(state)
     marker.unlink(missing_ok=True)
@@ -131,7 +152,12 @@ def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker |
     sp = venv.site_packages
     upper = venv.upper_dir
     marker = venv.state_dir / TO_MATERIALIZED
-    if not marker.exists():
+    # A marker of a switch to the mounted layout that ended after its state was written.
+    (venv.state_dir / TO_MOUNTED).unlink(missing_ok=True)
+    if _phase(marker) in (None, _MATERIALIZING):
+        # Before the first file lands in site-packages: a crash leaves a venv whose underlying
+        # directory holds part of the selection, which only finishing this switch makes right.
+        atomic_write_bytes(marker, _MATERIALIZING)
         if linker is None:
             mode = linkmode.LinkMode(state.link_mode) if state.link_mode else linkmode.LinkMode.AUTO
             linker = linkmode.Linker(mode)
@@ -139,12 +165,103 @@ def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker |
         if linker.used is not None:
             state.link_mode = linker.used.value
         # From here on site-packages holds moved user files: materializing again could overwrite them.
-        atomic_write_bytes(marker, b"applying the upper layer\n")
+        atomic_write_bytes(marker, _APPLYING)
+    crash_point("to-materialized:applying")
     if upper.is_dir():
         _apply_upper(upper, sp, str(store.root / "bytecode") + os.sep)
     state.layout = "materialized"
     venv.write_state(state)
+    # The interpreter-start hook has nothing to mount in this layout (hooks.install would remove it
+    # too; done here so that the switch is complete once the marker is gone).
+    (sp / AUTOMOUNT_PTH).unlink(missing_ok=True)
     marker.unlink(missing_ok=True)
+
+
+def _phase(marker: Path) -> bytes | None:
+    try:
+        return marker.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _install_hooks(venv: Venv) -> None:
+    from venvfs import hooks
+
+    hooks.install(venv)
+
+
+# select.SELECTING: an add/remove that had begun to change files (not imported: select imports the
+# daemon and adopt, which status and the hooks do not need).
+_SELECTING = "changing-selection"
+
+
+def interrupted(venv: Venv) -> str | None:
+    """What a killed command left half done: "mounted" or "materialized" (the layout a switch was
+    heading for), "selection" (an add/remove), else None.
+
+    A marker left behind after the state already names its layout (a crash between the two last
+    steps) is no interrupted switch: ``resume`` only removes it.
+    """
+    try:
+        layout = venv.read_state().layout
+    except VenvError:
+        return None
+    if (venv.state_dir / _SELECTING).exists():
+        return "selection"
+    if (venv.state_dir / TO_MATERIALIZED).exists() and layout != "materialized":
+        return "materialized"
+    if (venv.state_dir / TO_MOUNTED).exists() and layout != "mounted":
+        return "mounted"
+    return None
+
+
+def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
+    """Finish what a killed command left half done (a layout switch, an add/remove); None if there
+    was nothing, else the one line (also logged as a warning) saying what was finished. ``state`` is
+    updated in place.
+
+    The caller holds the venv lock. Nothing may be mounted on site-packages when a layout switch is
+    to be finished (a switch only ever runs unmounted, and ``venvfs mount`` finishes it before
+    mounting). ``store`` None: the venv's own, opened only if there is something to finish.
+    """
+    to_materialized_marker = venv.state_dir / TO_MATERIALIZED
+    to_mounted_marker = venv.state_dir / TO_MOUNTED
+    messages: list[str] = []
+    target = interrupted(venv)
+    if target is not None and store is None:
+        store = Store.open(Path(state.store), create=False)
+    if target == "selection":
+        assert store is not None
+        from venvfs.select import finish_interrupted
+
+        finished = finish_interrupted(venv, store, state)
+        if finished:
+            messages.append(finished)
+        target = interrupted(venv)
+    if target is None:
+        # Stale markers of finished switches: harmless to drop, wrong to keep (a later switch would
+        # skip its first phase).
+        if state.layout == "materialized" and to_materialized_marker.exists():
+            (venv.site_packages / AUTOMOUNT_PTH).unlink(missing_ok=True)
+        to_materialized_marker.unlink(missing_ok=True)
+        to_mounted_marker.unlink(missing_ok=True)
+    else:
+        from venvfs.daemon import mounted_fstype
+
+        if mounted_fstype(venv.site_packages) is not None:
+            raise VenvError(f"{venv.root}: an interrupted switch to the {target} layout must be finished "
+                            f"while site-packages is not mounted; run `venvfs umount {venv.root}` first")
+        assert store is not None
+        if target == "materialized":
+            to_materialized(venv, store, state)
+        else:
+            to_mounted(venv, store, state)
+        messages.append(f"finished the interrupted switch of {venv.root} to the {target} layout")
+    if not messages:
+        return None
+    message = "; ".join(messages)
+    log.warning("%s", message)
+    return message
 
 
 def _remove(path: Path) -> None:

@@ -20,7 +20,8 @@ from packaging.version import InvalidVersion, Version
 from venvfs import daemon
 from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
-from venvfs.errors import NoMatchingDistribution, UsageError, VenvError
+from venvfs.errors import NoMatchingDistribution, UsageError, VenvError, VenvfsError
+from venvfs.fsutil import atomic_write_json, crash_point, read_json
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.materialize import materialize, remove_files
 from venvfs.records import DistRecord
@@ -34,6 +35,43 @@ class SelectReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     link_summary: str = ""
+
+
+# Present from the first file an add/remove changes until the venv's files match the new selection:
+# {"remove": [keys whose files go], "place": [keys whose files come], "selection": [the new one]}.
+# (layout.interrupted looks for it.)
+SELECTING = "changing-selection"
+
+
+def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None:
+    """Finish an add/remove a killed command left half done (caller holds the venv lock; nothing is
+    mounted in the materialized layout). Returns what was done, None if nothing was pending.
+    Idempotent: removing absent files and placing present ones change nothing."""
+    marker = venv.state_dir / SELECTING
+    try:
+        pending = read_json(marker)
+        removed, place, selection = list(pending["remove"]), list(pending["place"]), list(pending["selection"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        removed, place, selection = [], [], list(state.selection)  # unreadable: the state decides
+    if state.interpreter is None:
+        state.interpreter = venv.probe_interpreter()
+    site_packages = state.layout == "materialized"
+    for key in removed:
+        # A record gc took meanwhile leaves nothing to look up: its files stay (the venv's own then).
+        with contextlib.suppress(VenvfsError):
+            remove_files(venv, state.interpreter, store.get_dist(key), site_packages=site_packages)
+    state.selection = [k for k in selection if store.has_dist(k)]
+    venv.write_state(state)
+    # Only what the add was placing: the rest of the venv may hold files the user edited.
+    records = [store.get_dist(k) for k in place if k in state.selection]
+    materialize(venv, store, state, Linker(LinkMode(state.link_mode or "auto")), records=records,
+                site_packages=site_packages)
+    if state.layout == "mounted":
+        daemon.reload(venv)
+    marker.unlink()
+    return f"finished the interrupted change of the selection of {venv.root}"
 
 
 def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
@@ -167,6 +205,9 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
+        from venvfs import layout
+
+        layout.resume(venv, store, state)  # files follow the layout: it must be whole first
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
         interp = state.interpreter
@@ -199,15 +240,22 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     wanted_keys = {w.key for w in wanted}
     dropped = [r for r in current if canonicalize_name(r.name) in drop and r.key not in wanted_keys]
     kept = [r for r in current if r not in dropped]
+    kept_keys = {k.key for k in kept}
+    new = [w for w in wanted if w.key not in kept_keys]
+    # Before the first file changes: from here until the files match the new selection, a killed
+    # command leaves a venv that matches neither (and a later switch to the mounted layout would
+    # whiteout the missing files for good), so the marker says how to finish.
+    marker = venv.state_dir / SELECTING
+    atomic_write_json(marker, {"remove": [r.key for r in dropped], "place": [r.key for r in wanted],
+                               "selection": [r.key for r in kept] + [r.key for r in new]})
     for record in dropped:
         remove_files(venv, interp, record, site_packages=state.layout == "materialized")
         report.removed.append(record.key)
-    kept_keys = {k.key for k in kept}
-    new = [w for w in wanted if w.key not in kept_keys]
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
     linker = Linker(link_mode)
+    crash_point("select:placing")
     # All of ``wanted``, not only what is new to the selection: an add killed after the state was
     # written finishes when run again (files already in place are kept).
     if state.layout == "materialized":
@@ -216,6 +264,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
         materialize(venv, store, state, linker, records=wanted, site_packages=False)
         # The view renders each distribution's RECORD for this venv: nothing to write here.
         daemon.reload(venv)
+    marker.unlink(missing_ok=True)
     report.added = [r.key for r in new]
     report.link_summary = linker.summary()
     if linker.used:

@@ -15,6 +15,8 @@ from typing import Any
 
 from venvfs.daemon import mount_state
 from venvfs.errors import VenvfsError
+from venvfs.hooks import EJECTING
+from venvfs.layout import interrupted
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv, VenvState
@@ -40,6 +42,7 @@ class VenvStatus:
     mount: str
     link_mode: str | None
     python: str | None
+    interrupted: str | None = None  # a layout switch left half done, and what will finish it
     distributions: list[DistSummary] = field(default_factory=list)
     logical_bytes: int = 0  # what the selection would take as plain copies
     store_bytes: int = 0  # disk the selection's objects take in the store
@@ -111,6 +114,26 @@ def _tree_usage(root: Path, exclude_inodes: set[tuple[int, int]],
     return total, files
 
 
+def _interrupted(venv: Venv, state: VenvState) -> str | None:
+    target = interrupted(venv)
+    if target is None:
+        if (venv.state_dir / EJECTING).exists():
+            return ("an eject did not finish (its hooks are off): `venvfs eject` again finishes it; "
+                    "`venvfs mount` or `venvfs hook install` keeps the venv with venvfs")
+        return None
+    if target == "mounted":
+        then = ("; `venvfs mount`, or starting its python, finishes it and mounts" if state.hooks else
+                "; `venvfs mount` finishes it and mounts")
+        return (f"the switch to the mounted layout was interrupted: site-packages is half moved into "
+                f"{venv.upper_dir}, so imports can fail until it is finished{then}; any other venvfs "
+                "command on this venv finishes it first")
+    if target == "selection":
+        return ("an add/remove was interrupted: the venv's files match neither selection; the next venvfs "
+                "command on this venv finishes it first")
+    return ("the switch to the materialized layout was interrupted: site-packages holds part of the "
+            "selection; the next venvfs command on this venv finishes it first (`venvfs mount` then mounts)")
+
+
 def venv_status(venv: Venv, store: Store) -> VenvStatus:
     state = venv.read_state()
     others = {p: s for p, s in live_selections(store).items() if p != str(venv.root)}
@@ -122,6 +145,7 @@ def venv_status(venv: Venv, store: Store) -> VenvStatus:
     status = VenvStatus(
         venv=str(venv.root), store=state.store, layout=state.layout, mount=mount_state(venv),
         link_mode=state.link_mode, python=state.interpreter.version if state.interpreter else None,
+        interrupted=_interrupted(venv, state),
     )
     mine: set[ObjectId] = set()
     for key in state.selection:
