@@ -32,9 +32,9 @@ pytestmark = pytest.mark.fuse
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture
-def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
-            tmp_path: Path) -> Iterator[Venv]:
+@contextlib.contextmanager
+def _mounted_demo(make_venv: Callable[..., Path], run_venvfs: Run, tmp_path: Path) -> Iterator[Venv]:
+    """A uv venv of the demo wheel, adopted and mounted for the block."""
     wheel = build_wheel(tmp_path / "wheels", simple_package())
     path = make_venv("v", tool="uv")
     uv_pip(path, str(wheel))
@@ -43,6 +43,13 @@ def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], run_ve
         yield Venv.open(path)
     finally:
         stop_mount(path)
+
+
+@pytest.fixture
+def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+            tmp_path: Path) -> Iterator[Venv]:
+    with _mounted_demo(make_venv, run_venvfs, tmp_path) as venv:
+        yield venv
 
 
 def venvfs_env(store: Store, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -427,14 +434,10 @@ def linked(require_fuse: None, require_root: None, store: Store, make_venv: Call
     from venvfs.fsflags import set_immutable
 
     monkeypatch.setenv("VENVFS_PYC_LINKS", "1")
-    wheel = build_wheel(tmp_path / "wheels", simple_package())
-    path = make_venv("v", tool="uv")
-    uv_pip(path, str(wheel))
     try:
-        run_venvfs("mount", str(path))
-        yield Venv.open(path)
+        with _mounted_demo(make_venv, run_venvfs, tmp_path) as venv:
+            yield venv
     finally:
-        stop_mount(path)
         for pyc in (store.root / "bytecode").rglob("*.pyc"):  # or pytest could not remove the store
             set_immutable(pyc, False)
 
