@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import platformdirs
 
-from venvfs.errors import MountError, VenvError
+from venvfs.errors import MountError, StateDamaged, VenvError
 from venvfs.fsutil import atomic_write_json, read_json
 from venvfs.store import Store
 from venvfs.venv import Venv
@@ -655,7 +655,10 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
             from venvfs import hooks as automount
             from venvfs import layout
 
-            state = venv.read_state()
+            try:
+                state = venv.read_state()
+            except StateDamaged:
+                return was  # unmounted all the same; `venvfs mount` restores the state
             if materialize and state.layout == "mounted":
                 layout.to_materialized(venv, store or Store.open(Path(state.store)), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.
