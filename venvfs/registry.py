@@ -112,7 +112,10 @@ def kept_selections(venvs: list[RegisteredVenv]) -> dict[str, VenvState]:
     for rv in venvs:
         if rv.condition == "elsewhere" or rv.state is None:
             continue
-        name = str(rv.path) if rv.condition == "live" else f"{rv.path} ({rv.condition}, id {rv.entry.id[:8]})"
+        # A damaged venv is still the one at its path; a missing or replaced one is not (another venv
+        # may be registered at that path now).
+        here = rv.condition in ("live", "damaged")
+        name = str(rv.path) if here else f"{rv.path} ({rv.condition}, id {rv.entry.id[:8]})"
         kept[name] = rv.state
         copy = registry_copy(rv.entry) if rv.condition == "live" else None
         if copy is not None and copy.selection != rv.state.selection:
@@ -217,8 +220,7 @@ def _registration_needed(venv: Venv, store: Store, state: VenvState | None) -> V
             if (original.root / "pyvenv.cfg").is_file() and original.read_state().id == state.id:
                 state.id = new_venv_id()  # a copy: the original keeps its entry
                 return state
-    if entry is None or entry.path != venv.root or entry.state is None \
-            or entry.state.get("checksum") != state.to_json()["checksum"]:
+    if entry is None or entry.path != venv.root or entry.checksum != state.to_json()["checksum"]:
         return state
     return None
 
@@ -233,6 +235,12 @@ def repair(venv: Venv, store: Store) -> str | None:
     if result.backup is None or restored is None:
         raise StateDamaged(result.message(venv, store))
     restored.id = result.backup.id
+    if restored.interpreter is not None:
+        # The registry keeps no tags (``VenvState.registry_copy``): ask the interpreter again.
+        try:
+            restored.interpreter = venv.probe_interpreter()
+        except VenvError:
+            restored.interpreter = None  # probed again by the next command that needs it
     with venv.locked(wait=True):
         venv.write_state(restored)
     return (f"{venv.state_path} was damaged; restored from the store's registry "

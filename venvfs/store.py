@@ -75,8 +75,9 @@ class RegistryEntry:
 
     id: str
     path: Path  # where the venv was last seen
-    state: dict[str, Any] | None  # its state as venvfs last wrote it; None in entries older than the copies
+    state: dict[str, Any] | None  # the state last written (``VenvState.registry_copy``); None in old entries
     file: Path
+    checksum: str | None = None  # the checksum of the venv's full state when that was written
 
 
 @dataclass
@@ -284,7 +285,7 @@ class Store:
     def registry_path(self, venv_id: str) -> Path:
         return self.root / "venvs" / f"{venv_id}.json"
 
-    def register_venv(self, venv_id: str, venv: Path, state: dict[str, Any]) -> None:
+    def register_venv(self, venv_id: str, venv: Path, state: dict[str, Any], *, checksum: str) -> None:
         """Record (or update) the venv ``venv_id``: where it was last seen, and a copy of its state.
 
         The copy is what keeps its distributions alive in gc while the venv cannot be read (moved,
@@ -293,7 +294,8 @@ class Store:
         # Staged beside the entry, not in tmp/: a venv command writes it without the store lock, and gc
         # clears tmp/ under that lock.
         atomic_write_json(self.registry_path(venv_id),
-                          {"format": REGISTRY_FORMAT, "id": venv_id, "path": str(venv.absolute()), "state": state})
+                          {"format": REGISTRY_FORMAT, "id": venv_id, "path": str(venv.absolute()), "state": state,
+                           "checksum": checksum})
         legacy = self._venv_id(venv)
         if legacy != venv_id:
             self.registry_path(legacy).unlink(missing_ok=True)
@@ -318,7 +320,8 @@ class Store:
             data = read_json(file)
             state = data.get("state") if data.get("format") == REGISTRY_FORMAT else None
             return RegistryEntry(id=venv_id, path=Path(data["path"]),
-                                 state=state if isinstance(state, dict) else None, file=file)
+                                 state=state if isinstance(state, dict) else None, file=file,
+                                 checksum=data.get("checksum"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 

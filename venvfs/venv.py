@@ -11,6 +11,7 @@ venvfs keeps its per-venv state in ``VENV/.venvfs/``::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -110,6 +111,14 @@ class VenvState:
         }
         data["checksum"] = state_checksum(data)
         return data
+
+    def registry_copy(self) -> dict[str, Any]:
+        """The state as the store's registry keeps it: without the interpreter's tags and markers
+        (a probe finds them again), which are most of its size: one entry per venv must stay small."""
+        interp = self.interpreter
+        slim = dataclasses.replace(self, interpreter=dataclasses.replace(interp, tags=(), markers={})
+                                   if interp is not None else None)
+        return slim.to_json()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VenvState:
@@ -229,7 +238,7 @@ class Venv:
         data = state.to_json()
         store = Store(Path(state.store))
         if (store.root / "venvs").is_dir():
-            store.register_venv(state.id, self.root, data)
+            store.register_venv(state.id, self.root, state.registry_copy(), checksum=data["checksum"])
         atomic_write_json(self.state_path, data)
 
     def locked(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
