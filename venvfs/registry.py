@@ -114,7 +114,7 @@ def kept_selections(venvs: list[RegisteredVenv]) -> dict[str, VenvState]:
             continue
         # A damaged venv is still the one at its path; a missing or replaced one is not (another venv
         # may be registered at that path now).
-        here = rv.condition in ("live", "damaged")
+        here = rv.condition in ("live", "damaged") and str(rv.path) not in kept
         name = str(rv.path) if here else f"{rv.path} ({rv.condition}, id {rv.entry.id[:8]})"
         kept[name] = rv.state
         copy = registry_copy(rv.entry) if rv.condition == "live" else None
