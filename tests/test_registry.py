@@ -152,3 +152,22 @@ def test_damaged_venv_is_never_forgotten_and_keeps_its_dists(store: Store, make_
     out = run_venvfs("store", "gc", "--forget-missing").stdout
     assert store.has_dist(key) and f"venvfs mount {venv}" in out, out
     assert store.registered_venvs() == [venv.absolute()]
+
+
+def test_a_venv_registered_before_ids_is_upgraded_not_called_damaged(store: Store, make_venv: Callable[..., Path],
+                                                                    run_venvfs: Run, tmp_path: Path) -> None:
+    """A state and a registry entry written by the venvfs before this one (no id, no checksum, an entry
+    of only the path named by its hash) are taken as they are and upgraded by the next command."""
+    wheel = build_wheel(tmp_path / "w", simple_package("older", "1.0"))
+    venv = make_venv("venv", "uv")
+    run_venvfs("add", str(venv), str(wheel), "--link-mode", "copy")
+    state_file = venv / ".venvfs" / "state.json"
+    old = {k: v for k, v in json.loads(state_file.read_text()).items() if k not in ("id", "checksum")}
+    state_file.write_text(json.dumps(old))
+    for entry in store.registry():
+        store.forget_venv(entry)
+    (store.root / "venvs" / f"{Store._venv_id(venv.absolute())}.json").write_text(json.dumps({"path": str(venv)}))
+    assert "DAMAGED" not in run_venvfs("status", str(venv)).stdout
+    (entry,) = store.registry()
+    assert entry.id == Venv(venv).read_state().id and entry.state is not None
+    assert entry.state["selection"] == old["selection"]
