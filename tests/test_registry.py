@@ -4,8 +4,10 @@ selects, a moved venv re-registers itself, and a state a wheel overwrote is dete
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,3 +173,13 @@ def test_a_venv_registered_before_ids_is_upgraded_not_called_damaged(store: Stor
     (entry,) = store.registry()
     assert entry.id == Venv(venv).read_state().id and entry.state is not None
     assert entry.state["selection"] == old["selection"]
+
+
+def test_gc_clears_a_day_old_registry_staging_file_only(store: Store) -> None:
+    old, fresh = store.root / "venvs" / ".x.json.a.tmp", store.root / "venvs" / ".y.json.b.tmp"
+    for f in (old, fresh):
+        f.write_text("{")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    with store.collecting():
+        store.gc({}, dry_run=False)
+    assert not old.exists() and fresh.exists()

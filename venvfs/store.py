@@ -454,6 +454,11 @@ class Store:
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
                     tmp.unlink(missing_ok=True)
+            # Registry entries are staged beside them by venv commands, without the lock, as views are.
+            for tmp in (self.root / "venvs").glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    if time.time() - tmp.lstat().st_mtime >= 86400:
+                        tmp.unlink()
         return report
 
 
