@@ -86,7 +86,9 @@ def _managed(path: Path, store: Path, *wheels: Path) -> Path:
     return venv
 
 
-def test_gc_forgets_deleted_venv_keeps_live_ones_and_dry_run_changes_nothing(tmp_path: Path) -> None:
+def test_gc_keeps_a_vanished_venv_until_forget_missing_and_dry_run_changes_nothing(tmp_path: Path) -> None:
+    """A registered venv that is not where it was (deleted, or on a disk not mounted now) keeps what it
+    selected, from the registry's copy, until `gc --forget-missing`, which names it first."""
     store = tmp_path / "store"
     shared = build_wheel(tmp_path / "w", simple_package("shared", "1.0"))
     only_a = build_wheel(tmp_path / "w", data_package("onlya", "1.0"))
@@ -104,18 +106,27 @@ def test_gc_forgets_deleted_venv_keeps_live_ones_and_dry_run_changes_nothing(tmp
     before = tree_snapshot(store)
     dry = json.loads(run_cli(store, "store", "gc", "--dry-run", "--json").stdout)
     assert tree_snapshot(store) == before, "--dry-run changed the store"
-    assert dry["dry_run"] is True
-    assert dry["forgotten_venvs"] == [str(gone)]
-    assert sorted(k.split("-")[0] for k in dry["distributions"]) == ["onlyb", "unused"]
-    assert dry["objects"] > 0 and dry["bytes_freed"] > 0
+    assert dry["dry_run"] is True and dry["forgotten_venvs"] == []
+    assert [(v["path"], v["condition"]) for v in dry["kept_venvs"]] == [(str(gone), "missing")]
+    assert sorted(k.split("-")[0] for k in dry["distributions"]) == ["unused"]
     human = run_cli(store, "store", "gc", "--dry-run").stdout
-    assert "would free" in human and str(gone) in human
+    assert "would free" in human and str(gone) in human and "--forget-missing" in human
+    assert "would remove unused-3.0-" in human
 
+    kept = json.loads(run_cli(store, "store", "gc", "--json").stdout)
+    assert sorted(k.split("-")[0] for k in kept["distributions"]) == ["unused"]
+    assert sorted(k.split("-")[0] for k in st.dist_keys()) == ["onlya", "onlyb", "shared"]
+    assert sorted(st.registered_venvs()) == sorted([live, gone])
+
+    before = tree_snapshot(store)
+    dry_forget = run_cli(store, "store", "gc", "--dry-run", "--forget-missing").stdout
+    assert tree_snapshot(store) == before, "--dry-run changed the store"
+    assert f"would forget venv {gone}" in dry_forget and "would remove onlyb-1.0-" in dry_forget
     live_objects = {(f.digest, f.executable) for k in Venv(live).read_state().selection
                     for f in st.get_dist(k).files if f.digest}
-    done = json.loads(run_cli(store, "store", "gc", "--json").stdout)
-    assert done["distributions"] == dry["distributions"] and done["objects"] == dry["objects"]
-    assert done["bytes_freed"] == dry["bytes_freed"]
+    done = run_cli(store, "store", "gc", "--forget-missing").stdout
+    # Named before anything is removed.
+    assert done.index(f"forgetting venv {gone}") < done.index("removed onlyb-1.0-"), done
     assert sorted(k.split("-")[0] for k in st.dist_keys()) == ["onlya", "shared"]
     remaining = {(d, x) for d, x, _p in st.iter_objects()}
     assert live_objects <= remaining, "gc removed an object a live venv uses"
@@ -127,7 +138,7 @@ def test_gc_forgets_deleted_venv_keeps_live_ones_and_dry_run_changes_nothing(tmp
                           capture_output=True, text=True)
     assert proc.stdout.strip() == "1.0", proc.stderr
     # Nothing left to collect.
-    again = json.loads(run_cli(store, "store", "gc", "--json").stdout)
+    again = json.loads(run_cli(store, "store", "gc", "--json", "--forget-missing").stdout)
     assert again["distributions"] == [] and again["objects"] == 0 and again["bytes_freed"] == 0
 
 

@@ -278,8 +278,7 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
         progress.close()
         state.selection = [r.key for r in records]
         # The state is written before the venv is touched: from here on a rerun knows the venv is managed.
-        venv.write_state(state)
-        store.register_venv(venv.root)
+        venv.write_state(state)  # and its copy in the store's registry
         if compile_bytecode:
             report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
         linker = Linker(link_mode)

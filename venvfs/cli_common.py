@@ -45,16 +45,20 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     return Store.open(getattr(args, "store", None), create=create)
 
 
-def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False) -> Store:
+def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False, damaged_ok: bool = False
+                   ) -> Store:
     """The store a venv command uses: --store if given, else the one the venv is managed with, else
-    $VENVFS_STORE or the default (so commands on a venv never silently look in the wrong store)."""
-    if not create and not venv.is_managed:
+    $VENVFS_STORE or the default (so commands on a venv never silently look in the wrong store).
+
+    A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it;
+    a damaged state raises ``StateDamaged`` unless ``damaged_ok`` (umount, status, mount)."""
+    from venvfs import registry
+
+    if not create and not venv.is_managed and not damaged_ok:
         venv.read_state()  # "not managed (run `venvfs adopt`)" says more than "no store" would
-    store = (Store.open(Path(venv.read_state().store), create=False)
-             if getattr(args, "store", None) is None and venv.is_managed else open_store(args, create=create))
-    if venv.is_managed:
-        # A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it.
-        store.register_venv(venv.root)
+    named = registry.state_store(venv) if getattr(args, "store", None) is None else None
+    store = Store.open(named, create=False) if named is not None else open_store(args, create=create)
+    registry.sync(venv, store, damaged_ok=damaged_ok)
     return store
 
 

@@ -75,25 +75,30 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _targets(args: argparse.Namespace) -> list[Path]:
     if getattr(args, "all", False):
         # A registered venv deleted since is no error here: `venvfs store gc` forgets it.
-        return [p for p in open_store(args).registered_venvs() if (p / ".venvfs" / "state.json").exists()]
+        return [p for p in open_store(args).registered_venvs() if (p / ".venvfs").is_dir()]
     return [venv_path(args)]
 
 
 def _store_for(args: argparse.Namespace, path: Path, *, create: bool = False) -> Store:
-    """The venv's own store unless --store says otherwise (see cli_common.open_store_for)."""
+    """The venv's own store unless --store says otherwise (see cli_common.open_store_for); a damaged
+    state is for the command to handle (mount repairs it, umount does without it)."""
     venv = Venv(path)
-    return (open_store_for(args, venv, create=create) if (venv.root / "pyvenv.cfg").exists()
+    return (open_store_for(args, venv, create=create, damaged_ok=True) if (venv.root / "pyvenv.cfg").exists()
             else open_store(args))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from venvfs import daemon
+    from venvfs import daemon, registry
 
     results = []
     code = 0
     for path in _targets(args):
         try:
             store = _store_for(args, path, create=True)
+            if (Path(path) / "pyvenv.cfg").exists():
+                repaired = registry.repair(Venv(path), store)
+                if repaired:
+                    print(f"venvfs: {repaired}", file=sys.stderr)
             r = daemon.mount(path, store, allow_other=args.allow_other, foreground=args.foreground, mode=args.mode,
                              hooks=args.hooks)
         except VenvfsError as e:
@@ -113,12 +118,24 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from venvfs import daemon
+    from venvfs import daemon, registry
 
     out = []
     for path in _targets(args):
-        # The store matters only to --materialize: a venv whose store is gone still unmounts.
-        was = daemon.umount(path, _store_for(args, path) if args.materialize else None, materialize=args.materialize)
+        store = None
+        try:
+            store = _store_for(args, path)
+        except VenvfsError:
+            if args.materialize:
+                raise
+            # The store matters only to --materialize: a venv whose store is gone still unmounts.
+        if store is not None and (Path(path) / "pyvenv.cfg").exists():
+            venv = Venv(path)
+            checked = registry.check(venv, store)
+            if checked.problem:
+                # Unmounting needs no state: say what is wrong and unmount anyway.
+                print(f"venvfs: {checked.message(venv, store)}", file=sys.stderr)
+        was = daemon.umount(path, store, materialize=args.materialize)
         out.append({"venv": str(path), "unmounted": was})
         if not args.json:
             print(f"unmounted {path}" if was else f"{path} was not mounted")

@@ -23,7 +23,7 @@ from venvfs.cli_common import (
     print_json,
     venv_path,
 )
-from venvfs.errors import InvalidWheel, UsageError, VenvfsError
+from venvfs.errors import InvalidWheel, StateDamaged, UsageError, VenvfsError
 from venvfs.fsutil import describe_oserror
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.progress import human_bytes
@@ -61,11 +61,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=cmd_store_verify)
     p = store_sub.add_parser(
         "gc", parents=[common, as_json], help="remove what no live venv uses",
-        description="Remove distributions, objects and bytecode that no registered, existing venv selects.\n"
-        "Venvs deleted from disk are forgotten. Wheels added with `store add` and selected by no venv\n"
-        "are removed too.", formatter_class=fmt,
+        description="Remove distributions, objects and bytecode that no registered venv selects.\n"
+        "A registered venv that is missing (moved, deleted, on an unplugged disk) or whose state is\n"
+        "damaged keeps what it selected, from the store's copy of its selection, until\n"
+        "--forget-missing (a moved venv re-registers itself on its next venvfs command). Wheels\n"
+        "added with `store add` and selected by no venv are removed too.", formatter_class=fmt,
     )
-    p.add_argument("--dry-run", action="store_true", help="say what would be freed, remove nothing")
+    p.add_argument("--dry-run", action="store_true", help="say what would be forgotten and freed, remove nothing")
+    p.add_argument("--forget-missing", action="store_true",
+                   help="forget registered venvs that are no longer where they were (listed first), "
+                   "and free what only they selected")
     p.set_defaults(handler=cmd_store_gc)
 
     link_help = "reflink, hardlink or copy; auto tries them in that order (default: auto)"
@@ -238,27 +243,30 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_gc(args: argparse.Namespace) -> int:
-    from venvfs.status import live_selections
-    from venvfs.view import view_cache_key
+    from venvfs import registry
 
     store = open_store(args, create=False)
+    would = "would " if args.dry_run else ""
     with store.collecting():
-        live = live_selections(store)
-        forgotten = [p for p in store.registered_venvs() if str(p) not in live]
-        report = store.gc({p: s.selection for p, s in live.items()}, dry_run=args.dry_run,
-                          live_views={view_cache_key(s) for s in live.values()})
-        if not args.dry_run:
-            for path in forgotten:
-                store.unregister_venv(path)
-    report.forgotten_venvs = [str(p) for p in forgotten]
+        plan = registry.plan_gc(store, forget_missing=args.forget_missing)
+        if not args.json:
+            # Named before anything is removed: forgetting a venv frees what only it selected.
+            for v in plan.forget:
+                print(f"{'would forget' if args.dry_run else 'forgetting'} venv {v.path}: {v.why}")
+            for v in plan.kept:
+                how = (f"`venvfs mount {v.path}` repairs it" if v.condition == "damaged" else
+                       "`venvfs store gc --forget-missing` forgets it")
+                count = f"its {len(v.state.selection)} distribution(s)" if v.state else "it"
+                print(f"keeping {count} for venv {v.path}: {v.why}; {how}")
+        report = registry.collect(store, plan, dry_run=args.dry_run)
     if args.json:
         print_json({"dry_run": args.dry_run, "distributions": report.dists, "objects": report.objects,
                     "bytecode": report.bytecode, "views": report.views, "bytes_freed": report.bytes_freed,
-                    "forgotten_venvs": report.forgotten_venvs})
+                    "forgotten_venvs": report.forgotten_venvs, "kept_venvs": [v.to_json() for v in plan.kept]})
         return 0
+    for key in report.dists:
+        print(f"{would}remove{'' if would else 'd'} {key}")
     verb = "would free" if args.dry_run else "freed"
-    for gone in report.forgotten_venvs:
-        print(f"{'would forget' if args.dry_run else 'forgot'} venv {gone} (gone or no longer using this store)")
     print(f"{verb} {human_bytes(report.bytes_freed)}: {len(report.dists)} distribution(s), {report.objects} "
           f"object(s), {report.bytecode} bytecode file(s), {report.views} cached view(s)")
     return 0
@@ -353,20 +361,32 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from venvfs import daemon
+    from venvfs import daemon, registry
     from venvfs.status import venv_status
 
     venv = Venv.open(venv_path(args))
-    store = open_store_for(args, venv)
-    if venv.is_managed and venv.read_state().layout == "mounted" and daemon.mount_state(venv) == "dead":
-        # A killed daemon leaves "Transport endpoint is not connected": clear it and mount again.
-        result = daemon.mount(venv.root, store)
-        print(f"venvfs: the mount's daemon had died; {result.message}", file=sys.stderr)
-    status = venv_status(venv, store)
+    store = open_store_for(args, venv, damaged_ok=True)
+    checked = registry.check(venv, store)
+    if checked.problem is not None:
+        # Reported, not repaired: status changes nothing. The rest is what the registry remembers.
+        backup = checked.backup_state
+        if backup is None:
+            raise StateDamaged(checked.message(venv, store))
+        status = venv_status(venv, store, backup)
+        status.state_problem = checked.message(venv, store)
+    else:
+        if venv.is_managed and venv.read_state().layout == "mounted" and daemon.mount_state(venv) == "dead":
+            # A killed daemon leaves "Transport endpoint is not connected": clear it and mount again.
+            result = daemon.mount(venv.root, store)
+            print(f"venvfs: the mount's daemon had died; {result.message}", file=sys.stderr)
+        status = venv_status(venv, store)
     if args.json:
         print_json(status.to_json())
         return 0
     print(f"venv:        {status.venv}")
+    if status.state_problem:
+        print(f"state:       DAMAGED: {status.state_problem}")
+        print("             (what follows is the store's registry copy)")
     print(f"store:       {status.store}")
     print(f"layout:      {status.layout} (site-packages {status.mount})")
     if status.interrupted:

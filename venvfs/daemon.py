@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import platformdirs
 
-from venvfs.errors import MountError, VenvError
+from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, read_json
 from venvfs.store import Store
 from venvfs.venv import Venv
@@ -719,8 +719,19 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
             from venvfs import hooks as automount
             from venvfs import layout
 
-            state = venv.read_state()
-            layout.resume(venv, store, state)
+            try:
+                state = venv.read_state()
+            except StateDamaged:
+                return was  # unmounted all the same; `venvfs mount` restores the state
+            try:
+                layout.resume(venv, store, state)
+            except (VenvfsError, OSError) as e:
+                if materialize:
+                    raise
+                # Unmounted all the same: finishing a half-done change needs the venv's store, and
+                # the next command that reaches it finishes it (`venvfs status` says so meanwhile).
+                log.warning("%s: unmounted; an interrupted change could not be finished yet (%s)", venv.root, e)
+                return was
             if materialize and state.layout == "mounted":
                 layout.to_materialized(venv, store or Store.open(Path(state.store), create=False), state)
             # Unmounted in the mounted layout, the .pth must be visible again for the next start.

@@ -33,6 +33,10 @@ class VenvError(VenvfsError):
     exit_code = 4
 
 
+class StateDamaged(VenvError):
+    """A venv's ``.venvfs/state.json`` was changed, replaced or deleted by something other than venvfs."""
+
+
 class StoreError(VenvfsError):
     """The store is unreadable, of an unknown format, or an object in it is missing or modified."""
 

@@ -43,6 +43,7 @@ class VenvStatus:
     link_mode: str | None
     python: str | None
     interrupted: str | None = None  # a layout switch left half done, and what will finish it
+    state_problem: str | None = None  # why the venv's state cannot be trusted (then the rest is the registry's copy)
     distributions: list[DistSummary] = field(default_factory=list)
     logical_bytes: int = 0  # what the selection would take as plain copies
     store_bytes: int = 0  # disk the selection's objects take in the store
@@ -72,15 +73,11 @@ class StoreStatus:
 
 
 def live_selections(store: Store) -> dict[str, VenvState]:
-    """Registered venvs that still exist and still use this store."""
-    states: dict[str, VenvState] = {}
-    for path in store.registered_venvs():
-        venv = Venv(path)
-        with contextlib.suppress(VenvfsError, OSError):
-            state = venv.read_state()
-            if Path(state.store) == store.root:
-                states[str(path)] = state
-    return states
+    """The selections of the venvs registered in the store that still count on it: read from each
+    venv, or from the registry's copy when it is missing, moved or damaged (see ``venvfs.registry``)."""
+    from venvfs.registry import kept_selections, registered
+
+    return kept_selections(registered(store))
 
 
 def _objects(record: DistRecord) -> set[ObjectId]:
@@ -134,9 +131,11 @@ def _interrupted(venv: Venv, state: VenvState) -> str | None:
             "selection; the next venvfs command on this venv finishes it first (`venvfs mount` then mounts)")
 
 
-def venv_status(venv: Venv, store: Store) -> VenvStatus:
-    state = venv.read_state()
-    others = {p: s for p, s in live_selections(store).items() if p != str(venv.root)}
+def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> VenvStatus:
+    """``state``: what to report on instead of the venv's own (the registry's copy of a damaged one)."""
+    state = state if state is not None else venv.read_state()
+    own = (str(venv.root), f"{venv.root} (registry copy)")
+    others = {p: s for p, s in live_selections(store).items() if p not in own}
     other_objects: set[ObjectId] = set()
     for other in others.values():
         for key in other.selection:

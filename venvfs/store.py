@@ -7,7 +7,8 @@ Layout under the store root::
     chunks/ab/<sha256>            sha256 of each 256 KiB of an object larger than that (``chunks.py``)
     dists/<key>.json              one DistRecord per distribution build
     bytecode/<cache_tag>/ab/<sha256>.pyc   timestamp .pyc of a .py object, for one Python version
-    venvs/<id>.json               registry of venvs using the store (for gc and ``mount --all``)
+    venvs/<id>.json               registry of venvs using the store: last path and a copy of the state
+                                  (for gc, ``mount --all``, and repairing a damaged state)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
 
@@ -34,7 +35,7 @@ import types
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import platformdirs
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from venvfs.linkmode import Linker
 
 STORE_FORMAT = 1
+REGISTRY_FORMAT = 2
 STORE_ENV = "VENVFS_STORE"
 
 # Store files show this mtime everywhere (object inode, materialized copies, the FUSE view), so one
@@ -77,6 +79,17 @@ class PutResult:
     digest: str
     size: int
     new: bool  # False when the object was already stored
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """What the store remembers of one venv that uses it (``venvs/<id>.json``)."""
+
+    id: str
+    path: Path  # where the venv was last seen
+    state: dict[str, Any] | None  # the state last written (``VenvState.registry_copy``); None in old entries
+    file: Path
+    checksum: str | None = None  # the checksum of the venv's full state when that was written
 
 
 @dataclass
@@ -399,23 +412,60 @@ class Store:
 
     @staticmethod
     def _venv_id(venv: Path) -> str:
+        """The name of a venv's registry entry before venvs had ids of their own (and of its daemon log)."""
         return hashlib.sha256(os.fsencode(venv.absolute())).hexdigest()[:20]
 
-    def register_venv(self, venv: Path) -> None:
-        path = self.root / "venvs" / f"{self._venv_id(venv)}.json"
-        if not path.exists():
-            atomic_write_json(path, {"path": str(venv.absolute())}, tmp_dir=self.root / "tmp")
+    def registry_path(self, venv_id: str) -> Path:
+        return self.root / "venvs" / f"{venv_id}.json"
+
+    def register_venv(self, venv_id: str, venv: Path, state: dict[str, Any], *, checksum: str) -> None:
+        """Record (or update) the venv ``venv_id``: where it was last seen, and a copy of its state.
+
+        The copy is what keeps its distributions alive in gc while the venv cannot be read (moved,
+        on an unplugged disk, its state damaged), and what ``venvfs mount`` restores a damaged state
+        from. The entry written before venvs had ids (named by a hash of the path) goes."""
+        # Staged beside the entry, not in tmp/: a venv command writes it without the store lock, and gc
+        # clears tmp/ under that lock.
+        atomic_write_json(self.registry_path(venv_id),
+                          {"format": REGISTRY_FORMAT, "id": venv_id, "path": str(venv.absolute()), "state": state,
+                           "checksum": checksum})
+        legacy = self._venv_id(venv)
+        if legacy != venv_id:
+            self.registry_path(legacy).unlink(missing_ok=True)
 
     def unregister_venv(self, venv: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "venvs" / f"{self._venv_id(venv)}.json").unlink()
+        """Forget every entry recorded for the path ``venv`` (eject)."""
+        for entry in self.registry():
+            if entry.path == venv.absolute():
+                entry.file.unlink(missing_ok=True)
+
+    def forget_venv(self, entry: RegistryEntry) -> None:
+        entry.file.unlink(missing_ok=True)
+
+    def registry(self) -> list[RegistryEntry]:
+        """Every readable registry entry. An unreadable one is skipped (and left for a human)."""
+        entries = (self.registry_entry(file.stem) for file in sorted((self.root / "venvs").glob("*.json")))
+        return [e for e in entries if e is not None]
+
+    def registry_entry(self, venv_id: str) -> RegistryEntry | None:
+        file = self.registry_path(venv_id)
+        try:
+            data = read_json(file)
+            state = data.get("state") if data.get("format") == REGISTRY_FORMAT else None
+            return RegistryEntry(id=venv_id, path=Path(data["path"]),
+                                 state=state if isinstance(state, dict) else None, file=file,
+                                 checksum=data.get("checksum"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def registry_entries_at(self, venv: Path) -> list[RegistryEntry]:
+        """The entries whose venv was last seen at ``venv``, those with a state copy first."""
+        found = [e for e in self.registry() if e.path == venv.absolute()]
+        return sorted(found, key=lambda e: e.state is None)
 
     def registered_venvs(self) -> list[Path]:
-        venvs = []
-        for entry in sorted((self.root / "venvs").glob("*.json")):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                venvs.append(Path(read_json(entry)["path"]))
-        return venvs
+        """Where the registered venvs were last seen (each path once)."""
+        return list(dict.fromkeys(e.path for e in self.registry()))
 
     # -- accounting, verification, collection ------------------------------------------------------
 
@@ -580,6 +630,11 @@ class Store:
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
                     tmp.unlink(missing_ok=True)
+            # Registry entries are staged beside them by venv commands, without the lock, as views are.
+            for tmp in (self.root / "venvs").glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    if time.time() - tmp.lstat().st_mtime >= 86400:
+                        tmp.unlink()
         return report
 
 

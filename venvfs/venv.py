@@ -2,7 +2,8 @@
 
 venvfs keeps its per-venv state in ``VENV/.venvfs/``::
 
-    state.json    which store, which distributions are selected, how site-packages is laid out
+    state.json    which store, which distributions are selected, how site-packages is laid out; the
+                  venv's id in the store's registry, and a checksum of the rest
     upper/        the upper layer of a mounted site-packages (a plain directory, readable unmounted)
     lock          held by every venvfs command that changes this venv
 """
@@ -10,11 +11,14 @@ venvfs keeps its per-venv state in ``VENV/.venvfs/``::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +26,9 @@ from typing import Any, Literal
 
 import packaging
 
-from venvfs.errors import VenvError
+from venvfs.errors import StateDamaged, VenvError
 from venvfs.fsutil import atomic_write_json, flock, read_json
+from venvfs.store import Store
 
 STATE_DIR = ".venvfs"
 STATE_FORMAT = 1
@@ -77,6 +82,17 @@ class InterpreterInfo:
         )
 
 
+def state_checksum(data: dict[str, Any]) -> str:
+    """sha256 of a state's canonical JSON without its checksum: anything but venvfs that writes the file
+    (a wheel's data file through pip, an editor) cannot keep it matching by accident."""
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def new_venv_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass
 class VenvState:
     store: str
@@ -85,10 +101,12 @@ class VenvState:
     link_mode: str | None = None  # the link mode last used to materialize
     interpreter: InterpreterInfo | None = None
     hooks: bool = True  # install activation/interpreter hooks (issue: automount)
+    id: str | None = None  # names the venv in the store's registry; None in states older than ids
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": STATE_FORMAT,
+            "id": self.id,
             "store": self.store,
             "selection": self.selection,
             "layout": self.layout,
@@ -96,11 +114,26 @@ class VenvState:
             "interpreter": self.interpreter.to_json() if self.interpreter else None,
             "hooks": self.hooks,
         }
+        data["checksum"] = state_checksum(data)
+        return data
+
+    def registry_copy(self) -> dict[str, Any]:
+        """The state as the store's registry keeps it: without the interpreter's tags and markers
+        (a probe finds them again), which are most of its size: one entry per venv must stay small."""
+        interp = self.interpreter
+        slim = dataclasses.replace(self, interpreter=dataclasses.replace(interp, tags=(), markers={})
+                                   if interp is not None else None)
+        return slim.to_json()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VenvState:
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported state format {data.get('format')!r}")
+        # A state written before ids has neither field; one with an id and no checksum was edited.
+        if ("checksum" in data or "id" in data) and data.get("checksum") != state_checksum(data):
+            raise ValueError("its checksum does not match: something other than venvfs changed it")
         interp = data.get("interpreter")
         return cls(
             store=data["store"],
@@ -109,6 +142,7 @@ class VenvState:
             link_mode=data.get("link_mode"),
             interpreter=InterpreterInfo.from_json(interp) if interp else None,
             hooks=bool(data.get("hooks", True)),
+            id=data.get("id"),
         )
 
 
@@ -122,6 +156,17 @@ def _min_probe_python() -> str:
         if found:
             return found.group(1)
     return "3.8"
+
+
+def state_problem(err: BaseException) -> str:
+    """Why a state file could not be used, in a few words."""
+    if isinstance(err, json.JSONDecodeError):
+        return "invalid JSON"
+    if isinstance(err, KeyError):
+        return f"no {err.args[0]!r} field"
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    return str(err)
 
 
 class Venv:
@@ -183,20 +228,35 @@ class Venv:
         return self.state_dir / "upper"
 
     @property
+    def state_path(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
     def is_managed(self) -> bool:
-        return (self.state_dir / "state.json").exists()
+        return self.state_path.exists()
 
     def read_state(self) -> VenvState:
-        path = self.state_dir / "state.json"
+        """The venv's state; ``StateDamaged`` when the file is not one venvfs wrote (see
+        ``venvfs.registry`` for the cross-check with the store and the repair)."""
+        path = self.state_path
         try:
             return VenvState.from_json(read_json(path))
         except FileNotFoundError:
             raise VenvError(f"{self.root} is not managed by venvfs (run `venvfs adopt {self.root}`)") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise VenvError(f"{path}: unreadable venvfs state ({e})") from e
+            raise StateDamaged(f"{path} is damaged ({state_problem(e)}); "
+                               f"`venvfs mount {self.root}` restores it from the store's registry") from e
 
     def write_state(self, state: VenvState) -> None:
-        atomic_write_json(self.state_dir / "state.json", state.to_json())
+        """Write the state, and first its copy in the store's registry: the copy is what gc keeps alive
+        while the venv cannot be read, and what a damaged state is restored from."""
+        if state.id is None:
+            state.id = new_venv_id()
+        data = state.to_json()
+        store = Store(Path(state.store))
+        if (store.root / "venvs").is_dir():
+            store.register_venv(state.id, self.root, state.registry_copy(), checksum=data["checksum"])
+        atomic_write_json(self.state_path, data)
 
     def locked(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
         return flock(self.state_dir / "lock", exclusive=True, wait=wait, what=f"venv {self.root}")
