@@ -242,3 +242,20 @@ def test_eject_killed_while_materializing(then: str, venv: Venv, store: Store, r
     proc = python(venv, CHECK + "; import written_while_mounted")
     assert proc.returncode == 0 and proc.stdout.split() == ["1.0", "1.0", "kept"], proc.stderr
     assert (venv.site_packages / "demo" / "data" / "table.txt").read_bytes() == b"edited by the user\n"
+
+
+def test_umount_works_while_a_pending_switch_cannot_be_finished(venv: Venv, store: Store,
+                                                                 run_venvfs: RunVenvfs) -> None:
+    """`umount` must work on a damaged venv: a half-done switch whose store is out of reach (an
+    unplugged disk) is left for later, with a warning, instead of failing the unmount."""
+    crash("to-mounted:emptied", "mount", str(venv.root))
+    away = store.root.with_name("store-away")
+    store.root.rename(away)
+    try:
+        proc = run_venvfs("umount", str(venv.root))
+        assert "could not be finished yet" in proc.stderr, proc.stderr
+        assert (venv.state_dir / layout.TO_MOUNTED).exists()
+    finally:
+        away.rename(store.root)
+    run_venvfs("mount", str(venv.root))
+    assert_whole_and_mounted(venv)
