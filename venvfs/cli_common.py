@@ -54,8 +54,10 @@ def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False
     a damaged state raises ``StateDamaged`` unless ``damaged_ok`` (umount, status, mount)."""
     from venvfs import registry
 
-    if not create and not venv.is_managed and not damaged_ok:
-        venv.read_state()  # "not managed (run `venvfs adopt`)" says more than "no store" would
+    if not create and not venv.is_managed and not (damaged_ok and venv.state_dir.exists()):
+        # "not managed (run `venvfs adopt`)" says more than "no store" would; a venv whose state
+        # file is gone but not the rest of .venvfs/ is the registry's to judge (damaged, not new).
+        venv.read_state()
     named = registry.state_store(venv) if getattr(args, "store", None) is None else None
     store = Store.open(named, create=False) if named is not None else open_store(args, create=create)
     registry.sync(venv, store, damaged_ok=damaged_ok)
