@@ -278,6 +278,14 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     print(f"  new in store: {human_bytes(report.new_bytes)} in {report.new_objects} object(s); "
           f"already stored: {human_bytes(report.shared_bytes)}")
     print(f"  files: {report.link_summary}")
+    if report.shared_inode_files:
+        # What leaving other tools' inodes alone cost: hardlinking them would have made uv's cache
+        # (or another venv) the store.
+        print(f"  shared with files outside this venv (a tool's cache, other venvs): {report.shared_inode_files} "
+              f"file(s) stored as reflinks or copies, {human_bytes(report.shared_inode_copied_bytes)} copied; "
+              "their inodes were left untouched")
+    if report.hardlink_warning:
+        print(f"  {report.hardlink_warning}")
     for name, files in report.kept_in_venv.items():
         print(f"  kept in the venv (edited or missing since install): {name}: {', '.join(files[:5])}"
               + (" …" if len(files) > 5 else ""))
@@ -313,15 +321,20 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if args.json:
         counts = {m.value: n for m, n in linker.counts.items()}
         print_json({"venv": str(venv.root), "link_mode": linker.used.value if linker.used else None,
-                    "fallback_reason": linker.fallback_reason, "counts": counts})
+                    "fallback_reason": linker.fallback_reason, "counts": counts,
+                    "hardlink_warning": linker.hardlink_warning()})
     else:
         print(f"materialized {venv.root}: {linker.summary()}")
+        if linker.hardlink_warning():
+            print(linker.hardlink_warning())
     return 0
 
 
-def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], removed: list[str], links: str) -> None:
+def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], removed: list[str], links: str,
+                     warning: str | None = None) -> None:
     if args.json:
-        print_json({"venv": str(venv.root), "added": added, "removed": removed, "links": links})
+        print_json({"venv": str(venv.root), "added": added, "removed": removed, "links": links,
+                    "hardlink_warning": warning})
         return
     for key in removed:
         print(f"removed {key}")
@@ -329,6 +342,8 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
         print(f"added {key}")
     if added:
         print(f"  files: {links}")
+    if warning:
+        print(f"  {warning}")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -338,7 +353,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
                               dependencies=not args.no_deps)
-    _print_selection(args, venv, report.added, report.removed, report.link_summary)
+    _print_selection(args, venv, report.added, report.removed, report.link_summary, report.hardlink_warning)
     return 0
 
 
@@ -381,6 +396,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"in the store:      {human_bytes(status.store_bytes)}: {human_bytes(status.shared_bytes)} shared "
           f"with other venvs, {human_bytes(status.owned_alone_bytes)} used by this venv alone")
     print(f"in the venv:       {human_bytes(status.venv_own_bytes)} in {status.venv_own_files} file(s) of its own")
+    if status.hardlink_warning:
+        print(status.hardlink_warning)
     return 0
 
 

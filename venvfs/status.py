@@ -17,6 +17,7 @@ from venvfs.daemon import mount_state
 from venvfs.errors import VenvfsError
 from venvfs.hooks import EJECTING
 from venvfs.layout import interrupted
+from venvfs.linkmode import hardlink_warning
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv, VenvState
@@ -50,6 +51,8 @@ class VenvStatus:
     owned_alone_bytes: int = 0  # of store_bytes, objects only this venv uses
     venv_own_bytes: int = 0  # disk in the venv itself: upper layer, copies, the venv's own files
     venv_own_files: int = 0
+    store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
+    hardlink_warning: str | None = None  # the one line saying what that exposes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +185,26 @@ def venv_status(venv: Venv, store: Store) -> VenvStatus:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes, placed)
     else:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes)
+    status.store_hardlinks = _count_store_inodes(
+        venv.root, store_inodes, skip=venv.site_packages if state.layout == "mounted" else None)
+    if status.store_hardlinks:
+        status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
     return status
+
+
+def _count_store_inodes(root: Path, store_inodes: set[tuple[int, int]], *, skip: Path | None) -> int:
+    """Files under ``root`` that are store objects' own inodes. (``skip``: a mounted site-packages,
+    whose files are the mount's inodes, never the store's; walking it would only cost requests.)"""
+    found = 0
+    skipped = {str(root / ".venvfs"), str(skip)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if st.st_nlink > 1 and (st.st_ino, st.st_dev) in store_inodes:
+                    found += 1
+    return found
 
 
 def store_status(store: Store) -> StoreStatus:
