@@ -55,9 +55,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Re-hash every stored object. A modified or missing object (for example one edited\n"
         "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.\n"
         "Objects no record refers to (a crashed ingest's leftovers) are counted, not failed on:\n"
-        "`venvfs store gc` removes them.",
+        "`venvfs store gc` removes them.\n\n"
+        "With --repair, each damaged object is replaced (a fresh file, renamed into place) by a copy\n"
+        "with its digest from the store or a venv, and running mounts drop what they cached of it;\n"
+        "one that no copy can supply is named with the distribution to re-add from its wheel\n"
+        "(`venvfs store add` repairs the damaged objects of a wheel it is given).",
         formatter_class=fmt,
     )
+    p.add_argument("--repair", action="store_true", help="repair damaged objects from good copies")
     p.set_defaults(handler=cmd_store_verify)
     p = store_sub.add_parser(
         "gc", parents=[common, as_json], help="remove what no live venv uses",
@@ -154,6 +159,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     code = 0
     for path in wheels:
+        repaired_before = len(store.repaired)
         try:
             record, new = ingest_wheel(store, path)
         except InvalidWheel as e:
@@ -161,9 +167,16 @@ def cmd_store_add(args: argparse.Namespace) -> int:
             results.append({"wheel": str(path), "error": str(e)})
             code = InvalidWheel.exit_code
             continue
-        results.append({"wheel": str(path), "key": record.key, "new": new, "files": len(record.files)})
+        repaired = store.repaired[repaired_before:]
+        results.append({"wheel": str(path), "key": record.key, "new": new, "files": len(record.files),
+                        "repaired": repaired})
         if not args.json:
-            print(f"{'added' if new else 'already stored'}: {record.key} ({len(record.files)} files)")
+            print(f"{'added' if new else 'already stored'}: {record.key} ({len(record.files)} files)"
+                  + (f"; repaired {len(repaired)} damaged object(s)" if repaired else ""))
+    if store.repaired:
+        from venvfs.daemon import invalidate_repaired
+
+        invalidate_repaired(store)
     if args.json:
         print_json(results)
     return code
@@ -211,17 +224,36 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     from venvfs.status import live_selections
 
     store = open_store(args, create=False)
-    selections = {p: s.selection for p, s in live_selections(store).items()}
+    states = live_selections(store)
+    selections = {p: s.selection for p, s in states.items()}
     report = store.verify(selections)
+    fixed: dict[str, str] = {}
+    unrepairable: dict[str, list[str]] = {}
+    if args.repair and report.problems:
+        from venvfs.daemon import invalidate_repaired
+        from venvfs.repair import repair
+
+        with store.writing():
+            outcome = repair(store, report, states)
+        fixed, unrepairable = outcome.repaired, outcome.unrepairable
+        if store.repaired:
+            invalidate_repaired(store)
+    ok = not (set(report.problems) - set(fixed)) and not report.bad_records and not report.bad_bytecode
     if args.json:
         print_json({"objects_checked": report.objects_checked, "problems": report.problems,
                     "bytecode_checked": report.bytecode_checked, "bad_bytecode": report.bad_bytecode,
                     "affected_venvs": report.affected_venvs, "bad_records": report.bad_records,
-                    "orphans": report.orphans, "orphan_bytes": report.orphan_bytes, "ok": report.ok})
+                    "orphans": report.orphans, "orphan_bytes": report.orphan_bytes,
+                    "repaired": fixed, "unrepairable": unrepairable, "ok": ok})
     else:
         for digest, problem in sorted(report.problems.items()):
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
             print(f"{problem}: object {digest[:16]}… (used by {venvs})")
+            if digest in fixed:
+                print(f"  repaired from {fixed[digest]}")
+            elif digest in unrepairable:
+                dists = ", ".join(unrepairable[digest]) or "no stored distribution"
+                print(f"  cannot repair: no good copy known; re-add {dists} from its wheel (`venvfs store add`)")
         for name, problem in sorted(report.bad_bytecode.items()):
             tag, _, digest = name.partition("/")
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
@@ -232,9 +264,11 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         if report.orphans:
             print(f"{report.orphans} object(s) ({human_bytes(report.orphan_bytes)}) that no record refers to "
                   "(left by an interrupted or failed ingest, or one still running): `venvfs store gc` removes them")
-        print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: "
-              f"{'ok' if report.ok else 'PROBLEMS FOUND'}")
-    return 0 if report.ok else 5
+        summary = "ok" if report.ok else ("ok after repair" if ok else "PROBLEMS FOUND")
+        if report.problems and not args.repair:
+            summary += " (`venvfs store verify --repair` replaces damaged objects from good copies)"
+        print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: {summary}")
+    return 0 if ok else 5
 
 
 def cmd_store_gc(args: argparse.Namespace) -> int:
