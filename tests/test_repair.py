@@ -100,8 +100,12 @@ def test_verify_repair_without_a_good_copy_names_the_wheel_to_add(tmp_path: Path
 
 
 @pytest.fixture
-def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], wheel: Path,
+def mounted(fuse_mode: str, store: Store, make_venv: Callable[..., Path], wheel: Path, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch,
             run_venvfs: Callable[..., subprocess.CompletedProcess[str]]) -> Iterator[Venv]:
+    # uv hardlinks from its cache: a cache of the test's own, so that a venvfs that took uv's inodes
+    # (issue 13, point 3) damages no cache but this one.
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     path = make_venv("v", tool="uv")
     uv_pip(path, str(wheel))
     try:
