@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, create_venv, run_cli, uv, venv_files
+from tests.conftest import REPO, create_venv, run_cli, stop_mount, uv, venv_files
 from tests.wheelbuilder import WheelSpec, build_wheel, data_package, simple_package
 from venvfs.cli import main as cli_main
 from venvfs.store import Store
@@ -509,3 +509,35 @@ def test_adopt_leaves_a_uv_cache_inode_alone(tmp_path: Path, wheelhouse: Path) -
     assert module.read_bytes() == good
     run_cli(store_root, "store", "verify")
     assert "EDITED" not in _py(adopted, "import demo.sub.helpers as h; print(dir(h))")
+
+
+def test_hardlinks_into_the_store_are_said_once_and_leave_bin_when_mounted(
+        tmp_path: Path, wheelhouse: Path, require_fuse: None) -> None:
+    """Issue 13, point 4: where hardlinks to store objects remain, the command and `venvfs status` say
+    so in one line; a mounted venv's scripts and data files are never the store's inodes."""
+    store_root = tmp_path / "store"
+    venv = create_venv(tmp_path / "venv", "uv")
+    run_cli(store_root, "adopt", str(venv), "--no-hooks", "--no-compile")
+    (datapkg,) = wheelhouse.glob("datapkg-*.whl")
+    out = run_cli(store_root, "add", str(venv), str(datapkg), "--link-mode", "hardlink").stdout
+    assert out.count("hardlinks of store objects") == 1, out
+    status = run_cli(store_root, "status", str(venv)).stdout
+    assert status.count("hardlinks of store objects") == 1, status
+    store = Store.open(store_root, create=False)
+    shell_script = venv / "bin" / "datapkg-sh"
+    notes = venv / "share" / "datapkg" / "notes.txt"
+    objects = {p: store.object_path(hashlib.sha256(p.read_bytes()).hexdigest(), bool(p.stat().st_mode & 0o100))
+               for p in (shell_script, notes)}
+    assert all(_inode(p) == _inode(obj) for p, obj in objects.items()), "the test needs hardlinked files"
+    try:
+        run_cli(store_root, "mount", str(venv))
+        for path, obj in objects.items():
+            assert _inode(path) != _inode(obj), f"{path} is still the store's inode in a mounted venv"
+            assert path.read_bytes() == obj.read_bytes()
+        status = run_cli(store_root, "status", str(venv)).stdout
+        assert "hardlinks of store objects" not in status, status
+        with open(notes, "a") as f:
+            f.write("edited in place\n")
+        run_cli(store_root, "store", "verify")
+    finally:
+        stop_mount(venv)
