@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import create_venv, run_cli, stop_mount, uv_pip
-from tests.wheelbuilder import build_wheel, simple_package
+from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
+from venvfs.chunks import CHUNK, chunks_path
 from venvfs.store import Store
 from venvfs.venv import Venv
 
@@ -166,3 +167,18 @@ def test_a_mount_that_met_a_damaged_object_serves_it_once_repaired(
         served.read_bytes()
     run_venvfs("store", "add", str(wheel))
     assert served.read_bytes() == HELPERS
+
+
+@pytest.mark.parametrize("what", ["object", "chunk list"])
+def test_store_add_repairs_a_large_object_and_its_chunk_list(tmp_path: Path, what: str) -> None:
+    big = os.urandom(3 * CHUNK + 17)
+    wheel = build_wheel(tmp_path / "wheels", WheelSpec(name="bigpkg", version="1.0", files={"bigpkg/blob.bin": big}))
+    store_root = tmp_path / "store"
+    run_cli(store_root, "store", "add", str(wheel))
+    store = Store.open(store_root, create=False)
+    digest = hashlib.sha256(big).hexdigest()
+    damage(store.object_path(digest) if what == "object" else chunks_path(store_root, digest))
+    assert run_cli(store_root, "store", "verify", check=False).returncode == 5
+    assert "repaired 1 damaged object" in run_cli(store_root, "store", "add", str(wheel)).stdout
+    assert store.object_path(digest).read_bytes() == big
+    assert run_cli(store_root, "store", "verify").returncode == 0
