@@ -68,15 +68,26 @@ def test_verify_repair_takes_a_good_copy_from_a_venv(tmp_path: Path, wheel: Path
     venv = create_venv(tmp_path / "venv", "uv")
     run_cli(store_root, "adopt", str(venv), "--no-hooks", "--no-compile")
     run_cli(store_root, "add", str(venv), str(wheel), "--link-mode", "copy")
+    # A second venv of hardlinks, through which the object gets damaged (the way in).
+    linked = create_venv(tmp_path / "linked", "uv")
+    run_cli(store_root, "adopt", str(linked), "--no-hooks", "--no-compile")
+    run_cli(store_root, "add", str(linked), str(wheel), "--link-mode", "hardlink")
     obj = Store.open(store_root, create=False).object_path(DIGEST)
-    damage(obj)
+    through = Venv(linked).site_packages / "demo" / "sub" / "helpers.py"
+    assert through.stat().st_ino == obj.stat().st_ino
+    damage(through)
     proc = run_cli(store_root, "store", "verify", check=False)
     assert proc.returncode == 5 and "--repair" in proc.stdout
     proc = run_cli(store_root, "store", "verify", "--repair")
     copy = Venv(venv).site_packages / "demo" / "sub" / "helpers.py"
     assert f"repaired from {copy}" in proc.stdout and "ok after repair" in proc.stdout, proc.stdout
+    assert f"{linked} hardlinks the damaged copy" in proc.stdout, proc.stdout
     assert obj.read_bytes() == HELPERS
     assert run_cli(store_root, "store", "verify").returncode == 0
+    # The hardlinked venv's name kept the damaged inode (never written by the repair) until relinked.
+    assert through.read_bytes() != HELPERS
+    run_cli(store_root, "materialize", str(linked), "--link-mode", "hardlink")
+    assert through.read_bytes() == HELPERS and through.stat().st_ino == obj.stat().st_ino
 
 
 def test_verify_repair_without_a_good_copy_names_the_wheel_to_add(tmp_path: Path, wheel: Path) -> None:

@@ -39,7 +39,7 @@ from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.linkmode import Linker, LinkMode, hardlink_warning
-from venvfs.materialize import materialize
+from venvfs.materialize import count_store_inodes, materialize, store_inodes
 from venvfs.progress import Progress
 from venvfs.records import SITE_SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store import Store
@@ -328,8 +328,9 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     report.selection = state.selection
     report.link_summary = linker.summary()
     report.link_mode = state.link_mode
-    # Files hardlinked while ingesting became store objects in place; materialize left them as they were.
-    hardlinked = ingest_linker.counts.get(LinkMode.HARDLINK, 0) + linker.counts.get(LinkMode.HARDLINK, 0)
+    # Counted in the venv, not from the linkers: a file hardlinked while ingesting became the store object
+    # in place (materialize then leaves it), and some of those are replaced by copies afterwards.
+    hardlinked = count_store_inodes(venv.root, store_inodes(store, records, state.interpreter.cache_tag), skip=None)
     if hardlinked:
         why = "as asked" if link_mode == LinkMode.HARDLINK else "this filesystem cannot reflink"
         report.hardlink_warning = hardlink_warning(hardlinked, why)

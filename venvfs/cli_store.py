@@ -229,13 +229,14 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     report = store.verify(selections)
     fixed: dict[str, str] = {}
     unrepairable: dict[str, list[str]] = {}
+    hardlinked: dict[str, list[str]] = {}
     if args.repair and report.problems:
         from venvfs.daemon import invalidate_repaired
         from venvfs.repair import repair
 
         with store.writing():
             outcome = repair(store, report, states)
-        fixed, unrepairable = outcome.repaired, outcome.unrepairable
+        fixed, unrepairable, hardlinked = outcome.repaired, outcome.unrepairable, outcome.hardlinked
         if store.repaired:
             invalidate_repaired(store)
     ok = not (set(report.problems) - set(fixed)) and not report.bad_records and not report.bad_bytecode
@@ -244,13 +245,17 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
                     "bytecode_checked": report.bytecode_checked, "bad_bytecode": report.bad_bytecode,
                     "affected_venvs": report.affected_venvs, "bad_records": report.bad_records,
                     "orphans": report.orphans, "orphan_bytes": report.orphan_bytes,
-                    "repaired": fixed, "unrepairable": unrepairable, "ok": ok})
+                    "repaired": fixed, "unrepairable": unrepairable, "still_damaged_in_venvs": hardlinked,
+                    "ok": ok})
     else:
         for digest, problem in sorted(report.problems.items()):
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
             print(f"{problem}: object {digest[:16]}… (used by {venvs})")
             if digest in fixed:
                 print(f"  repaired from {fixed[digest]}")
+                for venv in sorted(set(hardlinked.get(digest, []))):
+                    # Their names keep the damaged inode; the store's name has a new one.
+                    print(f"  {venv} hardlinks the damaged copy: `venvfs materialize {venv}` links the repaired one")
             elif digest in unrepairable:
                 dists = ", ".join(unrepairable[digest]) or "no stored distribution"
                 print(f"  cannot repair: no good copy known; re-add {dists} from its wheel (`venvfs store add`)")

@@ -75,7 +75,7 @@ def hardlink_warning(files: int | None, why: str) -> str:
     """One line saying that a venv's files are the store's inodes (see ``Linker.hardlink_warning``)."""
     count = f"{files} file(s)" if files is not None else "files"
     return (f"warning: {count} are hardlinks of store objects ({why}): writing one in place (as root, or "
-            "after chmod +w) changes it for every venv; `venvfs store verify --repair` restores the store")
+            "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
 
 
 @dataclass

@@ -274,3 +274,35 @@ def unshare_outside(venv: Venv, store: Store, state: VenvState) -> int:
             linker.place(obj, dst, mode_bits=0o755 if f.executable else 0o644)
             replaced += 1
     return replaced
+
+
+def count_store_inodes(root: Path, store_inodes: set[tuple[int, int]], *, skip: Path | None) -> int:
+    """Files under ``root`` that are store objects' own inodes. (``skip``: a mounted site-packages,
+    whose files are the mount's inodes, never the store's; walking it would only cost requests.)"""
+    found = 0
+    skipped = {str(root / ".venvfs"), str(skip)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if st.st_nlink > 1 and (st.st_ino, st.st_dev) in store_inodes:
+                    found += 1
+    return found
+
+
+def store_inodes(store: Store, records: Iterable[DistRecord], cache_tag: str | None) -> set[tuple[int, int]]:
+    """The (inode, device) of every object of ``records``, and of their bytecode for ``cache_tag``."""
+    found: set[tuple[int, int]] = set()
+    for record in records:
+        for f in record.files:
+            if f.digest is None:
+                continue
+            paths = [store.object_path(f.digest, f.executable)]
+            if cache_tag is not None and compilable(f.path):
+                paths.append(store.bytecode_path(cache_tag, f.digest))
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    found.add((st.st_ino, st.st_dev))
+    return found

@@ -13,6 +13,7 @@ What has no good copy anywhere is named with the distributions to re-add from th
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,9 @@ class RepairReport:
     repaired: dict[str, str] = field(default_factory=dict)  # digest -> the file its good bytes came from
     # digest -> the distributions whose wheels hold it (re-adding one repairs it)
     unrepairable: dict[str, list[str]] = field(default_factory=dict)
+    # digest -> venvs whose files are hardlinks of the damaged inode: the repair gives the store a new
+    # inode, and those names keep the damaged bytes until the venv is materialized again
+    hardlinked: dict[str, list[str]] = field(default_factory=dict)
 
 
 def repair(store: Store, report: VerifyReport, states: dict[str, VenvState]) -> RepairReport:
@@ -50,7 +54,14 @@ def repair(store: Store, report: VerifyReport, states: dict[str, VenvState]) -> 
         for executable in sorted({f.executable for _, f in uses}):
             if store.object_problem(digest, executable) is None:
                 continue
-            source = _repair_one(store, digest, executable, _candidates(store, digest, executable, uses, states))
+            candidates = _candidates(store, digest, executable, uses, states)
+            with contextlib.suppress(OSError):
+                damaged_inode = os.stat(store.object_path(digest, executable))
+                for path, venv in candidates:
+                    with contextlib.suppress(OSError):
+                        if venv is not None and os.path.samestat(os.stat(path), damaged_inode):
+                            out.hardlinked.setdefault(digest, []).append(venv)
+            source = _repair_one(store, digest, executable, [path for path, _ in candidates])
             if source is None:
                 break
         if source is not None:
@@ -69,20 +80,23 @@ def _repair_one(store: Store, digest: str, executable: bool, candidates: list[Pa
 
 
 def _candidates(store: Store, digest: str, executable: bool, uses: list[tuple[DistRecord, StoredFile]],
-                states: dict[str, VenvState]) -> list[Path]:
-    own = store.object_path(digest, executable)
-    found: list[Path] = [own, store.object_path(digest, not executable)]  # itself: a mode or chunk list fix
-    by_venv: dict[str, list[tuple[Venv, VenvState]]] = {}
+                states: dict[str, VenvState]) -> list[tuple[Path, str | None]]:
+    """Files that may hold the object's good bytes, each with the venv it belongs to (None: the store)."""
+    found: list[tuple[Path, str | None]] = [
+        (store.object_path(digest, executable), None),  # itself: a mode or chunk list fix
+        (store.object_path(digest, not executable), None),
+    ]
+    by_key: dict[str, list[tuple[Venv, VenvState]]] = {}
     for path, state in states.items():
         for key in state.selection:
-            by_venv.setdefault(key, []).append((Venv(Path(path)), state))
+            by_key.setdefault(key, []).append((Venv(Path(path)), state))
     for record, f in uses:
-        for venv, state in by_venv.get(record.key, []):
+        for venv, state in by_key.get(record.key, []):
             if state.interpreter is None:
                 continue
             if f.in_site_packages and state.layout == "mounted":
                 # Read through the mount it would be the damaged object itself; a copy-up may be good.
-                found.append(venv.upper_dir / f.path)
+                found.append((venv.upper_dir / f.path, str(venv.root)))
             else:
-                found.append(destination(venv, state.interpreter, record, f))
-    return [p for p in dict.fromkeys(found) if p.is_file()]
+                found.append((destination(venv, state.interpreter, record, f), str(venv.root)))
+    return [(p, v) for p, v in dict.fromkeys(found) if p.is_file()]

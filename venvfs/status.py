@@ -18,6 +18,7 @@ from venvfs.errors import VenvfsError
 from venvfs.hooks import EJECTING
 from venvfs.layout import interrupted
 from venvfs.linkmode import hardlink_warning
+from venvfs.materialize import count_store_inodes
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv, VenvState
@@ -185,26 +186,11 @@ def venv_status(venv: Venv, store: Store) -> VenvStatus:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes, placed)
     else:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes)
-    status.store_hardlinks = _count_store_inodes(
+    status.store_hardlinks = count_store_inodes(
         venv.root, store_inodes, skip=venv.site_packages if state.layout == "mounted" else None)
     if status.store_hardlinks:
         status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
     return status
-
-
-def _count_store_inodes(root: Path, store_inodes: set[tuple[int, int]], *, skip: Path | None) -> int:
-    """Files under ``root`` that are store objects' own inodes. (``skip``: a mounted site-packages,
-    whose files are the mount's inodes, never the store's; walking it would only cost requests.)"""
-    found = 0
-    skipped = {str(root / ".venvfs"), str(skip)}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
-        for name in filenames:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, name))
-                if st.st_nlink > 1 and (st.st_ino, st.st_dev) in store_inodes:
-                    found += 1
-    return found
 
 
 def store_status(store: Store) -> StoreStatus:
