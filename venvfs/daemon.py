@@ -636,8 +636,11 @@ def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
     state = venv.read_state()
     if state.layout == "mounted":
         layout.to_materialized(venv, store, state)
+    # Within the fallback's one line: where hardlinks were the only choice, an in-place write reaches the store.
+    exposed = (" (hardlinks of store objects: writing one in place, as root or after chmod +w, changes it for "
+               "every venv)" if state.link_mode == "hardlink" else "")
     return MountResult(venv.root, "materialized",
-                       f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount")
+                       f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount{exposed}")
 
 
 def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
