@@ -392,6 +392,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
                               dependencies=not args.no_deps)
+    if store.repaired:  # a wheel named here repaired damaged objects: every mount must drop its copies
+        from venvfs.daemon import invalidate_repaired
+
+        invalidate_repaired(store)
     _print_selection(args, venv, report.added, report.removed, report.link_summary, report.hardlink_warning)
     return 0
 
