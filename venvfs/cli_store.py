@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
         "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
         "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
-        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.",
+        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.\n\n"
+        "An object the wheel provides that is already stored is hashed again; a damaged one is replaced\n"
+        "by the wheel's bytes (a fresh file renamed into place) and running mounts drop their copies.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     p.set_defaults(handler=cmd_store_add)
