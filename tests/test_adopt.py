@@ -4,10 +4,12 @@ venv costs the store (almost) nothing, and a kill at any moment followed by a re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, create_venv, run_cli, uv, venv_files
+from tests.conftest import REPO, create_venv, run_cli, stop_mount, uv, venv_files
 from tests.wheelbuilder import WheelSpec, build_wheel, data_package, simple_package
 from venvfs.cli import main as cli_main
 from venvfs.store import Store
@@ -444,3 +446,98 @@ def test_adopt_on_xfs_uses_reflinks(xfs_mount: Path, wheelhouse: Path) -> None:
         assert _py(venv, "import demo.sub.helpers as h; print(h.double(21))").strip() == "42"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _cache_files(cache: Path) -> dict[str, tuple[int, int, int]]:
+    """Every regular file of a uv cache: (inode, mode, mtime in ns)."""
+    out = {}
+    for dirpath, _dirs, names in os.walk(cache):
+        for name in names:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                out[str(path)] = (st.st_ino, st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def test_adopt_leaves_a_uv_cache_inode_alone(tmp_path: Path, wheelhouse: Path) -> None:
+    """Issue 13, point 3: a venv that uv hardlinked from its cache shares its files' inodes with the
+    cache and with every plain venv made from it. Adopt stores copies of those, leaves the inodes'
+    mode and mtime alone, and says what that cost; a plain venv edited in place afterwards damages
+    nothing the store serves."""
+    cache = tmp_path / "uv-cache"
+    env = {**os.environ, "UV_CACHE_DIR": str(cache)}
+    wheels = [str(w) for w in sorted(wheelhouse.glob("*.whl"))]
+
+    def plain_uv_venv(name: str) -> Path:
+        venv = create_venv(tmp_path / name, "uv")
+        subprocess.run([uv(), "pip", "install", "-q", "--link-mode", "hardlink", "--python",
+                        str(venv / "bin" / "python"), *wheels], check=True, env=env)
+        return venv
+
+    adopted = plain_uv_venv("adopted")
+    module = _site(adopted) / "demo" / "sub" / "helpers.py"
+    good = module.read_bytes()
+    cache_inode = _inode(module)
+    assert module.stat().st_nlink >= 2, "uv did not hardlink from its cache: the test proves nothing"
+    cache_before = _cache_files(cache)
+    assert cache_inode[0] in {ino for ino, _, _ in cache_before.values()}
+
+    store_root = tmp_path / "store"
+    proc = run_cli(store_root, "adopt", str(adopted), "--no-hooks")
+    assert "shared with files outside this venv" in proc.stdout, proc.stdout
+    report = json.loads(run_cli(store_root, "adopt", str(adopted), "--no-hooks", "--json").stdout)
+    assert report["shared_inode_files"] == 0, "a rerun finds everything stored already"
+
+    # uv's cache: every file keeps its inode, mode and mtime (nothing became 0444 or 1980).
+    assert _cache_files(cache) == cache_before
+    store = Store.open(store_root, create=False)
+    digest = hashlib.sha256(good).hexdigest()
+    obj = store.object_path(digest)
+    assert _inode(obj) != cache_inode, "the store object is uv's cache inode"
+    assert obj.stat().st_nlink <= 2  # the store's name and at most the adopted venv's hardlink
+    assert module.read_bytes() == good
+
+    # A later plain venv hardlinks uv's cache, not the store; editing it in place changes no object.
+    plain = plain_uv_venv("plain")
+    plain_module = _site(plain) / "demo" / "sub" / "helpers.py"
+    assert _inode(plain_module) == cache_inode
+    assert _inode(plain_module) != _inode(obj)
+    with open(plain_module, "a") as f:
+        f.write("EDITED_IN_PLACE = True\n")
+    assert obj.read_bytes() == good
+    assert module.read_bytes() == good
+    run_cli(store_root, "store", "verify")
+    assert "EDITED" not in _py(adopted, "import demo.sub.helpers as h; print(dir(h))")
+
+
+def test_hardlinks_into_the_store_are_said_once_and_leave_bin_when_mounted(
+        tmp_path: Path, wheelhouse: Path, require_fuse: None) -> None:
+    """Issue 13, point 4: where hardlinks to store objects remain, the command and `venvfs status` say
+    so in one line; a mounted venv's scripts and data files are never the store's inodes."""
+    store_root = tmp_path / "store"
+    venv = create_venv(tmp_path / "venv", "uv")
+    run_cli(store_root, "adopt", str(venv), "--no-hooks", "--no-compile")
+    (datapkg,) = wheelhouse.glob("datapkg-*.whl")
+    out = run_cli(store_root, "add", str(venv), str(datapkg), "--link-mode", "hardlink").stdout
+    assert out.count("hardlinks of store objects") == 1, out
+    status = run_cli(store_root, "status", str(venv)).stdout
+    assert status.count("hardlinks of store objects") == 1, status
+    store = Store.open(store_root, create=False)
+    shell_script = venv / "bin" / "datapkg-sh"
+    notes = venv / "share" / "datapkg" / "notes.txt"
+    objects = {p: store.object_path(hashlib.sha256(p.read_bytes()).hexdigest(), bool(p.stat().st_mode & 0o100))
+               for p in (shell_script, notes)}
+    assert all(_inode(p) == _inode(obj) for p, obj in objects.items()), "the test needs hardlinked files"
+    try:
+        run_cli(store_root, "mount", str(venv))
+        for path, obj in objects.items():
+            assert _inode(path) != _inode(obj), f"{path} is still the store's inode in a mounted venv"
+            assert path.read_bytes() == obj.read_bytes()
+        status = run_cli(store_root, "status", str(venv)).stdout
+        assert "hardlinks of store objects" not in status, status
+        with open(notes, "a") as f:
+            f.write("edited in place\n")
+        run_cli(store_root, "store", "verify")
+    finally:
+        stop_mount(venv)

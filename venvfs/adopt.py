@@ -5,6 +5,14 @@ Only content that matches its RECORD hash is shared. A file a user edited, a fil
 file no RECORD owns (hand-written ``.pth`` files, ``.egg-link``, editable installs) stay in the venv
 exactly as they are. Each replacement is an atomic rename of identical content, so adopt can be
 killed at any point and simply run again.
+
+A file whose inode has names outside the venv (uv and pip hardlink from their caches, so uv's cache
+and every plain venv made from it share it) is never made a store object and never chmodded or
+touched: the store gets a reflink or copy of it, and the report counts what that cost. Made a store
+object, that inode would be mode 0444 and 1980 in uv's cache, later plain venvs would hardlink the
+store, and an edit in one of them would damage the store for every mounted venv. Files outside
+site-packages (scripts, headers, data) stay the venv's own real files after adopt, so they never
+become store objects either.
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from venvfs import hooks
 from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
-from venvfs.linkmode import Linker, LinkMode
-from venvfs.materialize import materialize
+from venvfs.linkmode import Linker, LinkMode, hardlink_warning
+from venvfs.materialize import count_store_inodes, materialize, store_inodes
 from venvfs.progress import Progress
-from venvfs.records import DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.records import SITE_SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store import Store
 from venvfs.venv import Venv, VenvState
 
@@ -52,6 +60,11 @@ class AdoptReport:
     link_summary: str = ""
     link_mode: str | None = None
     compiled: int = 0
+    # Files whose inode other names share (a tool's cache, another venv): stored as a reflink or copy,
+    # their inode left alone. Bytes are what the copies cost (reflinks cost none).
+    shared_inode_files: int = 0
+    shared_inode_copied_bytes: int = 0
+    hardlink_warning: str | None = None  # the venv's files that are now store inodes, and what that exposes
 
 
 def _record_digest(hash_field: str) -> tuple[str, str] | None:
@@ -77,10 +90,16 @@ def _hash_file(path: Path, algo: str) -> str:
 class _DistAdopter:
     """Reads one .dist-info and stores what its RECORD vouches for."""
 
-    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, linker: Linker) -> None:
+    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, linker: Linker,
+                 *, safe_linker: Linker | None = None, venv_links: dict[tuple[int, int], int] | None = None) -> None:
         self.venv = venv
         self.store = store
         self.linker = linker  # venv file -> store: by hardlink or reflink, adopting copies no data
+        # For files the store must not share an inode with: reflink, else copy.
+        self.safe_linker = safe_linker or Linker(LinkMode.AUTO, allow_hardlink=False)
+        self.venv_links = venv_links if venv_links is not None else {}  # (dev, ino) -> names in the venv
+        self.shared_inode_files = 0
+        self.shared_inode_copied_bytes = 0
         self.dist_info = dist_info
         self.progress = progress
         self.files: list[StoredFile] = []
@@ -201,8 +220,21 @@ class _DistAdopter:
             put = self.store.put_stream(io.BytesIO(data_override), executable=executable, durable=False)
         else:
             digest = verified or _hash_file(path, "sha256")
-            put = self.store.put_placed(path, digest, st.st_size, executable, self.linker)
+            shared = self._shared_inode(st)
+            # A file outside site-packages stays the venv's own after adopt (materialize leaves it), so
+            # making it the store object would leave a writable name of the store in bin/ or share/.
+            linker = self.safe_linker if shared or scheme not in SITE_SCHEMES else self.linker
+            copies_before = linker.counts.get(LinkMode.COPY, 0)
+            put = self.store.put_placed(path, digest, st.st_size, executable, linker)
+            if shared and put.new:
+                self.shared_inode_files += 1
+                if linker.counts.get(LinkMode.COPY, 0) > copies_before:
+                    self.shared_inode_copied_bytes += st.st_size
         self._add(scheme, rel, put.digest, put.size, executable, new=put.new)
+
+    def _shared_inode(self, st: os.stat_result) -> bool:
+        """Whether the file's inode has names outside the venv (a cache, another venv, a backup)."""
+        return st.st_nlink > 1 and st.st_nlink > self.venv_links.get((st.st_dev, st.st_ino), 0)
 
     def _add(self, scheme: Scheme, rel: str, digest: str, size: int, executable: bool, *, new: bool) -> None:
         self.files.append(StoredFile(rel, scheme, digest, size, executable=executable))
@@ -255,13 +287,16 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     progress = Progress(f"adopting {venv.root.name}", total)
     records: list[DistRecord] = []
     ingest_linker = Linker(link_mode)
+    safe_linker = Linker(LinkMode.COPY if link_mode == LinkMode.COPY else LinkMode.AUTO, allow_hardlink=False)
+    venv_links = _venv_link_counts(venv.root)
     with store.writing():
         for dist_info in dist_infos:
             if _is_editable(dist_info):
                 # Its files point at a source tree of this machine: nothing another venv could share.
                 report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
                 continue
-            adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker)
+            adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker, safe_linker=safe_linker,
+                                   venv_links=venv_links)
             try:
                 record = adopter.adopt()
             except VenvError as e:
@@ -273,6 +308,8 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
             report.new_objects += adopter.new_objects
             report.new_bytes += adopter.new_bytes
             report.shared_bytes += adopter.shared_bytes
+            report.shared_inode_files += adopter.shared_inode_files
+            report.shared_inode_copied_bytes += adopter.shared_inode_copied_bytes
             if adopter.kept:
                 report.kept_in_venv[record.name] = adopter.kept
         progress.close()
@@ -290,7 +327,27 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     report.selection = state.selection
     report.link_summary = linker.summary()
     report.link_mode = state.link_mode
+    # Counted in the venv, not from the linkers: a file hardlinked while ingesting became the store object
+    # in place (materialize then leaves it), and some of those are replaced by copies afterwards.
+    hardlinked = count_store_inodes(venv.root, store_inodes(store, records, state.interpreter.cache_tag), skip=None)
+    if hardlinked:
+        why = "as asked" if link_mode == LinkMode.HARDLINK else "this filesystem cannot reflink"
+        report.hardlink_warning = hardlink_warning(hardlinked, why)
     return report
+
+
+def _venv_link_counts(root: Path) -> dict[tuple[int, int], int]:
+    """Names each multiply linked regular file has inside the venv: an inode whose link count is
+    higher has names elsewhere, which adopt must leave alone."""
+    counts: dict[tuple[int, int], int] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _is_editable(dist_info: Path) -> bool:

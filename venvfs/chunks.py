@@ -68,6 +68,11 @@ class ObjectChecker:
     def checked(self, digest: str) -> bool:
         return digest in self._done
 
+    def forget(self, digest: str) -> None:
+        """Check ``digest`` again from its next read: the store replaced it (a repair)."""
+        self._done.discard(digest)
+        self._partial.pop(digest, None)
+
     def read(self, fd: int, digest: str, size: int, off: int, length: int) -> bytes:
         """``length`` bytes at ``off`` of the object ``digest`` (``size`` bytes) open on ``fd``, every
         chunk they touch checked first. Raises ``CorruptObject``."""

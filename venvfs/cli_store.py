@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
         "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
         "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
-        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.",
+        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.\n\n"
+        "An object the wheel provides that is already stored is hashed again; a damaged one is replaced\n"
+        "by the wheel's bytes (a fresh file renamed into place) and running mounts drop their copies.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     p.set_defaults(handler=cmd_store_add)
@@ -55,9 +57,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Re-hash every stored object. A modified or missing object (for example one edited\n"
         "through a hardlink) is reported with the venvs that use it; exit code 5 when any is found.\n"
         "Objects no record refers to (a crashed ingest's leftovers) are counted, not failed on:\n"
-        "`venvfs store gc` removes them.",
+        "`venvfs store gc` removes them.\n\n"
+        "With --repair, each damaged object is replaced (a fresh file, renamed into place) by a copy\n"
+        "with its digest from the store or a venv, and running mounts drop what they cached of it;\n"
+        "one that no copy can supply is named with the distribution to re-add from its wheel\n"
+        "(`venvfs store add` repairs the damaged objects of a wheel it is given).",
         formatter_class=fmt,
     )
+    p.add_argument("--repair", action="store_true", help="repair damaged objects from good copies")
     p.set_defaults(handler=cmd_store_verify)
     p = store_sub.add_parser(
         "gc", parents=[common, as_json], help="remove what no live venv uses",
@@ -159,6 +166,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     code = 0
     for path in wheels:
+        repaired_before = len(store.repaired)
         try:
             record, new = ingest_wheel(store, path)
         except InvalidWheel as e:
@@ -166,9 +174,16 @@ def cmd_store_add(args: argparse.Namespace) -> int:
             results.append({"wheel": str(path), "error": str(e)})
             code = InvalidWheel.exit_code
             continue
-        results.append({"wheel": str(path), "key": record.key, "new": new, "files": len(record.files)})
+        repaired = store.repaired[repaired_before:]
+        results.append({"wheel": str(path), "key": record.key, "new": new, "files": len(record.files),
+                        "repaired": repaired})
         if not args.json:
-            print(f"{'added' if new else 'already stored'}: {record.key} ({len(record.files)} files)")
+            print(f"{'added' if new else 'already stored'}: {record.key} ({len(record.files)} files)"
+                  + (f"; repaired {len(repaired)} damaged object(s)" if repaired else ""))
+    if store.repaired:
+        from venvfs.daemon import invalidate_repaired
+
+        invalidate_repaired(store)
     if args.json:
         print_json(results)
     return code
@@ -216,17 +231,41 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     from venvfs.status import live_selections
 
     store = open_store(args, create=False)
-    selections = {p: s.selection for p, s in live_selections(store).items()}
+    states = live_selections(store)
+    selections = {p: s.selection for p, s in states.items()}
     report = store.verify(selections)
+    fixed: dict[str, str] = {}
+    unrepairable: dict[str, list[str]] = {}
+    hardlinked: dict[str, list[str]] = {}
+    if args.repair and report.problems:
+        from venvfs.daemon import invalidate_repaired
+        from venvfs.repair import repair
+
+        with store.writing():
+            outcome = repair(store, report, states)
+        fixed, unrepairable, hardlinked = outcome.repaired, outcome.unrepairable, outcome.hardlinked
+        if store.repaired:
+            invalidate_repaired(store)
+    ok = not (set(report.problems) - set(fixed)) and not report.bad_records and not report.bad_bytecode
     if args.json:
         print_json({"objects_checked": report.objects_checked, "problems": report.problems,
                     "bytecode_checked": report.bytecode_checked, "bad_bytecode": report.bad_bytecode,
                     "affected_venvs": report.affected_venvs, "bad_records": report.bad_records,
-                    "orphans": report.orphans, "orphan_bytes": report.orphan_bytes, "ok": report.ok})
+                    "orphans": report.orphans, "orphan_bytes": report.orphan_bytes,
+                    "repaired": fixed, "unrepairable": unrepairable, "still_damaged_in_venvs": hardlinked,
+                    "ok": ok})
     else:
         for digest, problem in sorted(report.problems.items()):
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
             print(f"{problem}: object {digest[:16]}… (used by {venvs})")
+            if digest in fixed:
+                print(f"  repaired from {fixed[digest]}")
+                for venv in sorted(set(hardlinked.get(digest, []))):
+                    # Their names keep the damaged inode; the store's name has a new one.
+                    print(f"  {venv} hardlinks the damaged copy: `venvfs materialize {venv}` links the repaired one")
+            elif digest in unrepairable:
+                dists = ", ".join(unrepairable[digest]) or "no stored distribution"
+                print(f"  cannot repair: no good copy known; re-add {dists} from its wheel (`venvfs store add`)")
         for name, problem in sorted(report.bad_bytecode.items()):
             tag, _, digest = name.partition("/")
             venvs = ", ".join(report.affected_venvs.get(digest, [])) or "no venv"
@@ -237,9 +276,11 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         if report.orphans:
             print(f"{report.orphans} object(s) ({human_bytes(report.orphan_bytes)}) that no record refers to "
                   "(left by an interrupted or failed ingest, or one still running): `venvfs store gc` removes them")
-        print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: "
-              f"{'ok' if report.ok else 'PROBLEMS FOUND'}")
-    return 0 if report.ok else 5
+        summary = "ok" if report.ok else ("ok after repair" if ok else "PROBLEMS FOUND")
+        if report.problems and not args.repair:
+            summary += " (`venvfs store verify --repair` replaces damaged objects from good copies)"
+        print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: {summary}")
+    return 0 if ok else 5
 
 
 def cmd_store_gc(args: argparse.Namespace) -> int:
@@ -286,6 +327,14 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     print(f"  new in store: {human_bytes(report.new_bytes)} in {report.new_objects} object(s); "
           f"already stored: {human_bytes(report.shared_bytes)}")
     print(f"  files: {report.link_summary}")
+    if report.shared_inode_files:
+        # What leaving other tools' inodes alone cost: hardlinking them would have made uv's cache
+        # (or another venv) the store.
+        print(f"  shared with files outside this venv (a tool's cache, other venvs): {report.shared_inode_files} "
+              f"file(s) stored as reflinks or copies, {human_bytes(report.shared_inode_copied_bytes)} copied; "
+              "their inodes were left untouched")
+    if report.hardlink_warning:
+        print(f"  {report.hardlink_warning}")
     for name, files in report.kept_in_venv.items():
         print(f"  kept in the venv (edited or missing since install): {name}: {', '.join(files[:5])}"
               + (" …" if len(files) > 5 else ""))
@@ -321,15 +370,20 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if args.json:
         counts = {m.value: n for m, n in linker.counts.items()}
         print_json({"venv": str(venv.root), "link_mode": linker.used.value if linker.used else None,
-                    "fallback_reason": linker.fallback_reason, "counts": counts})
+                    "fallback_reason": linker.fallback_reason, "counts": counts,
+                    "hardlink_warning": linker.hardlink_warning()})
     else:
         print(f"materialized {venv.root}: {linker.summary()}")
+        if linker.hardlink_warning():
+            print(linker.hardlink_warning())
     return 0
 
 
-def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], removed: list[str], links: str) -> None:
+def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], removed: list[str], links: str,
+                     warning: str | None = None) -> None:
     if args.json:
-        print_json({"venv": str(venv.root), "added": added, "removed": removed, "links": links})
+        print_json({"venv": str(venv.root), "added": added, "removed": removed, "links": links,
+                    "hardlink_warning": warning})
         return
     for key in removed:
         print(f"removed {key}")
@@ -337,6 +391,8 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
         print(f"added {key}")
     if added:
         print(f"  files: {links}")
+    if warning:
+        print(f"  {warning}")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -346,7 +402,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
                               dependencies=not args.no_deps)
-    _print_selection(args, venv, report.added, report.removed, report.link_summary)
+    if store.repaired:  # a wheel named here repaired damaged objects: every mount must drop its copies
+        from venvfs.daemon import invalidate_repaired
+
+        invalidate_repaired(store)
+    _print_selection(args, venv, report.added, report.removed, report.link_summary, report.hardlink_warning)
     return 0
 
 
@@ -401,6 +461,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"in the store:      {human_bytes(status.store_bytes)}: {human_bytes(status.shared_bytes)} shared "
           f"with other venvs, {human_bytes(status.owned_alone_bytes)} used by this venv alone")
     print(f"in the venv:       {human_bytes(status.venv_own_bytes)} in {status.venv_own_files} file(s) of its own")
+    if status.hardlink_warning:
+        print(status.hardlink_warning)
     return 0
 
 

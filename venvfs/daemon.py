@@ -6,7 +6,8 @@ holds ``.venvfs/daemon.lock`` for as long as it runs (an flock, so it dies with 
 daemon's pid and reload generation are in ``.venvfs/daemon.json``.
 
 Signals to the daemon: SIGTERM/SIGINT unmount and exit; SIGHUP re-reads the venv's selection and
-switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json``; SIGUSR1
+switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json`` and what
+it cached of objects the store's repair log (``STORE/repaired``) names since it last looked; SIGUSR1
 writes the FUSE request counts since the last SIGUSR1 to ``.venvfs/fuse-stats.json`` (counted only
 when the daemon started with ``VENVFS_FUSE_STATS`` set; see scripts/perf_mount.py).
 """
@@ -286,6 +287,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  time.monotonic() - started,
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
+        # Repairs before this daemon started left nothing in its caches.
+        repairs_seen = store.repaired_entries()
 
         def write_info(generation: int = 0) -> None:
             atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
@@ -304,6 +307,13 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                     dropped = overlay.drop_upper([str(p) for p in paths])
                     drop.unlink()
                     log.info("dropped %d upper copies now served by the store", dropped)
+                new_repairs = store.repaired_entries() - repairs_seen
+                if new_repairs:
+                    repairs_seen.update(new_repairs)
+                    repaired = {line.split(" ")[0] for line in new_repairs}
+                    files = overlay.forget_objects(repaired)
+                    log.info("%d store object(s) repaired: %d file(s) will be read again from the store",
+                             len(repaired), files)
                 ops.flush_invalidations()
                 log.info("reloaded the view: %d dists", len(new_state.selection))
             except Exception:
@@ -626,8 +636,11 @@ def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
     state = venv.read_state()
     if state.layout == "mounted":
         layout.to_materialized(venv, store, state)
+    # Within the fallback's one line: where hardlinks were the only choice, an in-place write reaches the store.
+    exposed = (" (hardlinks of store objects: writing one in place, as root or after chmod +w, changes it for "
+               "every venv)" if state.link_mode == "hardlink" else "")
     return MountResult(venv.root, "materialized",
-                       f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount")
+                       f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount{exposed}")
 
 
 def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
@@ -770,6 +783,23 @@ def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: floa
             raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
         time.sleep(0.01)
     raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
+
+
+def invalidate_repaired(store: Store) -> list[str]:
+    """Make every running daemon of ``store``'s venvs drop what it cached of repaired objects (the
+    store has logged them in ``STORE/repaired``); returns the venvs told. A daemon that cannot be
+    reached is logged, not fatal: the repair itself is done, and its next start reads fresh inodes."""
+    told = []
+    for info in list_mounts(store):
+        if info["state"] != "mounted":
+            continue
+        venv = Venv(Path(str(info["venv"])))
+        try:
+            if reload(venv):
+                told.append(str(venv.root))
+        except (MountError, OSError) as e:
+            log.warning("could not tell the mount of %s about repaired objects (%s); remount it", venv.root, e)
+    return told
 
 
 def status(venv: Venv) -> dict[str, object]:

@@ -139,6 +139,11 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
             crash_point("to-mounted:emptying")
     fsync_dir(sp)
     crash_point("to-mounted:emptied")
+    from venvfs.materialize import unshare_outside
+
+    # Hardlinks into the store left in bin/, include/ or share/ by the materialized layout: in the
+    # mounted one nothing else reaches the store for writing, so neither may they.
+    unshare_outside(venv, store, state)
     state.layout = "mounted"
     venv.write_state(state)
     marker.unlink(missing_ok=True)

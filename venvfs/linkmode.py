@@ -71,6 +71,13 @@ def copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
+def hardlink_warning(files: int | None, why: str) -> str:
+    """One line saying that a venv's files are the store's inodes (see ``Linker.hardlink_warning``)."""
+    count = f"{files} file(s)" if files is not None else "files"
+    return (f"warning: {count} are hardlinks of store objects ({why}): writing one in place (as root, or "
+            "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
+
+
 @dataclass
 class Linker:
     """Places files by the best mode that works; ``used`` and ``fallback_reason`` say what happened."""
@@ -174,6 +181,15 @@ class Linker:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def hardlink_warning(self) -> str | None:
+        """The one line to print when files were placed as hardlinks of store objects: mode 0444 is
+        their only protection, which stops neither root nor an owner who runs ``chmod u+w``."""
+        n = self.counts.get(LinkMode.HARDLINK, 0)
+        if not n:
+            return None
+        why = "as asked" if self.requested == LinkMode.HARDLINK else "this filesystem cannot reflink"
+        return hardlink_warning(n, why)
 
     def summary(self) -> str:
         if not self.counts:

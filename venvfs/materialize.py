@@ -20,6 +20,7 @@ from pathlib import Path
 from installer.scripts import Script
 
 from venvfs.bytecode import compilable, pyc_relpath
+from venvfs.errors import VenvfsError
 from venvfs.fsutil import atomic_write_bytes
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.progress import Progress
@@ -112,8 +113,9 @@ def _already_placed(dst: Path, obj: Path, f: StoredFile) -> bool:
     obj_st = obj.stat()
     if (st.st_ino, st.st_dev) == (obj_st.st_ino, obj_st.st_dev):
         return True
-    # Placed copies and reflinks get SOURCE_EPOCH as mtime; any edit since moved it.
-    return st.st_size == f.size and int(st.st_mtime) == SOURCE_EPOCH
+    # Placed copies and reflinks get SOURCE_EPOCH as mtime; any edit since moved it. One with other
+    # names is no copy of ours: a tool's hardlink (uv's cache keeps wheels' 1980 mtimes), to be replaced.
+    return st.st_size == f.size and int(st.st_mtime) == SOURCE_EPOCH and st.st_nlink == 1
 
 
 def _same_inode(a: Path, b: Path) -> bool:
@@ -240,3 +242,67 @@ def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, sit
                 break
             d = d.parent
     return removed
+
+
+def unshare_outside(venv: Venv, store: Store, state: VenvState) -> int:
+    """Give every file of the selection outside site-packages (scripts, headers, data) that is a store
+    object's own inode a reflink or copy of its own; returns how many were replaced.
+
+    In the mounted layout those are the only real files the selection places, and tools write them in
+    place (an editor, ``sed -i`` is fine, ``>>`` is not): through a hardlink that write would change
+    the store. A venv materialized with hardlinks keeps them in bin/ until it switches to the mount.
+    """
+    if state.interpreter is None:
+        return 0
+    linker = Linker(LinkMode.AUTO, allow_hardlink=False)
+    replaced = 0
+    for key in state.selection:
+        try:
+            record = store.get_dist(key)
+        except VenvfsError:
+            continue
+        for f in record.files:
+            if f.in_site_packages or f.digest is None or f.symlink is not None:
+                continue
+            dst = destination(venv, state.interpreter, record, f)
+            obj = store.object_path(f.digest, f.executable)
+            try:
+                if not _same_inode(dst, obj):
+                    continue
+            except FileNotFoundError:
+                continue
+            linker.place(obj, dst, mode_bits=0o755 if f.executable else 0o644)
+            replaced += 1
+    return replaced
+
+
+def count_store_inodes(root: Path, store_inodes: set[tuple[int, int]], *, skip: Path | None) -> int:
+    """Files under ``root`` that are store objects' own inodes. (``skip``: a mounted site-packages,
+    whose files are the mount's inodes, never the store's; walking it would only cost requests.)"""
+    found = 0
+    skipped = {str(root / ".venvfs"), str(skip)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if st.st_nlink > 1 and (st.st_ino, st.st_dev) in store_inodes:
+                    found += 1
+    return found
+
+
+def store_inodes(store: Store, records: Iterable[DistRecord], cache_tag: str | None) -> set[tuple[int, int]]:
+    """The (inode, device) of every object of ``records``, and of their bytecode for ``cache_tag``."""
+    found: set[tuple[int, int]] = set()
+    for record in records:
+        for f in record.files:
+            if f.digest is None:
+                continue
+            paths = [store.object_path(f.digest, f.executable)]
+            if cache_tag is not None and compilable(f.path):
+                paths.append(store.bytecode_path(cache_tag, f.digest))
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    found.add((st.st_ino, st.st_dev))
+    return found

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1213,6 +1213,33 @@ class Overlay:
                 with contextlib.suppress(OSError), self._at(d) as (pfd, name):
                     os.utime(name, dir_fd=pfd, follow_symlinks=False)
             self._inval_inode(d)
+
+    def forget_objects(self, digests: Collection[str]) -> int:
+        """The store republished these objects after damage (``store verify --repair``, ``store add``):
+        serve the new inodes from now on. Returns how many of this mount's files were backed by them.
+
+        Three things hold the old bytes: the kernel's page cache (kept across opens, since store files
+        "never change"), fds this daemon holds on the damaged inode (the fd cache, open handles), and
+        the checker's record that the object was checked. All three go; the next read opens the
+        store's new file and checks it like a first read.
+        """
+        wanted = set(digests)
+        for digest in wanted:
+            self._checker.forget(digest)
+        count = 0
+        for node in list(self.nodes.values()):
+            entry = node.lower
+            if (node.upper or node.kind != REG or not isinstance(entry, LowerFile) or entry.kind != OBJECT
+                    or entry.digest not in wanted):
+                continue
+            for fh in node.open_fhs or ():
+                h = self.handles.get(fh)
+                if h is not None and h.store and h.fd >= 0:
+                    h.switch(-1, store=True, writable=False)
+            self._fd_cache.pop(node.ino, None)
+            self._inval_inode(node)
+            count += 1
+        return count
 
     def drop_upper(self, relpaths: Sequence[str]) -> int:
         """Remove upper copies identical to what the view now provides (after a commit); returns how many."""

@@ -35,6 +35,7 @@ class SelectReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     link_summary: str = ""
+    hardlink_warning: str | None = None
 
 
 # Present from the first file an add/remove changes until the venv's files match the new selection:
@@ -66,12 +67,20 @@ def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None
     venv.write_state(state)
     # Only what the add was placing: the rest of the venv may hold files the user edited.
     records = [store.get_dist(k) for k in place if k in state.selection]
-    materialize(venv, store, state, Linker(LinkMode(state.link_mode or "auto")), records=records,
+    materialize(venv, store, state, _linker(LinkMode(state.link_mode or "auto"), state), records=records,
                 site_packages=site_packages)
     if state.layout == "mounted":
         daemon.reload(venv)
     marker.unlink()
     return f"finished the interrupted change of the selection of {venv.root}"
+
+
+def _linker(link_mode: LinkMode, state: VenvState) -> Linker:
+    """In the mounted layout only scripts, headers and data are placed, files a user or tool may write
+    in place: never as hardlinks of store objects (few and small, so a copy costs little)."""
+    if state.layout == "mounted":
+        return Linker(LinkMode.AUTO if link_mode == LinkMode.HARDLINK else link_mode, allow_hardlink=False)
+    return Linker(link_mode)
 
 
 def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
@@ -254,7 +263,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
-    linker = Linker(link_mode)
+    linker = _linker(link_mode, state)
     crash_point("select:placing")
     # All of ``wanted``, not only what is new to the selection: an add killed after the state was
     # written finishes when run again (files already in place are kept).
@@ -267,7 +276,10 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     marker.unlink(missing_ok=True)
     report.added = [r.key for r in new]
     report.link_summary = linker.summary()
-    if linker.used:
+    report.hardlink_warning = linker.hardlink_warning()
+    if linker.used and state.layout == "materialized":
+        # (In the mounted layout the linker refuses hardlinks: its mode says nothing about how
+        # site-packages would be materialized.)
         state.link_mode = linker.used.value
         venv.write_state(state)
     return report

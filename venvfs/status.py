@@ -17,6 +17,8 @@ from venvfs.daemon import mount_state
 from venvfs.errors import VenvfsError
 from venvfs.hooks import EJECTING
 from venvfs.layout import interrupted
+from venvfs.linkmode import hardlink_warning
+from venvfs.materialize import count_store_inodes
 from venvfs.records import DistRecord
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.venv import Venv, VenvState
@@ -51,6 +53,8 @@ class VenvStatus:
     owned_alone_bytes: int = 0  # of store_bytes, objects only this venv uses
     venv_own_bytes: int = 0  # disk in the venv itself: upper layer, copies, the venv's own files
     venv_own_files: int = 0
+    store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
+    hardlink_warning: str | None = None  # the one line saying what that exposes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +185,10 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes, placed)
     else:
         status.venv_own_bytes, status.venv_own_files = _tree_usage(venv.site_packages, store_inodes)
+    status.store_hardlinks = count_store_inodes(
+        venv.root, store_inodes, skip=venv.site_packages if state.layout == "mounted" else None)
+    if status.store_hardlinks:
+        status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
     return status
 
 

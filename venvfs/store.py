@@ -9,6 +9,8 @@ Layout under the store root::
     bytecode/<cache_tag>/ab/<sha256>.pyc   timestamp .pyc of a .py object, for one Python version
     venvs/<id>.json               registry of venvs using the store: last path and a copy of the state
                                   (for gc, ``mount --all``, and repairing a damaged state)
+    repaired                      "<digest> <time_ns>" per line: objects republished after damage, for
+                                  running mounts to drop what they cached of them (``Store.repaired_log``)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
 
@@ -40,7 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import platformdirs
 
 from venvfs import fsflags
-from venvfs.chunks import CHUNK, chunks_path, needs_chunks, write_chunks
+from venvfs.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
 from venvfs.records import DistRecord
@@ -79,6 +81,7 @@ class PutResult:
     digest: str
     size: int
     new: bool  # False when the object was already stored
+    repaired: bool = False  # the stored object was damaged and has been replaced by this content
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
+        # Objects this Store object republished after finding them damaged (``_publish``,
+        # ``repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
+        self.repaired: list[str] = []
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True) -> Store:
@@ -323,16 +329,22 @@ class Store:
 
     def _publish(self, tmp: str, digest: str, size: int, executable: bool) -> PutResult:
         final = self.object_path(digest, executable)
+        if final.exists():
+            # The caller holds these bytes under this digest (a wheel, a hashed file): the one moment a
+            # damaged object can be put right for the price of one read, so the stored one is checked.
+            problem = self._check_object(final, digest)
+            if problem is None:
+                return PutResult(digest, size, new=False)
+            self._replace_object(None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
+            return PutResult(digest, size, new=False, repaired=True)
         if needs_chunks(size) and not chunks_path(self.root, digest).exists():
             # Before the object: a mount never meets a large object it cannot check as it reads.
             # (An object stored before chunk lists existed gets its list when it is added again.)
-            fd = os.open(final if final.exists() else tmp, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 write_chunks(self.root, digest, fd, size, self.root / "tmp")
             finally:
                 os.close(fd)
-        if final.exists():
-            return PutResult(digest, size, new=False)
         os.chmod(tmp, 0o555 if executable else 0o444)
         os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
         final.parent.mkdir(exist_ok=True)
@@ -345,6 +357,95 @@ class Store:
         with contextlib.suppress(KeyError):
             _PUBLISHED[self._key].append(final)
         return PutResult(digest, size, new=True)
+
+    def _replace_object(self, tmp: str | None, digest: str, size: int, executable: bool, problem: str) -> None:
+        """Publish the good bytes in ``tmp`` as object ``digest`` in place of a damaged one (``tmp``
+        None: the object is right and only its chunk list is not).
+
+        By rename, never by writing into the damaged file: its inode may be hardlinked into venvs (the
+        hardlink fallback, or how it got damaged), and writing through it would change them under a
+        running program. Those names keep the damaged inode; the store's name gets a fresh one.
+        """
+        final = self.object_path(digest, executable)
+        fd = os.open(final if tmp is None else tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if needs_chunks(size):
+                atomic_write_bytes(chunks_path(self.root, digest), chunk_digests(fd, size), mode=0o444,
+                                   tmp_dir=self.root / "tmp", durable=False)
+            if tmp is not None:
+                # Renamed over a name records already use: never an empty object after a crash.
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if tmp is not None:
+            os.chmod(tmp, 0o555 if executable else 0o444)
+            os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
+            # A damaged immutable object (a disk error) cannot be renamed over until the flag is off.
+            fsflags.set_immutable(final, False)
+            os.replace(tmp, final)
+        log.info("repaired object %s (%s)", digest, problem)
+        self.repaired.append(digest)
+        self._log_repaired([digest])
+
+    def object_problem(self, digest: str, executable: bool) -> str | None:
+        """What is wrong with one stored object (as ``verify`` says it), None if nothing."""
+        return self._check_object(self.object_path(digest, executable), digest)
+
+    def repair_object(self, digest: str, executable: bool, source: Path) -> bool:
+        """Replace the damaged object ``digest`` by the content of ``source`` if that content has this
+        digest; False (nothing changed) if it has not. ``source`` may be the object itself when only
+        its mode or its chunk list is wrong."""
+        final = self.object_path(digest, executable)
+        problem = self._check_object(final, digest)
+        if problem is None:
+            return True
+        if problem == "chunk list damaged":
+            self._replace_object(None, digest, final.stat().st_size, executable, problem)
+            return True
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.stat(source), os.stat(final)) and problem != "writable":
+                return False  # the damaged inode itself (a hardlink of it) is no source
+        f, tmp = self._tmpfile()
+        try:
+            h = hashlib.sha256()
+            size = 0
+            with f, open(source, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            if h.hexdigest() != digest:
+                return False
+            final.parent.mkdir(exist_ok=True)
+            self._replace_object(tmp, digest, size, executable, problem)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @property
+    def repaired_log(self) -> Path:
+        return self.root / "repaired"
+
+    def _log_repaired(self, digests: Collection[str]) -> None:
+        # Appended (O_APPEND: one write per line is not interleaved with another writer's), never
+        # rewritten, so a daemon reading it concurrently sees whole lines of old and new repairs.
+        stamp = time.time_ns()
+        data = "".join(f"{d} {stamp}\n" for d in digests).encode()
+        fd = os.open(self.repaired_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def repaired_entries(self) -> set[str]:
+        """The lines of the repair log (each "<digest> <time_ns>"): a reader keeps those it has seen
+        and acts on the new ones."""
+        try:
+            text = self.repaired_log.read_text()
+        except FileNotFoundError:
+            return set()
+        return {line for line in text.splitlines() if line.count(" ") == 1}
 
     def sync_objects(self) -> None:
         """Make objects written without fsync (content and names) durable before a record refers to
