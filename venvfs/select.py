@@ -198,7 +198,10 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         if spec.endswith(".whl") and not Path(spec).exists():
             # A typo in a path, not a project called "x.whl": said before anything is adopted or locked.
             raise UsageError(f"{spec}: no such file")
-    with venv.locked():
+    # The store's lock before the venv's: a wait for the store (behind gc) then holds nothing that
+    # `venvfs umount` of this venv needs. Held until the state names the new records, so a
+    # concurrent gc cannot collect them.
+    with store.writing(), venv.locked():
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
             adopt(venv, store, already_locked=True)
@@ -211,21 +214,19 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
         interp = state.interpreter
-        with store.writing():
-            # Held until the state names the new records, so a concurrent gc cannot collect them.
-            roots: list[tuple[DistRecord, set[str]]] = []
-            for spec in add:
-                path = Path(spec)
-                if spec.endswith(".whl"):
-                    roots.append((ingest_wheel(store, path)[0], set()))
-                else:
-                    extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
-                    roots.append((resolve(store, interp, spec), extras))
-            if dependencies:
-                wanted = with_dependencies(store, interp, roots, _selected_records(store, state))
+        roots: list[tuple[DistRecord, set[str]]] = []
+        for spec in add:
+            path = Path(spec)
+            if spec.endswith(".whl"):
+                roots.append((ingest_wheel(store, path)[0], set()))
             else:
-                wanted = [r for r, _ in roots]
-            report = _apply(venv, store, state, interp, wanted, remove, link_mode)
+                extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
+                roots.append((resolve(store, interp, spec), extras))
+        if dependencies:
+            wanted = with_dependencies(store, interp, roots, _selected_records(store, state))
+        else:
+            wanted = [r for r, _ in roots]
+        report = _apply(venv, store, state, interp, wanted, remove, link_mode)
     return report
 
 
