@@ -66,7 +66,7 @@ def test_help_output_in_a_subprocess() -> None:
 
 def test_exit_codes_match_the_exceptions() -> None:
     classes = [errors.VenvfsError, errors.InvalidWheel, errors.VenvError, errors.StoreError, errors.MountError,
-               errors.Busy, errors.NoMatchingDistribution]
+               errors.Busy, errors.NoMatchingDistribution, errors.AmbiguousBuild]
     for cls in classes:
         assert cls.exit_code in EXIT_CODES, cls
     assert len({c.exit_code for c in classes}) == len(classes)

@@ -75,6 +75,10 @@ def _main(argv: Sequence[str] | None) -> int:
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="venvfs: %(message)s",
     )
+    if getattr(args, "wait", None) is not None:
+        from venvfs.fsutil import set_lock_timeout
+
+        set_lock_timeout(args.wait)
     if not getattr(args, "handler", None):
         parser.print_help()
         sys.stdout.flush()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from venvfs.fsutil import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV
 from venvfs.store import STORE_ENV, Store
 from venvfs.venv import Venv
 
@@ -24,7 +25,22 @@ def common_parent() -> argparse.ArgumentParser:
         help=f"the store to use (default: ${STORE_ENV}, else the user data directory); only {CREATING} "
         "create one, in a missing or empty directory",
     )
+    parent.add_argument(
+        "--wait", type=_seconds, default=None, metavar="SECONDS",
+        help=f"how long to wait for a lock another command holds before giving up with exit code 7 "
+        f"(default: ${LOCK_TIMEOUT_ENV}, else {DEFAULT_LOCK_TIMEOUT:g}; a negative number waits for ever)",
+    )
+    parent.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
+                        help="give up at once when a lock is held (same as --wait 0)")
     return parent
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    return value if value >= 0 else float("inf")
 
 
 def json_parent() -> argparse.ArgumentParser:

@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
         "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
         "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
-        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.\n\n"
+        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.\n"
+        "A wheel that claims a stored name and version with other content is stored with a warning:\n"
+        "`venvfs add` then asks which build to use.\n\n"
         "An object the wheel provides that is already stored is hashed again; a damaged one is replaced\n"
         "by the wheel's bytes (a fresh file renamed into place) and running mounts drop their copies.",
     )
@@ -110,10 +112,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Select stored distributions for a venv: wheel files (ingested first) or requirements\n"
         "such as 'numpy==2.1.*', matched to the venv's interpreter and platform tags. What they require\n"
         "(Requires-Dist, markers evaluated for the venv) is selected too, from the store.\n\n"
+        "A store key (`venvfs store list`) selects that very build. Builds of one name and version that\n"
+        "fit equally and differ in content are never chosen between silently: exit code 9 names them.\n\n"
         "example: venvfs add .venv 'numpy>=2' ./x-1.0-py3-none-any.whl",
     )
     p.add_argument("venv", type=Path)
-    p.add_argument("specs", nargs="+", metavar="WHEEL_OR_REQUIREMENT")
+    p.add_argument("specs", nargs="+", metavar="WHEEL_REQUIREMENT_OR_KEY")
     p.add_argument("--no-deps", action="store_true",
                    help="select only what is named, not the stored distributions it requires")
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
@@ -159,6 +163,7 @@ def _wheel_paths(paths: list[Path]) -> list[Path]:
 
 
 def cmd_store_add(args: argparse.Namespace) -> int:
+    from venvfs.select import describe_builds, rival_builds
     from venvfs.wheel import ingest_wheel
 
     wheels = _wheel_paths(args.paths)
@@ -180,6 +185,12 @@ def cmd_store_add(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{'added' if new else 'already stored'}: {record.key} ({len(record.files)} files)"
                   + (f"; repaired {len(repaired)} damaged object(s)" if repaired else ""))
+        rivals = rival_builds(store, record) if new else []
+        if rivals:
+            results[-1]["other_content"] = [r.key for r in rivals]
+            print(f"venvfs: warning: {path.name} claims {record.name} {record.version}, already stored with other "
+                  f"content: {describe_builds(store, rivals)}; `venvfs add NAME` will ask "
+                  f"which to use (`venvfs add VENV {record.key}` chooses this one)", file=sys.stderr)
     if store.repaired:
         from venvfs.daemon import invalidate_repaired
 

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import platformdirs
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, read_json
+from venvfs.fsutil import atomic_write_json, lock_holders, open_lock, read_json
 from venvfs.store import Store
 from venvfs.venv import Venv
 
@@ -167,15 +167,20 @@ def daemon_pid(venv: Venv) -> int | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    try:
+    except PermissionError:
+        # Another user's venv (its lock files are its owner's alone): the kernel's lock table
+        # still says whether a daemon holds it.
+        if not lock_holders(path):
+            return None
+    else:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             pass
         else:
             return None
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return int(read_json(_info_path(venv))["pid"])
     return None
@@ -256,7 +261,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
     from venvfs.upper import Upper
     from venvfs.view import view_for
     venv = Venv(venv_root)
-    lock_fd = os.open(_lock_path(venv), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock_fd = open_lock(_lock_path(venv))
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

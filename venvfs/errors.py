@@ -61,6 +61,12 @@ class NoMatchingDistribution(VenvfsError):
     exit_code = 8
 
 
+class AmbiguousBuild(VenvfsError):
+    """Stored builds of one name and version with different content fit the venv equally well."""
+
+    exit_code = 9
+
+
 class IOFailure(VenvfsError):
     """The filesystem refused a read or write: no space left, read-only, permission denied.
 
@@ -81,6 +87,7 @@ EXIT_CODES: dict[int, str] = {
     6: "FUSE unavailable or mount failed",
     7: "busy: another venvfs command holds the lock",
     8: "no stored distribution matches",
+    9: "several stored builds with different content fit equally: name one by its key",
     74: "I/O error: no space left, read-only filesystem or permission denied (the path is named)",
     70: "internal error (a bug: please report it)",
     141: "stdout was closed early (`venvfs ... | head`): the status of a process ended by SIGPIPE",

@@ -7,15 +7,20 @@ import ctypes
 import errno
 import fcntl
 import json
+import logging
 import os
 import posixpath
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from venvfs.errors import Busy, IOFailure
 from venvfs.progress import human_bytes
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -83,24 +88,151 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
+LOCK_TIMEOUT_ENV = "VENVFS_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 60.0
+# After this long a waiting command says what it waits for: a silent wait looks like a hang.
+LOCK_NOTICE_AFTER = 1.0
+
+_lock_timeout: float | None = None  # set by the CLI's --wait; None: the environment or the default
+
+
+def set_lock_timeout(seconds: float | None) -> None:
+    """How long a waiting lock gives up after (``--wait``); None returns to $VENVFS_LOCK_TIMEOUT."""
+    global _lock_timeout
+    _lock_timeout = seconds
+
+
+def lock_timeout() -> float:
+    if _lock_timeout is not None:
+        return _lock_timeout
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT
+    return value if value >= 0 else float("inf")
+
+
+def lock_holders(path: Path) -> list[int]:
+    """Pids holding an flock on ``path``, from the kernel's own table (``/proc/locks``).
+
+    The kernel's record, not one venvfs writes: it names holders that are no venvfs command (an
+    ``flock(1)`` in a script), is never stale, and needs no write to a file shared holders read.
+    A holder in another pid namespace is listed as pid 0 (the kernel cannot name it here).
+    """
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids: list[int] = []
+    for line in text.splitlines():
+        fields = line.split()
+        # "N: FLOCK ADVISORY WRITE pid maj:min:ino 0 EOF"; waiters carry "->" after the number.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            with contextlib.suppress(ValueError):
+                if int(fields[4]) not in pids:
+                    pids.append(int(fields[4]))
+    return pids
+
+
+def describe_holders(path: Path) -> str:
+    """``held by pid N (command …)`` for the lock on ``path``, as far as this process can tell."""
+    described = []
+    for pid in lock_holders(path)[:3]:
+        if pid == 0:
+            described.append("a process in another pid namespace")
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            command = " ".join(os.fsdecode(a) for a in argv)
+        except FileNotFoundError:
+            # The kernel names the process that took the lock; a child that inherited the
+            # descriptor holds it on after that one exits.
+            described.append(f"pid {pid}, which has exited (a process it started holds the lock on)")
+            continue
+        except OSError:
+            command = ""
+        if len(command) > 200:
+            command = command[:199] + "…"
+        described.append(f"pid {pid} ({command})" if command else f"pid {pid}")
+    return "held by " + ", ".join(described) if described else "held by another process"
+
+
+def _lock_mode(directory: Path) -> int:
+    # Nobody but those who may write the directory may open the lock file: any open descriptor can
+    # flock, read-only ones too, so a readable lock file lets any local user stall every writer. A
+    # directory shared with a group on purpose (g+w) is shared with its lock.
+    try:
+        dir_mode = os.stat(directory).st_mode
+    except OSError:
+        return 0o600
+    return 0o660 if dir_mode & stat.S_IWGRP else 0o600
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (created if missing) that only its owner can open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _lock_mode(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o777 & ~mode:
+            # A lock file made before locks were private (0644): closed now (by its owner or root;
+            # the lock is the directory's own file). A descriptor some other user opened before
+            # this keeps working until it is closed: waits end with a clear error anyway.
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def flock(path: Path, *, exclusive: bool, wait: bool = True, what: str = "") -> Iterator[None]:
-    """Hold an advisory lock on ``path`` (created if missing) for the duration of the block.
+    """Hold an advisory lock on ``path`` (created if missing, mode 0600) for the duration of the block.
 
     flock locks belong to the open file description, so they vanish with the process: a killed
-    venvfs never leaves a stale lock behind.
+    venvfs never leaves a stale lock behind. With ``wait``, a held lock is waited for up to
+    ``lock_timeout()`` seconds, saying after a second what it waits for; then ``Busy`` (exit 7).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    what = what or str(path)
+    fd = open_lock(path)
     try:
         op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fcntl.flock(fd, op | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise Busy(f"{what or path} is locked by another venvfs command; try again when it ends") from None
+        _acquire(fd, op, path, what, lock_timeout() if wait else 0.0)
         yield
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, op: int, path: Path, what: str, timeout: float) -> None:
+    # Polled rather than a blocking flock: a blocking one can be given neither a deadline nor a
+    # notice without signals, which a library must not take over from its caller.
+    start = time.monotonic()
+    delay = 0.005
+    noticed = False
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            holders = describe_holders(path)
+            if timeout == 0:
+                raise Busy(f"{what} is locked, {holders}; try again when it ends") from None
+            raise Busy(f"gave up after {timeout:g} s waiting for the lock on {what}, {holders} "
+                       f"(--wait SECONDS or ${LOCK_TIMEOUT_ENV} waits longer)") from None
+        if not noticed and waited >= LOCK_NOTICE_AFTER:
+            noticed = True
+            log.warning("waiting for the lock on %s, %s (giving up after %g s)", what, describe_holders(path),
+                        timeout)
+        time.sleep(min(delay, max(timeout - waited, 0.0)))
+        delay = min(delay * 2, 0.1)
 
 
 class UnsafePath(ValueError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import posixpath
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +26,11 @@ SITE_SCHEMES: frozenset[str] = frozenset({"purelib", "platlib"})
 # Installers rewrite these in place (pip writes RECORD and INSTALLER, uv direct_url.json), so a
 # materialized venv gets real copies: a hardlink would let the rewrite reach the shared store object.
 REWRITTEN_METADATA: frozenset[str] = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+# What an installer writes into a dist-info directory about the install rather than the build: its
+# name, pip's REQUESTED, PEP 610's direct_url.json (where it installed from), uv's cache keys. One
+# wheel installed by pip, by uv and by venvfs differs only in these, so they are no part of its content.
+INSTALL_METADATA: frozenset[str] = REWRITTEN_METADATA | {"uv_cache.json", "uv_build.json"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,12 @@ class DistRecord:
     entry_points: tuple[EntryPoint, ...] = ()
     source: str = ""  # "wheel:<file name>" or "adopted:<venv>"; informational, not part of the key
     omitted: tuple[str, ...] = field(default=())  # adopted files that were modified or missing
+    # Provenance of the first store of this key (a later identical build shares the record), not part
+    # of the key: the wheel file's sha256, and when (UTC, ISO 8601). Records older than these fields
+    # have "" (the record file's mtime then tells the date).
+    source_sha256: str = field(default="", compare=False)
+    stored_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           compare=False)
 
     @functools.cached_property
     def key(self) -> str:
@@ -116,6 +129,25 @@ class DistRecord:
             "omitted": sorted(self.omitted),
         }
         return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+    @functools.cached_property
+    def content_digest(self) -> str:
+        """What the build is, without what its installer wrote about the install (``INSTALL_METADATA``).
+
+        Equal for one wheel stored from the wheel file, adopted from a pip venv and from a uv venv;
+        different for two wheels of one name and version whose files differ in any byte.
+        """
+        files = [f.to_json() for f in self.files
+                 if not (f.in_site_packages and posixpath.dirname(f.path) == self.dist_info
+                         and posixpath.basename(f.path) in INSTALL_METADATA)]
+        content = {
+            "name": canonicalize_name(self.name),
+            "version": self.version,
+            "dist_info": self.dist_info,
+            "files": sorted(files, key=lambda d: (d["scheme"], d["path"])),
+            "entry_points": sorted(ep.to_json() for ep in self.entry_points),
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
     def is_complete(self) -> bool:
@@ -137,6 +169,8 @@ class DistRecord:
             "dist_info": self.dist_info,
             "tags": list(self.tags),
             "source": self.source,
+            **({"source_sha256": self.source_sha256} if self.source_sha256 else {}),
+            **({"stored_at": self.stored_at} if self.stored_at else {}),
             "files": [f.to_json() for f in self.files],
             "entry_points": [ep.to_json() for ep in self.entry_points],
             "omitted": list(self.omitted),
@@ -155,6 +189,8 @@ class DistRecord:
             entry_points=tuple(EntryPoint.from_json(ep) for ep in data["entry_points"]),
             source=str(data.get("source", "")),
             omitted=tuple(data.get("omitted", ())),
+            source_sha256=str(data.get("source_sha256", "")),
+            stored_at=str(data.get("stored_at", "")),
         )
         if record.key != data.get("key"):
             raise ValueError(f"record key {data.get('key')!r} does not match its content")

@@ -2,13 +2,20 @@
 
 A requirement is matched against stored builds with packaging: the specifier decides the versions,
 the venv's own interpreter tags (most preferred first) decide between builds of one version.
+Builds that still tie are one build if their content is the same (``DistRecord.content_digest``:
+the installer's own metadata aside), and any of them serves; builds of different content are never
+chosen between silently (a wheel that claims a stored name would win by key order): ``AmbiguousBuild``
+names them, and a store key given to ``venvfs add`` selects one. A key counts only as the user's
+argument, never in a Requires-Dist, where it would let a wheel's metadata pick a build.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from email.parser import Parser
 from pathlib import Path
 
@@ -20,7 +27,7 @@ from packaging.version import InvalidVersion, Version
 from venvfs import daemon
 from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
-from venvfs.errors import NoMatchingDistribution, UsageError, VenvError, VenvfsError
+from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.materialize import materialize, remove_files
@@ -42,6 +49,9 @@ class SelectReport:
 # {"remove": [keys whose files go], "place": [keys whose files come], "selection": [the new one]}.
 # (layout.interrupted looks for it.)
 SELECTING = "changing-selection"
+
+# A store key (records.DistRecord.key): the canonical name, the version, 16 hex digits of the manifest.
+_KEY = re.compile(r"[a-z0-9][a-z0-9.-]*-[^/\s]+-[0-9a-f]{16}")
 
 
 def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None:
@@ -90,7 +100,100 @@ def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
     return min(best) if best else None
 
 
-def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistRecord:
+def _expanded_tags(record: DistRecord) -> set[str]:
+    return {str(t) for tag in record.tags for t in parse_tag(tag)}
+
+
+def describe_build(store: Store, record: DistRecord) -> str:
+    """``KEY (from wheel F, sha256 …, stored DATE)``: enough to tell builds apart and choose one."""
+    kind, _, where = record.source.partition(":")
+    if kind == "wheel":
+        origin = f"wheel {where}" + (f" sha256 {record.source_sha256[:12]}…" if record.source_sha256 else "")
+    elif kind == "adopted":
+        origin = f"adopted from {where}"
+    else:
+        origin = "origin not recorded"
+    when = record.stored_at.replace("T", " ").removesuffix("Z")[:16]
+    if not when:
+        with contextlib.suppress(OSError):  # a record from before stored_at: its file's mtime says when
+            when = datetime.fromtimestamp(store.dist_path(record.key).stat().st_mtime, timezone.utc).strftime(
+                "%Y-%m-%d %H:%M")
+    return f"{record.key} ({origin}{', stored ' + when + ' UTC' if when else ''})"
+
+
+def describe_builds(store: Store, records: Iterable[DistRecord]) -> str:
+    """Each build described, those of one content joined by `` = ``, different contents by ``; ``."""
+    groups: dict[str, list[DistRecord]] = {}
+    for record in sorted(records, key=lambda r: r.key):
+        groups.setdefault(record.content_digest, []).append(record)
+    return "; ".join(" = ".join(describe_build(store, r) for r in g) for g in groups.values())
+
+
+def _one_build(store: Store, tied: list[DistRecord], tag: str, selected: Collection[str],
+               venv: Path | None) -> DistRecord:
+    """One of builds that fit equally well: builds of one content are one build (an installer's own
+    metadata aside), so any of them serves; builds of different content are never chosen between
+    silently, a malicious or mistaken wheel that claims a name would win by key order."""
+    groups: dict[str, list[DistRecord]] = {}
+    for record in tied:
+        groups.setdefault(record.content_digest, []).append(record)
+    if len(groups) > 1:
+        # The venv's own earlier choice stands (what `add KEY` made); a re-resolve never moves it.
+        mine = [g for g in groups.values() if any(r.key in selected for r in g)]
+        if len(mine) != 1:
+            first = tied[0]
+            raise AmbiguousBuild(
+                f"{first.name} {first.version}: {len(groups)} stored builds with different content fit "
+                f"{venv or 'this venv'} equally (tag {tag}): {describe_builds(store, tied)}; choose one by its key: "
+                f"`venvfs add {venv or 'VENV'} KEY`")
+        group = mine[0]
+    else:
+        (group,) = groups.values()
+    # Same content: the venv's own, else a wheel's (its metadata names no other venv), else key order.
+    return min(group, key=lambda r: (r.key not in selected, not r.source.startswith("wheel:"), r.key))
+
+
+def rival_builds(store: Store, record: DistRecord) -> list[DistRecord]:
+    """Complete stored builds of ``record``'s name and version with other content and a tag in
+    common: a venv that takes that tag cannot be given either without being told which."""
+    name, tags = canonicalize_name(record.name), _expanded_tags(record)
+    rivals = []
+    for key in store.dist_keys():
+        if not key.startswith(name + "-") or key == record.key:
+            continue
+        with contextlib.suppress(VenvfsError):
+            other = store.get_dist(key)
+            if (canonicalize_name(other.name) == name and _same_version(other.version, record.version)
+                    and other.is_complete and other.content_digest != record.content_digest
+                    and tags & _expanded_tags(other)):
+                rivals.append(other)
+    return rivals
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def by_key(store: Store, interp: InterpreterInfo, spec: str) -> DistRecord | None:
+    """The stored build whose key ``spec`` is (how a user names one of builds that tie), else None."""
+    if not _KEY.fullmatch(spec) or not store.has_dist(spec):
+        return None
+    record = store.get_dist(spec)
+    if not record.is_complete:
+        raise NoMatchingDistribution(f"{spec} is an incomplete adopted build (files were edited or missing)")
+    if tag_rank(record, interp) is None:
+        raise NoMatchingDistribution(f"{spec} is built for {', '.join(record.tags) or 'no tags'}, not for "
+                                     f"Python {interp.version} on {interp.platform}")
+    return record
+
+
+def resolve(store: Store, interp: InterpreterInfo, requirement: str, *, selected: Collection[str] = (),
+            venv: Path | None = None) -> DistRecord:
+    """The newest stored build that satisfies ``requirement`` with the best tag for ``interp``;
+    ``AmbiguousBuild`` if builds of different content tie (see ``_one_build``)."""
     try:
         req = Requirement(requirement)
     except InvalidRequirement as e:
@@ -124,7 +227,9 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str) -> DistReco
         raise NoMatchingDistribution(f"no stored build of {requirement} fits Python {interp.version} on "
                                      f"{interp.platform}{have}")
     candidates.sort(key=lambda c: (c[0], c[1]))
-    return candidates[-1][2]
+    version, rank, _ = candidates[-1]
+    tied = [r for v, k, r in candidates if (v, k) == (version, rank)]
+    return _one_build(store, tied, interp.tags[-rank], selected, venv)
 
 
 def requires_dist(store: Store, record: DistRecord) -> list[Requirement]:
@@ -150,11 +255,12 @@ def _applies(req: Requirement, interp: InterpreterInfo, extras: Iterable[str]) -
 
 
 def with_dependencies(store: Store, interp: InterpreterInfo, roots: list[tuple[DistRecord, set[str]]],
-                      selected: Iterable[DistRecord]) -> list[DistRecord]:
+                      selected: Iterable[DistRecord], venv: Path | None = None) -> list[DistRecord]:
     """``roots`` plus what they require, transitively, from the store (greedy, newest fitting build;
     what the venv already selects is kept when it satisfies the requirement)."""
     chosen = {canonicalize_name(r.name): r for r, _ in roots}
     have = {canonicalize_name(r.name): r for r in selected}
+    have_keys = {r.key for r in have.values()}
     result = [r for r, _ in roots]
     queue = list(roots)
     missing: list[str] = []
@@ -173,7 +279,7 @@ def with_dependencies(store: Store, interp: InterpreterInfo, roots: list[tuple[D
                 continue
             bare = f"{req.name}{'[' + ','.join(sorted(req.extras)) + ']' if req.extras else ''}{req.specifier}"
             try:
-                dep = resolve(store, interp, bare)
+                dep = resolve(store, interp, bare, selected=have_keys, venv=venv)
             except NoMatchingDistribution:
                 missing.append(f"{record.name} requires {bare}")
                 continue
@@ -207,7 +313,10 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         if spec.endswith(".whl") and not Path(spec).exists():
             # A typo in a path, not a project called "x.whl": said before anything is adopted or locked.
             raise UsageError(f"{spec}: no such file")
-    with venv.locked():
+    # The store's lock before the venv's: a wait for the store (behind gc) then holds nothing that
+    # `venvfs umount` of this venv needs. Held until the state names the new records, so a
+    # concurrent gc cannot collect them.
+    with store.writing(), venv.locked():
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
             adopt(venv, store, already_locked=True)
@@ -220,21 +329,21 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
         interp = state.interpreter
-        with store.writing():
-            # Held until the state names the new records, so a concurrent gc cannot collect them.
-            roots: list[tuple[DistRecord, set[str]]] = []
-            for spec in add:
-                path = Path(spec)
-                if spec.endswith(".whl"):
-                    roots.append((ingest_wheel(store, path)[0], set()))
-                else:
-                    extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
-                    roots.append((resolve(store, interp, spec), extras))
-            if dependencies:
-                wanted = with_dependencies(store, interp, roots, _selected_records(store, state))
+        roots: list[tuple[DistRecord, set[str]]] = []
+        for spec in add:
+            path = Path(spec)
+            if spec.endswith(".whl"):
+                roots.append((ingest_wheel(store, path)[0], set()))
+            elif (record := by_key(store, interp, spec)) is not None:
+                roots.append((record, set()))
             else:
-                wanted = [r for r, _ in roots]
-            report = _apply(venv, store, state, interp, wanted, remove, link_mode)
+                extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
+                roots.append((resolve(store, interp, spec, selected=state.selection, venv=venv.root), extras))
+        if dependencies:
+            wanted = with_dependencies(store, interp, roots, _selected_records(store, state), venv.root)
+        else:
+            wanted = [r for r, _ in roots]
+        report = _apply(venv, store, state, interp, wanted, remove, link_mode)
     return report
 
 

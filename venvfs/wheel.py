@@ -8,6 +8,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import zipfile
@@ -199,6 +200,7 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
                     files=tuple(sorted(dest.files, key=lambda f: (f.scheme, f.path))),
                     entry_points=tuple(sorted(dest.entry_points, key=lambda ep: ep.name)),
                     source=f"wheel:{path.name}",
+                    source_sha256=_file_sha256(path),
                 )
                 new = store.add_dist(record)
         except OSError as e:
@@ -206,6 +208,15 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
             # is what it may need (less where files are already stored).
             raise io_failure(e, f"storing {path.name} in {store.root}", need=total, where=store.root) from None
     return record, new
+
+
+def _file_sha256(path: Path) -> str:
+    # Provenance only (which wheel file a build came from, for `venvfs add`'s choice between builds).
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _install(source: WheelFile, dest: StoreDestination, wheel_name: str) -> None:
