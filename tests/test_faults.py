@@ -275,7 +275,8 @@ def test_unwritable_store_one_line(public_dir: Path) -> None:
     tmp_path = public_dir
     cmd = nobody_python(tmp_path)
     store = tmp_path / "store"
-    Store.open(store)  # root's, 0755: nobody may read it, not write it
+    Store.open(store)
+    os.chmod(store, 0o755)  # root's, opened up for reading: nobody may read it, not write it
     wheel = build_wheel(tmp_path / "wheels", simple_package("denied", "1.0"))
     proc = subprocess.run([*cmd, "-m", "venvfs", "store", "add", "--store", str(store), str(wheel)],
                           capture_output=True, text=True, cwd="/")

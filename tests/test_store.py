@@ -258,3 +258,8 @@ def test_gc_clears_what_a_writer_killed_mid_record_left(tmp_path: Path) -> None:
     run_cli(store.root, "store", "gc")
     leftovers = [str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == [], "a killed writer's temporary outlives gc"
+
+
+def test_a_new_store_is_closed_to_other_users(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "a" / "store")
+    assert stat.S_IMODE(store.root.stat().st_mode) == 0o700

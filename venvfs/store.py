@@ -159,8 +159,11 @@ class Store:
             return store
         store._check_new_store_place(create)
         try:
+            # A new store is closed to other users: what they may see of it goes through a mount its
+            # owner serves. (An existing empty directory keeps the mode its owner gave it.)
+            store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for sub in _STORE_DIRS:
-                (store.root / sub).mkdir(parents=True, exist_ok=True)
+                (store.root / sub).mkdir(exist_ok=True)
             atomic_write_json(fmt, {"format": STORE_FORMAT})
         except OSError as e:
             raise io_failure(e, f"cannot create a store at {store.root}", where=store.root.parent) from None
