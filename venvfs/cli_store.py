@@ -40,11 +40,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "add", parents=[common, as_json], formatter_class=fmt, help="ingest wheels into the store",
         description="Validate and ingest wheel files (or every *.whl in a directory) into the store.\n\n"
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
-        "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
-        "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
-        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.",
+        "escape, duplicate entries, names too long to place, a zip bomb) is refused with exit code 3 and\n"
+        "nothing written. A path that does not exist, is not a regular file, or is a directory without\n"
+        "wheels: exit code 2, before any wheel is stored. A full disk: exit code 74, and the objects\n"
+        "this run stored are taken back.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
+    _limit_arguments(p)
     p.set_defaults(handler=cmd_store_add)
     p = store_sub.add_parser("list", parents=[common, as_json], help="list stored distributions")
     p.set_defaults(handler=cmd_store_list)
@@ -105,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-deps", action="store_true",
                    help="select only what is named, not the stored distributions it requires")
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
+    _limit_arguments(p)
     p.set_defaults(handler=cmd_add)
 
     p = subparsers.add_parser("remove", parents=[common, as_json], help="deselect distributions")
@@ -120,6 +123,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_status)
+
+
+def _limit_arguments(p: argparse.ArgumentParser) -> None:
+    from venvfs import limits
+
+    p.add_argument("--max-unpacked-size", metavar="SIZE",
+                   help=f"refuse a wheel that unpacks to more (default: ${limits.SIZE_ENV}, else "
+                   f"{limits.DEFAULT_MAX_UNPACKED >> 30}G)")
+    p.add_argument("--max-ratio", metavar="N",
+                   help=f"refuse a wheel, or a member of it, that unpacks to more than {limits.RATIO_FLOOR >> 20} MiB "
+                   f"at a compression ratio above N:1 (default: ${limits.RATIO_ENV}, else "
+                   f"{limits.DEFAULT_MAX_RATIO:g})")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from venvfs.limits import IngestLimits
+
+    return IngestLimits.from_env(args.max_unpacked_size, args.max_ratio)
 
 
 def _wheel_paths(paths: list[Path]) -> list[Path]:
@@ -149,13 +170,14 @@ def _wheel_paths(paths: list[Path]) -> list[Path]:
 def cmd_store_add(args: argparse.Namespace) -> int:
     from venvfs.wheel import ingest_wheel
 
+    limits = _limits(args)
     wheels = _wheel_paths(args.paths)
     store = open_store(args, create=True)
     results: list[dict[str, Any]] = []
     code = 0
     for path in wheels:
         try:
-            record, new = ingest_wheel(store, path)
+            record, new = ingest_wheel(store, path, limits=limits)
         except InvalidWheel as e:
             print(f"venvfs: error: {e}", file=sys.stderr)
             results.append({"wheel": str(path), "error": str(e)})
@@ -334,10 +356,11 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
 def cmd_add(args: argparse.Namespace) -> int:
     from venvfs.select import change_selection
 
+    limits = _limits(args)
     venv = Venv.open(args.venv)
     store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
-                              dependencies=not args.no_deps)
+                              dependencies=not args.no_deps, limits=limits)
     _print_selection(args, venv, report.added, report.removed, report.link_summary)
     return 0
 

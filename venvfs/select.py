@@ -22,6 +22,7 @@ from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import NoMatchingDistribution, UsageError, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
+from venvfs.limits import IngestLimits
 from venvfs.linkmode import Linker, LinkMode
 from venvfs.materialize import materialize, remove_files
 from venvfs.records import DistRecord
@@ -191,9 +192,10 @@ def _selected_records(store: Store, state: VenvState) -> list[DistRecord]:
 
 
 def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remove: Iterable[str] = (),
-                     link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True) -> SelectReport:
+                     link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True,
+                     limits: IngestLimits | None = None) -> SelectReport:
     """Add wheels/requirements (with their dependencies from the store, unless ``dependencies`` is
-    False) and remove names; the venv's files follow its layout."""
+    False) and remove names; the venv's files follow its layout. ``limits`` apply to wheel files."""
     for spec in add:
         if spec.endswith(".whl") and not Path(spec).exists():
             # A typo in a path, not a project called "x.whl": said before anything is adopted or locked.
@@ -217,7 +219,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
             for spec in add:
                 path = Path(spec)
                 if spec.endswith(".whl"):
-                    roots.append((ingest_wheel(store, path)[0], set()))
+                    roots.append((ingest_wheel(store, path, limits=limits)[0], set()))
                 else:
                     extras = set(Requirement(spec).extras) if _is_requirement(spec) else set()
                     roots.append((resolve(store, interp, spec), extras))
