@@ -311,13 +311,15 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from venvfs import daemon, layout
     from venvfs.bytecode import ensure_bytecode
-    from venvfs.materialize import materialize
+    from venvfs.materialize import check_selection, materialize
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv)
     linker = Linker(LinkMode(args.link_mode))
     with venv.locked():
         state = venv.read_state()
+        if not layout.interrupted(venv):
+            check_selection(venv, store, state)  # before the unmount: refused, it stays as it was
         if state.layout == "mounted" or layout.interrupted(venv):
             daemon.unmount(venv)
         layout.resume(venv, store, state)

@@ -147,7 +147,7 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
 def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker | None = None) -> None:
     """Write the selection as real files and move the upper layer over them (nothing is mounted)."""
     from venvfs import linkmode
-    from venvfs.materialize import materialize
+    from venvfs.materialize import check_selection, materialize
 
     sp = venv.site_packages
     upper = venv.upper_dir
@@ -155,6 +155,8 @@ def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker |
     # A marker of a switch to the mounted layout that ended after its state was written.
     (venv.state_dir / TO_MOUNTED).unlink(missing_ok=True)
     if _phase(marker) in (None, _MATERIALIZING):
+        if _phase(marker) is None:
+            check_selection(venv, store, state)  # refused before the first change, not half way
         # Before the first file lands in site-packages: a crash leaves a venv whose underlying
         # directory holds part of the selection, which only finishing this switch makes right.
         atomic_write_bytes(marker, _MATERIALIZING)

@@ -24,7 +24,7 @@ from venvfs.errors import NoMatchingDistribution, UsageError, VenvError, VenvfsE
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
 from venvfs.limits import IngestLimits
 from venvfs.linkmode import Linker, LinkMode
-from venvfs.materialize import materialize, remove_files
+from venvfs.materialize import check_placeable, materialize, remove_files
 from venvfs.records import DistRecord
 from venvfs.store import Store
 from venvfs.venv import InterpreterInfo, Venv, VenvState
@@ -244,6 +244,9 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     kept = [r for r in current if r not in dropped]
     kept_keys = {k.key for k in kept}
     new = [w for w in wanted if w.key not in kept_keys]
+    # The whole new selection, in either layout (bin/ and data files are real files in both, and an
+    # eject or `umount --materialize` places the rest): refused here, the venv is left as it was.
+    check_placeable(venv, interp, kept + new)
     # Before the first file changes: from here until the files match the new selection, a killed
     # command leaves a venv that matches neither (and a later switch to the mounted layout would
     # whiteout the missing files for good), so the marker says how to finish.
