@@ -129,6 +129,23 @@ def test_placing_never_follows_a_symlink_in_the_venv(tmp_path: Path, make_venv: 
     assert list(outside.iterdir()) == [], "a file was placed through the symlink"
 
 
+def test_removing_never_follows_a_symlink_in_the_venv(tmp_path: Path, make_venv: Callable[..., Path]) -> None:
+    """Removal goes through the same walk: a directory swapped for a symlink keeps what it leads to."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "helpers.py").write_text("not the venv's\n")
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path / "wheels", simple_package("walked"))
+    venv = make_venv()
+    run_cli(store, "add", str(venv), str(wheel), "--link-mode", "copy")
+    sub = Venv.open(venv).site_packages / "walked" / "sub"
+    shutil.rmtree(sub)
+    sub.symlink_to(outside)
+    run_cli(store, "remove", str(venv), "walked")
+    assert (outside / "helpers.py").read_text() == "not the venv's\n"
+    assert sub.is_symlink() and not (sub.parent / "__init__.py").exists()
+
+
 @pytest.mark.allow_warnings  # the conflicts are logged (the daemon's log, in a mount)
 def test_view_of_chain_follows_no_link(tmp_path: Path) -> None:
     """The view is a tree of names: a symlink is a leaf, and nothing is ever looked up below one."""
