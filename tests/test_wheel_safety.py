@@ -146,6 +146,40 @@ def test_removing_never_follows_a_symlink_in_the_venv(tmp_path: Path, make_venv:
     assert sub.is_symlink() and not (sub.parent / "__init__.py").exists()
 
 
+def test_upper_layer_links_are_not_followed_out_of_the_store(tmp_path: Path, make_venv: Callable[..., Path],
+                                                            require_fuse: None) -> None:
+    """Switching to real files copies the store bytecode links a mount left in the upper layer; a
+    link that only starts like one (``STORE/bytecode/../..``) stays a link, and a symlink planted at
+    the copy's temporary name is replaced, not written through."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret\n")
+    (outside / "victim").write_text("victim\n")
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path / "wheels", simple_package("linked"))
+    venv = make_venv()
+    run_cli(store, "mount", str(venv))
+    run_cli(store, "add", str(venv), str(wheel))
+    run_cli(store, "umount", str(venv))
+    v = Venv.open(venv)
+    pyc = next((store / "bytecode").rglob("*.pyc"))
+    upper_cache = v.upper_dir / "linked" / "__pycache__"
+    upper_cache.mkdir(parents=True)
+    escape = f"{store}/bytecode/{'/'.join(['..'] * 2)}/outside/secret"
+    assert os.path.realpath(escape) == str(outside / "secret")
+    (upper_cache / "evil.cpython-311.pyc").symlink_to(escape)
+    (upper_cache / "good.cpython-311.pyc").symlink_to(pyc)
+    sp_cache = v.site_packages / "linked" / "__pycache__"
+    sp_cache.mkdir(parents=True)
+    (sp_cache / "good.cpython-311.pyc.venvfs-tmp").symlink_to(outside / "victim")
+
+    run_cli(store, "materialize", str(venv))
+    assert (sp_cache / "evil.cpython-311.pyc").is_symlink(), "the secret was copied into the venv"
+    assert (outside / "victim").read_text() == "victim\n", "written through the planted symlink"
+    good = sp_cache / "good.cpython-311.pyc"
+    assert not good.is_symlink() and good.read_bytes() == pyc.read_bytes()
+
+
 @pytest.mark.allow_warnings  # the conflicts are logged (the daemon's log, in a mount)
 def test_view_of_chain_follows_no_link(tmp_path: Path) -> None:
     """The view is a tree of names: a symlink is a leaf, and nothing is ever looked up below one."""
