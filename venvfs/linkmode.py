@@ -159,7 +159,7 @@ def reflink_at(src: Path, dir_fd: int, name: str) -> None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        # clonefileat(AT_FDCWD, src, dir_fd, name, 0)
+        # AT_FDCWD is -2 on macOS: src is a path, the new file is relative to dir_fd.
         if libc.clonefileat(-2, os.fsencode(src), dir_fd, os.fsencode(name), 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), name)
