@@ -35,6 +35,8 @@ class WheelSpec:
     dist_info_override: str | None = None
     filename_override: str | None = None
     requires: tuple[str, ...] = ()  # Requires-Dist lines of METADATA
+    # Members are stored uncompressed unless this says otherwise (zipfile.ZIP_DEFLATED for a zip bomb).
+    compress_type: int = zipfile.ZIP_STORED
 
     @property
     def dist_info(self) -> str:
@@ -85,6 +87,7 @@ def build_wheel(directory: Path, spec: WheelSpec) -> Path:
             info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
             mode = 0o755 if path in spec.executables else 0o644
             info.external_attr = (stat.S_IFREG | mode) << 16
+            info.compress_type = spec.compress_type
             zf.writestr(info, data)
         for path, target in spec.symlinks.items():
             info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))

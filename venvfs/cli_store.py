@@ -40,15 +40,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "add", parents=[common, as_json], formatter_class=fmt, help="ingest wheels into the store",
         description="Validate and ingest wheel files (or every *.whl in a directory) into the store.\n\n"
         "A corrupt, inconsistent or malicious wheel (bad zip, RECORD hash or size mismatch, paths that\n"
-        "escape, duplicate entries) is refused with exit code 3 and nothing written. A path that does\n"
-        "not exist, is not a regular file, or is a directory without wheels: exit code 2, before any\n"
-        "wheel is stored. A full disk: exit code 74, and the objects this run stored are taken back.\n"
-        "A wheel that claims a stored name and version with other content is stored with a warning:\n"
-        "`venvfs add` then asks which build to use.\n\n"
+        "escape, duplicate entries, names too long to place, a zip bomb) is refused with exit code 3 and\n"
+        "nothing written. A path that does not exist, is not a regular file, or is a directory without\n"
+        "wheels: exit code 2, before any wheel is stored. A full disk: exit code 74, and the objects\n"
+        "this run stored are taken back. A wheel that claims a stored name and version with other\n"
+        "content is stored with a warning: `venvfs add` then asks which build to use.\n\n"
         "An object the wheel provides that is already stored is hashed again; a damaged one is replaced\n"
         "by the wheel's bytes (a fresh file renamed into place) and running mounts drop their copies.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
+    _limit_arguments(p)
     p.set_defaults(handler=cmd_store_add)
     p = store_sub.add_parser("list", parents=[common, as_json], help="list stored distributions")
     p.set_defaults(handler=cmd_store_list)
@@ -121,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-deps", action="store_true",
                    help="select only what is named, not the stored distributions it requires")
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
+    _limit_arguments(p)
     p.set_defaults(handler=cmd_add)
 
     p = subparsers.add_parser("remove", parents=[common, as_json], help="deselect distributions")
@@ -136,6 +138,24 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_status)
+
+
+def _limit_arguments(p: argparse.ArgumentParser) -> None:
+    from venvfs import limits
+
+    p.add_argument("--max-unpacked-size", metavar="SIZE",
+                   help=f"refuse a wheel that unpacks to more (default: ${limits.SIZE_ENV}, else "
+                   f"{limits.DEFAULT_MAX_UNPACKED >> 30}G)")
+    p.add_argument("--max-ratio", metavar="N",
+                   help=f"refuse a wheel, or a member of it, that unpacks to more than {limits.RATIO_FLOOR >> 20} MiB "
+                   f"at a compression ratio above N:1 (default: ${limits.RATIO_ENV}, else "
+                   f"{limits.DEFAULT_MAX_RATIO:g})")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from venvfs.limits import IngestLimits
+
+    return IngestLimits.from_env(args.max_unpacked_size, args.max_ratio)
 
 
 def _wheel_paths(paths: list[Path]) -> list[Path]:
@@ -166,6 +186,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
     from venvfs.select import describe_builds, rival_builds
     from venvfs.wheel import ingest_wheel
 
+    limits = _limits(args)
     wheels = _wheel_paths(args.paths)
     store = open_store(args, create=True)
     results: list[dict[str, Any]] = []
@@ -173,7 +194,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
     for path in wheels:
         repaired_before = len(store.repaired)
         try:
-            record, new = ingest_wheel(store, path)
+            record, new = ingest_wheel(store, path, limits=limits)
         except InvalidWheel as e:
             print(f"venvfs: error: {e}", file=sys.stderr)
             results.append({"wheel": str(path), "error": str(e)})
@@ -357,13 +378,15 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     from venvfs import daemon, layout
     from venvfs.bytecode import ensure_bytecode
-    from venvfs.materialize import materialize
+    from venvfs.materialize import check_selection, materialize
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv)
     linker = Linker(LinkMode(args.link_mode))
     with venv.locked():
         state = venv.read_state()
+        if not layout.interrupted(venv):
+            check_selection(venv, store, state)  # before the unmount: refused, it stays as it was
         if state.layout == "mounted" or layout.interrupted(venv):
             daemon.unmount(venv)
         layout.resume(venv, store, state)
@@ -409,10 +432,11 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
 def cmd_add(args: argparse.Namespace) -> int:
     from venvfs.select import change_selection
 
+    limits = _limits(args)
     venv = Venv.open(args.venv)
     store = open_store_for(args, venv, create=True)
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
-                              dependencies=not args.no_deps)
+                              dependencies=not args.no_deps, limits=limits)
     if store.repaired:  # a wheel named here repaired damaged objects: every mount must drop its copies
         from venvfs.daemon import invalidate_repaired
 

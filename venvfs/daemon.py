@@ -732,6 +732,14 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     With ``materialize`` the venv returns to the materialized layout (real files)."""
     venv = Venv.open(path)
     with venv.locked(wait=True):
+        if materialize and venv.is_managed:
+            state = venv.read_state()
+            if state.layout == "mounted":
+                from venvfs.materialize import check_selection
+
+                # Before the unmount: a selection that cannot be placed leaves the venv mounted.
+                store = store or Store.open(Path(state.store), create=False)
+                check_selection(venv, store, state)
         was = _unmount_locked(venv)
         if venv.is_managed:
             from venvfs import hooks as automount

@@ -22,7 +22,8 @@ class UsageError(VenvfsError):
 
 
 class InvalidWheel(VenvfsError):
-    """A wheel that is corrupt, inconsistent with its RECORD, or tries to write outside its destination."""
+    """A wheel that is corrupt, inconsistent with its RECORD, or tries to write outside its destination
+    (alone, or together with the other distributions of a selection)."""
 
     exit_code = 3
 
@@ -81,7 +82,7 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "error",
     2: "usage error",
-    3: "invalid wheel (nothing was written to the store)",
+    3: "invalid wheel (nothing was written to the store), or a selection that cannot be placed safely",
     4: "venv missing, unmanaged or in an unexpected state",
     5: "store unreadable, unknown format, or corrupt",
     6: "FUSE unavailable or mount failed",

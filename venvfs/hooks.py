@@ -742,7 +742,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     Refuses, having removed nothing the user wrote, when anything of the upper layer could not be
     brought back.
     """
-    from venvfs.linkmode import Linker, LinkMode
+    from venvfs.linkmode import DirWalker, Linker, LinkMode
 
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
@@ -757,6 +757,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         # Hooks off first, so that no activation or interpreter start mounts the venv again while
         # it is being ejected (a hook below a live mount reads the state and stands down).
         state = venv.read_state()
+        _check_placeable(venv, store_root, state)
         ejecting = venv.state_dir / EJECTING
         if not ejecting.exists():  # a rerun keeps what the first attempt found
             atomic_write_json(ejecting, {"hooks": state.hooks})
@@ -781,10 +782,15 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
         if leftovers:
             raise VenvError(f"{venv.root}: {len(leftovers)} file(s) still in the upper layer "
                             f"(first: {leftovers[0]}); nothing removed")
-        for path in _store_hardlinks(venv, store_root):
-            exec_bits = path.lstat().st_mode & 0o111
-            linker.place(path, path, mode_bits=0o755 if exec_bits else 0o644)
-            report.unlinked += 1
+        # Replaced in directories reached without following a symlink (see linkmode.DirWalker): one
+        # swapped in for a directory since the walk above must not redirect the new file elsewhere.
+        with DirWalker(venv.root, create=False) as walker:
+            for path in _store_hardlinks(venv, store_root):
+                parent, _, name = path.relative_to(venv.root).as_posix().rpartition("/")
+                dir_fd = walker.open(parent)
+                exec_bits = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode & 0o111
+                linker.place_at(path, dir_fd, name, path.parent, mode_bits=0o755 if exec_bits else 0o644)
+                report.unlinked += 1
         left = _store_hardlinks(venv, store_root)
         if left:
             raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
@@ -798,6 +804,21 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     finish_eject(venv, store_root)
     report.link_summary = linker.summary()
     return report
+
+
+def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
+    """Refuse an eject whose files could not all be placed (names too long, a file of one distribution
+    below another's symlink) before anything changes: found half way, it would leave the venv
+    unmounted with its hooks off."""
+    from venvfs.errors import StoreError
+    from venvfs.materialize import check_selection
+    from venvfs.store import Store
+
+    try:
+        store = Store.open(store_root, create=False)
+    except StoreError:
+        return  # nothing will be placed from a store that is gone; eject says what it needs later
+    check_selection(venv, store, state)
 
 
 def abandon_eject(venv: Venv, state: VenvState) -> str | None:

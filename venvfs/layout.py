@@ -152,7 +152,7 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
 def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker | None = None) -> None:
     """Write the selection as real files and move the upper layer over them (nothing is mounted)."""
     from venvfs import linkmode
-    from venvfs.materialize import materialize
+    from venvfs.materialize import check_selection, materialize
 
     sp = venv.site_packages
     upper = venv.upper_dir
@@ -160,6 +160,8 @@ def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker |
     # A marker of a switch to the mounted layout that ended after its state was written.
     (venv.state_dir / TO_MOUNTED).unlink(missing_ok=True)
     if _phase(marker) in (None, _MATERIALIZING):
+        if _phase(marker) is None:
+            check_selection(venv, store, state)  # refused before the first change, not half way
         # Before the first file lands in site-packages: a crash leaves a venv whose underlying
         # directory holds part of the selection, which only finishing this switch makes right.
         atomic_write_bytes(marker, _MATERIALIZING)
@@ -305,20 +307,36 @@ def _apply_upper(udir: Path, sdir: Path, store_bytecode: str) -> None:
             shutil.copymode(src, dst)
             _apply_upper(src, dst, store_bytecode)
             src.rmdir()
-        elif src.is_symlink() and os.readlink(src).startswith(store_bytecode):
+        elif src.is_symlink() and (target := _store_bytecode_target(os.readlink(src), store_bytecode)):
             # A store .pyc the mount showed as a symlink, copied up by a rename: a venv of real files
             # gets a copy of its own, never a link into the store.
-            _copy_out_of_store(src, dst)
+            _copy_out_of_store(src, target, dst)
         else:
             _move(src, dst)
 
 
-def _copy_out_of_store(link: Path, dst: Path) -> None:
+def _store_bytecode_target(target: str, store_bytecode: str) -> str | None:
+    """``target`` if it names a file of the store's bytecode, else None (the symlink is the venv's own).
+
+    Normalized and resolved, not only compared by prefix: ``STORE/bytecode/../../etc/shadow`` starts
+    like one, and whoever owns the venv writes its upper layer, while eject may run as root.
+    """
+    if os.path.normpath(target) != target or not target.startswith(store_bytecode):
+        return None
+    real = os.path.realpath(target)
+    return target if real.startswith(os.path.realpath(store_bytecode) + os.sep) else None
+
+
+def _copy_out_of_store(link: Path, target: str, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".venvfs-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a killed run's, or a symlink planted there: O_EXCL below follows neither
     try:
-        shutil.copyfile(link, tmp)
+        src = open(target, "rb")  # noqa: SIM115 - closed below, after the copy
     except FileNotFoundError:
         link.unlink()  # the store no longer holds it: a cache file, which Python writes again
         return
+    with src, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), "wb") as out:
+        shutil.copyfileobj(src, out)
     os.replace(tmp, dst)
     link.unlink()

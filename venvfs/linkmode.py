@@ -14,12 +14,13 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from venvfs.errors import VenvfsError
+from venvfs.errors import VenvError, VenvfsError
 from venvfs.fsflags import is_immutable
 from venvfs.store import SOURCE_EPOCH
 
@@ -46,23 +47,130 @@ class LinkModeUnavailable(VenvfsError):
     exit_code = 1
 
 
+class UnsafeDestination(VenvError):
+    """A file would be placed through a symlink inside the venv (one a wheel shipped, or any other)."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_MAX_OPEN_DIRS = 128  # far below the usual RLIMIT_NOFILE of 1024
+
+
+class DirWalker:
+    """Directories below ``root``, opened one component at a time with ``O_NOFOLLOW``, never through
+    a symlink.
+
+    A path string is resolved by the kernel through every symlink on it, including ones that an
+    earlier distribution of the same selection placed (``a -> ../..``, then ``a/L -> ../../..``): a
+    chain of links that each stay inside their own wheel leads out of the venv together. Placing
+    relative to a directory fd that was reached without following any link leaves no such path.
+    The fds are cached (each directory opened once per run) and owned by the walker.
+    """
+
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.root = root
+        self.create = create
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> DirWalker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def forget(self, rel_dir: str) -> None:
+        """Drop a cached directory (it was removed)."""
+        for key in [k for k in self._fds if k == rel_dir or k.startswith(rel_dir + "/")]:
+            os.close(self._fds.pop(key))
+
+    def open(self, rel_dir: str) -> int:
+        """The fd of ``root/rel_dir`` (created if missing and ``create``): valid until the next call."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        if len(self._fds) >= _MAX_OPEN_DIRS:
+            self.close()
+        if not rel_dir:
+            if self.create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, _DIR_FLAGS)
+        else:
+            parent, _, name = rel_dir.rpartition("/")
+            fd = self._open_child(self.open(parent), name, rel_dir)
+        self._fds[rel_dir] = fd
+        return fd
+
+    def _open_child(self, parent_fd: int, name: str, rel_dir: str) -> int:
+        if name in ("", ".", ".."):
+            raise UnsafeDestination(f"{self.root / rel_dir}: not a plain directory name")
+        for _ in range(2):
+            try:
+                return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+            except FileNotFoundError:
+                if not self.create:
+                    raise
+                with contextlib.suppress(FileExistsError):  # made meanwhile: open it then
+                    os.mkdir(name, 0o777, dir_fd=parent_fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and self.is_symlink(parent_fd, name):
+                    raise UnsafeDestination(
+                        f"{self.root / rel_dir} is a symlink: venvfs places no file through a symlink in "
+                        f"a venv (it could lead anywhere); remove it or the distribution that placed it"
+                    ) from None
+                raise OSError(e.errno, e.strerror, str(self.root / rel_dir)) from None
+        return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+
+    @staticmethod
+    def is_symlink(dir_fd: int, name: str) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+
+def name_in_error(err: OSError, where: Path, name: str) -> OSError:
+    """``err`` of a step relative to the directory ``where``, naming whole paths: the steps name only
+    a file's own name (or none, as ``sendfile`` does), and the error's line must say where."""
+    if err.filename is None:
+        err.filename = str(where / name)
+    elif isinstance(err.filename, str) and not os.path.isabs(err.filename):
+        err.filename = str(where / err.filename)
+    if isinstance(err.filename2, str) and not os.path.isabs(err.filename2):
+        err.filename2 = str(where / err.filename2)
+    return err
+
+
 def reflink(src: Path, dst: Path) -> None:
     """Clone ``src``'s extents into a new file ``dst`` (FICLONE on Linux, clonefile on macOS)."""
+    dir_fd = os.open(dst.parent, _DIR_FLAGS)
+    try:
+        reflink_at(src, dir_fd, dst.name)
+    finally:
+        os.close(dir_fd)
+
+
+def reflink_at(src: Path, dir_fd: int, name: str) -> None:
+    """``reflink`` into a new file ``name`` of the directory ``dir_fd``."""
     if sys.platform == "darwin":  # pragma: no cover - not testable on the Linux CI
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.clonefile(os.fsencode(src), os.fsencode(dst), 0) != 0:
+        # AT_FDCWD is -2 on macOS: src is a path, the new file is relative to dir_fd.
+        if libc.clonefileat(-2, os.fsencode(src), dir_fd, os.fsencode(name), 0) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(dst))
+            raise OSError(err, os.strerror(err), name)
         return
     with open(src, "rb") as s:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
             fcntl.ioctl(fd, FICLONE, s.fileno())
         except BaseException:
             os.close(fd)
-            os.unlink(dst)
+            os.unlink(name, dir_fd=dir_fd)
             raise
         os.close(fd)
 
@@ -76,6 +184,27 @@ def hardlink_warning(files: int | None, why: str) -> str:
     count = f"{files} file(s)" if files is not None else "files"
     return (f"warning: {count} are hardlinks of store objects ({why}): writing one in place (as root, or "
             "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
+
+
+def copy_at(src: Path, dir_fd: int, name: str) -> None:
+    """Copy ``src`` into a new file ``name`` of the directory ``dir_fd``."""
+    with open(src, "rb") as s:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        with open(fd, "wb") as d:
+            size = os.fstat(s.fileno()).st_size
+            offset = 0
+            try:
+                # In the kernel, as shutil.copyfile does on Linux (sendfile, not copy_file_range,
+                # which may share extents on XFS and btrfs: a copy must be one).
+                while offset < size:
+                    sent = os.sendfile(d.fileno(), s.fileno(), offset, min(size - offset, 1 << 30))
+                    if sent == 0:
+                        break
+                    offset += sent
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP) or offset:
+                    raise
+                shutil.copyfileobj(s, d, 1 << 20)
 
 
 @dataclass
@@ -112,17 +241,33 @@ class Linker:
 
     def place(self, src: Path, dst: Path, *, mode_bits: int | None = None) -> LinkMode:
         """Make ``dst`` a file with ``src``'s content, atomically replacing whatever is there."""
-        devices = (os.stat(src).st_dev, os.stat(dst.parent).st_dev)
+        dir_fd = os.open(dst.parent, _DIR_FLAGS)
+        try:
+            return self.place_at(src, dir_fd, dst.name, dst.parent, mode_bits=mode_bits)
+        finally:
+            os.close(dir_fd)
+
+    def place_at(self, src: Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
+                 ) -> LinkMode:
+        """``place`` into the directory ``dir_fd`` (which is ``where``, named in errors): every step
+        is relative to it, so no symlink on the way there is resolved again."""
+        try:
+            return self._place_at(src, dir_fd, name, where, mode_bits)
+        except OSError as e:
+            raise name_in_error(e, where, name) from None
+
+    def _place_at(self, src: Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
+        devices = (os.stat(src).st_dev, os.fstat(dir_fd).st_dev)
         mode = self._mode_by_devices.get(devices) or self._start_mode()
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
-        tmp = dst.parent / f".{dst.name}.venvfs.tmp"
+        tmp = f".{name}.venvfs.tmp"
         placed: LinkMode | None = None
         while placed is None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             try:
-                self._place_one(mode, src, tmp)
+                self._place_one(mode, src, dir_fd, tmp)
                 placed = mode
                 break
             except OSError as e:
@@ -132,7 +277,7 @@ class Linker:
                     # immutable (bytecode a mount links to, which must not gain a writable name): a
                     # limit of that one inode, not of the filesystems, so copy this file and keep
                     # hardlinking.
-                    copy(src, tmp)
+                    copy_at(src, dir_fd, tmp)
                     placed = LinkMode.COPY
                     self.link_limit_copies += 1
                     break
@@ -141,7 +286,7 @@ class Linker:
                 if self.requested != LinkMode.AUTO or nxt is None or e.errno not in unsupported:
                     if self.requested != LinkMode.AUTO and mode != LinkMode.COPY:
                         raise LinkModeUnavailable(
-                            f"--link-mode {mode.value} cannot work from {src.parent} to {dst.parent}: "
+                            f"--link-mode {mode.value} cannot work from {src.parent} to {where}: "
                             f"{e.strerror}"
                         ) from None
                     raise
@@ -157,29 +302,30 @@ class Linker:
         try:
             if mode != LinkMode.HARDLINK:
                 # A hardlink shares the object's inode and already has its mode and mtime.
-                os.chmod(tmp, mode_bits if mode_bits is not None else (os.stat(src).st_mode & 0o777) | 0o200)
-                os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
-            os.replace(tmp, dst)
+                os.chmod(tmp, mode_bits if mode_bits is not None else (os.stat(src).st_mode & 0o777) | 0o200,
+                         dir_fd=dir_fd)
+                os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH), dir_fd=dir_fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
         self.counts[mode] = self.counts.get(mode, 0) + 1
         return mode
 
     @staticmethod
-    def _place_one(mode: LinkMode, src: Path, tmp: Path) -> None:
+    def _place_one(mode: LinkMode, src: Path, dir_fd: int, tmp: str) -> None:
         try:
             if mode == LinkMode.REFLINK:
-                reflink(src, tmp)
+                reflink_at(src, dir_fd, tmp)
             elif mode == LinkMode.HARDLINK:
-                os.link(src, tmp)
+                os.link(src, tmp, dst_dir_fd=dir_fd)
             else:
-                copy(src, tmp)
+                copy_at(src, dir_fd, tmp)
         except BaseException:
             # A copy that ran out of space leaves a partial file (in the store's tmp/ or in the venv).
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
 
     def hardlink_warning(self) -> str | None:

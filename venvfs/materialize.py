@@ -13,16 +13,16 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from installer.scripts import Script
 
 from venvfs.bytecode import compilable, pyc_relpath
-from venvfs.errors import VenvfsError
-from venvfs.fsutil import atomic_write_bytes
-from venvfs.linkmode import Linker, LinkMode
+from venvfs.errors import InvalidWheel, VenvfsError
+from venvfs.limits import NAME_MAX, PATH_MAX
+from venvfs.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.progress import Progress
 from venvfs.records import REWRITTEN_METADATA, DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, Store
@@ -40,16 +40,23 @@ class MaterializeReport:
     scripts: int = 0
 
 
-def destination(venv: Venv, interp: InterpreterInfo, record: DistRecord, f: StoredFile) -> Path:
-    """Where a stored file lives in ``venv`` (the wheel spec's scheme paths for a POSIX venv)."""
+def placement(venv: Venv, interp: InterpreterInfo, record: DistRecord, f: StoredFile) -> tuple[Path, str]:
+    """The directory a stored file is placed below (site-packages, bin or the venv) and its path there
+    (the wheel spec's scheme paths for a POSIX venv)."""
     if f.in_site_packages:
-        return venv.site_packages / f.path
+        return venv.site_packages, f.path
     if f.scheme == "scripts":
-        return venv.bin_dir / f.path
+        return venv.bin_dir, f.path
     if f.scheme == "headers":
         major, minor = interp.python_version
-        return venv.root / "include" / "site" / f"python{major}.{minor}" / record.name / f.path
-    return venv.root / f.path
+        return venv.root, f"include/site/python{major}.{minor}/{record.name}/{f.path}"
+    return venv.root, f.path
+
+
+def destination(venv: Venv, interp: InterpreterInfo, record: DistRecord, f: StoredFile) -> Path:
+    """Where a stored file lives in ``venv``."""
+    root, rel = placement(venv, interp, record, f)
+    return root / rel
 
 
 def record_relpath(venv: Venv, path: Path) -> str:
@@ -103,12 +110,16 @@ def render_record(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, st
     return ("\n".join(sorted(rows)) + "\n").encode()
 
 
-def _already_placed(dst: Path, obj: Path, f: StoredFile) -> bool:
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     try:
-        st = dst.lstat()
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
+        return None
+
+
+def _already_placed(dir_fd: int, name: str, obj: Path, f: StoredFile) -> bool:
+    st = _lstat_at(dir_fd, name)
+    if st is None or not stat.S_ISREG(st.st_mode):
         return False
     obj_st = obj.stat()
     if (st.st_ino, st.st_dev) == (obj_st.st_ino, obj_st.st_dev):
@@ -118,19 +129,19 @@ def _already_placed(dst: Path, obj: Path, f: StoredFile) -> bool:
     return st.st_size == f.size and int(st.st_mtime) == SOURCE_EPOCH and st.st_nlink == 1
 
 
-def _same_inode(a: Path, b: Path) -> bool:
-    sa, sb = a.stat(), b.stat()
-    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+def _same_inode(dir_fd: int, name: str, obj: Path) -> bool:
+    sa, sb = _lstat_at(dir_fd, name), obj.stat()
+    return sa is not None and (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
-def _other_mode(linker: Linker, dst: Path, obj: Path) -> bool:
-    """Whether a correctly placed ``dst`` must still be placed again because another mode is asked for.
+def _other_mode(linker: Linker, dir_fd: int, name: str, obj: Path) -> bool:
+    """Whether a correctly placed file must still be placed again because another mode is asked for.
 
     A hardlink is recognisable (the object's inode); a reflink and a copy are not, so a forced
     reflink places every file that is not a hardlink again (cheap where reflinks work, and a clear
     failure where they do not).
     """
-    same = _same_inode(dst, obj)
+    same = _same_inode(dir_fd, name, obj)
     if linker.requested == LinkMode.HARDLINK:
         return not same
     if linker.requested == LinkMode.REFLINK:
@@ -138,12 +149,149 @@ def _other_mode(linker: Linker, dst: Path, obj: Path) -> bool:
     return same and (linker.requested == LinkMode.COPY or not linker.allow_hardlink)
 
 
-def _place_symlink(dst: Path, target: str) -> None:
-    tmp = dst.parent / f".{dst.name}.venvfs.tmp"  # fixed, as in Linker.place: a rerun clears a killed run's
+def _tmp_name(name: str) -> str:
+    # Fixed, as in Linker.place: a rerun clears a killed run's.
+    return f".{name}.venvfs.tmp"
+
+
+def _place_symlink(dir_fd: int, name: str, target: str) -> None:
+    tmp = _tmp_name(name)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, dst)
+        os.unlink(tmp, dir_fd=dir_fd)
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _write(dir_fd: int, name: str, data: bytes, mode: int, *, mtime: int | None = None) -> None:
+    """A new file ``name`` in ``dir_fd`` holding ``data``, replacing what was there in one rename."""
+    tmp = _tmp_name(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        os.fchmod(fd, mode)  # not the umask's
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+class _Dirs:
+    """Directory fds below the venv's roots (site-packages, bin, the venv itself), reached without
+    following a symlink: see ``linkmode.DirWalker``."""
+
+    def __init__(self, *, create: bool = True) -> None:
+        self.create = create
+        self.walkers: dict[Path, DirWalker] = {}
+
+    def __enter__(self) -> _Dirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for walker in self.walkers.values():
+            walker.close()
+
+    def walker(self, root: Path) -> DirWalker:
+        walker = self.walkers.get(root)
+        if walker is None:
+            walker = self.walkers[root] = DirWalker(root, create=self.create)
+        return walker
+
+    def parent(self, root: Path, rel: str) -> tuple[int, str]:
+        """The fd of ``root/rel``'s directory (valid until the next call) and ``rel``'s last name."""
+        parent, _, name = rel.rpartition("/")
+        if name in ("", ".", ".."):
+            raise UnsafeDestination(f"{root / rel}: not a plain file name")
+        return self.walker(root).open(parent), name
+
+
+def check_placeable(venv: Venv, interp: InterpreterInfo, records: Sequence[DistRecord]) -> None:
+    """Refuse, before anything changes, a selection whose files cannot all be placed as real files.
+
+    Checked across all of ``records`` together, because each wheel was checked alone at ingest: a
+    file of one distribution below a symlink of another (which materializing would write through,
+    out of the venv; the placing walk refuses it too, but only once other files have changed), and
+    names or paths too long for the filesystem here, including the names venvfs derives (temporary
+    names, bytecode): those stop a materialization half way with ENAMETOOLONG.
+    """
+    base = len(str(venv.root))
+    # The longest names venvfs derives: a temporary name (+12 bytes), and for a .py file its bytecode
+    # (``__pycache__/`` +12 in the path, ``.{cache_tag}.pyc`` for ``.py``) under a temporary name.
+    name_room = 14 + len(interp.cache_tag or "")
+    path_room = 12 + name_room
+    prefixes: dict[Path, tuple[str, int]] = {}
+    symlinks: dict[str, str] = {}
+    paths: list[tuple[str, DistRecord]] = []
+    for record in records:
+        for f in record.files:
+            root, rel = placement(venv, interp, record, f)
+            prefix = prefixes.get(root)
+            if prefix is None:
+                prefix = prefixes[root] = (f"{root}/", len(os.fsencode(root)) + 1)
+            encoded = os.fsencode(rel)
+            # The exact check only where the quick bound says it might fail (it costs ~40 us a file).
+            if (prefix[1] + len(encoded) + path_room >= PATH_MAX
+                    or max(len(part) for part in encoded.split(b"/")) + name_room > NAME_MAX):
+                problem = _length_problem(root, rel, interp.cache_tag if f.in_site_packages else None)
+                if problem is not None:
+                    raise InvalidWheel(f"{record.key}: {problem}; `venvfs remove {venv.root} {record.name}` "
+                                       "deselects it")
+            path = prefix[0] + rel
+            if f.symlink is not None:
+                symlinks[path] = record.key
+            paths.append((path, record))
+    if not symlinks:
+        return
+    for path, record in paths:
+        i = path.rfind("/")
+        while i > base:
+            owner = symlinks.get(path[:i])
+            if owner is not None:
+                shown = _short(path[base + 1:])
+                link = _short(path[base + 1:i])
+                raise InvalidWheel(
+                    f"{record.key} has {shown} below the symlink {link} of {owner}: placing it would follow "
+                    f"the link (out of the venv, with a chain of them); these cannot be selected together")
+            i = path.rfind("/", 0, i)
+
+
+def _length_problem(root: Path, rel: str, cache_tag: str | None) -> str | None:
+    """Why ``root/rel``, or a name venvfs derives from it, is too long to be created, else None."""
+    placed = [rel]
+    if cache_tag is not None and compilable(rel):
+        placed.append(pyc_relpath(rel, cache_tag))
+    for path in placed:
+        head, _, name = path.rpartition("/")
+        longest = f"{head}/{_tmp_name(name)}" if head else _tmp_name(name)
+        for part in longest.split("/"):
+            size = len(os.fsencode(part))
+            if size > NAME_MAX:
+                return f"{_short(rel)}: placing it needs a name of {size} bytes, more than the filesystem's {NAME_MAX}"
+        full = len(os.fsencode(root / longest))
+        if full >= PATH_MAX:
+            return (f"{_short(rel)}: placing it in {root} needs a path of {full} bytes, more than the "
+                    f"filesystem's {PATH_MAX - 1}")
+    return None
+
+
+def _short(rel: str) -> str:
+    # The end of a path tells it from its neighbours; its start (lib/python3.X/...) rarely does.
+    return repr(rel) if len(rel) <= 80 else repr("..." + rel[-60:])
+
+
+def check_selection(venv: Venv, store: Store, state: VenvState) -> None:
+    """``check_placeable`` for the venv's whole selection (records gc removed are skipped)."""
+    interp = state.interpreter if state.interpreter is not None else venv.probe_interpreter()
+    check_placeable(venv, interp, [store.get_dist(k) for k in state.selection if store.has_dist(k)])
 
 
 def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, site_packages: bool = True,
@@ -160,87 +308,117 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
     report = MaterializeReport()
     selected = list(records) if records is not None else [store.get_dist(k) for k in state.selection]
     own_progress = progress or Progress("linking files", sum(len(r.files) for r in selected))
-    for record in selected:
-        for f in record.files:
-            own_progress.advance()
-            if (f.in_site_packages and not site_packages) or (
-                not f.in_site_packages and not outside_site_packages
-            ):
-                continue
-            dst = destination(venv, interp, record, f)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if f.symlink is not None:
-                _place_symlink(dst, f.symlink)
-                report.placed += 1
-                continue
-            assert f.digest is not None
-            obj = store.object_path(f.digest, f.executable)
-            mode_bits = 0o755 if f.executable else 0o644
-            script = _venv_script(venv, obj.read_bytes()) if f.scheme == "scripts" else None
-            if script is not None:
-                atomic_write_bytes(dst, script, mode=0o755, durable=False)
-                report.scripts += 1
-                continue
-            if posixpath.basename(f.path) in REWRITTEN_METADATA and posixpath.dirname(f.path) == record.dist_info:
-                # Installers rewrite these in place: a link would carry the rewrite into the store.
-                if not _already_placed(dst, obj, f) or _same_inode(dst, obj):
-                    atomic_write_bytes(dst, obj.read_bytes(), mode=0o644, durable=False)
-                    os.utime(dst, (SOURCE_EPOCH, SOURCE_EPOCH))
-                    report.placed += 1
-                continue
-            if _already_placed(dst, obj, f) and not _other_mode(linker, dst, obj):
-                report.unchanged += 1
-            else:
-                linker.place(obj, dst, mode_bits=mode_bits)
-                report.placed += 1
-            if f.in_site_packages and compilable(f.path):
-                pyc = store.bytecode_path(interp.cache_tag, f.digest)
-                if pyc.exists():
-                    pyc_dst = venv.site_packages / pyc_relpath(f.path, interp.cache_tag)
-                    pyc_dst.parent.mkdir(exist_ok=True)
-                    if (not _already_placed(pyc_dst, pyc, StoredFile("", "purelib", None, pyc.stat().st_size))
-                            or _other_mode(linker, pyc_dst, pyc)):
-                        linker.place(pyc, pyc_dst, mode_bits=0o644)
-        if outside_site_packages:
-            for name, data in entry_point_scripts(venv, record):
-                atomic_write_bytes(venv.bin_dir / name, data, mode=0o755, durable=False)
-                report.scripts += 1
-        if site_packages:
-            record_file = venv.site_packages / record.dist_info / "RECORD"
-            if not record_file.exists():
-                atomic_write_bytes(record_file, render_record(venv, interp, record, store=store), durable=False)
+    with _Dirs() as dirs:
+        for record in selected:
+            _materialize_record(venv, store, interp, linker, record, dirs, report, own_progress,
+                                site_packages=site_packages, outside_site_packages=outside_site_packages)
     if progress is None:
         own_progress.close()
     return report
 
 
-def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, site_packages: bool = True) -> int:
-    """Delete what materialize placed for ``record`` (and its RECORD and bytecode); returns files removed."""
-    removed = 0
-    dirs: set[Path] = set()
-    paths = [destination(venv, interp, record, f) for f in record.files
-             if site_packages or not f.in_site_packages]
-    if site_packages:
-        paths += [venv.site_packages / pyc_relpath(f.path, interp.cache_tag)
-                  for f in record.site_files() if compilable(f.path)]
-        paths.append(venv.site_packages / record.dist_info / "RECORD")
-    paths += [venv.bin_dir / name for name, _ in entry_point_scripts(venv, record)]
-    for path in paths:
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
+def _materialize_record(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linker, record: DistRecord,
+                        dirs: _Dirs, report: MaterializeReport, progress: Progress, *, site_packages: bool,
+                        outside_site_packages: bool) -> None:
+    for f in record.files:
+        progress.advance()
+        if (f.in_site_packages and not site_packages) or (not f.in_site_packages and not outside_site_packages):
             continue
-        dirs.add(path.parent)
-    # Remove directories left empty, deepest first, never above site-packages or the venv root.
-    stops = {venv.site_packages, venv.root, venv.bin_dir}
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        while d not in stops and venv.root in d.parents:
+        root, rel = placement(venv, interp, record, f)
+        try:
+            _place_file(venv, store, interp, linker, record, f, dirs, report, root, rel)
+        except OSError as e:
+            raise name_in_error(e, root / posixpath.dirname(rel), posixpath.basename(rel)) from None
+    if outside_site_packages:
+        for script_name, data in entry_point_scripts(venv, record):
+            dir_fd, name = dirs.parent(venv.bin_dir, script_name)
             try:
-                d.rmdir()
-            except OSError:
-                break
-            d = d.parent
+                _write(dir_fd, name, data, 0o755)
+            except OSError as e:
+                raise name_in_error(e, venv.bin_dir, name) from None
+            report.scripts += 1
+    if site_packages:
+        dir_fd, name = dirs.parent(venv.site_packages, f"{record.dist_info}/RECORD")
+        if _lstat_at(dir_fd, name) is None:
+            try:
+                _write(dir_fd, name, render_record(venv, interp, record, store=store), 0o644)
+            except OSError as e:
+                raise name_in_error(e, venv.site_packages / record.dist_info, name) from None
+
+
+def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linker, record: DistRecord,
+                f: StoredFile, dirs: _Dirs, report: MaterializeReport, root: Path, rel: str) -> None:
+    """One stored file (and its bytecode), relative to directory fds reached without following a
+    symlink (``_Dirs``): a symlink placed by one distribution never carries another's files elsewhere."""
+    dir_fd, name = dirs.parent(root, rel)
+    if f.symlink is not None:
+        _place_symlink(dir_fd, name, f.symlink)
+        report.placed += 1
+        return
+    assert f.digest is not None
+    obj = store.object_path(f.digest, f.executable)
+    mode_bits = 0o755 if f.executable else 0o644
+    script = _venv_script(venv, obj.read_bytes()) if f.scheme == "scripts" else None
+    if script is not None:
+        _write(dir_fd, name, script, 0o755)
+        report.scripts += 1
+        return
+    if posixpath.basename(f.path) in REWRITTEN_METADATA and posixpath.dirname(f.path) == record.dist_info:
+        # Installers rewrite these in place: a link would carry the rewrite into the store.
+        if not _already_placed(dir_fd, name, obj, f) or _same_inode(dir_fd, name, obj):
+            _write(dir_fd, name, obj.read_bytes(), 0o644, mtime=SOURCE_EPOCH)
+            report.placed += 1
+        return
+    if _already_placed(dir_fd, name, obj, f) and not _other_mode(linker, dir_fd, name, obj):
+        report.unchanged += 1
+    else:
+        linker.place_at(obj, dir_fd, name, root / posixpath.dirname(rel), mode_bits=mode_bits)
+        report.placed += 1
+    if f.in_site_packages and compilable(f.path):
+        pyc = store.bytecode_path(interp.cache_tag, f.digest)
+        if pyc.exists():
+            pyc_rel = pyc_relpath(f.path, interp.cache_tag)
+            pyc_fd, pyc_name = dirs.parent(venv.site_packages, pyc_rel)
+            if (not _already_placed(pyc_fd, pyc_name, pyc, StoredFile("", "purelib", None, pyc.stat().st_size))
+                    or _other_mode(linker, pyc_fd, pyc_name, pyc)):
+                linker.place_at(pyc, pyc_fd, pyc_name, venv.site_packages / posixpath.dirname(pyc_rel),
+                                mode_bits=0o644)
+
+
+def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, site_packages: bool = True) -> int:
+    """Delete what materialize placed for ``record`` (and its RECORD and bytecode); returns files removed.
+
+    Nothing is removed through a symlink (a file below one belongs to whatever the link leads to).
+    """
+    removed = 0
+    targets = [placement(venv, interp, record, f) for f in record.files if site_packages or not f.in_site_packages]
+    if site_packages:
+        targets += [(venv.site_packages, pyc_relpath(f.path, interp.cache_tag))
+                    for f in record.site_files() if compilable(f.path)]
+        targets.append((venv.site_packages, f"{record.dist_info}/RECORD"))
+    targets += [(venv.bin_dir, name) for name, _ in entry_point_scripts(venv, record)]
+    emptied: set[tuple[Path, str]] = set()
+    with _Dirs(create=False) as dirs:
+        for root, rel in targets:
+            try:
+                dir_fd, name = dirs.parent(root, rel)
+                os.unlink(name, dir_fd=dir_fd)
+            except (FileNotFoundError, NotADirectoryError, UnsafeDestination):
+                continue
+            removed += 1
+            emptied.add((root, posixpath.dirname(rel)))
+        # Remove directories left empty, deepest first, never site-packages, bin or the venv root.
+        stops = {(venv.root, os.path.relpath(d, venv.root)) for d in (venv.site_packages, venv.bin_dir)}
+        for root, d in sorted(emptied, key=lambda rd: len((rd[0] / rd[1]).parts), reverse=True):
+            while d and (root, d) not in stops:
+                parent, _, name = d.rpartition("/")
+                walker = dirs.walker(root)
+                walker.forget(d)
+                try:
+                    os.rmdir(name, dir_fd=walker.open(parent))
+                except (OSError, UnsafeDestination):
+                    break
+                d = parent
     return removed
 
 
@@ -256,23 +434,26 @@ def unshare_outside(venv: Venv, store: Store, state: VenvState) -> int:
         return 0
     linker = Linker(LinkMode.AUTO, allow_hardlink=False)
     replaced = 0
-    for key in state.selection:
-        try:
-            record = store.get_dist(key)
-        except VenvfsError:
-            continue
-        for f in record.files:
-            if f.in_site_packages or f.digest is None or f.symlink is not None:
-                continue
-            dst = destination(venv, state.interpreter, record, f)
-            obj = store.object_path(f.digest, f.executable)
+    with _Dirs(create=False) as dirs:
+        for key in state.selection:
             try:
-                if not _same_inode(dst, obj):
-                    continue
-            except FileNotFoundError:
+                record = store.get_dist(key)
+            except VenvfsError:
                 continue
-            linker.place(obj, dst, mode_bits=0o755 if f.executable else 0o644)
-            replaced += 1
+            for f in record.files:
+                if f.in_site_packages or f.digest is None or f.symlink is not None:
+                    continue
+                root, rel = placement(venv, state.interpreter, record, f)
+                obj = store.object_path(f.digest, f.executable)
+                try:
+                    dir_fd, name = dirs.parent(root, rel)
+                    if not _same_inode(dir_fd, name, obj):
+                        continue
+                except (FileNotFoundError, NotADirectoryError, UnsafeDestination):
+                    continue
+                linker.place_at(obj, dir_fd, name, root / posixpath.dirname(rel),
+                                mode_bits=0o755 if f.executable else 0o644)
+                replaced += 1
     return replaced
 
 

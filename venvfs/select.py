@@ -29,8 +29,9 @@ from venvfs.adopt import adopt
 from venvfs.bytecode import ensure_bytecode
 from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
+from venvfs.limits import IngestLimits
 from venvfs.linkmode import Linker, LinkMode
-from venvfs.materialize import materialize, remove_files
+from venvfs.materialize import check_placeable, materialize, remove_files
 from venvfs.records import DistRecord
 from venvfs.store import Store
 from venvfs.venv import InterpreterInfo, Venv, VenvState
@@ -306,9 +307,10 @@ def _selected_records(store: Store, state: VenvState) -> list[DistRecord]:
 
 
 def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remove: Iterable[str] = (),
-                     link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True) -> SelectReport:
+                     link_mode: LinkMode = LinkMode.AUTO, dependencies: bool = True,
+                     limits: IngestLimits | None = None) -> SelectReport:
     """Add wheels/requirements (with their dependencies from the store, unless ``dependencies`` is
-    False) and remove names; the venv's files follow its layout."""
+    False) and remove names; the venv's files follow its layout. ``limits`` apply to wheel files."""
     for spec in add:
         if spec.endswith(".whl") and not Path(spec).exists():
             # A typo in a path, not a project called "x.whl": said before anything is adopted or locked.
@@ -333,7 +335,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         for spec in add:
             path = Path(spec)
             if spec.endswith(".whl"):
-                roots.append((ingest_wheel(store, path)[0], set()))
+                roots.append((ingest_wheel(store, path, limits=limits)[0], set()))
             elif (record := by_key(store, interp, spec)) is not None:
                 roots.append((record, set()))
             else:
@@ -360,6 +362,9 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     kept = [r for r in current if r not in dropped]
     kept_keys = {k.key for k in kept}
     new = [w for w in wanted if w.key not in kept_keys]
+    # The whole new selection, in either layout (bin/ and data files are real files in both, and an
+    # eject or `umount --materialize` places the rest): refused here, the venv is left as it was.
+    check_placeable(venv, interp, kept + new)
     # Before the first file changes: from here until the files match the new selection, a killed
     # command leaves a venv that matches neither (and a later switch to the mounted layout would
     # whiteout the missing files for good), so the marker says how to finish.

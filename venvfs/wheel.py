@@ -27,7 +27,8 @@ from packaging.version import InvalidVersion, Version
 
 from venvfs.errors import InvalidWheel
 from venvfs.fsutil import UnsafePath, io_failure, safe_relpath, symlink_stays_inside
-from venvfs.progress import Progress
+from venvfs.limits import RATIO_FLOOR, IngestLimits, name_problem
+from venvfs.progress import Progress, human_bytes
 from venvfs.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store import Store
 
@@ -91,6 +92,35 @@ class StoreDestination(installer.destinations.WheelDestination):
         return None
 
 
+def _check_limits(zf: zipfile.ZipFile, limits: IngestLimits, wheel_size: int) -> None:
+    """Refuse a wheel that would unpack to more than the limits allow, before a byte is inflated.
+
+    The declared sizes can be trusted as upper bounds: zipfile yields no more than a member's
+    ``file_size``, and one that inflates to more fails its CRC check.
+    """
+    total = 0
+    for info in zf.infolist():
+        problem = name_problem(info.filename.rstrip("/"), limits.max_name, limits.max_path)
+        if problem is not None:
+            raise InvalidWheel(problem)
+        total += info.file_size
+        if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise InvalidWheel(
+                f"member {info.filename!r} unpacks to {human_bytes(info.file_size)} from "
+                f"{human_bytes(info.compress_size)} ({ratio:.0f}:1, more than the limit of {limits.max_ratio:g}:1: "
+                f"a zip bomb?); raise the limit with --max-ratio or $VENVFS_MAX_RATIO")
+    if total > limits.max_unpacked:
+        raise InvalidWheel(
+            f"unpacks to {human_bytes(total)}, more than the limit of {human_bytes(limits.max_unpacked)}; "
+            f"raise it with --max-unpacked-size or $VENVFS_MAX_UNPACKED_SIZE")
+    if total > RATIO_FLOOR and total > limits.max_ratio * max(wheel_size, 1):
+        raise InvalidWheel(
+            f"unpacks to {human_bytes(total)} from {human_bytes(wheel_size)} ({total / max(wheel_size, 1):.0f}:1, "
+            f"more than the limit of {limits.max_ratio:g}:1: a zip bomb?); raise the limit with --max-ratio "
+            f"or $VENVFS_MAX_RATIO")
+
+
 def _check_archive(zf: zipfile.ZipFile) -> dict[str, str]:
     """Reject unsafe or ambiguous archive members; return the (safe) symlink entries."""
     seen: set[str] = set()
@@ -140,11 +170,15 @@ def _wheel_tags(source: WheelFile) -> tuple[tuple[str, ...], Scheme]:
     return tags, ("purelib" if purelib else "platlib")
 
 
-def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) -> tuple[DistRecord, bool]:
+def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None,
+                 limits: IngestLimits | None = None) -> tuple[DistRecord, bool]:
     """Validate ``path`` completely, then store it. Returns the record and whether it was new.
 
-    Nothing is written before validation succeeds; a failure raises ``InvalidWheel``.
+    Nothing is written before validation succeeds; a failure raises ``InvalidWheel``. ``limits``
+    None: the defaults, or what ``$VENVFS_MAX_UNPACKED_SIZE`` and ``$VENVFS_MAX_RATIO`` say.
     """
+    if limits is None:
+        limits = IngestLimits.from_env()
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -164,6 +198,7 @@ def ingest_wheel(store: Store, path: Path, *, progress: Progress | None = None) 
         raise InvalidWheel(f"{path.name}: not a readable zip archive ({e})") from None
     with zf:
         try:
+            _check_limits(zf, limits, st.st_size)
             symlinks = _check_archive(zf)
             source = WheelFile(zf)
             dist_info = source.dist_info_dir
