@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, missing_tool
-from venvfs.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
+from venvfs.mount.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
 from venvfs.records import DistRecord, StoredFile
 from venvfs.store import SOURCE_EPOCH, Store
 from venvfs.upper import OPAQUE, Upper
@@ -288,7 +288,7 @@ def _open_fds() -> int:
 def test_no_open_created_files_hold_no_fd_past_the_cache(ov_no_open: Overlay) -> None:
     # The kernel sends no RELEASE in no-open mode, so create() must not hand out a handle that only a
     # RELEASE would close: here, as there, nothing is ever released.
-    from venvfs.overlay import INODE_FDS_MAX
+    from venvfs.mount.overlay import INODE_FDS_MAX
 
     ov = ov_no_open
     d = ov.resolve("pkg")
@@ -329,7 +329,7 @@ def test_no_open_listing_resumes_by_name_not_position(ov_no_open: Overlay) -> No
 
 
 def test_rename_exchange_swaps_store_and_upper_entries(ov: Overlay, tmp_path: Path) -> None:
-    from venvfs.overlay import RENAME_EXCHANGE
+    from venvfs.mount.overlay import RENAME_EXCHANGE
 
     pkg = _ino(ov, "pkg")
     fh, _node = ov.create(pkg, "new.txt", 0o644, os.O_WRONLY)
@@ -407,7 +407,7 @@ def test_dropping_an_upper_pyc_for_a_link_gives_the_name_a_new_inode(linked: tup
 _AS_OWNER = """
 import os, sys
 from pathlib import Path
-from venvfs.overlay import INODE_FDS_MAX, ROOT_INO, Overlay, SetAttr
+from venvfs.mount.overlay import INODE_FDS_MAX, ROOT_INO, Overlay, SetAttr
 from venvfs.store import Store
 from venvfs.upper import Upper
 from venvfs.view import View

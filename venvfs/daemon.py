@@ -257,7 +257,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 3
 
     from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
-    from venvfs.overlay import Overlay
+    from venvfs.mount.overlay import Overlay
     from venvfs.upper import Upper
     from venvfs.view import view_for
     venv = Venv(venv_root)

@@ -22,7 +22,7 @@ import pyfuse3
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from venvfs.fsflags import can_set_immutable
-from venvfs.overlay import Attr, Node, Overlay, OverlayError, SetAttr
+from venvfs.mount.overlay import Attr, Node, Overlay, OverlayError, SetAttr
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,190 @@
+"""View changes while mounted (commit, ``venvfs add/remove``, store repair): a new selection's view
+reconciled with the loaded tree, store objects republished after damage, and upper copies dropped
+once the store provides the same file."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Collection, Sequence
+
+from venvfs.mount.overlay.files import Files
+from venvfs.mount.overlay.inodes import InodeTable, Node, parts, upper_at
+from venvfs.mount.overlay.lower import Lower
+from venvfs.mount.overlay.tree import Tree
+from venvfs.upper import DIR, REG, Upper
+from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, View
+
+
+class ViewReload:
+    """Changes the lower layer under a live tree. Every name whose node changes is queued for the
+    kernel (``InodeTable.invalidations``), since the adapter lets it cache store entries "forever"."""
+
+    def __init__(self, inodes: InodeTable, tree: Tree, files: Files, upper: Upper, lower: Lower) -> None:
+        self.inodes = inodes
+        self.tree = tree
+        self.files = files
+        self.upper = upper
+        self.lower = lower
+
+    def replace_view(self, view: View) -> None:
+        """Switch to a new selection's view, telling the kernel about every name that changed."""
+        self.lower.set_view(view)
+        self._reconcile(self.inodes.root, view.root)
+
+    def _reconcile(self, d: Node, new_lower: LowerDir | None) -> None:
+        if d.opaque:
+            new_lower = None
+        d.lower = new_lower
+        d.entry = None  # a lower directory's st_nlink counts its subdirectories
+        if d.children is None:
+            return
+        whiteouts: set[str] = set()
+        if d.upper:
+            with contextlib.suppress(OSError):
+                listing = self.upper.listdir(parts(d))
+                whiteouts = listing.whiteouts
+                for name in list(whiteouts):
+                    if new_lower is None or name not in new_lower.children:
+                        # Hides nothing any more; dropped so a later selection of that name shows.
+                        self.upper.remove_whiteout(parts(d), name)
+                        whiteouts.discard(name)
+        children = d.children
+        names_before = set(children)
+        kind_of = self.lower.kind_of
+        for name, node in list(children.items()):
+            entry = new_lower.children.get(name) if new_lower is not None and name not in whiteouts else None
+            if node.upper:
+                if node.kind == DIR and node.parent is d:
+                    self._reconcile(node, entry if isinstance(entry, LowerDir) else None)
+                continue
+            if isinstance(entry, LowerDir) and node.kind == DIR:
+                self._reconcile(node, entry)
+                continue
+            if isinstance(entry, LowerFile) and isinstance(node.lower, LowerFile) and entry.same_as(node.lower):
+                node.lower = entry
+                continue
+            del children[name]
+            self.inodes.detach(d, name, node)
+            self.inodes.inval_entry(d, name)
+            if entry is not None:
+                children[name] = self.inodes.new(d, name, kind_of(entry), upper=False, lower=entry)
+        if new_lower is not None:
+            for name, entry in new_lower.children.items():
+                if name not in children and name not in whiteouts:
+                    children[name] = self.inodes.new(d, name, kind_of(entry), upper=False, lower=entry)
+                    self.inodes.inval_entry(d, name)  # the kernel may hold a cached "no such name"
+        if set(children) != names_before:
+            # The kernel may hold this directory's listing (no-open mode caches listings), and
+            # invalidating an entry it never looked up does not drop that. Dropping the directory's
+            # pages does, except for an empty listing, which has none: that one is dropped when the
+            # directory's mtime differs, which is also the truth (its contents changed now).
+            if d.upper:
+                with contextlib.suppress(OSError), upper_at(self.upper, d) as (pfd, name):
+                    os.utime(name, dir_fd=pfd, follow_symlinks=False)
+            self.inodes.inval_inode(d)
+
+    def forget_objects(self, digests: Collection[str]) -> int:
+        """The store republished these objects after damage (``store verify --repair``, ``store add``):
+        serve the new inodes from now on. Returns how many of this mount's files were backed by them.
+
+        Three things hold the old bytes: the kernel's page cache (kept across opens, since store files
+        "never change"), fds this daemon holds on the damaged inode (the fd cache, open handles), and
+        the checker's record that the object was checked. All three go; the next read opens the
+        store's new file and checks it like a first read.
+        """
+        wanted = set(digests)
+        for digest in wanted:
+            self.lower.checker.forget(digest)
+        count = 0
+        for node in list(self.inodes.nodes.values()):
+            entry = node.lower
+            if (node.upper or node.kind != REG or not isinstance(entry, LowerFile) or entry.kind != OBJECT
+                    or entry.digest not in wanted):
+                continue
+            self.files.drop_store_fds(node)
+            self.inodes.inval_inode(node)
+            count += 1
+        return count
+
+    def drop_upper(self, relpaths: Sequence[str]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
+        dropped = 0
+        dirs: set[str] = set()
+        for rel in relpaths:
+            node = self.tree.resolve(rel)
+            if node is None or not node.upper or node.kind != REG or node.parent is None or node.extra_links:
+                continue
+            parent = node.parent
+            entry = parent.lower.children.get(node.name) if isinstance(parent.lower, LowerDir) else None
+            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry):
+                continue
+            pparts = parts(parent)
+            replaced = self.lower.kind_of(entry) != REG
+            if replaced:
+                self.files.pin(node)
+            with self.upper.dirfd(pparts) as pfd:
+                os.unlink(node.name, dir_fd=pfd)
+            if replaced:
+                # A .pyc now shown as a symlink: the kernel keeps an inode's file type, so the name
+                # gets a new inode (readers of the old one keep its bytes, as after an unlink).
+                name = node.name
+                self.inodes.detach(parent, name, node)
+                self.tree.load(parent)[name] = self.inodes.new(parent, name, self.lower.kind_of(entry), upper=False,
+                                                               lower=entry)
+                self.inodes.inval_entry(parent, name)
+            else:
+                node.upper = False
+                node.lower = entry
+                self.files.serve_from_store(node)
+                self.inodes.inval_inode(node)
+            dropped += 1
+            if pparts:
+                dirs.add("/".join(pparts))
+        for rel in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
+            while rel:
+                node = self.tree.resolve(rel)
+                if node is None or not node.upper or node.parent is None or not isinstance(node.lower, LowerDir):
+                    break
+                if any(c.upper for c in self.tree.load(node).values()):
+                    break
+                listing = self.upper.listdir(parts(node))
+                if listing.entries or listing.whiteouts or listing.opaque:
+                    break
+                dparts = parts(node)
+                with self.upper.dirfd(dparts[:-1]) as pfd:
+                    os.rmdir(dparts[-1], dir_fd=pfd)
+                node.upper = False
+                self.inodes.inval_inode(node)
+                rel = rel.rpartition("/")[0]
+        return dropped
+
+    def _upper_matches(self, node: Node, entry: LowerFile) -> bool:
+        if entry.kind == PYC:
+            # Bytecode of a source that now comes from the store: the store's .pyc is the valid one
+            # (the upper one was compiled against the upper copy's mtime).
+            src_name = node.name.split(".")[0] + ".py"
+            assert node.parent is not None and node.parent.parent is not None
+            src = self.tree.child(node.parent.parent, src_name)
+            return src is not None and not src.upper
+        if entry.kind != OBJECT:
+            return False
+        path = parts(node)
+        try:
+            with self.upper.dirfd(path[:-1]) as pfd:
+                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                st = os.fstat(fd)
+                if st.st_size != entry.size or bool(st.st_mode & 0o100) != entry.executable:
+                    return False
+                h = hashlib.sha256()
+                off = 0
+                while chunk := os.pread(fd, 1 << 20, off):
+                    h.update(chunk)
+                    off += len(chunk)
+                return h.hexdigest() == entry.digest
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
