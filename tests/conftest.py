@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from venvfs.store import Store
+from venvfs.store.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -283,8 +283,8 @@ def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
 
 def stop_mount(venv: Path) -> None:
     """pyfuse3 test/util.py style: stop the daemon (SIGTERM, then SIGKILL), then unmount lazily."""
-    from venvfs import daemon
-    from venvfs.venv import Venv
+    from venvfs.mount import daemon
+    from venvfs.venv.venv import Venv
 
     v = Venv(venv)
     pid = daemon.daemon_pid(v)

@@ -22,9 +22,9 @@ import pytest
 
 from tests.conftest import REPO, create_venv, run_cli, stop_mount, uv, venv_files
 from tests.wheelbuilder import WheelSpec, build_wheel, data_package, simple_package
-from venvfs.cli import main as cli_main
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.cli.app import main as cli_main
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 PYPI = ["six", "markupsafe"]
 

@@ -16,9 +16,9 @@ import pytest
 from test_eject import FULL_CHECK, store_inodes, venv_inodes
 from test_hooks import require_shell, run_activation
 
-from venvfs import hooks
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv import automount as hooks
+from venvfs.venv.venv import Venv
 
 from conftest import uv_pip
 from wheelbuilder import WheelSpec, build_wheel, simple_package
@@ -42,7 +42,7 @@ def mounted_venv(require_fuse: None, tmp_path: Path, make_venv: Callable[..., Pa
                  run_venvfs: RunVenvfs) -> Iterator[Venv]:
     """A uv venv with a package, a console script and a .pth-carrying distribution, adopted and
     mounted, with its hooks in place."""
-    pytest.importorskip("venvfs.daemon", reason="`venvfs mount` is not in this tree yet")
+    pytest.importorskip("venvfs.mount.daemon", reason="`venvfs mount` is not in this tree yet")
     wheels = tmp_path / "wheels"
     path = make_venv(tool="uv")
     uv_pip(path, str(build_wheel(wheels, simple_package("demo"))), str(build_wheel(wheels, pth_package())))

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO, create_venv, missing_tool, run_cli
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs import errors
-from venvfs.cli import build_parser
+from venvfs.cli.app import build_parser
 from venvfs.errors import EXIT_CODES
 
 

@@ -12,9 +12,9 @@ import pytest
 from tests.conftest import stop_mount
 from tests.test_pip_in_mount import _pip, tree
 from tests.wheelbuilder import build_wheel, simple_package
-from venvfs import daemon
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.mount import daemon
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
 

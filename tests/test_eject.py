@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from venvfs import hooks
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv import automount as hooks
+from venvfs.venv.venv import Venv
 
 from conftest import uv_pip
 from wheelbuilder import build_wheel, data_package, simple_package

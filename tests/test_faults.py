@@ -21,8 +21,8 @@ import pytest
 from tests.conftest import REPO, create_venv, missing_tool, run_cli, uv, venv_files
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs.errors import EXIT_CODES, IOFailure, StoreError, UsageError
-from venvfs.records import DistRecord, StoredFile
-from venvfs.store import Store
+from venvfs.store.records import DistRecord, StoredFile
+from venvfs.store.store import Store
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -372,8 +372,8 @@ def test_python_too_old_for_the_probe(tmp_path: Path) -> None:
 
 def test_probe_says_which_python_it_needs(make_venv: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The same path with the interpreter at hand: a minimum above it stands for packaging's."""
-    from venvfs import venv as venv_module
     from venvfs.errors import VenvError
+    from venvfs.venv import venv as venv_module
 
     venv = venv_module.Venv.open(make_venv("v", tool="uv"))
     monkeypatch.setattr(venv_module, "_min_probe_python", lambda: "3.99")
@@ -459,7 +459,7 @@ def test_store_add_missing_file_fifo_and_empty_folder(tmp_path: Path) -> None:
 
 def test_fuse_fallback_names_a_missing_module(tmp_path: Path) -> None:
     venv = create_venv(tmp_path / "venv", "uv")
-    code = ("import sys; sys.modules['pyfuse3'] = None; from venvfs.cli import main; "
+    code = ("import sys; sys.modules['pyfuse3'] = None; from venvfs.cli.app import main; "
             f"sys.exit(main(['mount', {str(venv)!r}, '--store', {str(tmp_path / 'store')!r}, '--no-hooks']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -469,7 +469,7 @@ def test_fuse_fallback_names_a_missing_module(tmp_path: Path) -> None:
 
 def test_failed_mount_quotes_libfuse_from_the_log(tmp_path: Path) -> None:
     """libfuse gives pyfuse3 only "fuse_session_mount failed"; its reason is on the daemon's stderr."""
-    from venvfs.daemon import _libfuse_cause
+    from venvfs.mount.daemon import _libfuse_cause
 
     log = tmp_path / "daemon.log"
     log.write_text("venvfs: starting\nfusermount3: mount failed: Operation not permitted\nvenvfs: bye\n")

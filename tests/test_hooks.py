@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from venvfs import hooks
-from venvfs.store import Store
-from venvfs.venv import Venv, VenvState
+from venvfs.store.store import Store
+from venvfs.venv import automount as hooks
+from venvfs.venv.venv import Venv, VenvState
 
 from conftest import missing_tool, uv
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from test_hooks import require_shell, run_activation
 
-from venvfs import layout
 from venvfs.fsutil import CRASH_ENV
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv import layout
+from venvfs.venv.venv import Venv
 
 from conftest import uv_pip
 from wheelbuilder import build_wheel, simple_package

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from venvfs.fsutil import UnsafePath, safe_relpath, symlink_stays_inside
-from venvfs.linkmode import Linker, LinkMode, LinkModeUnavailable
-from venvfs.store import SOURCE_EPOCH
+from venvfs.store.store import SOURCE_EPOCH
+from venvfs.venv.linkmode import Linker, LinkMode, LinkModeUnavailable
 
 
 def _object(directory: Path, data: bytes = b"content\n" * 100, name: str = "obj") -> Path:
@@ -150,7 +150,7 @@ def test_symlink_stays_inside(link: str, target: str, inside: bool) -> None:
 _KILLED_MID_PLACE = """
 import os, sys
 from pathlib import Path
-from venvfs import linkmode
+from venvfs.venv import linkmode
 def die(*args, **kwargs):
     os._exit(9)  # as SIGKILL would: between linking the temporary and renaming it over the file
 linkmode.os.replace = die

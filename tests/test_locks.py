@@ -18,7 +18,7 @@ import pytest
 
 from venvfs.errors import Busy
 from venvfs.fsutil import lock_holders
-from venvfs.venv import Venv
+from venvfs.venv.venv import Venv
 
 from conftest import REPO, create_venv, run_cli, uv_pip
 from otheruser import other_user

@@ -17,9 +17,9 @@ import pytest
 
 from tests.conftest import create_venv, run_cli
 from tests.wheelbuilder import build_wheel, data_package, simple_package
-from venvfs.records import REWRITTEN_METADATA
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import Venv
+from venvfs.store.records import REWRITTEN_METADATA
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.venv import Venv
 
 
 @pytest.fixture(scope="module")

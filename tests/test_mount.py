@@ -23,9 +23,10 @@ import pytest
 
 from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip, writes_bytecode
 from tests.wheelbuilder import build_wheel, simple_package
-from venvfs import daemon, hooks
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import Venv
+from venvfs.mount import daemon
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv import automount as hooks
+from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
 
@@ -533,7 +534,7 @@ def test_concurrent_mounts_give_one_daemon(mounted: Venv, run_venvfs: Run) -> No
     for t in threads:
         t.join()
     assert len(results) == 3 and all(r.returncode == 0 for r in results)
-    pids = subprocess.run(["pgrep", "-f", f"venvfs.daemon --venv {mounted.root} "], capture_output=True,
+    pids = subprocess.run(["pgrep", "-f", f"venvfs.mount.daemon --venv {mounted.root} "], capture_output=True,
                           text=True).stdout.split()
     assert len(pids) == 1, pids
     assert sum("already mounted" in r.stdout for r in results) == 2

@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from venvfs import daemon
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.mount import daemon
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 from conftest import uv_pip
 from wheelbuilder import build_wheel, simple_package

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import stop_mount, uv_pip, writes_bytecode
 from tests.test_pip_in_mount import tree
 from tests.wheelbuilder import build_wheel, simple_package
-from venvfs import daemon
-from venvfs.venv import Venv
+from venvfs.mount import daemon
+from venvfs.venv.venv import Venv
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 

@@ -16,10 +16,10 @@ import pytest
 
 from tests.conftest import REPO, missing_tool
 from venvfs.mount.overlay import ROOT_INO, Overlay, OverlayError, SetAttr
-from venvfs.records import DistRecord, StoredFile
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.upper import OPAQUE, Upper
-from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, View, build_view
+from venvfs.store.records import DistRecord, StoredFile
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.upper import OPAQUE, Upper
+from venvfs.venv.view import OBJECT, PYC, LowerDir, LowerFile, View, build_view
 
 
 def _record(store: Store, files: dict[str, bytes], name: str = "demo") -> DistRecord:
@@ -186,7 +186,7 @@ def _damage(path: Path, offset: int) -> None:
 @pytest.mark.allow_warnings
 @pytest.mark.parametrize("chunk_list", ["kept", "missing"])
 def test_a_damaged_large_object_is_eio_where_it_is_damaged(store: Store, tmp_path: Path, chunk_list: str) -> None:
-    from venvfs.chunks import CHUNK, chunks_path
+    from venvfs.store.chunks import CHUNK, chunks_path
 
     big = os.urandom(CHUNK * 4 + 1000)
     record = _record(store, {"pkg/big.so": big, "pkg/other.so": os.urandom(CHUNK * 2)})
@@ -216,7 +216,7 @@ def test_a_damaged_large_object_is_eio_where_it_is_damaged(store: Store, tmp_pat
 
 
 def test_verify_checks_and_completes_chunk_lists(store: Store) -> None:
-    from venvfs.chunks import CHUNK, chunks_path
+    from venvfs.store.chunks import CHUNK, chunks_path
 
     record = _record(store, {"pkg/big.so": os.urandom(CHUNK * 3)})
     digest = record.files[0].digest
@@ -408,9 +408,9 @@ _AS_OWNER = """
 import os, sys
 from pathlib import Path
 from venvfs.mount.overlay import INODE_FDS_MAX, ROOT_INO, Overlay, SetAttr
-from venvfs.store import Store
-from venvfs.upper import Upper
-from venvfs.view import View
+from venvfs.store.store import Store
+from venvfs.venv.upper import Upper
+from venvfs.venv.view import View
 
 base = Path(sys.argv[1])
 ov = Overlay(View(), Upper(base / "upper", base / "work"), Store.open(base / "store", create=True), no_open=True)

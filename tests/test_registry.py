@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import stop_mount
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
-from venvfs import daemon
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.mount import daemon
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import create_venv, run_cli, stop_mount, uv_pip
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
-from venvfs.chunks import CHUNK, chunks_path
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.chunks import CHUNK, chunks_path
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 HELPERS = b"def double(x):\n    return 2 * x\n"  # demo/sub/helpers.py of simple_package
 DIGEST = hashlib.sha256(HELPERS).hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from venvfs.store import Store
+from venvfs.store.store import Store
 
 from conftest import uv_pip
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from venvfs.venv import Venv
+from venvfs.venv.venv import Venv
 
 from conftest import create_venv, run_cli
 from wheelbuilder import WheelSpec, build_wheel, simple_package

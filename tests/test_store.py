@@ -16,10 +16,10 @@ import pytest
 from tests.conftest import create_venv, run_cli, tree_snapshot
 from tests.wheelbuilder import build_wheel, data_package, simple_package
 from venvfs.errors import StoreError
-from venvfs.records import DistRecord, StoredFile
-from venvfs.store import SOURCE_EPOCH, STORE_FORMAT, Store
-from venvfs.venv import Venv
-from venvfs.view import view_for
+from venvfs.store.records import DistRecord, StoredFile
+from venvfs.store.store import SOURCE_EPOCH, STORE_FORMAT, Store
+from venvfs.venv.venv import Venv
+from venvfs.venv.view import view_for
 
 
 def test_open_creates_and_checks_format(tmp_path: Path) -> None:
@@ -232,8 +232,8 @@ _KILLED_WRITING_RECORD = """
 import io, os, sys
 from pathlib import Path
 from venvfs import fsutil
-from venvfs.records import DistRecord, StoredFile
-from venvfs.store import Store
+from venvfs.store.records import DistRecord, StoredFile
+from venvfs.store.store import Store
 store = Store.open(Path(sys.argv[1]))
 put = store.put_stream(io.BytesIO(b"x = 1\\n"))
 record = DistRecord("pkg", "1.0", "pkg-1.0.dist-info", ("py3-none-any",),

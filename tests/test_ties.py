@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from venvfs.errors import AmbiguousBuild
-from venvfs.venv import Venv
+from venvfs.venv.venv import Venv
 
 from conftest import create_venv, run_cli, tree_snapshot, uv_pip
 from otheruser import other_user

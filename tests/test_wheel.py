@@ -17,8 +17,8 @@ import pytest
 from tests.conftest import tree_snapshot
 from tests.wheelbuilder import WheelSpec, build_wheel, data_package, record_hash, simple_package
 from venvfs.errors import InvalidWheel
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.wheel import ingest_wheel
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.store.wheel import ingest_wheel
 
 Builder = Callable[[Path], Path]
 
@@ -278,8 +278,8 @@ def test_missing_file_is_invalid(store: Store, tmp_path: Path) -> None:
 _RACE = """
 import sys
 from pathlib import Path
-from venvfs.store import Store
-from venvfs.wheel import ingest_wheel
+from venvfs.store.store import Store
+from venvfs.store.wheel import ingest_wheel
 store = Store.open(Path(sys.argv[1]))
 sys.stdin.readline()  # start together
 record, new = ingest_wheel(store, Path(sys.argv[2]))

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.wheelbuilder import WheelSpec, build_wheel
 from venvfs.errors import InvalidWheel, UsageError
-from venvfs.limits import IngestLimits, parse_ratio, parse_size
+from venvfs.store.limits import IngestLimits, parse_ratio, parse_size
 
 
 def one_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -22,11 +22,11 @@ import pytest
 from tests.conftest import REPO, missing_tool, run_cli, stop_mount, tree_snapshot
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs.errors import InvalidWheel, VenvError
-from venvfs.limits import IngestLimits
-from venvfs.store import Store
-from venvfs.venv import Venv
-from venvfs.view import SYMLINK, LowerDir, LowerFile, build_view
-from venvfs.wheel import ingest_wheel
+from venvfs.store.limits import IngestLimits
+from venvfs.store.store import Store
+from venvfs.store.wheel import ingest_wheel
+from venvfs.venv.venv import Venv
+from venvfs.venv.view import SYMLINK, LowerDir, LowerFile, build_view
 
 DEPTH = 20  # directories above the first link: deeper than any test's site-packages, so L reaches "/"
 

@@ -1,6 +1,7 @@
 """The mount layer: a venv's site-packages served through FUSE as an overlay of the store.
 
-It may import the store and venv layers below it, never the CLI. For now it holds the overlay
-(``venvfs.mount.overlay``); the view, the upper layer, the pyfuse3 adapter and the daemon's
-lifecycle join it as the package is laid out by layer (issue 14).
+It owns the overlay's semantics (``overlay``), the pyfuse3 adapter (``fuse``), the daemon and the
+mount's lifecycle (``daemon``: start, wait, stale mounts, unmount, reload), and ``commit``, which
+reads new distributions through a mount. It may import the venv and store layers and the top-level
+helpers, never the CLI.
 """

@@ -15,8 +15,8 @@ from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
 from venvfs.mount.overlay.inodes import ROOT_INO, InodeTable, Node, OverlayError, parts, relpath, upper_at
 from venvfs.mount.overlay.lower import EPOCH_NS, Lower
-from venvfs.upper import DIR, LNK, NAME_MAX, REG, Upper
-from venvfs.view import SYMLINK, LowerDir, LowerFile
+from venvfs.venv.upper import DIR, LNK, NAME_MAX, REG, Upper
+from venvfs.venv.view import SYMLINK, LowerDir, LowerFile
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import os
 from venvfs.mount.overlay.inodes import InodeTable, Node, OverlayError, parts, relpath
 from venvfs.mount.overlay.lower import EPOCH_NS, Lower
 from venvfs.mount.overlay.tree import Tree
-from venvfs.upper import DIR, LNK, Upper, clone_or_copy
-from venvfs.view import INLINE, OBJECT, LowerDir, LowerFile
+from venvfs.venv.upper import DIR, LNK, Upper, clone_or_copy
+from venvfs.venv.view import INLINE, OBJECT, LowerDir, LowerFile
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
 from venvfs.mount.overlay.reload import ViewReload
 from venvfs.mount.overlay.tree import Tree
-from venvfs.store import Store
-from venvfs.upper import Upper
-from venvfs.view import LowerEntry, View
+from venvfs.store.store import Store
+from venvfs.venv.upper import Upper
+from venvfs.venv.view import LowerEntry, View
 
 
 class Overlay:

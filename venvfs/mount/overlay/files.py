@@ -10,12 +10,12 @@ import os
 import stat
 from collections.abc import Iterator
 
-from venvfs.chunks import CorruptObject, needs_chunks
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.inodes import HANDLE_BASE, InodeTable, Node, OverlayError, parts, relpath
 from venvfs.mount.overlay.lower import Lower
-from venvfs.upper import DIR, REG, Upper
-from venvfs.view import INLINE, OBJECT, PYC, LowerFile
+from venvfs.store.chunks import CorruptObject, needs_chunks
+from venvfs.venv.upper import DIR, REG, Upper
+from venvfs.venv.view import INLINE, OBJECT, PYC, LowerFile
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import errno
 import os
 from collections.abc import Iterator
 
-from venvfs.upper import DIR, Upper
-from venvfs.view import LowerEntry
+from venvfs.venv.upper import DIR, Upper
+from venvfs.venv.view import LowerEntry
 
 ROOT_INO = 1
 # File handles this overlay hands out start here. In the kernel's "no open" mode requests carry no

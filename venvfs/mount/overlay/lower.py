@@ -8,12 +8,12 @@ import logging
 import os
 from pathlib import Path
 
-from venvfs.chunks import CorruptObject, ObjectChecker
 from venvfs.fsflags import set_immutable
 from venvfs.mount.overlay.inodes import Node, OverlayError, relpath
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.upper import DIR, LNK, REG
-from venvfs.view import OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
+from venvfs.store.chunks import CorruptObject, ObjectChecker
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.upper import DIR, LNK, REG
+from venvfs.venv.view import OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
 
 log = logging.getLogger(__name__)
 

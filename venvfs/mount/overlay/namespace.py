@@ -11,7 +11,7 @@ from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
 from venvfs.mount.overlay.inodes import InodeTable, Node, OverlayError, parts
 from venvfs.mount.overlay.tree import Tree
-from venvfs.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, rename_exchange
+from venvfs.venv.upper import DIR, LNK, NAME_MAX, REG, WHITEOUT_PREFIX, Upper, rename_exchange
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

@@ -13,8 +13,8 @@ from venvfs.mount.overlay.files import Files
 from venvfs.mount.overlay.inodes import InodeTable, Node, parts, upper_at
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.tree import Tree
-from venvfs.upper import DIR, REG, Upper
-from venvfs.view import OBJECT, PYC, LowerDir, LowerFile, View
+from venvfs.venv.upper import DIR, REG, Upper
+from venvfs.venv.view import OBJECT, PYC, LowerDir, LowerFile, View
 
 
 class ViewReload:

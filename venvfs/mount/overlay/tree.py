@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 from venvfs.mount.overlay.inodes import HANDLE_BASE, InodeTable, Node, OverlayError, parts, relpath
 from venvfs.mount.overlay.lower import Lower
-from venvfs.upper import DIR, NAME_MAX, REG, WHITEOUT_PREFIX, Upper
-from venvfs.view import LowerDir
+from venvfs.venv.upper import DIR, NAME_MAX, REG, WHITEOUT_PREFIX, Upper
+from venvfs.venv.view import LowerDir
 
 log = logging.getLogger(__name__)
 

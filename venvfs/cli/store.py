@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from venvfs.cli_common import (
+from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
     json_parent,
@@ -25,9 +25,9 @@ from venvfs.cli_common import (
 )
 from venvfs.errors import InvalidWheel, StateDamaged, UsageError, VenvfsError
 from venvfs.fsutil import describe_oserror
-from venvfs.linkmode import Linker, LinkMode
 from venvfs.progress import human_bytes
-from venvfs.venv import Venv
+from venvfs.venv.linkmode import Linker, LinkMode
+from venvfs.venv.venv import Venv
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -141,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _limit_arguments(p: argparse.ArgumentParser) -> None:
-    from venvfs import limits
+    from venvfs.store import limits
 
     p.add_argument("--max-unpacked-size", metavar="SIZE",
                    help=f"refuse a wheel that unpacks to more (default: ${limits.SIZE_ENV}, else "
@@ -153,7 +153,7 @@ def _limit_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace) -> Any:
-    from venvfs.limits import IngestLimits
+    from venvfs.store.limits import IngestLimits
 
     return IngestLimits.from_env(args.max_unpacked_size, args.max_ratio)
 
@@ -183,8 +183,8 @@ def _wheel_paths(paths: list[Path]) -> list[Path]:
 
 
 def cmd_store_add(args: argparse.Namespace) -> int:
-    from venvfs.select import describe_builds, rival_builds
-    from venvfs.wheel import ingest_wheel
+    from venvfs.store.wheel import ingest_wheel
+    from venvfs.venv.select import describe_builds, rival_builds
 
     limits = _limits(args)
     wheels = _wheel_paths(args.paths)
@@ -213,7 +213,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
                   f"content: {describe_builds(store, rivals)}; `venvfs add NAME` will ask "
                   f"which to use (`venvfs add VENV {record.key}` chooses this one)", file=sys.stderr)
     if store.repaired:
-        from venvfs.daemon import invalidate_repaired
+        from venvfs.mount.daemon import invalidate_repaired
 
         invalidate_repaired(store)
     if args.json:
@@ -222,7 +222,7 @@ def cmd_store_add(args: argparse.Namespace) -> int:
 
 
 def cmd_store_list(args: argparse.Namespace) -> int:
-    from venvfs.status import live_selections
+    from venvfs.venv.status import live_selections
 
     store = open_store(args)
     users: dict[str, int] = {}
@@ -243,7 +243,7 @@ def cmd_store_list(args: argparse.Namespace) -> int:
 
 
 def cmd_store_status(args: argparse.Namespace) -> int:
-    from venvfs.status import store_status
+    from venvfs.venv.status import store_status
 
     status = store_status(open_store(args))
     if args.json:
@@ -260,7 +260,7 @@ def cmd_store_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
-    from venvfs.status import live_selections
+    from venvfs.venv.status import live_selections
 
     store = open_store(args, create=False)
     states = live_selections(store)
@@ -270,8 +270,8 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     unrepairable: dict[str, list[str]] = {}
     hardlinked: dict[str, list[str]] = {}
     if args.repair and report.problems:
-        from venvfs.daemon import invalidate_repaired
-        from venvfs.repair import repair
+        from venvfs.mount.daemon import invalidate_repaired
+        from venvfs.venv.repair import repair
 
         with store.writing():
             outcome = repair(store, report, states)
@@ -316,7 +316,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_gc(args: argparse.Namespace) -> int:
-    from venvfs import registry
+    from venvfs.venv import registry
 
     store = open_store(args, create=False)
     would = "would " if args.dry_run else ""
@@ -346,7 +346,7 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
-    from venvfs.adopt import adopt
+    from venvfs.venv.adopt import adopt
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv, create=True)
@@ -376,9 +376,10 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from venvfs import daemon, layout
-    from venvfs.bytecode import ensure_bytecode
-    from venvfs.materialize import check_selection, materialize
+    from venvfs.mount import daemon
+    from venvfs.store.bytecode import ensure_bytecode
+    from venvfs.venv import layout
+    from venvfs.venv.materialize import check_selection, materialize
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv)
@@ -430,7 +431,7 @@ def _print_selection(args: argparse.Namespace, venv: Venv, added: list[str], rem
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from venvfs.select import change_selection
+    from venvfs.venv.select import change_selection
 
     limits = _limits(args)
     venv = Venv.open(args.venv)
@@ -438,7 +439,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     report = change_selection(venv, store, add=args.specs, link_mode=LinkMode(args.link_mode),
                               dependencies=not args.no_deps, limits=limits)
     if store.repaired:  # a wheel named here repaired damaged objects: every mount must drop its copies
-        from venvfs.daemon import invalidate_repaired
+        from venvfs.mount.daemon import invalidate_repaired
 
         invalidate_repaired(store)
     _print_selection(args, venv, report.added, report.removed, report.link_summary, report.hardlink_warning)
@@ -446,7 +447,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from venvfs.select import change_selection
+    from venvfs.venv.select import change_selection
 
     venv = Venv.open(args.venv)
     store = open_store_for(args, venv)
@@ -456,8 +457,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from venvfs import daemon, registry
-    from venvfs.status import venv_status
+    from venvfs.mount import daemon
+    from venvfs.venv import registry
+    from venvfs.venv.status import venv_status
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv, damaged_ok=True)

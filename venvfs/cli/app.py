@@ -1,6 +1,6 @@
 """The ``venvfs`` command line: argument parsing and output only; the work is in the library modules.
 
-Command groups live in their own modules (``cli_store``, ``cli_mount``, ``cli_hooks``, ``cli_bench``),
+Command groups live in their own modules (``store``, ``mount``, ``hooks``, ``bench`` in ``venvfs.cli``),
 each exposing ``register(subparsers)``; every handler takes the parsed namespace and returns an exit code.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from venvfs import __version__
 from venvfs.errors import EXIT_CODES, IOFailure, VenvfsError
 
-COMMAND_MODULES = ("venvfs.cli_store", "venvfs.cli_mount", "venvfs.cli_hooks", "venvfs.cli_bench")
+COMMAND_MODULES = ("venvfs.cli.store", "venvfs.cli.mount", "venvfs.cli.hooks", "venvfs.cli.bench")
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()) + """
 

@@ -28,7 +28,7 @@ import packaging
 
 from venvfs.errors import StateDamaged, VenvError
 from venvfs.fsutil import atomic_write_json, flock, read_json
-from venvfs.store import Store
+from venvfs.store.store import Store
 
 STATE_DIR = ".venvfs"
 STATE_FORMAT = 1

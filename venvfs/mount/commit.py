@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from venvfs.errors import VenvError
 from venvfs.fsutil import crash_point
-from venvfs.linkmode import Linker, LinkMode
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv.linkmode import Linker, LinkMode
+from venvfs.venv.venv import Venv
 
 
 @dataclass
@@ -28,7 +28,7 @@ class CommitReport:
 def commit(venv: Venv, store: Store) -> CommitReport:
     """Commit ``venv``'s new distributions. An unmounted venv is mounted for the duration: commit
     reads the files through the mount and the daemon drops the upper copies."""
-    from venvfs import daemon
+    from venvfs.mount import daemon
 
     if venv.read_state().layout != "mounted":
         raise VenvError(f"{venv.root} is materialized (real files, no upper layer): `venvfs adopt` stores "
@@ -44,10 +44,10 @@ def commit(venv: Venv, store: Store) -> CommitReport:
 
 
 def _commit_mounted(venv: Venv, store: Store) -> CommitReport:
-    from venvfs import daemon
-    from venvfs.adopt import _DistAdopter
-    from venvfs.bytecode import ensure_bytecode, pyc_relpath
+    from venvfs.mount import daemon
     from venvfs.progress import Progress
+    from venvfs.store.bytecode import ensure_bytecode, pyc_relpath
+    from venvfs.venv.adopt import _DistAdopter
 
     report = CommitReport()
     with venv.locked(wait=True):

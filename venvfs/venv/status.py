@@ -13,15 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from venvfs.daemon import mount_state
+from venvfs.mount.daemon import mount_state
 from venvfs.errors import VenvfsError
-from venvfs.hooks import EJECTING
-from venvfs.layout import interrupted
-from venvfs.linkmode import hardlink_warning
-from venvfs.materialize import count_store_inodes
-from venvfs.records import DistRecord
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import Venv, VenvState
+from venvfs.venv.automount import EJECTING
+from venvfs.venv.layout import interrupted
+from venvfs.venv.linkmode import hardlink_warning
+from venvfs.venv.materialize import count_store_inodes
+from venvfs.store.records import DistRecord
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.venv import Venv, VenvState
 
 ObjectId = tuple[str, bool]
 
@@ -79,7 +79,7 @@ class StoreStatus:
 def live_selections(store: Store) -> dict[str, VenvState]:
     """The selections of the venvs registered in the store that still count on it: read from each
     venv, or from the registry's copy when it is missing, moved or damaged (see ``venvfs.registry``)."""
-    from venvfs.registry import kept_selections, registered
+    from venvfs.venv.registry import kept_selections, registered
 
     return kept_selections(registered(store))
 

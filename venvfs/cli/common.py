@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.fsutil import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV
-from venvfs.store import STORE_ENV, Store
-from venvfs.venv import Venv
+from venvfs.store.store import STORE_ENV, Store
+from venvfs.venv.venv import Venv
 
 # The commands that make a store where none is: they exist to put something in it. Every other command
 # refuses a missing store rather than leave an empty one behind (a typo in --store, a deleted store).
@@ -68,7 +68,7 @@ def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False
 
     A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it;
     a damaged state raises ``StateDamaged`` unless ``damaged_ok`` (umount, status, mount)."""
-    from venvfs import registry
+    from venvfs.venv import registry
 
     if not create and not venv.is_managed and not (damaged_ok and venv.state_dir.exists()):
         # "not managed (run `venvfs adopt`)" says more than "no store" would; a venv whose state

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from installer.scripts import Script
 
-from venvfs.bytecode import compilable, pyc_relpath
+from venvfs.store.bytecode import compilable, pyc_relpath
 from venvfs.errors import InvalidWheel, VenvfsError
-from venvfs.limits import NAME_MAX, PATH_MAX
-from venvfs.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
+from venvfs.store.limits import NAME_MAX, PATH_MAX
+from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.progress import Progress
-from venvfs.records import REWRITTEN_METADATA, DistRecord, StoredFile
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import InterpreterInfo, Venv, VenvState
+from venvfs.store.records import REWRITTEN_METADATA, DistRecord, StoredFile
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from venvfs.errors import VenvError
 from venvfs.progress import Progress
-from venvfs.records import DistRecord
-from venvfs.store import SOURCE_EPOCH, Store
-from venvfs.venv import InterpreterInfo
+from venvfs.store.records import DistRecord
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.venv import InterpreterInfo
 
 # Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin.
 _COMPILER = """

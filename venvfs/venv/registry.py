@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from venvfs.errors import Busy, StateDamaged, VenvError
 from venvfs.fsutil import read_json
-from venvfs.store import GcReport, RegistryEntry, Store
-from venvfs.venv import Venv, VenvState, new_venv_id, state_problem
+from venvfs.store.store import GcReport, RegistryEntry, Store
+from venvfs.venv.venv import Venv, VenvState, new_venv_id, state_problem
 
 Condition = Literal["live", "missing", "damaged", "replaced", "elsewhere"]
 
@@ -270,7 +270,7 @@ def plan_gc(store: Store, *, forget_missing: bool) -> GcPlan:
 def collect(store: Store, plan: GcPlan, *, dry_run: bool) -> GcReport:
     """Remove what no venv of ``plan.live`` selects, then forget ``plan.forget``. Caller holds
     ``store.collecting()``."""
-    from venvfs.view import view_cache_key
+    from venvfs.venv.view import view_cache_key
 
     report = store.gc({p: s.selection for p, s in plan.live.items()}, dry_run=dry_run,
                       live_views={view_cache_key(s) for s in plan.live.values()})

@@ -38,10 +38,11 @@ from typing import Any, Literal
 
 import platformdirs
 
+import venvfs
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, lock_holders, open_lock, read_json
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +257,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
-    from venvfs.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
+    from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
     from venvfs.mount.overlay import Overlay
-    from venvfs.upper import Upper
-    from venvfs.view import view_for
+    from venvfs.venv.upper import Upper
+    from venvfs.venv.view import view_for
     venv = Venv(venv_root)
     lock_fd = open_lock(_lock_path(venv))
     try:
@@ -532,13 +533,13 @@ def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
     logfile = log_path(venv)
     logfile.parent.mkdir(parents=True, exist_ok=True)
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "venvfs.daemon", "--venv", str(venv.root), "--store", str(store.root),
+    argv = [sys.executable, "-m", "venvfs.mount.daemon", "--venv", str(venv.root), "--store", str(store.root),
             "--ready-fd", str(w), "--log", str(logfile)]
     if allow_other:
         argv.append("--allow-other")
     env = dict(os.environ)
     # The daemon runs from "/", so this very venvfs must be importable without the caller's cwd.
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -636,7 +637,7 @@ def _wait_answers(mp: Path, venv: Venv) -> None:
 # -- what commands call ----------------------------------------------------------------------------
 
 def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
-    from venvfs import layout
+    from venvfs.venv import layout
 
     state = venv.read_state()
     if state.layout == "mounted":
@@ -653,13 +654,12 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
     """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
     where FUSE is unusable (unless ``mode="fuse"``). ``hooks`` turns the automount hooks on or off
     (remembered in the venv's state); None keeps the venv's choice."""
-    from venvfs import hooks as automount
-    from venvfs import layout
+    from venvfs.venv import automount, layout
 
     venv = Venv.open(path)
     with venv.locked(wait=True):
         if not venv.is_managed:
-            from venvfs.adopt import adopt
+            from venvfs.venv.adopt import adopt
 
             adopt(venv, store, already_locked=True)
         state = venv.read_state()
@@ -735,15 +735,14 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
         if materialize and venv.is_managed:
             state = venv.read_state()
             if state.layout == "mounted":
-                from venvfs.materialize import check_selection
+                from venvfs.venv.materialize import check_selection
 
                 # Before the unmount: a selection that cannot be placed leaves the venv mounted.
                 store = store or Store.open(Path(state.store), create=False)
                 check_selection(venv, store, state)
         was = _unmount_locked(venv)
         if venv.is_managed:
-            from venvfs import hooks as automount
-            from venvfs import layout
+            from venvfs.venv import automount, layout
 
             try:
                 state = venv.read_state()
@@ -844,7 +843,7 @@ def list_mounts(store: Store) -> list[dict[str, object]]:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m venvfs.daemon")
+    parser = argparse.ArgumentParser(prog="python -m venvfs.mount.daemon")
     parser.add_argument("--venv", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True)
     parser.add_argument("--ready-fd", type=int)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import VenvfsError
-from venvfs.materialize import destination
-from venvfs.records import DistRecord, StoredFile
-from venvfs.store import Store, VerifyReport
-from venvfs.venv import Venv, VenvState
+from venvfs.venv.materialize import destination
+from venvfs.store.records import DistRecord, StoredFile
+from venvfs.store.store import Store, VerifyReport
+from venvfs.venv.venv import Venv, VenvState
 
 
 @dataclass

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 from venvfs.errors import VenvError
 from venvfs.fsutil import atomic_write_bytes, crash_point, fsync_dir
-from venvfs.store import Store
-from venvfs.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
-from venvfs.venv import Venv, VenvState
-from venvfs.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, View, view_for
+from venvfs.store.store import Store
+from venvfs.venv.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
+from venvfs.venv.venv import Venv, VenvState
+from venvfs.venv.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, View, view_for
 
 if TYPE_CHECKING:
-    from venvfs.linkmode import Linker
+    from venvfs.venv.linkmode import Linker
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
             crash_point("to-mounted:emptying")
     fsync_dir(sp)
     crash_point("to-mounted:emptied")
-    from venvfs.materialize import unshare_outside
+    from venvfs.venv.materialize import unshare_outside
 
     # Hardlinks into the store left in bin/, include/ or share/ by the materialized layout: in the
     # mounted one nothing else reaches the store for writing, so neither may they.
@@ -151,8 +151,8 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
 
 def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker | None = None) -> None:
     """Write the selection as real files and move the upper layer over them (nothing is mounted)."""
-    from venvfs import linkmode
-    from venvfs.materialize import check_selection, materialize
+    from venvfs.venv import linkmode
+    from venvfs.venv.materialize import check_selection, materialize
 
     sp = venv.site_packages
     upper = venv.upper_dir
@@ -192,7 +192,7 @@ def _phase(marker: Path) -> bytes | None:
 
 
 def _install_hooks(venv: Venv) -> None:
-    from venvfs import hooks
+    from venvfs.venv import automount as hooks
 
     hooks.install(venv)
 
@@ -239,7 +239,7 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
         store = Store.open(Path(state.store), create=False)
     if target == "selection":
         assert store is not None
-        from venvfs.select import finish_interrupted
+        from venvfs.venv.select import finish_interrupted
 
         finished = finish_interrupted(venv, store, state)
         if finished:
@@ -253,7 +253,7 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
         to_materialized_marker.unlink(missing_ok=True)
         to_mounted_marker.unlink(missing_ok=True)
     else:
-        from venvfs.daemon import mounted_fstype
+        from venvfs.mount.daemon import mounted_fstype
 
         if mounted_fstype(venv.site_packages) is not None:
             raise VenvError(f"{venv.root}: an interrupted switch to the {target} layout must be finished "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from venvfs.errors import VenvError, VenvfsError
 from venvfs.fsflags import is_immutable
-from venvfs.store import SOURCE_EPOCH
+from venvfs.store.store import SOURCE_EPOCH
 
 log = logging.getLogger(__name__)
 

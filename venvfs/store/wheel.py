@@ -27,10 +27,10 @@ from packaging.version import InvalidVersion, Version
 
 from venvfs.errors import InvalidWheel
 from venvfs.fsutil import UnsafePath, io_failure, safe_relpath, symlink_stays_inside
-from venvfs.limits import RATIO_FLOOR, IngestLimits, name_problem
 from venvfs.progress import Progress, human_bytes
-from venvfs.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
-from venvfs.store import Store
+from venvfs.store.limits import RATIO_FLOOR, IngestLimits, name_problem
+from venvfs.store.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.store.store import Store
 
 INSTALLER_NAME = b"venvfs\n"
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from venvfs.cli_common import (
+from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
     json_parent,
@@ -17,8 +17,8 @@ from venvfs.cli_common import (
     venv_path,
 )
 from venvfs.errors import VenvfsError
-from venvfs.store import Store
-from venvfs.venv import Venv
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -88,7 +88,8 @@ def _store_for(args: argparse.Namespace, path: Path, *, create: bool = False) ->
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from venvfs import daemon, registry
+    from venvfs.mount import daemon
+    from venvfs.venv import registry
 
     results = []
     code = 0
@@ -118,7 +119,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from venvfs import daemon, registry
+    from venvfs.mount import daemon
+    from venvfs.venv import registry
 
     out = []
     for path in _targets(args):
@@ -145,7 +147,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from venvfs import daemon
+    from venvfs.mount import daemon
 
     mounts = daemon.list_mounts(open_store(args))
     if args.json:
@@ -161,8 +163,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    from venvfs.commit import commit
-    from venvfs.venv import Venv
+    from venvfs.mount.commit import commit
+    from venvfs.venv.venv import Venv
 
     report = commit(Venv.open(venv_path(args)), open_store(args))
     if args.json:

@@ -24,18 +24,18 @@ from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from venvfs import daemon
-from venvfs.adopt import adopt
-from venvfs.bytecode import ensure_bytecode
+from venvfs.mount import daemon
+from venvfs.venv.adopt import adopt
+from venvfs.store.bytecode import ensure_bytecode
 from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
-from venvfs.limits import IngestLimits
-from venvfs.linkmode import Linker, LinkMode
-from venvfs.materialize import check_placeable, materialize, remove_files
-from venvfs.records import DistRecord
-from venvfs.store import Store
-from venvfs.venv import InterpreterInfo, Venv, VenvState
-from venvfs.wheel import ingest_wheel
+from venvfs.store.limits import IngestLimits
+from venvfs.venv.linkmode import Linker, LinkMode
+from venvfs.venv.materialize import check_placeable, materialize, remove_files
+from venvfs.store.records import DistRecord
+from venvfs.store.store import Store
+from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
+from venvfs.store.wheel import ingest_wheel
 
 
 @dataclass
@@ -325,7 +325,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
-        from venvfs import layout
+        from venvfs.venv import layout
 
         layout.resume(venv, store, state)  # files follow the layout: it must be whole first
         if state.interpreter is None:

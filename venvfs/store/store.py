@@ -42,13 +42,13 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import platformdirs
 
 from venvfs import fsflags
-from venvfs.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
-from venvfs.records import DistRecord
+from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
+from venvfs.store.records import DistRecord
 
 if TYPE_CHECKING:
-    from venvfs.linkmode import Linker
+    from venvfs.venv.linkmode import Linker
 
 STORE_FORMAT = 1
 REGISTRY_FORMAT = 2

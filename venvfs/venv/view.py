@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.fsutil import UnsafePath, atomic_write_bytes, safe_relpath
-from venvfs.records import DistRecord
-from venvfs.store import Store
-from venvfs.venv import Venv, VenvState
+from venvfs.store.records import DistRecord
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
 
 def _lazy_renderer(venv: Venv, store: Store, info: Any, dist_key: str) -> Callable[[], bytes]:
     def render() -> bytes:
-        from venvfs.materialize import render_record
+        from venvfs.venv.materialize import render_record
 
         return render_record(venv, info, store.get_dist(dist_key), store=store)
     return render
@@ -375,7 +375,7 @@ def _view_for_records(venv: Venv, store: Store, state: VenvState, records: list[
 
         def renderer(record: DistRecord) -> Callable[[], bytes]:
             def render() -> bytes:
-                from venvfs.materialize import render_record
+                from venvfs.venv.materialize import render_record
 
                 return render_record(venv, info, record, store=store)
             return render

@@ -44,9 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import venvfs
 from venvfs.errors import VenvError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, crash_point, read_json
-from venvfs.venv import Venv, VenvState
+from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger("venvfs.hooks")
 
@@ -112,12 +113,12 @@ def venvfs_argv(*args: str) -> tuple[str, ...]:
     of those (a source checkout) puts its own directory on sys.path explicitly.
     """
     python = sys.executable
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
     site_dirs = {str(Path(p).resolve()) for p in site.getsitepackages()}
     if package_parent in site_dirs:
         return (python, "-I", "-m", "venvfs", *args)
     bootstrap = (f"import sys; sys.path.insert(0, {json.dumps(package_parent)}); "
-                 "from venvfs.cli import main; sys.exit(main())")
+                 "from venvfs.cli.app import main; sys.exit(main())")
     return (python, "-I", "-c", bootstrap, *args)
 
 
@@ -742,7 +743,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto") -> EjectRepo
     Refuses, having removed nothing the user wrote, when anything of the upper layer could not be
     brought back.
     """
-    from venvfs.linkmode import DirWalker, Linker, LinkMode
+    from venvfs.venv.linkmode import DirWalker, Linker, LinkMode
 
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
@@ -811,8 +812,8 @@ def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
     below another's symlink) before anything changes: found half way, it would leave the venv
     unmounted with its hooks off."""
     from venvfs.errors import StoreError
-    from venvfs.materialize import check_selection
-    from venvfs.store import Store
+    from venvfs.venv.materialize import check_selection
+    from venvfs.store.store import Store
 
     try:
         store = Store.open(store_root, create=False)
@@ -849,7 +850,7 @@ def ejected_store(venv: Venv) -> Path | None:
 
 def finish_eject(venv: Venv, store_root: Path) -> bool:
     """The last steps of eject, which a rerun after a crash performs again; False if nothing was left."""
-    from venvfs.store import Store
+    from venvfs.store.store import Store
 
     leftover = venv.root / EJECTED_DIR
     if not leftover.exists():
@@ -865,17 +866,17 @@ def _unmount(venv: Venv, store_root: Path) -> bool:
     if _site_packages_access(venv.site_packages) not in ("mounted", "dead"):
         return False
     try:
-        from venvfs import daemon  # type: ignore[attr-defined,unused-ignore]
+        from venvfs.mount import daemon# type: ignore[attr-defined,unused-ignore]
     except ImportError:
         raise VenvError(f"{venv.site_packages} is mounted and this venvfs cannot unmount it") from None
-    from venvfs.store import Store
+    from venvfs.store.store import Store
 
     daemon.umount(venv.root, Store(store_root))
     return True
 
 
 def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
-    from venvfs.linkmode import reflink
+    from venvfs.venv.linkmode import reflink
 
     probe_src = next((p for p in src_dir.rglob("*") if p.is_file()), None)
     if probe_src is None:
@@ -891,21 +892,21 @@ def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
 
 def _resume(venv: Venv, store_root: Path, state: VenvState) -> None:
     """Finish a layout switch a killed command left half done (the mount side's layout code)."""
-    from venvfs import layout  # type: ignore[attr-defined,unused-ignore]
-    from venvfs.store import Store
+    from venvfs.venv import layout# type: ignore[attr-defined,unused-ignore]
+    from venvfs.store.store import Store
 
     layout.resume(venv, Store.open(store_root, create=False), state)
 
 
 def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: Any) -> None:
     """Bring the upper layer back over real files of the selection (the mount side's layout code)."""
-    from venvfs.linkmode import LinkMode
+    from venvfs.venv.linkmode import LinkMode
 
     try:
-        from venvfs import layout  # type: ignore[attr-defined,unused-ignore]
+        from venvfs.venv import layout# type: ignore[attr-defined,unused-ignore]
     except ImportError:
         raise VenvError(f"{venv.root} is in the mounted layout and this venvfs cannot convert it") from None
-    from venvfs.store import Store
+    from venvfs.store.store import Store
 
     # layout materializes with the state's link mode, whose "auto" may hardlink: choose for it.
     if mode == LinkMode.AUTO:

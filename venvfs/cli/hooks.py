@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from venvfs import hooks
-from venvfs.cli_common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
+from venvfs.cli.common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
 from venvfs.fsutil import atomic_write_bytes
-from venvfs.store import STORE_ENV
-from venvfs.venv import Venv
+from venvfs.store.store import STORE_ENV
+from venvfs.venv import automount as hooks
+from venvfs.venv.venv import Venv
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
