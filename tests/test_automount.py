@@ -16,6 +16,7 @@ import pytest
 from test_eject import FULL_CHECK, store_inodes, venv_inodes
 from test_hooks import require_shell, run_activation
 
+from venvfs.hooks.target import PTH_NAME
 from venvfs.store.store import Store
 from venvfs.venv import automount as hooks
 from venvfs.venv.venv import Venv
@@ -74,7 +75,7 @@ def daemon_pid(venv: Venv, run_venvfs: RunVenvfs) -> int:
 def test_mounted_venv_hides_the_hook(mounted_venv: Venv) -> None:
     venv = mounted_venv
     assert is_mounted(venv)
-    assert hooks.PTH_NAME not in os.listdir(venv.site_packages)
+    assert PTH_NAME not in os.listdir(venv.site_packages)
     proc = subprocess.run([str(venv.python), "-c", "import sys; print(hasattr(sys, '_venvfs_automount_ran'))"],
                           capture_output=True, text=True)
     assert proc.stdout == "False\n", proc.stderr  # the hook does not even run in a mounted venv
@@ -153,7 +154,7 @@ def test_eject_a_mounted_venv_keeps_what_the_user_wrote(mounted_venv: Venv, stor
     assert (sp / "demo" / "notes.txt").read_text() == "written through the mount\n"
     assert helpers.read_text().endswith("EDITED = True\n")
     assert not (sp / "demo" / "data" / "table.txt").exists()
-    assert not (sp / hooks.PTH_NAME).exists()
+    assert not (sp / PTH_NAME).exists()
     assert not set(venv_inodes(venv.root)) & store_inodes(store)
     proc = subprocess.run([str(venv.python), "-c", FULL_CHECK + "\nimport extra, demo.sub.helpers as h; "
                            "assert h.EDITED and extra.VERSION == '2.0'", "demo/data/table.txt"],
@@ -179,6 +180,6 @@ def test_interpreter_start_falls_back_to_materialized_files(mounted_venv: Venv, 
     assert venv.read_state().layout == "materialized" and not is_mounted(venv)
     proc = subprocess.run([str(venv.python), "-c", CHECK], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.split() == ["1.0", "yes"]
-    assert not (venv.site_packages / hooks.PTH_NAME).exists()  # the stray hook removed itself
+    assert not (venv.site_packages / PTH_NAME).exists()  # the stray hook removed itself
     proc = run_activation("bash", venv, env={"VENVFS_DISABLE_FUSE": "1"}, then=f'python -c "{CHECK}"')
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

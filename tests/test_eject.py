@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from venvfs.hooks.target import BEGIN, PTH_NAME
 from venvfs.store.store import Store
 from venvfs.venv import automount as hooks
+from venvfs.venv.eject import eject
 from venvfs.venv.venv import Venv
 
 from conftest import uv_pip
@@ -84,8 +86,8 @@ def test_eject_materialized_hardlinked_venv(adopted: Venv, store: Store, run_ven
     assert store.registered_venvs() == []
     assert not set(venv_inodes(venv.root)) & store_inodes(store), "a file still shares an inode with the store"
     for script in venv.bin_dir.glob("activate*"):
-        assert hooks.BEGIN not in script.read_text()
-    assert not (venv.site_packages / hooks.PTH_NAME).exists()
+        assert BEGIN not in script.read_text()
+    assert not (venv.site_packages / PTH_NAME).exists()
     assert "# edited" in edited.read_text()
     # Real files a user can edit, as in any plain venv.
     init = venv.site_packages / "demo" / "__init__.py"
@@ -127,6 +129,6 @@ def test_eject_refuses_while_upper_layer_content_would_be_lost(adopted: Venv, st
     (venv.upper_dir / "mine").mkdir(parents=True)
     (venv.upper_dir / "mine" / "notes.txt").write_text("user data")
     with pytest.raises(Exception, match="still in the upper layer"):
-        hooks.eject(venv, store.root)
+        eject(venv, store.root)
     assert venv.is_managed and (venv.upper_dir / "mine" / "notes.txt").read_text() == "user data"
     assert (venv.state_dir / "state.json").exists()

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from venvfs.hooks import csh, fish, nushell, posix, systemd
+from venvfs.hooks.pth import render_pth
+from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, PTH_NAME
 from venvfs.store.store import Store
 from venvfs.venv import automount as hooks
 from venvfs.venv.venv import Venv, VenvState
@@ -90,9 +93,9 @@ def test_install_is_idempotent_and_uninstall_restores_every_script(
     assert any(s.shell == "powershell" and s.state == "installed" for s in st.scripts)
     for name in installed:
         text = (venv.bin_dir / name).read_text()
-        assert text.count(hooks.BEGIN) == 1 and text.count(hooks.END) == 1
+        assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert st.pth == "present"
-    pth = venv.site_packages / hooks.PTH_NAME
+    pth = venv.site_packages / PTH_NAME
     code_lines = [line for line in pth.read_text().splitlines() if not line.startswith("#")]
     assert len(code_lines) == 1 and code_lines[0].startswith("import ")  # what site.py executes
     # Modes survive the rewrite.
@@ -113,14 +116,14 @@ def test_powershell_block_goes_before_the_signature(make_venv: Callable[..., Pat
     before = ps1.read_bytes()
     hooks.install(venv)
     text = ps1.read_text()
-    assert text.index(hooks.END) < text.index("# SIG # Begin signature block")
+    assert text.index(END) < text.index("# SIG # Begin signature block")
     hooks.uninstall(venv)
     assert ps1.read_bytes() == before
 
 
 def test_pth_exists_only_in_the_mounted_layout(make_venv: Callable[..., Path], store: Store) -> None:
     venv = manage(make_venv(tool="uv"), store, layout="materialized")
-    pth = venv.site_packages / hooks.PTH_NAME
+    pth = venv.site_packages / PTH_NAME
     hooks.install(venv)
     assert not pth.exists()
     assert hooks.status(venv).ok
@@ -143,7 +146,7 @@ def test_opt_out_in_the_state_removes_the_hooks(make_venv: Callable[..., Path], 
     assert not hooks.status(venv).ok  # hooks present although off
     hooks.install(venv)  # what `venvfs mount` calls: it honours the opt-out
     assert snapshot(venv) == before
-    assert not (venv.site_packages / hooks.PTH_NAME).exists()
+    assert not (venv.site_packages / PTH_NAME).exists()
     assert hooks.status(venv).ok
 
 
@@ -203,12 +206,12 @@ def run_activation(shell: str, venv: Venv, *, env: dict[str, str] | None = None,
     """Activate in ``shell`` and print $VIRTUAL_ENV (or run ``then``), as a user would."""
     b = str(venv.bin_dir)
     commands = {
-        "bash": f'source {hooks._q_posix(b + "/activate")} && echo "VE=$VIRTUAL_ENV"',
-        "zsh": f'source {hooks._q_posix(b + "/activate")} && echo "VE=$VIRTUAL_ENV"',
-        "fish": f'source {hooks._q_fish(b + "/activate.fish")}; and echo "VE=$VIRTUAL_ENV"',
+        "bash": f'source {posix.quote(b + "/activate")} && echo "VE=$VIRTUAL_ENV"',
+        "zsh": f'source {posix.quote(b + "/activate")} && echo "VE=$VIRTUAL_ENV"',
+        "fish": f'source {fish.quote(b + "/activate.fish")}; and echo "VE=$VIRTUAL_ENV"',
         # python -m venv's activate.csh reads $prompt, which a non-interactive tcsh lacks.
-        "tcsh": f'set prompt = ""; source {hooks._q_csh(b + "/activate.csh")} && echo "VE=$VIRTUAL_ENV:q"',
-        "nu": f"overlay use {hooks._q_nu(b + '/activate.nu')}; print $'VE=($env.VIRTUAL_ENV)'",
+        "tcsh": f'set prompt = ""; source {csh.quote(b + "/activate.csh")} && echo "VE=$VIRTUAL_ENV:q"',
+        "nu": f"overlay use {nushell.quote(b + '/activate.nu')}; print $'VE=($env.VIRTUAL_ENV)'",
     }
     command = commands[shell]
     if then is not None:
@@ -237,7 +240,7 @@ def test_activation_mounts_only_when_needed(shell: str, tool: str, make_venv: Ca
     log = fake_mount()
     hooks.install(venv)
     sp = venv.site_packages
-    pth = sp / hooks.PTH_NAME
+    pth = sp / PTH_NAME
 
     # Unmounted: the .pth shows through.
     proc = run_activation(shell, venv)
@@ -263,7 +266,7 @@ def test_activation_mounts_only_when_needed(shell: str, tool: str, make_venv: Ca
 
     # Opted out for the session.
     pth.write_bytes(saved)
-    proc = run_activation(shell, venv, env={hooks.OPTOUT_ENV: "1"})
+    proc = run_activation(shell, venv, env={OPTOUT_ENV: "1"})
     assert proc.returncode == 0 and f"VE={venv.root}" in proc.stdout, proc.stderr
     assert len(calls(log)) == 2
 
@@ -351,8 +354,8 @@ def test_no_mount_when_opted_out_or_materialized(make_venv: Callable[..., Path],
     venv = manage(make_venv(tool="uv"), store)
     log = fake_mount(MATERIALIZE)
     hooks.install(venv)
-    pth = venv.site_packages / hooks.PTH_NAME
-    assert py(venv, "-c", "pass", env={hooks.OPTOUT_ENV: "1"}).returncode == 0
+    pth = venv.site_packages / PTH_NAME
+    assert py(venv, "-c", "pass", env={OPTOUT_ENV: "1"}).returncode == 0
     assert calls(log) == []
     # A stray hook in a materialized venv (e.g. left by a layout change) does nothing and goes away.
     set_layout(venv, "materialized")
@@ -371,7 +374,7 @@ def test_hook_of_an_ejected_or_deleted_state_removes_itself(make_venv: Callable[
     proc = py(venv, "-c", "pass")
     assert proc.returncode == 0 and proc.stderr == ""
     assert calls(log) == []
-    assert not (venv.site_packages / hooks.PTH_NAME).exists()
+    assert not (venv.site_packages / PTH_NAME).exists()
 
 
 def test_already_mounted_by_a_racing_process(make_venv: Callable[..., Path], store: Store,
@@ -384,8 +387,8 @@ def test_already_mounted_by_a_racing_process(make_venv: Callable[..., Path], sto
     log = fake_mount(MATERIALIZE)
     hooks.install(venv)
     target = hooks.target_for(venv, venv.read_state())
-    (venv.site_packages / hooks.PTH_NAME).write_text(
-        hooks.render_pth(dataclasses.replace(target, site_packages=Path("/proc"))))
+    (venv.site_packages / PTH_NAME).write_text(
+        render_pth(dataclasses.replace(target, site_packages=Path("/proc"))))
     proc = py(venv, "-c", "pass")
     assert proc.returncode == 0, proc.stderr
     assert calls(log) == []
@@ -406,7 +409,7 @@ def test_cli_hook_install_status_uninstall(make_venv: Callable[..., Path], store
     assert venv.read_state().hooks
     proc = run_venvfs("hook", "status", str(venv.root))
     assert "installed" in proc.stdout and "problem" not in proc.stdout
-    pth_line = (venv.site_packages / hooks.PTH_NAME).read_text()
+    pth_line = (venv.site_packages / PTH_NAME).read_text()
     assert sys.executable in pth_line  # the venvfs that installed the hook runs the mount
 
     activate = venv.bin_dir / "activate"
@@ -448,17 +451,17 @@ def test_systemd_unit_is_shipped_and_valid(tmp_path: Path, monkeypatch: pytest.M
 
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["venvfs"]
-    assert any(Path("data", hooks.UNIT_NAME).match(p) for p in patterns), "the unit would not be packaged"
+    assert any(Path("data", systemd.UNIT_NAME).match(p) for p in patterns), "the unit would not be packaged"
 
     store = tmp_path / "a store with $pecial %chars"
-    text = hooks.render_unit(store)
+    text = systemd.render_unit(store)
     assert "@PYTHON@" not in text and "@ENVIRONMENT@" not in text
     assert "mount --all" in text and "umount --all" in text
     assert 'Environment="VENVFS_STORE=' + str(store).replace("$", "$$").replace("%", "%%") + '"' in text
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     proc = run_venvfs("hook", "unit", "--install")
-    unit = tmp_path / "config" / "systemd" / "user" / hooks.UNIT_NAME
+    unit = tmp_path / "config" / "systemd" / "user" / systemd.UNIT_NAME
     assert unit.exists() and "systemctl --user enable --now" in proc.stdout
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed: unit syntax not checked")

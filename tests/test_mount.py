@@ -23,9 +23,9 @@ import pytest
 
 from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip, writes_bytecode
 from tests.wheelbuilder import build_wheel, simple_package
+from venvfs.hooks.target import PTH_NAME
 from venvfs.mount import daemon
 from venvfs.store.store import SOURCE_EPOCH, Store
-from venvfs.venv import automount as hooks
 from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
@@ -550,7 +550,7 @@ def test_umount_with_open_files_and_sigterm(mounted: Venv, run_venvfs: Run) -> N
         with contextlib.suppress(OSError):
             f.close()  # ENOTCONN: the lazily detached mount has no daemon to flush to
     # The mounted layout: underneath, site-packages holds only the automount hook, for the next start.
-    assert os.listdir(sp) == [hooks.PTH_NAME]
+    assert os.listdir(sp) == [PTH_NAME]
     run_venvfs("mount", str(mounted.root))
     pid = daemon.daemon_pid(mounted)
     assert pid is not None

@@ -10,8 +10,11 @@ from typing import Any
 
 from venvfs.cli.common import add_venv_argument, common_parent, json_parent, open_store, print_json, venv_path
 from venvfs.fsutil import atomic_write_bytes
-from venvfs.store.store import STORE_ENV
+from venvfs.hooks import systemd, target
+from venvfs.mount import daemon
+from venvfs.store.store import STORE_ENV, Store
 from venvfs.venv import automount as hooks
+from venvfs.venv import eject
 from venvfs.venv.venv import Venv
 
 
@@ -24,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Manage the automount hooks of a managed venv.\n\n"
         "Activation scripts (activate, activate.fish, activate.csh, Activate.ps1, activate.nu) get a\n"
         f"marked block that runs `venvfs mount` when the venv is not mounted, and site-packages gets\n"
-        f"{hooks.PTH_NAME}, which does the same when the venv's Python starts (the mount hides it).\n"
-        f"Set {hooks.OPTOUT_ENV}=1 to switch them off for a session.",
+        f"{target.PTH_NAME}, which does the same when the venv's Python starts (the mount hides it).\n"
+        f"Set {target.OPTOUT_ENV}=1 to switch them off for a session.",
         formatter_class=fmt,
     )
     hook_sub = hook.add_subparsers(dest="hook_command", metavar="SUBCOMMAND", required=True)
@@ -89,7 +92,7 @@ def cmd_hook_install(args: argparse.Namespace) -> int:
     venv = _open(args)
     with venv.locked(wait=True):
         state = venv.read_state()
-        hooks.abandon_eject(venv, state)
+        eject.abandon_eject(venv, state)
         if not state.hooks:
             state.hooks = True
             venv.write_state(state)
@@ -135,7 +138,7 @@ def cmd_hook_status(args: argparse.Namespace) -> int:
     print(f"hooks:    {'wanted' if st.enabled else 'off (venvfs hook install to turn on)'}; layout {st.layout}")
     for s in st.scripts:
         print(f"  {s.path.name:<22} {s.shell:<10} {s.state}")
-    print(f"  {hooks.PTH_NAME:<22} {'python':<10} {_pth_words(st)}")
+    print(f"  {target.PTH_NAME:<22} {'python':<10} {_pth_words(st)}")
     for problem in st.problems:
         print(f"problem:  {problem}")
     if not st.ok:
@@ -145,13 +148,14 @@ def cmd_hook_status(args: argparse.Namespace) -> int:
 
 def cmd_eject(args: argparse.Namespace) -> int:
     venv = Venv.open(venv_path(args))
-    if not venv.is_managed and (venv.root / hooks.EJECTED_DIR).exists():
+    if not venv.is_managed and (venv.root / eject.EJECTED_DIR).exists():
         # An eject killed after VENV/.venvfs moved aside: the venv is unmanaged, and eject finishes it.
-        store = Path(args.store) if args.store else hooks.ejected_store(venv) or open_store(args).root
+        store = Path(args.store) if args.store else eject.ejected_store(venv) or open_store(args).root
     else:
         venv.read_state()  # a clear error for an unmanaged venv
         store = Path(args.store) if args.store else Path(venv.read_state().store)
-    report = hooks.eject(venv, store, link_mode=args.link_mode)
+    report = eject.eject(venv, store, link_mode=args.link_mode,
+                         unmount=lambda v: daemon.umount(v.root, Store(store)))
     if args.json:
         print_json(report.to_json())
         return 0
@@ -164,12 +168,12 @@ def cmd_eject(args: argparse.Namespace) -> int:
 
 def cmd_hook_unit(args: argparse.Namespace) -> int:
     store = args.store or (Path(os.environ[STORE_ENV]) if os.environ.get(STORE_ENV) else None)
-    text = hooks.render_unit(store.expanduser().absolute() if store else None)
+    text = systemd.render_unit(store.expanduser().absolute() if store else None)
     if not args.install:
         sys.stdout.write(text)
         return 0
-    path = hooks.unit_path()
+    path = systemd.unit_path()
     atomic_write_bytes(path, text.encode(), durable=False)
     print(f"wrote {path}; now run:\n"
-          f"  systemctl --user daemon-reload && systemctl --user enable --now {hooks.UNIT_NAME}")
+          f"  systemctl --user daemon-reload && systemctl --user enable --now {systemd.UNIT_NAME}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import fcntl
 import functools
 import importlib
@@ -36,12 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import platformdirs
-
 import venvfs
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, lock_holders, open_lock, read_json
+from venvfs.fsutil import atomic_write_json, open_lock, read_json
 from venvfs.store.store import Store
+
+# Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
+from venvfs.venv.mountinfo import MountState as MountState
+from venvfs.venv.mountinfo import daemon_pid as daemon_pid
+from venvfs.venv.mountinfo import drop_path, info_path, lock_path
+from venvfs.venv.mountinfo import log_path as log_path
+from venvfs.venv.mountinfo import mount_state as mount_state
+from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
+from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
+from venvfs.venv.mountinfo import reload as reload
 from venvfs.venv.venv import Venv
 
 log = logging.getLogger(__name__)
@@ -54,7 +61,6 @@ READY_TIMEOUT = 60.0
 # stands in for pyfuse3's internal ``trio`` attribute, so trio stays the default until pyfuse3 offers
 # that hook officially.
 LOOP_ENV = "VENVFS_FUSE_LOOP"
-MountState = Literal["mounted", "dead", "unmounted"]
 
 
 @dataclass
@@ -66,24 +72,8 @@ class MountResult:
 
 # -- where things are ------------------------------------------------------------------------------
 
-def log_path(venv: Venv) -> Path:
-    return Path(platformdirs.user_log_dir("venvfs")) / f"mount-{venv.root.name}-{Store._venv_id(venv.root)}.log"
-
-
-def _lock_path(venv: Venv) -> Path:
-    return venv.state_dir / "daemon.lock"
-
-
-def _info_path(venv: Venv) -> Path:
-    return venv.state_dir / "daemon.json"
-
-
 def _stats_path(venv: Venv) -> Path:
     return venv.state_dir / "fuse-stats.json"
-
-
-def _drop_path(venv: Venv) -> Path:
-    return venv.state_dir / "drop-upper.json"
 
 
 # -- probing ---------------------------------------------------------------------------------------
@@ -131,77 +121,6 @@ def _group(gid: int) -> str:
         return str(gid)
 
 
-def _unescape(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
-    out = []
-    i = 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mounted_fstype(mountpoint: Path) -> str | None:
-    """The filesystem type mounted at ``mountpoint`` (the topmost), or None."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) >= 5 and _unescape(fields[4]) == target:
-            found = right.split()[0] if right else "?"
-    return found
-
-
-def daemon_pid(venv: Venv) -> int | None:
-    """The pid of this venv's running daemon (it holds the daemon lock), else None."""
-    path = _lock_path(venv)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except PermissionError:
-        # Another user's venv (its lock files are its owner's alone): the kernel's lock table
-        # still says whether a daemon holds it.
-        if not lock_holders(path):
-            return None
-    else:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass
-        else:
-            return None
-        finally:
-            os.close(fd)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return int(read_json(_info_path(venv))["pid"])
-    return None
-
-
-def mount_state(venv: Venv) -> MountState:
-    mp = venv.site_packages
-    fstype = mounted_fstype(mp)
-    if fstype is None:
-        return "unmounted"
-    if not fstype.startswith("fuse"):
-        raise MountError(f"{mp} has a {fstype} filesystem mounted on it, not venvfs")
-    try:
-        os.stat(mp)
-    except OSError as e:
-        # ENOTCONN once the daemon's fd is closed; ECONNABORTED while the kernel is still aborting it.
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "dead"
-        raise
-    return "mounted" if daemon_pid(venv) is not None else "dead"
 
 
 def _fusermount_unmount(mp: Path) -> None:
@@ -262,7 +181,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
     venv = Venv(venv_root)
-    lock_fd = open_lock(_lock_path(venv))
+    lock_fd = open_lock(lock_path(venv))
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -297,7 +216,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         repairs_seen = store.repaired_entries()
 
         def write_info(generation: int = 0) -> None:
-            atomic_write_json(_info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
+            atomic_write_json(info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links},
                               durable=False)
@@ -307,7 +226,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
             try:
                 new_state = venv.read_state()
                 overlay.replace_view(view_for(venv, store, new_state))
-                drop = _drop_path(venv)
+                drop = drop_path(venv)
                 if drop.exists():
                     paths = read_json(drop)
                     dropped = overlay.drop_upper([str(p) for p in paths])
@@ -355,7 +274,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
                 nursery.start_soon(fuse_main)
                 write_info()
-                if _drop_path(venv).exists():
+                if drop_path(venv).exists():
                     do_reload()  # a commit killed before its reload queued upper copies to drop
                 ready("ok")
                 async for signum in signals:
@@ -367,7 +286,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 trio.run(run)
             else:
                 write_info()
-                if _drop_path(venv).exists():
+                if drop_path(venv).exists():
                     do_reload()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
@@ -654,7 +573,7 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
     """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
     where FUSE is unusable (unless ``mode="fuse"``). ``hooks`` turns the automount hooks on or off
     (remembered in the venv's state); None keeps the venv's choice."""
-    from venvfs.venv import automount, layout
+    from venvfs.venv import automount, eject, layout
 
     venv = Venv.open(path)
     with venv.locked(wait=True):
@@ -665,7 +584,7 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
-        abandoned = automount.abandon_eject(venv, state)  # mounting is keeping venvfs
+        abandoned = eject.abandon_eject(venv, state)  # mounting is keeping venvfs
         if abandoned:
             log.warning("%s", abandoned)
         if hooks is not None and hooks != state.hooks:
@@ -764,39 +683,6 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     return was
 
 
-def queue_drop_upper(venv: Venv, paths: Sequence[str]) -> None:
-    """Name upper copies the store now serves; the daemon drops them at its next reload or start."""
-    if paths:
-        atomic_write_json(_drop_path(venv), list(paths))
-
-
-def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:
-    """Make a running daemon re-read the venv's selection; returns False if none runs.
-
-    Called after the selection changed (``venvfs add/remove``, ``commit``); returns once the new
-    view is live, so the caller's next file access sees it.
-    """
-    pid = daemon_pid(venv)
-    if pid is None:
-        return False
-    if drop_upper:
-        atomic_write_json(_drop_path(venv), list(drop_upper), durable=False)
-    try:
-        generation = int(read_json(_info_path(venv)).get("generation", 0))
-    except (OSError, ValueError):
-        generation = 0
-    os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            if int(read_json(_info_path(venv)).get("generation", 0)) > generation:
-                return True
-        if daemon_pid(venv) is None:
-            raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
-        time.sleep(0.01)
-    raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
-
-
 def invalidate_repaired(store: Store) -> list[str]:
     """Make every running daemon of ``store``'s venvs drop what it cached of repaired objects (the
     store has logged them in ``STORE/repaired``); returns the venvs told. A daemon that cannot be
@@ -821,7 +707,7 @@ def status(venv: Venv) -> dict[str, object]:
         info["pid"] = daemon_pid(venv)
         info["log"] = str(log_path(venv))
         with contextlib.suppress(OSError, ValueError):
-            written = read_json(_info_path(venv))
+            written = read_json(info_path(venv))
             # "no open": the kernel sends no request per file opened; "pyc links": store bytecode is
             # shown as symlinks into the store (see docs/mount.md).
             info["no_open"] = bool(written.get("no_open", False))

@@ -17,12 +17,12 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from venvfs.errors import VenvError
 from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
-from venvfs.venv.venv import InterpreterInfo
 
 # Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin.
 _COMPILER = """
@@ -53,7 +53,14 @@ def compilable(path: str) -> bool:
     return path.endswith(".py")
 
 
-def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: InterpreterInfo, python: Path,
+class Interpreter(Protocol):
+    """What bytecode needs of the venv layer's ``InterpreterInfo`` (the store knows no venv)."""
+
+    @property
+    def cache_tag(self) -> str: ...
+
+
+def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpreter, python: Path,
                     *, show_progress: bool = True) -> int:
     """Compile every ``.py`` of ``records`` not yet compiled for ``interp``; returns how many were."""
     todo: dict[str, Path] = {}

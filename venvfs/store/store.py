@@ -37,7 +37,7 @@ import types
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 import platformdirs
 
@@ -47,9 +47,6 @@ from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserro
 from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.store.records import DistRecord
 
-if TYPE_CHECKING:
-    from venvfs.venv.linkmode import Linker
-
 STORE_FORMAT = 1
 REGISTRY_FORMAT = 2
 STORE_ENV = "VENVFS_STORE"
@@ -58,6 +55,14 @@ STORE_ENV = "VENVFS_STORE"
 # timestamp .pyc per (content, Python version) is valid in every venv. 1980-01-01 is the oldest
 # time a zip file can hold, so tools that zip site-packages keep working.
 SOURCE_EPOCH = 315532800
+
+
+class Placer(Protocol):
+    """What ``put_placed`` needs of the venv layer's ``linkmode.Linker``: the store knows no venv, so
+    the caller passes the machine that decides between reflink, hardlink and copy."""
+
+    def place(self, src: Path, dst: Path, *, mode_bits: int | None = None) -> object: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +319,7 @@ class Store:
         with open(path, "rb") as src:
             return self.put_stream(src, executable=executable)
 
-    def put_placed(self, path: Path, digest: str, size: int, executable: bool, linker: Linker) -> PutResult:
+    def put_placed(self, path: Path, digest: str, size: int, executable: bool, linker: Placer) -> PutResult:
         """Store the file at ``path``, whose content the caller has hashed to ``digest``, by the
         linker's mode: a hardlink or reflink costs no data copy (adopting a torch venv writes
         700 MB less), and a hardlink makes ``path`` itself the store object.

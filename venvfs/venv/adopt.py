@@ -34,15 +34,16 @@ from pathlib import Path
 from installer.utils import parse_entrypoints
 from packaging.utils import canonicalize_name
 
-from venvfs.venv import automount as hooks
-from venvfs.store.bytecode import ensure_bytecode
 from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
-from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
-from venvfs.venv.materialize import count_store_inodes, materialize, store_inodes
 from venvfs.progress import Progress
+from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.records import SITE_SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store.store import Store
+from venvfs.venv import automount as hooks
+from venvfs.venv import layout
+from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
+from venvfs.venv.materialize import count_store_inodes, materialize, store_inodes
 from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
@@ -269,8 +270,6 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
-        from venvfs.venv import layout
-
         # Half of a killed switch to the mounted layout is in the upper layer: adopting what is left
         # in site-packages would forget the rest.
         layout.resume(venv, store, state)

@@ -19,17 +19,18 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from venvfs.errors import VenvError
 from venvfs.fsutil import atomic_write_bytes, crash_point, fsync_dir
 from venvfs.store.store import Store
+from venvfs.venv import automount, linkmode
+from venvfs.venv.linkmode import Linker
+from venvfs.venv.materialize import check_selection, materialize, unshare_outside
+from venvfs.venv.mountinfo import mounted_fstype
+from venvfs.venv.selecting import SELECTING, finish_interrupted
 from venvfs.venv.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
 from venvfs.venv.venv import Venv, VenvState
 from venvfs.venv.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, View, view_for
-
-if TYPE_CHECKING:
-    from venvfs.venv.linkmode import Linker
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
             crash_point("to-mounted:emptying")
     fsync_dir(sp)
     crash_point("to-mounted:emptied")
-    from venvfs.venv.materialize import unshare_outside
-
     # Hardlinks into the store left in bin/, include/ or share/ by the materialized layout: in the
     # mounted one nothing else reaches the store for writing, so neither may they.
     unshare_outside(venv, store, state)
@@ -151,9 +150,6 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
 
 def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker | None = None) -> None:
     """Write the selection as real files and move the upper layer over them (nothing is mounted)."""
-    from venvfs.venv import linkmode
-    from venvfs.venv.materialize import check_selection, materialize
-
     sp = venv.site_packages
     upper = venv.upper_dir
     marker = venv.state_dir / TO_MATERIALIZED
@@ -192,14 +188,9 @@ def _phase(marker: Path) -> bytes | None:
 
 
 def _install_hooks(venv: Venv) -> None:
-    from venvfs.venv import automount as hooks
-
-    hooks.install(venv)
+    automount.install(venv)
 
 
-# select.SELECTING: an add/remove that had begun to change files (not imported: select imports the
-# daemon and adopt, which status and the hooks do not need).
-_SELECTING = "changing-selection"
 
 
 def interrupted(venv: Venv) -> str | None:
@@ -213,7 +204,7 @@ def interrupted(venv: Venv) -> str | None:
         layout = venv.read_state().layout
     except VenvError:
         return None
-    if (venv.state_dir / _SELECTING).exists():
+    if (venv.state_dir / SELECTING).exists():
         return "selection"
     if (venv.state_dir / TO_MATERIALIZED).exists() and layout != "materialized":
         return "materialized"
@@ -239,8 +230,6 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
         store = Store.open(Path(state.store), create=False)
     if target == "selection":
         assert store is not None
-        from venvfs.venv.select import finish_interrupted
-
         finished = finish_interrupted(venv, store, state)
         if finished:
             messages.append(finished)
@@ -253,8 +242,6 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
         to_materialized_marker.unlink(missing_ok=True)
         to_mounted_marker.unlink(missing_ok=True)
     else:
-        from venvfs.mount.daemon import mounted_fstype
-
         if mounted_fstype(venv.site_packages) is not None:
             raise VenvError(f"{venv.root}: an interrupted switch to the {target} layout must be finished "
                             f"while site-packages is not mounted; run `venvfs umount {venv.root}` first")

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from installer.scripts import Script
 
-from venvfs.store.bytecode import compilable, pyc_relpath
 from venvfs.errors import InvalidWheel, VenvfsError
-from venvfs.store.limits import NAME_MAX, PATH_MAX
-from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.progress import Progress
+from venvfs.store.bytecode import compilable, pyc_relpath
+from venvfs.store.limits import NAME_MAX, PATH_MAX
 from venvfs.store.records import REWRITTEN_METADATA, DistRecord, StoredFile
 from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 log = logging.getLogger(__name__)

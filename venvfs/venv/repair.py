@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import VenvfsError
-from venvfs.venv.materialize import destination
 from venvfs.store.records import DistRecord, StoredFile
 from venvfs.store.store import Store, VerifyReport
+from venvfs.venv.materialize import destination
 from venvfs.venv.venv import Venv, VenvState
 
 

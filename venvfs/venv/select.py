@@ -24,18 +24,19 @@ from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from venvfs.mount import daemon
-from venvfs.venv.adopt import adopt
-from venvfs.store.bytecode import ensure_bytecode
 from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, crash_point, read_json
+from venvfs.fsutil import atomic_write_json, crash_point
+from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
-from venvfs.venv.linkmode import Linker, LinkMode
-from venvfs.venv.materialize import check_placeable, materialize, remove_files
 from venvfs.store.records import DistRecord
 from venvfs.store.store import Store
-from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 from venvfs.store.wheel import ingest_wheel
+from venvfs.venv import layout, mountinfo
+from venvfs.venv.adopt import adopt
+from venvfs.venv.linkmode import LinkMode
+from venvfs.venv.materialize import check_placeable, materialize, remove_files
+from venvfs.venv.selecting import SELECTING, linker_for
+from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 
 @dataclass
@@ -46,52 +47,8 @@ class SelectReport:
     hardlink_warning: str | None = None
 
 
-# Present from the first file an add/remove changes until the venv's files match the new selection:
-# {"remove": [keys whose files go], "place": [keys whose files come], "selection": [the new one]}.
-# (layout.interrupted looks for it.)
-SELECTING = "changing-selection"
-
 # A store key (records.DistRecord.key): the canonical name, the version, 16 hex digits of the manifest.
 _KEY = re.compile(r"[a-z0-9][a-z0-9.-]*-[^/\s]+-[0-9a-f]{16}")
-
-
-def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None:
-    """Finish an add/remove a killed command left half done (caller holds the venv lock; nothing is
-    mounted in the materialized layout). Returns what was done, None if nothing was pending.
-    Idempotent: removing absent files and placing present ones change nothing."""
-    marker = venv.state_dir / SELECTING
-    try:
-        pending = read_json(marker)
-        removed, place, selection = list(pending["remove"]), list(pending["place"]), list(pending["selection"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        removed, place, selection = [], [], list(state.selection)  # unreadable: the state decides
-    if state.interpreter is None:
-        state.interpreter = venv.probe_interpreter()
-    site_packages = state.layout == "materialized"
-    for key in removed:
-        # A record gc took meanwhile leaves nothing to look up: its files stay (the venv's own then).
-        with contextlib.suppress(VenvfsError):
-            remove_files(venv, state.interpreter, store.get_dist(key), site_packages=site_packages)
-    state.selection = [k for k in selection if store.has_dist(k)]
-    venv.write_state(state)
-    # Only what the add was placing: the rest of the venv may hold files the user edited.
-    records = [store.get_dist(k) for k in place if k in state.selection]
-    materialize(venv, store, state, _linker(LinkMode(state.link_mode or "auto"), state), records=records,
-                site_packages=site_packages)
-    if state.layout == "mounted":
-        daemon.reload(venv)
-    marker.unlink()
-    return f"finished the interrupted change of the selection of {venv.root}"
-
-
-def _linker(link_mode: LinkMode, state: VenvState) -> Linker:
-    """In the mounted layout only scripts, headers and data are placed, files a user or tool may write
-    in place: never as hardlinks of store objects (few and small, so a copy costs little)."""
-    if state.layout == "mounted":
-        return Linker(LinkMode.AUTO if link_mode == LinkMode.HARDLINK else link_mode, allow_hardlink=False)
-    return Linker(link_mode)
 
 
 def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
@@ -325,8 +282,6 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
         state = venv.read_state()
         if Path(state.store) != store.root:
             raise VenvError(f"{venv.root} uses the store {state.store}, not {store.root}")
-        from venvfs.venv import layout
-
         layout.resume(venv, store, state)  # files follow the layout: it must be whole first
         if state.interpreter is None:
             state.interpreter = venv.probe_interpreter()
@@ -377,7 +332,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
-    linker = _linker(link_mode, state)
+    linker = linker_for(link_mode, state)
     crash_point("select:placing")
     # All of ``wanted``, not only what is new to the selection: an add killed after the state was
     # written finishes when run again (files already in place are kept).
@@ -386,7 +341,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     else:
         materialize(venv, store, state, linker, records=wanted, site_packages=False)
         # The view renders each distribution's RECORD for this venv: nothing to write here.
-        daemon.reload(venv)
+        mountinfo.reload(venv)
     marker.unlink(missing_ok=True)
     report.added = [r.key for r in new]
     report.link_summary = linker.summary()

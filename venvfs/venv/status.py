@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from venvfs.mount.daemon import mount_state
 from venvfs.errors import VenvfsError
-from venvfs.venv.automount import EJECTING
+from venvfs.store.records import DistRecord
+from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.eject import EJECTING
 from venvfs.venv.layout import interrupted
 from venvfs.venv.linkmode import hardlink_warning
 from venvfs.venv.materialize import count_store_inodes
-from venvfs.store.records import DistRecord
-from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.venv.mountinfo import mount_state
 from venvfs.venv.venv import Venv, VenvState
 
 ObjectId = tuple[str, bool]

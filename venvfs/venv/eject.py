@@ -1,0 +1,250 @@
+"""``eject``, the way out of venvfs: a managed venv back to a plain one, with real files only.
+
+Unmount (through the caller's callback: this layer knows no daemon), bring the upper layer back over
+real files of the selection, make every store hardlink a copy or reflink, then drop the hooks, the
+state and the registration. A killed eject is finished by the next one (``finish_eject``); a
+``mount`` or ``hook install`` in between keeps venvfs instead (``abandon_eject``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from venvfs.errors import StoreError, VenvError
+from venvfs.fsutil import atomic_write_json, crash_point, read_json
+from venvfs.hooks.target import PTH_NAME
+from venvfs.store.store import Store
+from venvfs.venv import layout
+from venvfs.venv.automount import _site_packages_access, uninstall
+from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, reflink
+from venvfs.venv.materialize import check_selection
+from venvfs.venv.venv import Venv, VenvState
+
+log = logging.getLogger("venvfs.hooks")
+
+# Where eject moves VENV/.venvfs before deleting it (see eject).
+EJECTED_DIR = ".venvfs-ejected"
+# In VENV/.venvfs while an eject has begun and not finished: {"hooks": the venv's choice before}.
+EJECTING = "ejecting"
+
+
+@dataclass
+class EjectReport:
+    venv: Path
+    unmounted: bool = False
+    converted: bool = False  # from the mounted layout (upper layer brought back into site-packages)
+    unlinked: int = 0  # files that were hardlinks into the store and are now copies or reflinks
+    link_summary: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"venv": str(self.venv), "unmounted": self.unmounted, "converted": self.converted,
+                "unlinked": self.unlinked, "link_summary": self.link_summary}
+
+
+def _store_inodes(store_root: Path) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every object and bytecode file: what a venv file may be hardlinked to."""
+    found: set[tuple[int, int]] = set()
+    dev = store_root.stat().st_dev
+    stack = [store_root / "objects", store_root / "bytecode"]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except FileNotFoundError:
+            continue
+        with it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    found.add((dev, entry.inode()))  # d_ino: no stat per store file
+    return found
+
+
+def _store_hardlinks(venv: Venv, store_root: Path) -> list[Path]:
+    """Files of the venv (its venvfs state excluded) that share an inode with a store file."""
+    candidates: list[tuple[Path, os.stat_result]] = []
+    for dirpath, dirnames, filenames in os.walk(venv.root):
+        if Path(dirpath) == venv.root and ".venvfs" in dirnames:
+            dirnames.remove(".venvfs")
+        for name in filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                candidates.append((path, st))
+    if not candidates:
+        return []
+    inodes = _store_inodes(store_root)
+    return [p for p, st in candidates if (st.st_dev, st.st_ino) in inodes]
+
+
+def _upper_leftovers(venv: Venv) -> list[Path]:
+    """What is still in the upper layer after the layout conversion, whiteouts aside."""
+    upper = venv.upper_dir
+    if not upper.is_dir():
+        return []
+    return sorted(p for p in upper.rglob("*")
+                  if not p.name.startswith(".wh.") and not p.is_dir())
+
+
+def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
+          unmount: Callable[[Venv], object] | None = None) -> EjectReport:
+    """Turn a managed venv back into a plain one: unmount, bring the upper layer back, make every file
+    a real file (copy or reflink, never a hardlink into the store), drop hooks, state and registration.
+
+    Refuses, having removed nothing the user wrote, when anything of the upper layer could not be
+    brought back. ``unmount`` unmounts a mounted venv (the CLI passes the mount layer's); without
+    it a mounted venv is refused.
+    """
+    mode = LinkMode(link_mode)
+    if mode == LinkMode.HARDLINK:
+        raise VenvError("eject makes real files: --link-mode must be reflink, copy or auto")
+    report = EjectReport(venv=venv.root)
+    if not venv.is_managed:
+        if finish_eject(venv, store_root):
+            log.warning("finished the interrupted eject of %s", venv.root)
+            return report
+        raise VenvError(f"{venv.root} is not managed by venvfs: nothing to eject")
+    with venv.locked(wait=True):
+        # Hooks off first, so that no activation or interpreter start mounts the venv again while
+        # it is being ejected (a hook below a live mount reads the state and stands down).
+        state = venv.read_state()
+        _check_placeable(venv, store_root, state)
+        ejecting = venv.state_dir / EJECTING
+        if not ejecting.exists():  # a rerun keeps what the first attempt found
+            atomic_write_json(ejecting, {"hooks": state.hooks})
+        if state.hooks:
+            state.hooks = False
+            venv.write_state(state)
+        uninstall(venv)
+    report.unmounted = _unmount(venv, unmount)
+    linker = Linker(mode, allow_hardlink=False)
+    with venv.locked(wait=True):
+        state = venv.read_state()
+        if _site_packages_access(venv.site_packages) in ("mounted", "dead"):
+            raise VenvError(f"{venv.site_packages} is still mounted; run `venvfs umount {venv.root}` first")
+        _resume(venv, store_root, state)
+        if state.layout == "mounted":
+            _to_materialized(venv, store_root, state, mode)
+            report.converted = True
+            state = venv.read_state()
+            if state.layout != "materialized":
+                raise VenvError(f"{venv.root}: could not leave the mounted layout")
+        leftovers = _upper_leftovers(venv)
+        if leftovers:
+            raise VenvError(f"{venv.root}: {len(leftovers)} file(s) still in the upper layer "
+                            f"(first: {leftovers[0]}); nothing removed")
+        # Replaced in directories reached without following a symlink (see linkmode.DirWalker): one
+        # swapped in for a directory since the walk above must not redirect the new file elsewhere.
+        with DirWalker(venv.root, create=False) as walker:
+            for path in _store_hardlinks(venv, store_root):
+                parent, _, name = path.relative_to(venv.root).as_posix().rpartition("/")
+                dir_fd = walker.open(parent)
+                exec_bits = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode & 0o111
+                linker.place_at(path, dir_fd, name, path.parent, mode_bits=0o755 if exec_bits else 0o644)
+                report.unlinked += 1
+        left = _store_hardlinks(venv, store_root)
+        if left:
+            raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
+        (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
+        # One rename makes the venv unmanaged at once (rmtree deletes state.json at some point of its
+        # own choosing); a crash after it leaves only EJECTED_DIR, which the next eject removes. The
+        # lock file goes with the directory; the lock itself lives until the block ends.
+        shutil.rmtree(venv.root / EJECTED_DIR, ignore_errors=True)
+        os.rename(venv.state_dir, venv.root / EJECTED_DIR)
+        crash_point("eject:renamed")
+    finish_eject(venv, store_root)
+    report.link_summary = linker.summary()
+    return report
+
+
+def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
+    """Refuse an eject whose files could not all be placed (names too long, a file of one distribution
+    below another's symlink) before anything changes: found half way, it would leave the venv
+    unmounted with its hooks off."""
+    try:
+        store = Store.open(store_root, create=False)
+    except StoreError:
+        return  # nothing will be placed from a store that is gone; eject says what it needs later
+    check_selection(venv, store, state)
+
+
+def abandon_eject(venv: Venv, state: VenvState) -> str | None:
+    """Undo the one change an unfinished eject leaves in a venv that is still managed (its hooks
+    off), for a caller that wants to keep using venvfs (``mount``, ``hook install``); caller holds
+    the venv lock. Returns what was done, None if no eject was pending."""
+    ejecting = venv.state_dir / EJECTING
+    try:
+        hooks_before = bool(read_json(ejecting).get("hooks", True))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        hooks_before = True
+    if hooks_before and not state.hooks:
+        state.hooks = True
+        venv.write_state(state)
+    ejecting.unlink()
+    return f"abandoned the unfinished eject of {venv.root}" + ("; its hooks are back on" if hooks_before else "")
+
+
+def ejected_store(venv: Venv) -> Path | None:
+    """The store of a venv whose eject was killed after it stopped being managed, else None."""
+    try:
+        return Path(read_json(venv.root / EJECTED_DIR / "state.json")["store"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finish_eject(venv: Venv, store_root: Path) -> bool:
+    """The last steps of eject, which a rerun after a crash performs again; False if nothing was left."""
+    leftover = venv.root / EJECTED_DIR
+    if not leftover.exists():
+        return False
+    # Unregistered before the directory goes: the store keeps the venv's distributions until then.
+    Store(store_root).unregister_venv(venv.root)
+    shutil.rmtree(leftover)
+    return True
+
+
+def _unmount(venv: Venv, unmount: Callable[[Venv], object] | None) -> bool:
+    """Unmount through the caller's ``unmount`` (the mount layer knows the daemon, this layer does
+    not); False when nothing was mounted."""
+    if _site_packages_access(venv.site_packages) not in ("mounted", "dead"):
+        return False
+    if unmount is None:
+        raise VenvError(f"{venv.site_packages} is mounted; run `venvfs umount {venv.root}` first")
+    unmount(venv)
+    return True
+
+
+def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
+    probe_src = next((p for p in src_dir.rglob("*") if p.is_file()), None)
+    if probe_src is None:
+        return False
+    probe = dst_dir / f".venvfs-reflink-probe-{os.getpid()}"
+    try:
+        reflink(probe_src, probe)
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+def _resume(venv: Venv, store_root: Path, state: VenvState) -> None:
+    """Finish a layout switch a killed command left half done."""
+    layout.resume(venv, Store.open(store_root, create=False), state)
+
+
+def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: LinkMode) -> None:
+    """Bring the upper layer back over real files of the selection."""
+    # layout materializes with the state's link mode, whose "auto" may hardlink: choose for it.
+    if mode == LinkMode.AUTO:
+        mode = LinkMode.REFLINK if _reflink_works(store_root / "objects", venv.site_packages) else LinkMode.COPY
+    state.link_mode = mode.value
+    layout.to_materialized(venv, Store.open(store_root, create=False), state)

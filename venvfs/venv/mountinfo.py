@@ -1,0 +1,152 @@
+"""A venv's mount seen from the venv layer: what is mounted on site-packages, which daemon serves
+it, and the request that makes that daemon re-read the selection.
+
+The venv layer needs these to refuse a change under a live mount, to report one (``status``) and to
+make a changed selection (``select``) show in a running mount, all without knowing how a mount is
+made. They are the client side of files in ``VENV/.venvfs/`` (``daemon.lock``, ``daemon.json``,
+``drop-upper.json``) and of SIGHUP; the mount layer (``venvfs.mount.daemon``) is the other side: it
+starts daemons, holds the lock, and reloads on the signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from venvfs.errors import MountError
+from venvfs.fsutil import atomic_write_json, lock_holders, read_json
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
+
+MountState = Literal["mounted", "dead", "unmounted"]
+
+
+def log_path(venv: Venv) -> Path:
+    return Path(platformdirs.user_log_dir("venvfs")) / f"mount-{venv.root.name}-{Store._venv_id(venv.root)}.log"
+
+
+def drop_path(venv: Venv) -> Path:
+    return venv.state_dir / "drop-upper.json"
+
+
+def lock_path(venv: Venv) -> Path:
+    return venv.state_dir / "daemon.lock"
+
+
+def info_path(venv: Venv) -> Path:
+    return venv.state_dir / "daemon.json"
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fstype(mountpoint: Path) -> str | None:
+    """The filesystem type mounted at ``mountpoint`` (the topmost), or None."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and _unescape(fields[4]) == target:
+            found = right.split()[0] if right else "?"
+    return found
+
+
+def daemon_pid(venv: Venv) -> int | None:
+    """The pid of this venv's running daemon (it holds the daemon lock), else None."""
+    path = lock_path(venv)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        # Another user's venv (its lock files are its owner's alone): the kernel's lock table
+        # still says whether a daemon holds it.
+        if not lock_holders(path):
+            return None
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return None
+        finally:
+            os.close(fd)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return int(read_json(info_path(venv))["pid"])
+    return None
+
+
+def mount_state(venv: Venv) -> MountState:
+    mp = venv.site_packages
+    fstype = mounted_fstype(mp)
+    if fstype is None:
+        return "unmounted"
+    if not fstype.startswith("fuse"):
+        raise MountError(f"{mp} has a {fstype} filesystem mounted on it, not venvfs")
+    try:
+        os.stat(mp)
+    except OSError as e:
+        # ENOTCONN once the daemon's fd is closed; ECONNABORTED while the kernel is still aborting it.
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return "dead"
+        raise
+    return "mounted" if daemon_pid(venv) is not None else "dead"
+
+
+def queue_drop_upper(venv: Venv, paths: Sequence[str]) -> None:
+    """Name upper copies the store now serves; the daemon drops them at its next reload or start."""
+    if paths:
+        atomic_write_json(drop_path(venv), list(paths))
+
+
+def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:
+    """Make a running daemon re-read the venv's selection; returns False if none runs.
+
+    Called after the selection changed (``venvfs add/remove``, ``commit``); returns once the new
+    view is live, so the caller's next file access sees it.
+    """
+    pid = daemon_pid(venv)
+    if pid is None:
+        return False
+    if drop_upper:
+        atomic_write_json(drop_path(venv), list(drop_upper), durable=False)
+    try:
+        generation = int(read_json(info_path(venv)).get("generation", 0))
+    except (OSError, ValueError):
+        generation = 0
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if int(read_json(info_path(venv)).get("generation", 0)) > generation:
+                return True
+        if daemon_pid(venv) is None:
+            raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
+        time.sleep(0.01)
+    raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
