@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import stop_mount
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs.mount import daemon
+from venvfs.store import gc
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -181,5 +182,5 @@ def test_gc_clears_a_day_old_registry_staging_file_only(store: Store) -> None:
         f.write_text("{")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
     with store.collecting():
-        store.gc({}, dry_run=False)
+        gc.collect(store, {}, dry_run=False)
     assert not old.exists() and fresh.exists()

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import create_venv, run_cli, stop_mount, uv_pip
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs.store.chunks import CHUNK, chunks_path
+from venvfs.store.repairlog import repaired_log
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -58,7 +59,7 @@ def test_store_add_of_the_same_wheel_repairs_a_damaged_object(tmp_path: Path, wh
     assert fresh.st_mode & 0o777 == 0o444
     assert witness.read_bytes() != HELPERS and witness.stat().st_ino == damaged.st_ino
     assert run_cli(store_root, "store", "verify").returncode == 0
-    assert store.repaired_log.read_text().split()[0] == DIGEST
+    assert repaired_log(store.root).read_text().split()[0] == DIGEST
     # Nothing damaged: the next add repairs nothing.
     assert "repaired" not in run_cli(store_root, "store", "add", str(wheel)).stdout
 

@@ -260,12 +260,13 @@ def cmd_store_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
+    from venvfs.store.verify import verify
     from venvfs.venv.status import live_selections
 
     store = open_store(args, create=False)
     states = live_selections(store)
     selections = {p: s.selection for p, s in states.items()}
-    report = store.verify(selections)
+    report = verify(store, selections)
     fixed: dict[str, str] = {}
     unrepairable: dict[str, list[str]] = {}
     hardlinked: dict[str, list[str]] = {}

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import venvfs
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, open_lock, read_json
+from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
 
 # Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
@@ -213,7 +214,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
         # Repairs before this daemon started left nothing in its caches.
-        repairs_seen = store.repaired_entries()
+        repairs_seen = repaired_entries(store.root)
 
         def write_info(generation: int = 0) -> None:
             atomic_write_json(info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
@@ -232,7 +233,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                     dropped = overlay.drop_upper([str(p) for p in paths])
                     drop.unlink()
                     log.info("dropped %d upper copies now served by the store", dropped)
-                new_repairs = store.repaired_entries() - repairs_seen
+                new_repairs = repaired_entries(store.root) - repairs_seen
                 if new_repairs:
                     repairs_seen.update(new_repairs)
                     repaired = {line.split(" ")[0] for line in new_repairs}

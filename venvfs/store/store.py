@@ -10,7 +10,7 @@ Layout under the store root::
     venvs/<id>.json               registry of venvs using the store: last path and a copy of the state
                                   (for gc, ``mount --all``, and repairing a damaged state)
     repaired                      "<digest> <time_ns>" per line: objects republished after damage, for
-                                  running mounts to drop what they cached of them (``Store.repaired_log``)
+                                  running mounts to drop what they cached of them (``repairlog.py``)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
 
@@ -23,19 +23,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import logging
-import marshal
 import os
-import shutil
 import stat
-import struct
-import sys
 import tempfile
-import time
-import types
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
@@ -46,6 +39,7 @@ from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
 from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.store.records import DistRecord
+from venvfs.store.repairlog import log_repaired
 
 STORE_FORMAT = 1
 REGISTRY_FORMAT = 2
@@ -100,44 +94,13 @@ class RegistryEntry:
     checksum: str | None = None  # the checksum of the venv's full state when that was written
 
 
-@dataclass
-class GcReport:
-    dists: list[str] = field(default_factory=list)
-    objects: int = 0
-    bytecode: int = 0
-    bytes_freed: int = 0
-    forgotten_venvs: list[str] = field(default_factory=list)
-    views: int = 0
-
-
-@dataclass
-class VerifyReport:
-    objects_checked: int = 0
-    # digest -> problem ("missing", "modified", "writable")
-    problems: dict[str, str] = field(default_factory=dict)
-    # digest -> venvs whose selection uses it
-    affected_venvs: dict[str, list[str]] = field(default_factory=dict)
-    bad_records: list[str] = field(default_factory=list)
-    bytecode_checked: int = 0
-    # "<cache tag>/<source digest>" -> problem; the venvs using that source are in affected_venvs
-    bad_bytecode: dict[str, str] = field(default_factory=dict)
-    # Objects no record refers to (left by a crash, or by an ingest still running): no damage, and
-    # nothing any venv reads; space that `store gc` frees.
-    orphans: int = 0
-    orphan_bytes: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and not self.bad_records and not self.bad_bytecode
-
-
 class Store:
     """A store rooted at ``root``. Cheap to construct; ``open`` checks or creates its format."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         # Objects this Store object republished after finding them damaged (``_publish``,
-        # ``repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
+        # ``repairs.repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
         self.repaired: list[str] = []
 
     @classmethod
@@ -262,7 +225,7 @@ class Store:
             with self.collecting(wait=True):
                 referenced: set[tuple[str, bool]] = set()
                 for path in (self.root / "dists").glob("*.json"):
-                    referenced |= _digests_in_raw_record(path)
+                    referenced |= digests_in_raw_record(path)
                 for obj in published:
                     executable = obj.name.endswith(".x")
                     digest = obj.name.removesuffix(".x")
@@ -283,13 +246,13 @@ class Store:
     def object_path(self, digest: str, executable: bool = False) -> Path:
         return self.root / "objects" / digest[:2] / (digest + (".x" if executable else ""))
 
-    def _tmpfile(self) -> tuple[IO[bytes], str]:
+    def tmpfile(self) -> tuple[IO[bytes], str]:
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="obj.")
         return os.fdopen(fd, "wb"), tmp
 
     def put_stream(self, stream: BinaryIO, *, executable: bool = False, durable: bool = True) -> PutResult:
         """Store the content of ``stream``; returns its digest. Idempotent and safe to race."""
-        f, tmp = self._tmpfile()
+        f, tmp = self.tmpfile()
         try:
             h = hashlib.sha256()
             size = 0
@@ -340,10 +303,10 @@ class Store:
         if final.exists():
             # The caller holds these bytes under this digest (a wheel, a hashed file): the one moment a
             # damaged object can be put right for the price of one read, so the stored one is checked.
-            problem = self._check_object(final, digest)
+            problem = check_object(self.root, final, digest)
             if problem is None:
                 return PutResult(digest, size, new=False)
-            self._replace_object(None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
+            self.replace_object(None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
             return PutResult(digest, size, new=False, repaired=True)
         if needs_chunks(size) and not chunks_path(self.root, digest).exists():
             # Before the object: a mount never meets a large object it cannot check as it reads.
@@ -366,7 +329,7 @@ class Store:
             _PUBLISHED[self._key].append(final)
         return PutResult(digest, size, new=True)
 
-    def _replace_object(self, tmp: str | None, digest: str, size: int, executable: bool, problem: str) -> None:
+    def replace_object(self, tmp: str | None, digest: str, size: int, executable: bool, problem: str) -> None:
         """Publish the good bytes in ``tmp`` as object ``digest`` in place of a damaged one (``tmp``
         None: the object is right and only its chunk list is not).
 
@@ -393,67 +356,7 @@ class Store:
             os.replace(tmp, final)
         log.info("repaired object %s (%s)", digest, problem)
         self.repaired.append(digest)
-        self._log_repaired([digest])
-
-    def object_problem(self, digest: str, executable: bool) -> str | None:
-        """What is wrong with one stored object (as ``verify`` says it), None if nothing."""
-        return self._check_object(self.object_path(digest, executable), digest)
-
-    def repair_object(self, digest: str, executable: bool, source: Path) -> bool:
-        """Replace the damaged object ``digest`` by the content of ``source`` if that content has this
-        digest; False (nothing changed) if it has not. ``source`` may be the object itself when only
-        its mode or its chunk list is wrong."""
-        final = self.object_path(digest, executable)
-        problem = self._check_object(final, digest)
-        if problem is None:
-            return True
-        if problem == "chunk list damaged":
-            self._replace_object(None, digest, final.stat().st_size, executable, problem)
-            return True
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.stat(source), os.stat(final)) and problem != "writable":
-                return False  # the damaged inode itself (a hardlink of it) is no source
-        f, tmp = self._tmpfile()
-        try:
-            h = hashlib.sha256()
-            size = 0
-            with f, open(source, "rb") as src:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    f.write(chunk)
-                    size += len(chunk)
-            if h.hexdigest() != digest:
-                return False
-            final.parent.mkdir(exist_ok=True)
-            self._replace_object(tmp, digest, size, executable, problem)
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    @property
-    def repaired_log(self) -> Path:
-        return self.root / "repaired"
-
-    def _log_repaired(self, digests: Collection[str]) -> None:
-        # Appended (O_APPEND: one write per line is not interleaved with another writer's), never
-        # rewritten, so a daemon reading it concurrently sees whole lines of old and new repairs.
-        stamp = time.time_ns()
-        data = "".join(f"{d} {stamp}\n" for d in digests).encode()
-        fd = os.open(self.repaired_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-
-    def repaired_entries(self) -> set[str]:
-        """The lines of the repair log (each "<digest> <time_ns>"): a reader keeps those it has seen
-        and acts on the new ones."""
-        try:
-            text = self.repaired_log.read_text()
-        except FileNotFoundError:
-            return set()
-        return {line for line in text.splitlines() if line.count(" ") == 1}
+        log_repaired(self.root, [digest])
 
     def sync_objects(self) -> None:
         """Make objects written without fsync (content and names) durable before a record refers to
@@ -589,195 +492,42 @@ class Store:
                 executable = name.endswith(".x")
                 yield (name[:-2] if executable else name), executable, obj
 
-    def verify(self, venv_selections: dict[str, list[str]], *, progress: Callable[[int, int], None] | None = None
-               ) -> VerifyReport:
-        """Re-hash every object referenced by a record; name the venvs that use a damaged one.
 
-        ``venv_selections`` maps venv path to the dist keys it selects.
-        """
-        report = VerifyReport()
-        users: dict[str, set[str]] = {}
-        for venv, keys in venv_selections.items():
-            for key in keys:
-                users.setdefault(key, set()).add(venv)
-        wanted: dict[tuple[str, bool], set[str]] = {}
-        unreadable_refs: set[tuple[str, bool]] = set()
-        for key in self.dist_keys():
-            try:
-                record = self.get_dist(key)
-            except StoreError:
-                report.bad_records.append(key)
-                unreadable_refs |= _digests_in_raw_record(self.dist_path(key))
-                continue
-            for f in record.files:
-                if f.digest is not None:
-                    wanted.setdefault((f.digest, f.executable), set()).update(users.get(key, ()))
-        for digest, executable, path in self.iter_objects():
-            if (digest, executable) not in wanted and (digest, executable) not in unreadable_refs:
-                with contextlib.suppress(FileNotFoundError):
-                    report.orphan_bytes += self.disk_usage(path)
-                    report.orphans += 1
-        total = len(wanted)
-        for i, ((digest, executable), venvs) in enumerate(sorted(wanted.items())):
-            if progress:
-                progress(i, total)
-            path = self.object_path(digest, executable)
-            problem = self._check_object(path, digest)
-            report.objects_checked += 1
-            if problem:
-                report.problems[digest] = problem
-                report.affected_venvs[digest] = sorted(venvs)
-        sources = {digest: venvs for (digest, _), venvs in wanted.items()}
-        for pyc in sorted((self.root / "bytecode").glob("*/*/*.pyc")):
-            tag, digest = pyc.parent.parent.name, pyc.name[:-4]
-            source_size = next((p.stat().st_size for p in (self.object_path(digest), self.object_path(digest, True))
-                                if p.exists()), None)
-            problem = _check_bytecode(pyc, source_size, tag == sys.implementation.cache_tag)
-            report.bytecode_checked += 1
-            if problem:
-                report.bad_bytecode[f"{tag}/{digest}"] = problem
-                report.affected_venvs[digest] = sorted(sources.get(digest, ()))
-        return report
-
-    def _check_object(self, path: Path, digest: str) -> str | None:
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            return "missing"
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        whole = hashlib.sha256()
-        pieces = bytearray()
-        with open(path, "rb") as f:
-            while piece := f.read(CHUNK):
-                whole.update(piece)
-                pieces += hashlib.sha256(piece).digest()
-        if whole.hexdigest() != digest:
-            return "modified"
-        if needs_chunks(st.st_size):
-            listed = chunks_path(self.root, digest)
-            try:
-                if listed.read_bytes() != pieces:
-                    return "chunk list damaged"
-            except FileNotFoundError:
-                # Stored before chunk lists existed: the object is good, so its list can be made now
-                # (a mount checks such an object whole on its first read until then).
-                with contextlib.suppress(OSError):
-                    atomic_write_bytes(listed, bytes(pieces), mode=0o444, tmp_dir=self.root / "tmp")
-        if st.st_mode & 0o222:
-            return "writable"
-        return None
-
-    def gc(self, live_selections: dict[str, list[str]], *, dry_run: bool, live_views: Collection[str] = ()) -> GcReport:
-        """Remove records, objects, bytecode and cached views (other than ``live_views``) no live venv
-        references. Caller holds ``collecting()``."""
-        report = GcReport()
-        live_keys = {k for keys in live_selections.values() for k in keys}
-        live_objects: set[tuple[str, bool]] = set()
-        live_sources: set[str] = set()
-        for key in self.dist_keys():
-            try:
-                record = self.get_dist(key)
-            except StoreError:
-                continue  # unreadable: keep it and its objects for a human to look at
-            if key in live_keys:
-                for f in record.files:
-                    if f.digest is not None:
-                        live_objects.add((f.digest, f.executable))
-                        live_sources.add(f.digest)
-                continue
-            report.dists.append(key)
-            if not dry_run:
-                self.dist_path(key).unlink()
-        # Objects of unreadable records stay alive too.
-        for key in self.dist_keys():
-            if key in report.dists or key in live_keys:
-                continue
-            with contextlib.suppress(StoreError):
-                self.get_dist(key)
-                continue
-            live_objects.update(_digests_in_raw_record(self.dist_path(key)))
-        for digest, executable, path in list(self.iter_objects()):
-            if (digest, executable) in live_objects:
-                continue
-            report.objects += 1
-            report.bytes_freed += self.disk_usage(path)
-            if not dry_run:
-                path.unlink()
-        live_digests = {digest for digest, _ in live_objects}
-        for listed in list((self.root / "chunks").glob("*/*")):
-            if listed.name in live_digests:
-                continue
-            report.bytes_freed += self.disk_usage(listed)
-            if not dry_run:
-                listed.unlink(missing_ok=True)
-        for pyc in list((self.root / "bytecode").glob("*/*/*.pyc")):
-            if pyc.stem in live_sources:
-                continue
-            report.bytecode += 1
-            report.bytes_freed += self.disk_usage(pyc)
-            if not dry_run:
-                fsflags.unlink(pyc)  # a mount that links bytecode made it immutable
-        views = self.root / "views"
-        for view in list(views.iterdir()) if views.is_dir() else []:
-            # Cached views are written without the store lock (by mounting daemons) through a temporary
-            # dotfile beside them: only a day-old one is a crash's leftover.
-            if view.name.startswith("."):
-                with contextlib.suppress(OSError):
-                    if time.time() - view.lstat().st_mtime < 86400:
-                        continue
-            elif view.stem in live_views:
-                continue
-            report.views += 1
-            report.bytes_freed += self.disk_usage(view)
-            if not dry_run:
-                view.unlink(missing_ok=True)
-        if not dry_run:
-            for tmp in (self.root / "tmp").iterdir():
-                # Only gc holds the exclusive lock, so no writer owns these: leftovers of a crash.
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                else:
-                    tmp.unlink(missing_ok=True)
-            # Registry entries are staged beside them by venv commands, without the lock, as views are.
-            for tmp in (self.root / "venvs").glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    if time.time() - tmp.lstat().st_mtime >= 86400:
-                        tmp.unlink()
-        return report
-
-
-def _check_bytecode(path: Path, source_size: int | None, loadable_here: bool) -> str | None:
-    """A .pyc is named by its source, not by its own hash, and marshal output is not stable enough to
-    compare with a recompile. What is checked: read-only (mounts show it through a symlink), a
-    timestamp header for ``SOURCE_EPOCH`` and the source's size, and for this interpreter's cache tag
-    a payload that loads as a code object."""
+def check_object(root: Path, path: Path, digest: str) -> str | None:
+    """What is wrong with the object at ``path`` (stored as ``digest`` in the store at ``root``), None
+    if nothing: "missing", "not a regular file", "modified", "chunk list damaged", "writable"."""
     try:
         st = path.lstat()
-        data = path.read_bytes()
     except FileNotFoundError:
         return "missing"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
+    whole = hashlib.sha256()
+    pieces = bytearray()
+    with open(path, "rb") as f:
+        while piece := f.read(CHUNK):
+            whole.update(piece)
+            pieces += hashlib.sha256(piece).digest()
+    if whole.hexdigest() != digest:
+        return "modified"
+    if needs_chunks(st.st_size):
+        listed = chunks_path(root, digest)
+        try:
+            if listed.read_bytes() != pieces:
+                return "chunk list damaged"
+        except FileNotFoundError:
+            # Stored before chunk lists existed: the object is good, so its list can be made now
+            # (a mount checks such an object whole on its first read until then).
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(listed, bytes(pieces), mode=0o444, tmp_dir=root / "tmp")
     if st.st_mode & 0o222:
         return "writable"
-    if len(data) < 16:
-        return "truncated"
-    flags, mtime, size = struct.unpack("<III", data[4:16])
-    if flags != 0 or mtime != SOURCE_EPOCH or (source_size is not None and size != source_size & 0xFFFFFFFF):
-        return "modified"
-    if loadable_here:
-        if data[:4] != importlib.util.MAGIC_NUMBER:
-            return "modified"
-        try:
-            if not isinstance(marshal.loads(data[16:]), types.CodeType):
-                return "modified"
-        except (ValueError, EOFError, TypeError):
-            return "modified"
     return None
 
 
-def _digests_in_raw_record(path: Path) -> set[tuple[str, bool]]:
+def digests_in_raw_record(path: Path) -> set[tuple[str, bool]]:
+    """The objects a record names, read leniently from a record that does not parse as one: gc and
+    verify keep and count them."""
     try:
         data = read_json(path)
         return {(f["digest"], bool(f.get("executable"))) for f in data.get("files", []) if "digest" in f}

@@ -27,7 +27,9 @@ from typing import Any, Literal
 
 from venvfs.errors import Busy, StateDamaged, VenvError
 from venvfs.fsutil import read_json
-from venvfs.store.store import GcReport, RegistryEntry, Store
+from venvfs.store import gc
+from venvfs.store.gc import GcReport
+from venvfs.store.store import RegistryEntry, Store
 from venvfs.venv.venv import Venv, VenvState, new_venv_id, state_problem
 
 Condition = Literal["live", "missing", "damaged", "replaced", "elsewhere"]
@@ -272,8 +274,8 @@ def collect(store: Store, plan: GcPlan, *, dry_run: bool) -> GcReport:
     ``store.collecting()``."""
     from venvfs.venv.view import view_cache_key
 
-    report = store.gc({p: s.selection for p, s in plan.live.items()}, dry_run=dry_run,
-                      live_views={view_cache_key(s) for s in plan.live.values()})
+    report = gc.collect(store, {p: s.selection for p, s in plan.live.items()}, dry_run=dry_run,
+                        live_views={view_cache_key(s) for s in plan.live.values()})
     if not dry_run:
         for v in plan.forget:
             store.forget_venv(v.entry)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from venvfs.errors import VenvfsError
 from venvfs.store.records import DistRecord, StoredFile
-from venvfs.store.store import Store, VerifyReport
+from venvfs.store.repairs import object_problem, repair_object
+from venvfs.store.store import Store
+from venvfs.store.verify import VerifyReport
 from venvfs.venv.materialize import destination
 from venvfs.venv.venv import Venv, VenvState
 
@@ -52,7 +54,7 @@ def repair(store: Store, report: VerifyReport, states: dict[str, VenvState]) -> 
         uses = users.get(digest, [])
         source: str | None = None
         for executable in sorted({f.executable for _, f in uses}):
-            if store.object_problem(digest, executable) is None:
+            if object_problem(store, digest, executable) is None:
                 continue
             candidates = _candidates(store, digest, executable, uses, states)
             with contextlib.suppress(OSError):
@@ -74,7 +76,7 @@ def repair(store: Store, report: VerifyReport, states: dict[str, VenvState]) -> 
 def _repair_one(store: Store, digest: str, executable: bool, candidates: list[Path]) -> str | None:
     for candidate in candidates:
         with contextlib.suppress(OSError):
-            if store.repair_object(digest, executable, candidate):
+            if repair_object(store, digest, executable, candidate):
                 return str(candidate)
     return None
 
