@@ -6,6 +6,8 @@ inside a function or under ``TYPE_CHECKING`` counts as much as one at the top of
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +146,16 @@ def test_the_walk_sees_every_kind_of_import(tmp_path: Path, source: str, expecte
 
 def test_a_circle_is_found() -> None:
     assert strongly_connected({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}})[0] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("argv", [
+    # What venvs set up before the package was laid out by layer still run: hooks and .pth files
+    # run ``python -m venvfs`` or ``from venvfs.cli import main``, and a venvfs upgraded while it
+    # started a daemon finds ``python -m venvfs.daemon``.
+    ["-m", "venvfs", "--version"],
+    ["-c", "import sys; from venvfs.cli import main; sys.exit(main())", "--version"],
+    ["-m", "venvfs.daemon", "--help"],
+])
+def test_old_entry_points_still_run(argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert proc.returncode == 0, proc.stderr

@@ -12,4 +12,8 @@ One idea per module:
 - ``probes``: the timed measurements (import, walk, read, pip install, daemon RSS)
 - ``runner``: the interleaved schedule that ties them together
 - ``report``: terminal table, JSON and Markdown; ``plot``: the PNG chart
+
+It drives venvfs as a user does, through its command line in subprocesses, so it imports nothing
+of venvfs but the package itself (its path and version); only the CLI (``venvfs.cli.bench``)
+imports it.
 """
