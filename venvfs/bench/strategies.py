@@ -400,7 +400,7 @@ class VenvfsMount(_Venvfs):
             force_unmount(str(trees.site_packages(venv)))
 
     def daemon_pid(self, venv: Path) -> int | None:
-        # daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
+        # venvfs/mount/daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             pid = int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["pid"])
             if Path(f"/proc/{pid}").exists():

@@ -80,7 +80,7 @@ def _targets(args: argparse.Namespace) -> list[Path]:
 
 
 def _store_for(args: argparse.Namespace, path: Path, *, create: bool = False) -> Store:
-    """The venv's own store unless --store says otherwise (see cli_common.open_store_for); a damaged
+    """The venv's own store unless --store says otherwise (see cli.common.open_store_for); a damaged
     state is for the command to handle (mount repairs it, umount does without it)."""
     venv = Venv(path)
     return (open_store_for(args, venv, create=create, damaged_ok=True) if (venv.root / "pyvenv.cfg").exists()

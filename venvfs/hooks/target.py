@@ -59,7 +59,7 @@ class HookTarget:
 
     @property
     def switch_marker(self) -> Path:
-        """Present while a switch to the mounted layout is unfinished (see layout.py)."""
+        """Present while a switch to the mounted layout is unfinished (see venvfs/venv/layout.py)."""
         return self.venv / ".venvfs" / SWITCH_MARKER
 
     @property

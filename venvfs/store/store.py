@@ -403,7 +403,7 @@ class Store:
     # -- cached views ------------------------------------------------------------------------------
 
     def view_cache_path(self, key: str) -> Path:
-        """The cached tree of one selection (``venvfs.view``): a cache, rebuilt when missing."""
+        """The cached tree of one selection (``venvfs.venv.view``): a cache, rebuilt when missing."""
         return self.root / "views" / f"{key}.marshal"
 
     # -- bytecode ----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class StoreStatus:
 
 def live_selections(store: Store) -> dict[str, VenvState]:
     """The selections of the venvs registered in the store that still count on it: read from each
-    venv, or from the registry's copy when it is missing, moved or damaged (see ``venvfs.registry``)."""
+    venv, or from the registry's copy when it is missing, moved or damaged (see ``venvfs.venv.registry``)."""
     from venvfs.venv.registry import kept_selections, registered
 
     return kept_selections(registered(store))

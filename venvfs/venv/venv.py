@@ -237,7 +237,7 @@ class Venv:
 
     def read_state(self) -> VenvState:
         """The venv's state; ``StateDamaged`` when the file is not one venvfs wrote (see
-        ``venvfs.registry`` for the cross-check with the store and the repair)."""
+        ``venvfs.venv.registry`` for the cross-check with the store and the repair)."""
         path = self.state_path
         try:
             return VenvState.from_json(read_json(path))
