@@ -212,6 +212,25 @@ def _fusermount_unmount(mp: Path) -> None:
         raise MountError(f"cannot unmount {mp}: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
+def _unmount_below(root: Path) -> bool:
+    """Lazily unmount every venvfs mount at or below ``root``; its daemon exits once detached."""
+    prefix = os.path.abspath(root).rstrip("/") + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    points = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        point = _unescape(fields[4]) if len(fields) >= 5 else ""
+        if right.split()[:1] == ["fuse.venvfs"] and (point + "/").startswith(prefix):
+            points.append(Path(point))
+    for mp in sorted(points, key=lambda p: len(p.parts), reverse=True):
+        _fusermount_unmount(mp)
+    return bool(points)
+
+
 def clear_dead_mount(venv: Venv) -> None:
     """A daemon that died left 'Transport endpoint is not connected' behind: unmount it."""
     pid = daemon_pid(venv)
@@ -730,7 +749,14 @@ def unmount(venv: Venv) -> bool:
 def umount(path: Path, store: Store | None = None, *, materialize: bool = False) -> bool:
     """Unmount ``path``'s site-packages (also with files open); True if something was mounted.
     With ``materialize`` the venv returns to the materialized layout (real files)."""
-    venv = Venv.open(path)
+    try:
+        venv = Venv.open(path)
+    except VenvError:
+        if materialize:
+            raise
+        # No venv any more (`rm -rf` of a mounted venv removes pyvenv.cfg and the upper layer, and
+        # leaves the mount behind, busy): still unmount every venvfs mount below ``path``.
+        return _unmount_below(Path(path))
     with venv.locked(wait=True):
         if materialize and venv.is_managed:
             state = venv.read_state()
