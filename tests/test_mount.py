@@ -641,3 +641,16 @@ def test_fallback_when_fuse_is_disabled(require_fuse: None, store: Store, make_v
     assert "fusermount3" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     out = subprocess.run([str(venv.python), "-c", "import demo.sub.helpers"], check=True)
     assert out.returncode == 0
+
+
+def test_umount_after_the_venv_was_deleted_under_its_mount(mounted: Venv, run_venvfs: Run) -> None:
+    """`rm -rf` of a mounted venv removes pyvenv.cfg and the upper layer but cannot remove the busy
+    mount point: `venvfs umount` must still take the mount away, so the rest can be deleted."""
+    sp = mounted.site_packages
+    shutil.rmtree(mounted.state_dir / "upper", ignore_errors=True)
+    (mounted.root / "pyvenv.cfg").unlink()
+    assert daemon.mounted_fstype(sp) == "fuse.venvfs"
+    proc = run_venvfs("umount", str(mounted.root))
+    assert proc.returncode == 0
+    assert daemon.mounted_fstype(sp) is None
+    shutil.rmtree(mounted.root)

@@ -44,7 +44,7 @@ from venvfs.store.store import Store
 # Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
 from venvfs.venv.mountinfo import MountState as MountState
 from venvfs.venv.mountinfo import daemon_pid as daemon_pid
-from venvfs.venv.mountinfo import drop_path, info_path, lock_path
+from venvfs.venv.mountinfo import drop_path, info_path, lock_path, venvfs_mounts_below
 from venvfs.venv.mountinfo import log_path as log_path
 from venvfs.venv.mountinfo import mount_state as mount_state
 from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
@@ -131,6 +131,14 @@ def _fusermount_unmount(mp: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and mounted_fstype(mp) is not None:
         raise MountError(f"cannot unmount {mp}: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def _unmount_below(root: Path) -> bool:
+    """Lazily unmount every venvfs mount at or below ``root``; its daemon exits once detached."""
+    points = venvfs_mounts_below(root)
+    for mp in points:
+        _fusermount_unmount(mp)
+    return bool(points)
 
 
 def clear_dead_mount(venv: Venv) -> None:
@@ -650,7 +658,14 @@ def unmount(venv: Venv) -> bool:
 def umount(path: Path, store: Store | None = None, *, materialize: bool = False) -> bool:
     """Unmount ``path``'s site-packages (also with files open); True if something was mounted.
     With ``materialize`` the venv returns to the materialized layout (real files)."""
-    venv = Venv.open(path)
+    try:
+        venv = Venv.open(path)
+    except VenvError:
+        if materialize:
+            raise
+        # No venv any more (`rm -rf` of a mounted venv removes pyvenv.cfg and the upper layer, and
+        # leaves the mount behind, busy): still unmount every venvfs mount below ``path``.
+        return _unmount_below(Path(path))
     with venv.locked(wait=True):
         if materialize and venv.is_managed:
             state = venv.read_state()

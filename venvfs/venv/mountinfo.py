@@ -76,6 +76,23 @@ def mounted_fstype(mountpoint: Path) -> str | None:
     return found
 
 
+def venvfs_mounts_below(root: Path) -> list[Path]:
+    """Every venvfs mount point at or below ``root``, deepest first (the order to unmount in)."""
+    prefix = os.path.abspath(root).rstrip("/") + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        point = _unescape(fields[4]) if len(fields) >= 5 else ""
+        if right.split()[:1] == ["fuse.venvfs"] and (point + "/").startswith(prefix):
+            points.append(Path(point))
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)
+
+
 def daemon_pid(venv: Venv) -> int | None:
     """The pid of this venv's running daemon (it holds the daemon lock), else None."""
     path = lock_path(venv)
