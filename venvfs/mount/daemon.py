@@ -30,14 +30,15 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import venvfs
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, open_lock, read_json
+from venvfs.mount.loop import DirectLoop, import_pyfuse3
 from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
 
@@ -179,7 +180,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
     use_trio = os.environ.get(LOOP_ENV) != "direct"
     direct = None if use_trio else DirectLoop()
     try:
-        pyfuse3 = _import_pyfuse3(direct)
+        pyfuse3 = import_pyfuse3(direct)
         trio = importlib.import_module("trio") if use_trio else None  # untyped before trio 0.23
     except ImportError as e:  # e.g. pyfuse3 installed but libfuse3.so missing
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
@@ -311,149 +312,6 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 1
     finally:
         os.close(lock_fd)
-
-
-class _ClosedResourceError(Exception):
-    pass
-
-
-class _NoLock:
-    """One reader only: the lock pyfuse3 takes around waiting for the FUSE fd guards nothing here."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-class _Task:
-    name = "venvfs-fuse"
-
-
-class _Nursery:
-    """Runs what is started in it one after another, at the end of the ``async with`` (pyfuse3 starts
-    one worker; with ``max_tasks=1`` it never starts a second)."""
-
-    def __init__(self) -> None:
-        self._tasks: list[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = []
-
-    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object, name: object = None) -> None:
-        self._tasks.append((fn, args))
-
-    async def __aenter__(self) -> _Nursery:
-        return self
-
-    async def __aexit__(self, exc_type: object, *exc: object) -> None:
-        while exc_type is None and self._tasks:
-            fn, args = self._tasks.pop(0)
-            await fn(*args)
-
-
-class DirectLoop:
-    """The event loop pyfuse3 runs on, in place of trio: one task that blocks in ``poll`` on the FUSE
-    fd and the signal wakeup pipe, and then handles the request to its end (no handler of ours ever
-    waits for anything). pyfuse3 calls it as its ``trio`` module (``pyfuse3.asyncio`` uses the same
-    hook). Per request: one ``poll`` that returns at once when a request is queued, against trio's
-    lock, epoll registration and scheduler pass. It also spares the daemon importing trio (~0.1 s).
-
-    Signals are queued by their handlers and dealt with between requests, never inside one.
-    """
-
-    ClosedResourceError = _ClosedResourceError
-    Lock = _NoLock
-
-    def __init__(self) -> None:
-        self.lowlevel = self
-        self.from_thread = self
-        self._closing = False
-        self._pending: list[int] = []
-        self._on_signal: Callable[[int], None] = lambda signum: None
-        self._poll: select.poll | None = None
-        self._wake = -1
-
-    # -- what pyfuse3 calls ------------------------------------------------------------------------
-
-    def current_trio_token(self) -> str:
-        return "venvfs"
-
-    def current_task(self) -> _Task:
-        return _Task()
-
-    def open_nursery(self) -> _Nursery:
-        return _Nursery()
-
-    def notify_closing(self, fd: int) -> None:
-        self._closing = True
-
-    async def wait_readable(self, fd: int) -> None:
-        poll = self._poll
-        if poll is None:
-            poll = self._poll = select.poll()
-            poll.register(fd, select.POLLIN)
-            poll.register(self._wake, select.POLLIN)
-        while True:
-            while self._pending:
-                self._on_signal(self._pending.pop(0))
-            if self._closing:
-                raise _ClosedResourceError
-            ready = False
-            for rfd, _ in poll.poll():
-                if rfd == fd:
-                    ready = True
-                else:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake, 4096)
-            if ready and not self._pending:
-                return
-
-    # -- the daemon's side --------------------------------------------------------------------------
-
-    def run(self, pyfuse3: Any, on_signal: Callable[[int], None], ready: Callable[[str], None]) -> None:
-        """Serve until ``pyfuse3.terminate()`` (a SIGTERM/SIGINT, through ``on_signal``) or an unmount."""
-        self._on_signal = on_signal
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake = r
-        signums = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-        old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        old = {s: signal.signal(s, lambda signum, frame: self._pending.append(signum)) for s in signums}
-        try:
-            ready("ok")
-            coro = pyfuse3.main(min_tasks=1, max_tasks=1)
-            try:
-                coro.send(None)
-            except StopIteration:
-                pass
-            else:
-                coro.close()
-                raise RuntimeError("a FUSE request handler waited for something; the direct loop cannot")
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-            signal.set_wakeup_fd(old_wakeup)
-            os.close(r)
-            os.close(w)
-            self._poll = None
-
-
-def _import_pyfuse3(direct: DirectLoop | None) -> Any:
-    """pyfuse3, running on ``direct`` (when given) instead of trio, which then is not even imported:
-    pyfuse3 imports trio when it loads, so a stand-in sits in ``sys.modules`` just for that."""
-    if direct is None:
-        import pyfuse3
-
-        pyfuse3.trio = importlib.import_module("trio")  # type: ignore[attr-defined]
-        return pyfuse3
-    stand_in = "trio" not in sys.modules
-    if stand_in:
-        sys.modules["trio"] = direct  # type: ignore[assignment]
-    try:
-        import pyfuse3
-    finally:
-        if stand_in:
-            del sys.modules["trio"]
-    pyfuse3.trio = direct  # type: ignore[attr-defined]
-    return pyfuse3
 
 
 def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
