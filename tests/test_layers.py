@@ -128,6 +128,21 @@ def test_no_import_circles() -> None:
     assert not circles, "\n".join(" <-> ".join(c) for c in circles)
 
 
+# House rule: no class longer than one can hold in one's head (about 400 lines).
+MAX_CLASS_LINES = 420
+
+
+def test_no_class_is_too_long_to_read() -> None:
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_CLASS_LINES:
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert not long, "split these: " + "; ".join(long)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("import venvfs.mount.daemon\n", ["venvfs.mount.daemon"]),
     ("def f():\n    from venvfs.mount import daemon\n", ["venvfs.mount.daemon"]),
