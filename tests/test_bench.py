@@ -285,3 +285,20 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps(missing))
     assert goals.main([str(tmp_path / "x.json")]) == 2
     assert all(v.status == "unavailable" for v in goals.check({"main": missing, "scale": None}))
+
+
+def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # uv and pip installing the set into a new venv until settled: plain venv against a venvfs mount.
+    data, _ = quick_run
+    by_name = {s["name"]: s for s in data["strategies"]}
+    native, venvfs = by_name["native"]["metrics"], by_name["venvfs"]["metrics"]
+    for key in ("uv_install_s", "uv_settled_bytes", "uv_peak_bytes",
+                "pip_wheelhouse_s", "pip_settled_bytes", "pip_peak_bytes"):
+        assert "median" in native[key], (key, native.get(key))
+        assert "median" in venvfs[key], (key, venvfs.get(key))
+    assert "ratio_to_native" in venvfs["uv_install_s"]
+    for who in (native, venvfs):
+        for tool in ("uv", "pip"):
+            assert who[f"{tool}_settled_bytes"]["median"] <= who[f"{tool}_peak_bytes"]["median"]
+    # Settled means deduplicated: the mounted venv keeps no copy of what the store holds.
+    assert venvfs["pip_settled_bytes"]["median"] < 1e6, venvfs["pip_settled_bytes"]

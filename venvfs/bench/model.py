@@ -23,7 +23,13 @@ METRICS: dict[str, tuple[str, str]] = {
     "walk_cold_s": ("s", "os.walk + lstat of site-packages, cold"),
     "read_warm_mbps": ("MB/s", "sequential read of the largest file, warm"),
     "read_cold_mbps": ("MB/s", "sequential read of the largest file, cold"),
+    "uv_install_s": ("s", "uv pip install of the set into a new venv, until settled (in the store)"),
+    "uv_settled_bytes": ("bytes", "disk the uv-installed venv keeps once settled (statfs delta)"),
+    "uv_peak_bytes": ("bytes", "peak disk while uv installed and venvfs settled (statfs delta)"),
     "pip_install_s": ("s", "pip install of one more small package"),
+    "pip_wheelhouse_s": ("s", "pip install of the set from the wheelhouse into a new venv, until settled"),
+    "pip_settled_bytes": ("bytes", "disk the pip-installed venv keeps once settled (statfs delta)"),
+    "pip_peak_bytes": ("bytes", "peak disk while pip installed and venvfs settled (statfs delta)"),
     "daemon_rss_bytes": ("bytes", "resident memory of the filesystem daemon after the runs"),
     "daemon_hwm_bytes": ("bytes", "peak resident memory of the filesystem daemon"),
 }

@@ -22,6 +22,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("read warm", "read_warm_mbps"),
     ("read cold", "read_cold_mbps"),
     ("pip install", "pip_install_s"),
+    ("uv install", "uv_install_s"),
+    ("uv settled", "uv_settled_bytes"),
+    ("pip install set", "pip_wheelhouse_s"),
+    ("pip settled", "pip_settled_bytes"),
     ("daemon RSS", "daemon_rss_bytes"),
 ]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from venvfs.bench import probes, trees
+from venvfs.bench import installs, probes, trees
 from venvfs.bench.model import Report, StrategyResult
 from venvfs.bench.scratch import Scratch, usage
 from venvfs.bench.strategies import Site, Strategy, all_strategies
@@ -38,11 +38,13 @@ class Settings:
     python: str = sys.executable
     loop: bool = True
     lock: bool = True
+    installs: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"strategies": self.strategies, "venvs": self.venvs, "reps": self.reps, "cold": self.cold,
                 "quick": self.quick, "scratch": str(self.scratch) if self.scratch else None,
-                "python": self.python, "loop_images": self.loop}
+                "python": self.python, "loop_images": self.loop,
+                "installs": self.installs}
 
 
 @dataclass
@@ -135,6 +137,7 @@ def _run(settings: Settings, workload: Workload, scratch: Scratch, say: Say) -> 
         if not native.venvs:
             raise RuntimeError("no native venv could be created: " + str(native.result.unavailable))
         _runtime(live, settings, workload, dropper, say)
+        _installs(live, settings, say)
     finally:
         for lv in live:
             for venv in lv.venvs:
@@ -287,3 +290,12 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
                 lv.result.metric("daemon_hwm_bytes").add(float(hwm))
             except probes.ProbeError as e:
                 lv.result.metric("daemon_rss_bytes").fail(str(e))
+
+
+def _installs(live: list[_Live], settings: Settings, say: Say) -> None:
+    """The daily path (uv or pip into a new venv, until settled), where venvfs mounted takes part."""
+    native = live[0]
+    mounted = next((lv for lv in live if lv.strategy.name == "venvfs" and lv.ok), None)
+    if not settings.installs or mounted is None or mounted.site is not native.site or native.site is None:
+        return
+    installs.measure(native.site, native.result, mounted.result, settings.reps, say)

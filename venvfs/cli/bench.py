@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny generated workload, fewer repetitions, no cold runs: finishes in seconds")
     p.add_argument("--no-cold", action="store_true", help="skip the cold runs (no page-cache drops)")
+    p.add_argument("--no-installs", action="store_true",
+                   help="skip the daily-path metric: uv and pip installing the set into a new venv until "
+                        "settled, plain venv against a venvfs mount")
     p.add_argument("--no-loop", action="store_true",
                    help="no loop-mounted images even as root (statfs deltas then come from a shared filesystem)")
     p.add_argument("--scratch", type=Path, metavar="DIR",
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     settings = runner.Settings(
         strategies=strategies, venvs=venvs, reps=reps, cold=not args.no_cold, quick=args.quick,
         scratch=args.scratch, python=args.python, loop=not args.no_loop, lock=not args.quick,
+        installs=not args.no_installs,
     )
 
     def make(workdir: Path) -> workload.Workload:

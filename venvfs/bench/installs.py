@@ -1,0 +1,145 @@
+"""The daily path: installing the workload into a new, empty venv with uv or pip, until settled.
+
+The reference is a plain venv and ``uv pip install`` with uv's default link mode (hardlinks from uv's
+warm cache on the same filesystem), or ``pip install`` from the wheelhouse. venvfs is an empty venv
+mounted by venvfs, the same command through the mount, then settled: the distributions are in the
+store and the upper copies dropped (``venvfs commit``, the synchronous form of what venvfs does by
+itself after an install). The store already holds the workload (the run adopted it once, as a user's
+earlier projects would have), as uv's cache is warm.
+
+Per pair, native and venvfs alternating: wall time until settled, the filesystem's used bytes after
+settling (statfs delta: the venv's own disk, whatever it is made of), and the peak of that delta
+while the install ran (sampled every 20 ms; ext4 counts delayed-allocation reservations as used, so
+no sync is needed between samples). What the installer printed on stderr (uv's "Failed to hardlink"
+warning, say) is kept as a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from venvfs.bench import trees
+from venvfs.bench.model import StrategyResult
+from venvfs.bench.scratch import usage
+from venvfs.bench.strategies import Site, venvfs_argv, venvfs_env
+
+Say = Callable[[str], None]
+INSTALLERS = ("uv", "pip")
+
+
+@dataclass
+class Sample:
+    seconds: float
+    settled_bytes: float
+    peak_bytes: float
+    stderr: str
+
+
+class _PeakUsage:
+    """The highest used-bytes delta of a filesystem while the block runs, sampled in a thread."""
+
+    def __init__(self, root: Path, base: int) -> None:
+        self.root, self.base, self.peak = root, base, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        import os
+
+        while not self._stop.wait(0.02):
+            st = os.statvfs(self.root)
+            self.peak = max(self.peak, (st.f_blocks - st.f_bfree) * st.f_frsize - self.base)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        thread = threading.Thread(target=self._sample, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+def _install_argv(site: Site, installer: str, venv: Path) -> list[str]:
+    wl = site.workload
+    python = str(venv / "bin" / "python")
+    if installer == "uv":
+        uv = trees.uv_binary()
+        assert uv is not None
+        # uv's default link mode, as a user types it: hardlink, which a FUSE mount refuses (EXDEV).
+        return [uv, "pip", "install", "-q", "--offline", "--no-index", "--find-links", str(wl.wheelhouse),
+                "--python", python, *wl.requirements]
+    return [site.python, "-m", "pip", "--python", python, "install", "-q", "--isolated", "--no-index",
+            "--find-links", str(wl.wheelhouse), *wl.requirements]
+
+
+def _run(argv: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-3:])
+        raise RuntimeError(f"{what} exited {proc.returncode}: {tail[:400]}")
+    return proc.stderr.strip()
+
+
+def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sample:
+    """One venv from nothing to settled; the venv is removed again afterwards."""
+    env = venvfs_env(site)
+    before = usage(site.fs.root).bytes
+    peak = _PeakUsage(site.fs.root, before)
+    start = time.perf_counter()
+    try:
+        with peak.watching():
+            trees.make_skeleton(site.python, venv)
+            if mounted:
+                _run([*venvfs_argv(), "adopt", "--no-hooks", str(venv)], env, "venvfs adopt")
+                _run([*venvfs_argv(), "mount", "--mode", "fuse", str(venv)], env, "venvfs mount")
+            stderr = _run(_install_argv(site, installer, venv), site.env(), f"{installer} install")
+            if mounted:
+                _run([*venvfs_argv(), "commit", str(venv)], env, "venvfs commit")
+        seconds = time.perf_counter() - start
+        settled = usage(site.fs.root).bytes - before
+    finally:
+        if mounted:
+            subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=env)
+        shutil.rmtree(venv, ignore_errors=True)
+    return Sample(seconds, float(max(settled, 0)), float(max(peak.peak, settled, 0)), stderr)
+
+
+def measure(site: Site, native: StrategyResult, venvfs: StrategyResult, reps: int, say: Say) -> None:
+    """``reps`` interleaved pairs per installer: plain venv against a venvfs mount."""
+    work = site.fs.root / "installs"
+    work.mkdir(exist_ok=True)
+    for installer in INSTALLERS:
+        if installer == "uv" and trees.uv_binary() is None:
+            for result in (native, venvfs):
+                result.metric("uv_install_s").fail("uv is not installed")
+            continue
+        # "pip_install_s" is the older metric of one more small package into an existing venv.
+        keys = ("uv_install_s" if installer == "uv" else "pip_wheelhouse_s", f"{installer}_settled_bytes",
+                f"{installer}_peak_bytes")
+        say(f"venvfs: {installer} install of the set into a new venv, until settled ({reps} pairs with native)")
+        warned: set[str] = set()
+        try:
+            for rep in range(reps):
+                order = (False, True) if rep % 2 == 0 else (True, False)
+                got = {m: install_once(site, installer, work / f"{installer}-{rep}-{int(m)}", mounted=m)
+                       for m in order}
+                base, other = got[False], got[True]
+                for key, attr in zip(keys, ("seconds", "settled_bytes", "peak_bytes"), strict=True):
+                    native.metric(key).add(getattr(base, attr))
+                    venvfs.metric(key).add(getattr(other, attr), getattr(base, attr) or None)
+                if other.stderr:
+                    warned.add(other.stderr.splitlines()[0][:200])
+        except Exception as e:  # one installer's failure is reported; the run goes on
+            for key in keys:
+                venvfs.metric(key).fail(str(e)[:400])
+            continue
+        if warned:
+            venvfs.metric(keys[0]).note = f"{installer} printed: " + " / ".join(sorted(warned))
