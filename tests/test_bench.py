@@ -181,10 +181,12 @@ def test_metric_refuses_non_measurements() -> None:
 
 def test_report_footnotes_failures() -> None:
     native = StrategyResult("native", "native")
-    native.metric("create_s").add(1.0)
+    for _ in range(3):
+        native.metric("create_s").add(1.0)
     native.metric("import_cold_s").fail("dropping the page cache needs root")
     other = StrategyResult("copy", "copy")
-    other.metric("create_s").add(0.5, 1.0)
+    for _ in range(3):
+        other.metric("create_s").add(0.5, 1.0)
     other.metric("import_cold_s").fail("dropping the page cache needs root")
     missing = StrategyResult("reflink", "reflink", unavailable="ext4 does not support reflinks")
     rep = Report({"versions": {}}, {"name": "t"}, {}, [native, other, missing])
@@ -302,3 +304,45 @@ def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> N
             assert who[f"{tool}_settled_bytes"]["median"] <= who[f"{tool}_peak_bytes"]["median"]
     # Settled means deduplicated: the mounted venv keeps no copy of what the store holds.
     assert venvfs["pip_settled_bytes"]["median"] < 1e6, venvfs["pip_settled_bytes"]
+
+
+def test_quick_shows_no_ratio_from_one_pair(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # One pair's ratio next to medians of other runs misleads (issue 17): the table leaves it out
+    # and says why; the JSON keeps it.
+    data, out = quick_run
+    stdout = (out / "stdout.txt").read_text()
+    table = stdout.split("median over repetitions")[0]
+    assert "x)" not in table, table
+    assert report.FEW_PAIRS in stdout
+    assert report.FEW_PAIRS in (out / "r.md").read_text()
+    venvfs = next(s for s in data["strategies"] if s["name"] == "venvfs")
+    assert "ratio_to_native" in venvfs["metrics"]["import_warm_s"]
+
+
+def test_clean_removes_the_downloaded_wheels(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    wheels_dir = cache / "venvfs" / "bench" / "sci-cp311"
+    wheels_dir.mkdir(parents=True)
+    (wheels_dir / "numpy-2.0-cp311-none-any.whl").write_bytes(b"x" * 4_000_000)
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "bench", "--clean"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed" in proc.stdout and "4 MB" in proc.stdout, proc.stdout
+    assert not (cache / "venvfs" / "bench").exists()
+    again = subprocess.run([sys.executable, "-m", "venvfs", "bench", "--clean"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_plot_without_matplotlib_names_the_package(tmp_path: Path) -> None:
+    # A Python that cannot import matplotlib is told which package to install, and where.
+    blocker = tmp_path / "blocked" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "bench", "--quick", "--plot", str(tmp_path / "p.png")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "matplotlib" in proc.stderr and "-m pip install matplotlib" in proc.stderr
+    assert "venvfs[plot]" not in proc.stderr

@@ -66,6 +66,11 @@ class Footnotes:
         return f"n/a[{self.reasons.index(reason) + 1}]"
 
 
+# A ratio from one or two pairs is one noisy sample, and next to a median taken over other runs it can
+# even point the other way: the table shows ratios from this many pairs up (the JSON has them all).
+MIN_PAIRS_FOR_RATIO = 3
+
+
 def cell(metric: Metric | None, notes: Footnotes, *, native: bool) -> str:
     if metric is None:
         return "-"
@@ -73,9 +78,17 @@ def cell(metric: Metric | None, notes: Footnotes, *, native: bool) -> str:
         return notes.ref(metric.unavailable or "no sample was taken")
     assert metric.median is not None
     text = fmt_value(metric.unit, metric.median)
-    if metric.ratio is not None and not native:
+    if metric.ratio is not None and not native and len(metric.ratios) >= MIN_PAIRS_FOR_RATIO:
         text += f" ({fmt_ratio(metric.ratio)})"
     return text
+
+
+def _few_pairs(report: Report) -> bool:
+    return any(0 < len(m.ratios) < MIN_PAIRS_FOR_RATIO for s in report.strategies for m in s.metrics.values())
+
+
+FEW_PAIRS = (f"ratios are shown only where at least {MIN_PAIRS_FOR_RATIO} pairs were measured "
+             "(--reps, --venvs); the JSON report has every pair's ratio.")
 
 
 def _columns(strategies: list[StrategyResult]) -> list[tuple[str, str]]:
@@ -104,7 +117,7 @@ def _range_line(s: StrategyResult) -> str:
             continue
         lo, hi = min(m.samples), max(m.samples)
         part = f"{title} {fmt_value(m.unit, lo)}..{fmt_value(m.unit, hi)}"
-        if m.ratios and s.name != "native":
+        if len(m.ratios) >= MIN_PAIRS_FOR_RATIO and s.name != "native":
             part += f" ({fmt_ratio(min(m.ratios))}..{fmt_ratio(max(m.ratios))})"
         parts.append(part)
     return "; ".join(parts)
@@ -121,6 +134,8 @@ def terminal(report: Report) -> str:
     lines.append("")
     lines.append("median over repetitions; (Nx) = median of per-pair ratios to native, measured interleaved "
                  "in this run; read is MB/s (higher is better), everything else lower is better.")
+    if _few_pairs(report):
+        lines.append(FEW_PAIRS)
     ranges = [(s.name, _range_line(s)) for s in report.strategies if s.unavailable is None]
     if any(r for _, r in ranges):
         lines.append("min..max:")
@@ -169,6 +184,9 @@ def markdown(report: Report, command: str | None = None) -> str:
                  "measured interleaved in the same run. Read is throughput (higher is better); every "
                  "other column is lower-is-better. Extra disk and inodes are statfs deltas after "
                  "creating one more venv and importing the set once in it.")
+    if _few_pairs(report):
+        lines.append("")
+        lines.append(FEW_PAIRS)
     lines.append("")
     for s in report.strategies:
         if s.unavailable is None:

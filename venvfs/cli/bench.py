@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--strategies", default=None, metavar="LIST",
                    help="comma-separated strategies to run (default: all; see below)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny generated workload, fewer repetitions, no cold runs: finishes in seconds")
+                   help="tiny generated workload, 2 venvs and 1 pair per metric, no cold runs, no lock: "
+                        "about 30 s with every strategy (a smoke test: its ratios are not shown)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold runs (no page-cache drops)")
     p.add_argument("--no-installs", action="store_true",
                    help="skip the daily-path metric: uv and pip installing the set into a new venv until "
@@ -68,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "for the interpreter running venvfs, so give --wheelhouse for another one)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the result table as Markdown")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG chart (needs venvfs[plot])")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG chart (needs the package matplotlib)")
+    p.add_argument("--clean", action="store_true",
+                   help="remove the wheels earlier runs downloaded into the cache directory, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=run)
 
@@ -85,11 +88,29 @@ def _strategies(spec: str | None) -> list[str]:
     return names
 
 
+def _size(root: Path) -> int:
+    if not root.is_dir():
+        return 0
+    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _clean(root: Path) -> int:
+    import shutil
+
+    size = _size(root)
+    if root.exists():
+        shutil.rmtree(root)
+    print(f"removed {root} ({size / 1e6:.0f} MB)" if size else f"nothing to remove in {root}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from venvfs.bench import report as rep
     from venvfs.bench import runner, workload
     from venvfs.bench.model import Report
 
+    if args.clean:
+        return _clean(workload.cache_root())
     strategies = _strategies(args.strategies)
     venvs = args.venvs if args.venvs is not None else (2 if args.quick else 3)
     reps = args.reps if args.reps is not None else (1 if args.quick else 5)
@@ -99,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise BenchError("--plot needs matplotlib: pip install 'venvfs[plot]'") from None
+            raise BenchError(f"--plot needs the package matplotlib, which {sys.executable} cannot import: "
+                             f"{sys.executable} -m pip install matplotlib") from None
     settings = runner.Settings(
         strategies=strategies, venvs=venvs, reps=reps, cold=not args.no_cold, quick=args.quick,
         scratch=args.scratch, python=args.python, loop=not args.no_loop, lock=not args.quick,
@@ -137,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     command = "venvfs " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
     result.settings["command"] = command
     print(rep.terminal(result), end="")
+    kept = _size(workload.cache_root())
+    if kept and not args.quiet:
+        print(f"downloaded wheels kept for the next run: {workload.cache_root()} ({kept / 1e6:.0f} MB); "
+              "`venvfs bench --clean` removes them", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
     if args.markdown is not None:
