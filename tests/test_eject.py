@@ -110,7 +110,11 @@ def test_eject_materialized_hardlinked_venv(adopted: Venv, store: Store, run_ven
 def test_eject_with_copy_and_gc_afterwards(adopted: Venv, store: Store, run_venvfs: RunVenvfs) -> None:
     """Once ejected, gc may delete everything the venv used: the venv does not care."""
     venv = adopted
-    run_venvfs("eject", str(venv.root), "--link-mode", "copy")
+    selected = [f for key in venv.read_state().selection for f in store.get_dist(key).site_files()]
+    proc = run_venvfs("eject", str(venv.root), "--link-mode", "copy")
+    # Every file the store gave the venv is counted, in files and bytes (issue 17: "1 store file(s)").
+    line = proc.stdout.strip()
+    assert f"{len(selected):,} file(s), {sum(f.size for f in selected) / 1e6:,.1f} MB, from the store" in line, line
     assert store.registered_venvs() == []
     run_venvfs("store", "gc")
     assert not any(p.is_file() for p in (store.root / "objects").rglob("*"))

@@ -161,7 +161,10 @@ def cmd_eject(args: argparse.Namespace) -> int:
         return 0
     what = "unmounted, " if report.unmounted else ""
     what += "upper layer brought back, " if report.converted else ""
-    print(f"ejected {venv.root}: {what}{report.unlinked} store file(s) now real copies; "
+    owned = f"{report.files:,} file(s), {report.bytes / 1e6:,.1f} MB, from the store are now its own"
+    if report.unlinked:
+        owned += f" ({report.unlinked:,} were hardlinks into it: {report.link_summary})"
+    print(f"ejected {venv.root}: {what}{owned}; "
           f"it is a plain venv again and the store forgot it")
     return 0
 

@@ -42,10 +42,14 @@ class EjectReport:
     converted: bool = False  # from the mounted layout (upper layer brought back into site-packages)
     unlinked: int = 0  # files that were hardlinks into the store and are now copies or reflinks
     link_summary: str = ""
+    # What the venv now owns that the store served or linked: the selection's files (bytecode aside).
+    files: int = 0
+    bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"venv": str(self.venv), "unmounted": self.unmounted, "converted": self.converted,
-                "unlinked": self.unlinked, "link_summary": self.link_summary}
+                "unlinked": self.unlinked, "link_summary": self.link_summary, "files": self.files,
+                "bytes": self.bytes}
 
 
 def _store_inodes(store_root: Path) -> set[tuple[int, int]]:
@@ -116,6 +120,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
         # it is being ejected (a hook below a live mount reads the state and stands down).
         state = venv.read_state()
         _check_placeable(venv, store_root, state)
+        report.files, report.bytes = _selection_size(store_root, state)
         ejecting = venv.state_dir / EJECTING
         if not ejecting.exists():  # a rerun keeps what the first attempt found
             atomic_write_json(ejecting, {"hooks": state.hooks})
@@ -162,6 +167,16 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
     finish_eject(venv, store_root)
     report.link_summary = linker.summary()
     return report
+
+
+def _selection_size(store_root: Path, state: VenvState) -> tuple[int, int]:
+    """Files and bytes of the selection's site-packages files, as the store's records say."""
+    try:
+        store = Store.open(store_root, create=False)
+        files = [f for key in state.selection for f in store.get_dist(key).site_files()]
+    except (StoreError, OSError, KeyError, ValueError):
+        return 0, 0  # a store out of reach: eject says what it needs later; the counts are only a report
+    return len(files), sum(f.size for f in files)
 
 
 def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
