@@ -53,6 +53,35 @@ def test_every_command_has_help() -> None:
         assert exc.value.code == 0, command
 
 
+def test_every_command_takes_the_common_flags() -> None:
+    # `venvfs umount -q` was a usage error while `mount -q` worked (issue 17): the same flags everywhere.
+    parser = build_parser()
+    leaves = [c for c in _commands() if not any(o[:len(c)] == c and len(o) > len(c) for o in _commands())]
+    for command in leaves:
+        if command == ["bench"]:
+            continue  # its own -q (no progress lines); it takes no store, lock or venv
+        sub = parser
+        for name in command:
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        options = set(sub._option_string_actions)
+        assert {"-q", "--quiet", "--store", "--wait", "--no-wait"} <= options, command
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path, simple_package("quietpkg", "1.0"))
+    venv = create_venv(tmp_path / "venv", "uv")
+    assert run_cli(store, "store", "add", "-q", str(wheel)).stdout == ""
+    assert run_cli(store, "adopt", "-q", str(venv), "--no-hooks", "--no-compile").stdout == ""
+    loud = run_cli(store, "status", str(venv))
+    assert "quietpkg" not in loud.stdout and loud.stdout.strip()
+    assert run_cli(store, "add", "-q", str(venv), "quietpkg").stdout == ""
+    assert run_cli(store, "umount", "-q", str(venv)).stdout == ""
+    assert run_cli(store, "store", "gc", "-q", "--dry-run").stdout == ""
+    # --json is what a script asked for: -q does not take it away.
+    assert json.loads(run_cli(store, "status", "-q", "--json", str(venv)).stdout)["distributions"]
+
+
 def test_help_output_in_a_subprocess() -> None:
     proc = _venvfs("--help")
     assert proc.returncode == 0

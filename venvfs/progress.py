@@ -11,6 +11,8 @@ from typing import TextIO
 class Progress:
     """Counts units of work (files or bytes) and redraws one status line at most 10 times a second."""
 
+    silenced = False  # -q on the command line: no progress line even on a terminal
+
     def __init__(self, label: str, total: int = 0, *, unit: str = "files", stream: TextIO | None = None,
                  enabled: bool | None = None) -> None:
         self.label = label
@@ -18,7 +20,7 @@ class Progress:
         self.unit = unit
         self.done = 0
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.enabled = (self.stream.isatty() and not Progress.silenced) if enabled is None else enabled
         self._last = 0.0
 
     def advance(self, n: int = 1, *, note: str = "") -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from venvfs import __version__
 from venvfs.errors import EXIT_CODES, IOFailure, VenvfsError
@@ -64,6 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+@contextlib.contextmanager
+def _quiet(on: bool) -> Iterator[None]:
+    """-q on any command: what it prints on stdout goes nowhere; warnings and errors are stderr's."""
+    if not on:
+        yield
+        return
+    from venvfs.progress import Progress
+
+    Progress.silenced = True
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
@@ -84,7 +97,8 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.flush()
         return 2
     try:
-        code: int = args.handler(args)
+        with _quiet(getattr(args, "quiet", False) and not getattr(args, "json", False)):
+            code: int = args.handler(args)
         # Flushed here, not at interpreter exit, so a reader that went away is seen by main.
         sys.stdout.flush()
         return code

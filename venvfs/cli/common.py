@@ -32,6 +32,9 @@ def common_parent() -> argparse.ArgumentParser:
     )
     parent.add_argument("--no-wait", dest="wait", action="store_const", const=0.0,
                         help="give up at once when a lock is held (same as --wait 0)")
+    parent.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing on success (warnings and errors still go to stderr; --json "
+                        "output is still printed)")
     return parent
 
 

@@ -45,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                        help="remove and stop installing the automount hooks (activation scripts, .pth)")
     hooks.add_argument("--hooks", dest="hooks", action="store_true",
                        help="install the automount hooks again after --no-hooks (the default)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (for hooks and scripts)")
     p.set_defaults(handler=cmd_mount)
 
     p = subparsers.add_parser(
