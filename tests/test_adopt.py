@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, create_venv, run_cli, stop_mount, uv, venv_files
+from tests.conftest import REPO, create_venv, run_cli, stop_mount, uv, venv_files, writes_bytecode
 from tests.wheelbuilder import WheelSpec, build_wheel, data_package, simple_package
 from venvfs.cli.app import main as cli_main
 from venvfs.store.store import Store
@@ -130,7 +130,7 @@ def adopted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     before = venv_files(venv)
     site = _site(venv)
     user_inodes = {name: _inode(site / name) for name in user}
-    proc = run_cli(base / "store", "adopt", str(venv), "--no-hooks", "--json")
+    proc = run_cli(base / "store", "adopt", str(venv), "--no-hooks", "--json", "--compile-now")
     return Adopted(tool, venv, base / "store", before, user_inodes, json.loads(proc.stdout))
 
 
@@ -183,7 +183,7 @@ def test_user_files_untouched(adopted: Adopted) -> None:
 
 def test_adopt_rerun_is_idempotent(adopted: Adopted) -> None:
     store_before = _store_usage(adopted.store)
-    proc = run_cli(adopted.store, "adopt", str(adopted.venv), "--no-hooks", "--json")
+    proc = run_cli(adopted.store, "adopt", str(adopted.venv), "--no-hooks", "--json", "--compile-now")
     report = json.loads(proc.stdout)
     assert report["new_dists"] == [] and report["new_objects"] == 0
     assert report["selection"] == adopted.report["selection"]
@@ -212,7 +212,8 @@ def test_uninstall_after_adopt(adopted: Adopted) -> None:
     assert not (site / record.dist_info).exists()
     assert "markupsafe" not in _installed(adopted.venv, adopted.tool)
     assert all(o.exists() for o in objects), "uninstalling from the venv must not touch the store"
-    report = json.loads(run_cli(adopted.store, "adopt", str(adopted.venv), "--no-hooks", "--json").stdout)
+    report = json.loads(run_cli(adopted.store, "adopt", str(adopted.venv), "--no-hooks", "--json",
+                                "--compile-now").stdout)
     assert not any(k.startswith("markupsafe-") for k in report["selection"])
     assert run_cli(adopted.store, "store", "verify").returncode == 0
     # pip can still reinstall into the adopted venv.
@@ -245,12 +246,12 @@ def test_second_identical_venv_costs_under_one_percent(tmp_path: Path, wheelhous
     store = tmp_path / "store"
     first = create_venv(tmp_path / "one", "uv")
     _populate(first, "uv", wheelhouse, None)
-    run_cli(store, "adopt", str(first), "--no-hooks")
+    run_cli(store, "adopt", str(first), "--no-hooks", "--compile-now")
     second = create_venv(tmp_path / "two", "uv")
     _populate(second, "uv", wheelhouse, None)
     size = _tree_usage(second)
     before = _store_usage(store)
-    report = json.loads(run_cli(store, "adopt", str(second), "--no-hooks", "--json").stdout)
+    report = json.loads(run_cli(store, "adopt", str(second), "--no-hooks", "--json", "--compile-now").stdout)
     growth = _store_usage(store) - before
     assert growth < size / 100, f"second venv of {size} bytes grew the store by {growth}"
     # six.py was edited in both, identically: both venvs keep their own copy, everything else is shared.
@@ -401,10 +402,10 @@ def test_done_when_numpy_pandas_scipy(tmp_path: Path) -> None:
         _install(venv, "uv", "numpy", "pandas", "scipy")
         venvs.append(venv)
     before = [venv_files(v) for v in venvs]
-    run_cli(store, "adopt", str(venvs[0]), "--no-hooks")
+    run_cli(store, "adopt", str(venvs[0]), "--no-hooks", "--compile-now")
     size = _tree_usage(venvs[1])
     usage = _store_usage(store)
-    report = json.loads(run_cli(store, "adopt", str(venvs[1]), "--no-hooks", "--json").stdout)
+    report = json.loads(run_cli(store, "adopt", str(venvs[1]), "--no-hooks", "--json", "--compile-now").stdout)
     growth = _store_usage(store) - usage
     assert growth < size / 100, f"second venv of {size} bytes grew the store by {growth}"
     assert report["new_objects"] == 0
@@ -541,3 +542,60 @@ def test_hardlinks_into_the_store_are_said_once_and_leave_bin_when_mounted(
         run_cli(store_root, "store", "verify")
     finally:
         stop_mount(venv)
+
+
+def _pyc_headers(site: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes()[:16] for p in site.rglob("__pycache__/*.pyc")}
+
+
+def test_adopt_keeps_the_venvs_own_bytecode_valid(tmp_path: Path, wheelhouse: Path) -> None:
+    # pip compiled a .pyc beside every module; adopt makes each module a store file with the store's
+    # mtime. The venv's valid .pyc files stay valid (their mtime field follows), stay its own, and
+    # Python imports from them without compiling again (issue 17: no file compiled twice).
+    venv = create_venv(tmp_path / "venv", "venv")
+    _install(venv, "venv", *map(str, sorted(wheelhouse.glob("*.whl"))))
+    site = _site(venv)
+    before = _pyc_headers(site)
+    assert before, "pip compiled nothing"
+    stale = site / "demo" / "__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"
+    bad = bytearray(stale.read_bytes())
+    bad[8:12] = (12345).to_bytes(4, "little")  # a header no source matches: Python would recompile it
+    stale.write_bytes(bytes(bad))
+    report = json.loads(run_cli(tmp_path / "store", "adopt", str(venv), "--no-hooks", "--no-compile", "--json").stdout)
+    assert report["restamped"] == len(before) - 1, report
+    assert stale.read_bytes() == bytes(bad), "a .pyc that was not valid must be left as it was"
+    after = {p: (p.read_bytes()[:16], p.stat()) for p in site.rglob("__pycache__/*.pyc")}
+    for pyc, (head, st) in after.items():
+        assert st.st_nlink == 1, f"{pyc} must stay the venv's own file"
+        if pyc != stale:
+            assert int.from_bytes(head[8:12], "little") == 315532800, pyc
+    subprocess.run([str(venv / "bin" / "python"), "-c", "import demo, datapkg, datapkg_extra"], check=True,
+                   env=writes_bytecode())
+    for pyc, (_head, st) in after.items():
+        if pyc != stale and pyc.exists():
+            assert pyc.stat().st_mtime_ns == st.st_mtime_ns, f"{pyc} was compiled again"
+    assert stale.read_bytes() != bytes(bad), "Python recompiles the invalid one, as it always did"
+
+
+def test_adopt_compiles_the_store_bytecode_in_the_background(tmp_path: Path, wheelhouse: Path) -> None:
+    venv = create_venv(tmp_path / "venv", "uv")
+    _install(venv, "uv", *map(str, sorted(wheelhouse.glob("*.whl"))))
+    report = json.loads(run_cli(tmp_path / "store", "adopt", str(venv), "--no-hooks", "--json").stdout)
+    pid = report["compiling_pid"]
+    assert isinstance(pid, int) and report["compiled"] == 0
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{pid}").exists() and b"venvfs.store.bytecode" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the background compile did not finish"
+        time.sleep(0.05)
+    store = Store.open(tmp_path / "store", create=False)
+    tag = Venv(venv).read_state().interpreter.cache_tag  # type: ignore[union-attr]
+    modules = [f for k in report["selection"] for f in store.get_dist(k).site_files()
+               if f.path.endswith(".py") and f.digest]
+    assert modules
+    for f in modules:
+        assert f.digest is not None
+        assert store.bytecode_path(tag, f.digest).is_file(), f.path
+    # The store's bytecode serves the next venv of the same selection at once.
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "store", "verify", "--store", str(tmp_path / "store")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr

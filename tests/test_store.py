@@ -148,7 +148,7 @@ def test_gc_keeps_bytecode_of_live_sources(tmp_path: Path) -> None:
     live = create_venv(tmp_path / "live", "uv")
     subprocess.run(["uv", "pip", "install", "-q", "--python", str(live / "bin" / "python"),
                     str(build_wheel(tmp_path / "w", simple_package("compiled", "1.0")))], check=True)
-    run_cli(store, "adopt", str(live), "--no-hooks")  # compiles bytecode into the store
+    run_cli(store, "adopt", str(live), "--no-hooks", "--compile-now")  # bytecode into the store
     pycs = sorted((store / "bytecode").glob("*/*/*.pyc"))
     assert pycs
     # The venv's __pycache__ holds the shared .pyc, and Python accepts it (no rewrite on import).
@@ -195,8 +195,11 @@ def test_venvs_of_one_selection_share_one_cached_view_and_gc_drops_unused_ones(t
 def test_gc_busy_while_a_writer_holds_the_store(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store")
     with store.writing():
-        proc = run_cli(store.root, "store", "gc", check=False)
-    assert proc.returncode == 7 and "locked" in proc.stderr
+        proc = run_cli(store.root, "store", "gc", "--no-wait", check=False)
+        assert proc.returncode == 7 and "locked" in proc.stderr
+        # By default gc waits for a writer (adopt's background bytecode compile, say), saying so.
+        proc = run_cli(store.root, "store", "gc", "--wait", "1.5", check=False)
+    assert proc.returncode == 7 and "waiting for the lock" in proc.stderr and "gave up after 1.5 s" in proc.stderr
 
 
 def test_store_list_and_status_json(tmp_path: Path) -> None:
@@ -212,7 +215,8 @@ def test_store_list_and_status_json(tmp_path: Path) -> None:
 
 
 def test_ingest_race_with_gc_never_leaves_a_record_without_objects(tmp_path: Path) -> None:
-    """gc waits for no one (it fails busy), and writers hold the shared lock: interleave them a few times."""
+    """gc waits for writers (or, with --no-wait, fails busy), and writers hold the shared lock:
+    interleave them a few times."""
     store = Store.open(tmp_path / "store")
     wheels = [build_wheel(tmp_path / "w", simple_package(f"race{i}", "1.0")) for i in range(6)]
     env = {**os.environ, "VENVFS_STORE": str(store.root)}
@@ -220,7 +224,7 @@ def test_ingest_race_with_gc_never_leaves_a_record_without_objects(tmp_path: Pat
 
     adds = [subprocess.Popen([sys.executable, "-m", "venvfs", "store", "add", str(w)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for w in wheels]
-    gcs = [run_cli(store.root, "store", "gc", check=False) for _ in range(3)]
+    gcs = [run_cli(store.root, "store", "gc", *(("--no-wait",) if i % 2 else ()), check=False) for i in range(3)]
     for p in adds:
         p.wait(timeout=120)
     assert all(g.returncode in (0, 7) for g in gcs), [g.stderr for g in gcs]

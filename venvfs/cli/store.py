@@ -94,7 +94,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     add_venv_argument(p)
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
-    p.add_argument("--no-compile", action="store_true", help="do not precompile bytecode into the store")
+    compiling = p.add_mutually_exclusive_group()
+    compiling.add_argument("--no-compile", dest="bytecode", action="store_const", const="none", default="background",
+                           help="do not compile the store's bytecode for this venv's Python")
+    compiling.add_argument("--compile-now", dest="bytecode", action="store_const", const="now",
+                           help="compile the store's bytecode before returning (default: in a background "
+                           "process at low priority, while the venv's own valid .pyc files serve its imports)")
     p.add_argument("--no-hooks", action="store_true", help="do not install the automount activation hooks")
     p.set_defaults(handler=cmd_adopt)
 
@@ -321,7 +326,7 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
 
     store = open_store(args, create=False)
     would = "would " if args.dry_run else ""
-    with store.collecting():
+    with store.collecting(wait=True):  # e.g. behind the bytecode adopt compiles in the background
         plan = registry.plan_gc(store, forget_missing=args.forget_missing)
         if not args.json:
             # Named before anything is removed: forgetting a venv frees what only it selected.
@@ -351,7 +356,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
     venv = Venv.open(venv_path(args))
     store = open_store_for(args, venv, create=True)
-    report = adopt(venv, store, link_mode=LinkMode(args.link_mode), compile_bytecode=not args.no_compile,
+    report = adopt(venv, store, link_mode=LinkMode(args.link_mode), bytecode=args.bytecode,
                    install_hooks=False if args.no_hooks else None)
     if args.json:
         print_json(report.__dict__)
@@ -360,6 +365,9 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     print(f"  new in store: {human_bytes(report.new_bytes)} in {report.new_objects} object(s); "
           f"already stored: {human_bytes(report.shared_bytes)}")
     print(f"  files: {report.link_summary}")
+    if report.compiling_pid:
+        print(f"  bytecode: compiling into the store in the background (pid {report.compiling_pid}); "
+              f"{report.restamped} of the venv's own .pyc file(s) kept valid meanwhile")
     if report.shared_inode_files:
         # What leaving other tools' inodes alone cost: hardlinking them would have made uv's cache
         # (or another venv) the store.

@@ -8,14 +8,17 @@ makes Python recompile as usual.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -106,3 +109,51 @@ def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpr
             done = sum(pool.map(compile_chunk, [jobs[i::workers] for i in range(workers)]))
         progress.close()
     return done
+
+
+# -- compiling after the command that needed it has returned --------------------------------------------
+
+def compile_in_background(store: Store, keys: list[str], cache_tag: str, python: Path) -> int | None:
+    """Start a detached, low-priority process that compiles the store's bytecode of ``keys`` for
+    ``python``; returns its pid (None when there is nothing to compile). Each ``.pyc`` appears by an
+    atomic link (``put_bytecode``), so a reader sees one whole or none; until then Python compiles
+    what it imports, as it always does. The process holds the store's shared lock while it works."""
+    if not keys:
+        return None
+    argv = [sys.executable, "-m", "venvfs.store.bytecode", "--store", str(store.root), "--python", str(python),
+            "--cache-tag", cache_tag, *keys]
+    env = dict(os.environ)
+    # This very venvfs, also when it runs from a source tree: the child starts in "/".
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd="/", env=env, start_new_session=True)
+    return proc.pid
+
+
+@dataclass(frozen=True)
+class _Tag:
+    cache_tag: str
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m venvfs.store.bytecode",
+                                description="compile the store's bytecode of distributions (started by adopt)")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--python", type=Path, required=True)
+    p.add_argument("--cache-tag", required=True)
+    p.add_argument("keys", nargs="+")
+    args = p.parse_args(argv)
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the user's foreground work first: this only saves later imports some time
+    store = Store.open(args.store, create=False)
+    with store.writing():
+        records = [store.get_dist(k) for k in args.keys if store.has_dist(k)]
+        ensure_bytecode(store, records, _Tag(args.cache_tag), args.python, show_progress=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass, field
 from email.parser import Parser
 from pathlib import Path
+from typing import Literal
 
 from installer.utils import parse_entrypoints
 from packaging.utils import canonicalize_name
@@ -37,13 +38,14 @@ from packaging.utils import canonicalize_name
 from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.progress import Progress
-from venvfs.store.bytecode import ensure_bytecode
+from venvfs.store.bytecode import compile_in_background, ensure_bytecode
 from venvfs.store.records import SITE_SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store.store import Store
 from venvfs.venv import automount as hooks
 from venvfs.venv import layout
 from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
 from venvfs.venv.materialize import count_store_inodes, materialize, store_inodes
+from venvfs.venv.ownpyc import Stamp, restamp, valid_stamps
 from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class AdoptReport:
     link_summary: str = ""
     link_mode: str | None = None
     compiled: int = 0
+    compiling_pid: int | None = None  # the background process compiling the store's bytecode
+    restamped: int = 0  # the venv's own .pyc files kept valid (see venvfs.venv.ownpyc)
     # Files whose inode other names share (a tool's cache, another venv): stored as a reflink or copy,
     # their inode left alone. Bytes are what the copies cost (reflinks cost none).
     shared_inode_files: int = 0
@@ -246,25 +250,32 @@ class _DistAdopter:
             self.shared_bytes += size
 
 
-def adopt(venv: Venv, store: Store, *, link_mode: LinkMode = LinkMode.AUTO, compile_bytecode: bool = True,
+Bytecode = Literal["now", "background", "none"]
+
+
+def adopt(venv: Venv, store: Store, *, link_mode: LinkMode = LinkMode.AUTO, bytecode: Bytecode = "now",
           install_hooks: bool | None = None, already_locked: bool = False) -> AdoptReport:
     """Store every distribution installed in ``venv`` and link the venv's files to the store.
+
+    ``bytecode``: compile the store's bytecode for this venv's Python before returning ("now"), in a
+    detached low-priority process ("background": compiling is most of a first adopt's time, and
+    the venv's own valid ``.pyc`` files serve its imports meanwhile), or not at all ("none").
 
     Idempotent: run again after pip or uv changed the venv, it adopts what is new and forgets what
     was uninstalled.
     """
     try:
         if already_locked:
-            return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+            return _adopt(venv, store, link_mode, bytecode, install_hooks)
         with venv.locked():
-            return _adopt(venv, store, link_mode, compile_bytecode, install_hooks)
+            return _adopt(venv, store, link_mode, bytecode, install_hooks)
     except OSError as e:
         # The store's writing() has taken back the objects of the distribution it was storing by now.
         need = _payload(list(venv.dist_info_dirs())) if is_enospc(e) else None
         raise io_failure(e, f"adopting {venv.root} into the store {store.root}", need=need) from None
 
 
-def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool,
+def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
            install_hooks: bool | None) -> AdoptReport:
     if venv.is_managed:
         state = venv.read_state()
@@ -288,12 +299,16 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
     ingest_linker = Linker(link_mode)
     safe_linker = Linker(LinkMode.COPY if link_mode == LinkMode.COPY else LinkMode.AUTO, allow_hardlink=False)
     venv_links = _venv_link_counts(venv.root)
+    stamps: list[Stamp] = []
     with store.writing():
         for dist_info in dist_infos:
             if _is_editable(dist_info):
                 # Its files point at a source tree of this machine: nothing another venv could share.
                 report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
                 continue
+            # Before the sources become store files (and show the store's mtime).
+            stamps += valid_stamps(venv.site_packages, _record_paths(dist_info), state.interpreter.cache_tag,
+                                   bytes.fromhex(state.interpreter.magic))
             adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker, safe_linker=safe_linker,
                                    venv_links=venv_links)
             try:
@@ -315,10 +330,14 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, compile_bytecode: bool
         state.selection = [r.key for r in records]
         # The state is written before the venv is touched: from here on a rerun knows the venv is managed.
         venv.write_state(state)  # and its copy in the store's registry
-        if compile_bytecode:
+        if bytecode == "now":
             report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
         linker = Linker(link_mode)
         materialize(venv, store, state, linker, records=records, outside_site_packages=False)
+        report.restamped = restamp(stamps)
+    if bytecode == "background":
+        report.compiling_pid = compile_in_background(store, [r.key for r in records], state.interpreter.cache_tag,
+                                                     venv.python)
     state.link_mode = linker.used.value if linker.used else state.link_mode
     venv.write_state(state)
     if state.hooks:
@@ -368,6 +387,12 @@ def _payload(dist_infos: list[Path]) -> int:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.normpath(dist_info.parent / row[0])).st_size
     return total
+
+
+def _record_paths(dist_info: Path) -> list[str]:
+    """RECORD's paths, relative to site-packages."""
+    text = "\n".join(_lines(dist_info / "RECORD"))
+    return [row[0] for row in csv.reader(io.StringIO(text)) if row]
 
 
 def _lines(path: Path) -> list[str]:
