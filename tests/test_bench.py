@@ -295,10 +295,10 @@ def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> N
     by_name = {s["name"]: s for s in data["strategies"]}
     native, venvfs = by_name["native"]["metrics"], by_name["venvfs"]["metrics"]
     for key in ("uv_install_s", "uv_settled_bytes", "uv_peak_bytes",
-                "pip_wheelhouse_s", "pip_settled_bytes", "pip_peak_bytes"):
+                "pip_wheelhouse_s", "pip_settled_bytes", "pip_peak_bytes", "adopt_s"):
         assert "median" in native[key], (key, native.get(key))
         assert "median" in venvfs[key], (key, venvfs.get(key))
-    assert "ratio_to_native" in venvfs["uv_install_s"]
+    assert "ratio_to_native" in venvfs["uv_install_s"] and "ratio_to_native" in venvfs["adopt_s"]
     for who in (native, venvfs):
         for tool in ("uv", "pip"):
             assert who[f"{tool}_settled_bytes"]["median"] <= who[f"{tool}_peak_bytes"]["median"]

@@ -17,6 +17,7 @@ warning, say) is kept as a note.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import threading
@@ -110,6 +111,67 @@ def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sa
             subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=env)
         shutil.rmtree(venv, ignore_errors=True)
     return Sample(seconds, float(max(settled, 0)), float(max(peak.peak, settled, 0)), stderr)
+
+
+def measure_adopt(site: Site, native: StrategyResult, venvfs: StrategyResult, reps: int, say: Say) -> None:
+    """A user's first step: ``venvfs adopt`` of a pip-installed venv, against ``cp -a`` of the same
+    venv on the same filesystem (the cost of one more copy), interleaved. The store is fresh each
+    time, as on a new machine; bytecode is compiled in the background (adopt's default), which the
+    next pair waits for, so it never runs under a measurement."""
+    work = site.fs.root / "adopts"
+    work.mkdir(exist_ok=True)
+    source = work / "pip-venv"
+    env = venvfs_env(site)
+    try:
+        trees.make_skeleton(site.python, source)
+        _run(_install_argv(site, "pip", source), site.env(), "pip install")
+        say(f"venvfs: adopt of a pip-installed venv against cp -a of it ({reps} pairs)")
+        for rep in range(reps):
+            took: dict[bool, float] = {}
+            for adopting in ((False, True) if rep % 2 == 0 else (True, False)):
+                copy = work / f"copy-{rep}-{int(adopting)}"
+                if not adopting:
+                    start = time.perf_counter()
+                    _run(["cp", "-a", str(source), str(copy)], env, "cp -a")
+                    took[False] = time.perf_counter() - start
+                    continue
+                _run(["cp", "-a", str(source), str(copy)], env, "cp -a")
+                store = work / f"store-{rep}"
+                start = time.perf_counter()
+                out = _run_stdout([*venvfs_argv(), "adopt", "--no-hooks", "--json", "--store", str(store), str(copy)],
+                                  env, "venvfs adopt")
+                took[True] = time.perf_counter() - start
+                _wait_pid(json.loads(out).get("compiling_pid"))
+            native.metric("adopt_s").add(took[False])
+            venvfs.metric("adopt_s").add(took[True], took[False])
+            for leftover in work.glob(f"copy-{rep}-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(work / f"store-{rep}", ignore_errors=True)
+    except Exception as e:  # reported as this metric's failure; the run goes on
+        venvfs.metric("adopt_s").fail(str(e)[:400])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_stdout(argv: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-3:])
+        raise RuntimeError(f"{what} exited {proc.returncode}: {tail[:400]}")
+    return proc.stdout
+
+
+def _wait_pid(pid: object, timeout: float = 600.0) -> None:
+    if not isinstance(pid, int):
+        return
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        try:
+            if b"venvfs" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def measure(site: Site, native: StrategyResult, venvfs: StrategyResult, reps: int, say: Say) -> None:

@@ -30,6 +30,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "pip_wheelhouse_s": ("s", "pip install of the set from the wheelhouse into a new venv, until settled"),
     "pip_settled_bytes": ("bytes", "disk the pip-installed venv keeps once settled (statfs delta)"),
     "pip_peak_bytes": ("bytes", "peak disk while pip installed and venvfs settled (statfs delta)"),
+    "adopt_s": ("s", "venvfs adopt of a pip-installed venv (native: cp -a of it, same filesystem)"),
     "daemon_rss_bytes": ("bytes", "resident memory of the filesystem daemon after the runs"),
     "daemon_hwm_bytes": ("bytes", "peak resident memory of the filesystem daemon"),
 }

@@ -26,6 +26,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("uv settled", "uv_settled_bytes"),
     ("pip install set", "pip_wheelhouse_s"),
     ("pip settled", "pip_settled_bytes"),
+    ("adopt (native: cp -a)", "adopt_s"),
     ("daemon RSS", "daemon_rss_bytes"),
 ]
 

@@ -299,3 +299,4 @@ def _installs(live: list[_Live], settings: Settings, say: Say) -> None:
     if not settings.installs or mounted is None or mounted.site is not native.site or native.site is None:
         return
     installs.measure(native.site, native.result, mounted.result, settings.reps, say)
+    installs.measure_adopt(native.site, native.result, mounted.result, settings.reps, say)
