@@ -190,3 +190,21 @@ def test_exit_3_and_json_for_bad_wheel(tmp_path: Path) -> None:
     proc = run_cli(tmp_path / "store", "store", "add", "--json", str(bad), check=False)
     assert proc.returncode == 3
     assert "error" in json.loads(proc.stdout)[0]
+
+
+def test_long_work_logs_progress_lines_when_piped(tmp_path: Path) -> None:
+    # A silent minute in a CI log reads as a hang (issue 17: adopt of torch was silent when piped):
+    # off a terminal, long work prints a plain line every VENVFS_PROGRESS_INTERVAL seconds.
+    store = tmp_path / "store"
+    wheel = build_wheel(tmp_path, simple_package("slowpkg", "1.0"))
+    venv = create_venv(tmp_path / "venv", "uv")
+    subprocess.run(["uv", "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(wheel)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store), "VENVFS_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "adopt", "--no-hooks", "--no-compile", str(venv)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("adopting venv:")]
+    assert lines and all("\r" not in line and " files" in line for line in lines), proc.stderr
+    quiet = subprocess.run([sys.executable, "-m", "venvfs", "adopt", "-q", "--no-hooks", "--no-compile", str(venv)],
+                           capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and "adopting" not in quiet.stderr, quiet.stderr

@@ -1,11 +1,15 @@
-"""Progress for long work (adopting a torch venv takes seconds): a single updating line on a terminal,
-silence elsewhere, so logs and pipes stay clean."""
+"""Progress for long work (adopting a torch venv takes seconds): a single updating line on a terminal;
+elsewhere (a pipe, a CI log) one plain line every ``LOG_INTERVAL`` seconds once the work has taken
+that long, so a long silent command is never mistaken for a hung one and short ones stay quiet."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
+
+LOG_INTERVAL = float(os.environ.get("VENVFS_PROGRESS_INTERVAL", "10"))
 
 
 class Progress:
@@ -20,12 +24,23 @@ class Progress:
         self.unit = unit
         self.done = 0
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = (self.stream.isatty() and not Progress.silenced) if enabled is None else enabled
+        tty = self.stream.isatty()
+        self.enabled = (tty and not Progress.silenced) if enabled is None else enabled
+        # Plain lines only where nobody asked for silence: enabled=False is a caller's choice.
+        self._lines = enabled is None and not tty and not Progress.silenced
+        self._start = self._logged = time.monotonic()
         self._last = 0.0
 
     def advance(self, n: int = 1, *, note: str = "") -> None:
         self.done += n
         if not self.enabled:
+            if self._lines:
+                now = time.monotonic()
+                if now - self._logged >= LOG_INTERVAL:
+                    self._logged = now
+                    amount = _fmt(self.done, self.unit) + (f" of {_fmt(self.total, self.unit)}" if self.total else "")
+                    self.stream.write(f"{self.label}: {amount} after {now - self._start:.0f} s\n")
+                    self.stream.flush()
             return
         now = time.monotonic()
         if now - self._last < 0.1 and self.done < self.total:
