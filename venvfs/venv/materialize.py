@@ -23,7 +23,7 @@ from venvfs.errors import InvalidWheel, VenvfsError
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compilable, pyc_relpath
 from venvfs.store.limits import NAME_MAX, PATH_MAX
-from venvfs.store.records import REWRITTEN_METADATA, DistRecord, StoredFile
+from venvfs.store.records import DistRecord, StoredFile, is_install_metadata
 from venvfs.store.store import SOURCE_EPOCH, Store
 from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
@@ -363,9 +363,10 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
         _write(dir_fd, name, script, 0o755)
         report.scripts += 1
         return
-    if posixpath.basename(f.path) in REWRITTEN_METADATA and posixpath.dirname(f.path) == record.dist_info:
-        # Installers rewrite these in place: a link would carry the rewrite into the store.
-        if not _already_placed(dir_fd, name, obj, f) or _same_inode(dir_fd, name, obj):
+    if f.in_site_packages and is_install_metadata(record.dist_info, f.path):
+        # Installers rewrite these in place: a link would carry the rewrite into the store. One the
+        # venv holds already is what its installer wrote about this install (pip's, uv's), and stays.
+        if _lstat_at(dir_fd, name) is None or _same_inode(dir_fd, name, obj):
             _write(dir_fd, name, obj.read_bytes(), 0o644, mtime=SOURCE_EPOCH)
             report.placed += 1
         return

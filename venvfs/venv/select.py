@@ -107,8 +107,11 @@ def _one_build(store: Store, tied: list[DistRecord], tag: str, selected: Collect
         group = mine[0]
     else:
         (group,) = groups.values()
-    # Same content: the venv's own, else a wheel's (its metadata names no other venv), else key order.
-    return min(group, key=lambda r: (r.key not in selected, not r.source.startswith("wheel:"), r.key))
+    # Same content: the venv's own, else one whose only installer file is venvfs's (a record adopted
+    # before keys left the installer out carries pip's or uv's REQUESTED, INSTALLER), else a wheel's
+    # (its metadata names no other venv), else key order.
+    return min(group, key=lambda r: (r.key not in selected, not r.is_normalized, not r.source.startswith("wheel:"),
+                                     r.key))
 
 
 def rival_builds(store: Store, record: DistRecord) -> list[DistRecord]:
