@@ -23,7 +23,7 @@ from venvfs.errors import InvalidWheel, VenvfsError
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compilable, pyc_relpath
 from venvfs.store.limits import NAME_MAX, PATH_MAX
-from venvfs.store.records import DistRecord, StoredFile, is_install_metadata
+from venvfs.store.records import INSTALL_METADATA, DistRecord, StoredFile, is_install_metadata
 from venvfs.store.store import SOURCE_EPOCH, Store
 from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
@@ -391,13 +391,26 @@ def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, sit
 
     Nothing is removed through a symlink (a file below one belongs to whatever the link leads to).
     """
-    removed = 0
     targets = [placement(venv, interp, record, f) for f in record.files if site_packages or not f.in_site_packages]
     if site_packages:
-        targets += [(venv.site_packages, pyc_relpath(f.path, interp.cache_tag))
-                    for f in record.site_files() if compilable(f.path)]
-        targets.append((venv.site_packages, f"{record.dist_info}/RECORD"))
+        targets += [(venv.site_packages, rel) for rel in site_leftovers(interp, record)]
     targets += [(venv.bin_dir, name) for name, _ in entry_point_scripts(venv, record)]
+    return remove_paths(venv, targets)
+
+
+def site_leftovers(interp: InterpreterInfo, record: DistRecord) -> list[str]:
+    """What a venv may hold of ``record`` in site-packages besides its stored files: their bytecode,
+    its RECORD, and what an installer wrote about the install (pip's ``REQUESTED``, ``direct_url.json``:
+    the venv's own files, which a store record does not list). A plain uninstall leaves none of them."""
+    found = [pyc_relpath(f.path, interp.cache_tag) for f in record.site_files() if compilable(f.path)]
+    found += [f"{record.dist_info}/{name}" for name in sorted(INSTALL_METADATA)]
+    return found
+
+
+def remove_paths(venv: Venv, targets: Iterable[tuple[Path, str]]) -> int:
+    """Unlink each ``root/rel`` (a root: site-packages, bin or the venv), then the directories that
+    leaves empty, never a root; returns the files removed. Nothing is removed through a symlink."""
+    removed = 0
     emptied: set[tuple[Path, str]] = set()
     with _Dirs(create=False) as dirs:
         for root, rel in targets:

@@ -35,7 +35,7 @@ from venvfs.venv import layout, mountinfo
 from venvfs.venv.adopt import adopt
 from venvfs.venv.linkmode import LinkMode
 from venvfs.venv.materialize import check_placeable, materialize, remove_files
-from venvfs.venv.selecting import SELECTING, linker_for
+from venvfs.venv.selecting import SELECTING, clear_upper, linker_for
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 
@@ -329,9 +329,12 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     marker = venv.state_dir / SELECTING
     atomic_write_json(marker, {"remove": [r.key for r in dropped], "place": [r.key for r in wanted],
                                "selection": [r.key for r in kept] + [r.key for r in new]})
+    crash_point("select:removing")
     for record in dropped:
         remove_files(venv, interp, record, site_packages=state.layout == "materialized")
         report.removed.append(record.key)
+    if state.layout == "mounted":
+        clear_upper(venv, state, dropped, kept)
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)

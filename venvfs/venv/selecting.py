@@ -8,13 +8,19 @@ adopts, and so imports the layout itself).
 from __future__ import annotations
 
 import contextlib
+import os
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
 
 from venvfs.errors import VenvfsError
 from venvfs.fsutil import read_json
+from venvfs.store.records import DistRecord
 from venvfs.store.store import Store
 from venvfs.venv import mountinfo
 from venvfs.venv.linkmode import Linker, LinkMode
-from venvfs.venv.materialize import materialize, remove_files
+from venvfs.venv.materialize import materialize, remove_files, remove_paths, site_leftovers
+from venvfs.venv.upper import WHITEOUT_PREFIX
 from venvfs.venv.venv import Venv, VenvState
 
 # Present from the first file an add/remove changes until the venv's files match the new selection:
@@ -38,10 +44,15 @@ def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None
     if state.interpreter is None:
         state.interpreter = venv.probe_interpreter()
     site_packages = state.layout == "materialized"
+    dropped = []
     for key in removed:
         # A record gc took meanwhile leaves nothing to look up: its files stay (the venv's own then).
         with contextlib.suppress(VenvfsError):
-            remove_files(venv, state.interpreter, store.get_dist(key), site_packages=site_packages)
+            dropped.append(store.get_dist(key))
+            remove_files(venv, state.interpreter, dropped[-1], site_packages=site_packages)
+    if not site_packages:
+        kept = [store.get_dist(k) for k in selection if k not in place and store.has_dist(k)]
+        clear_upper(venv, state, dropped, kept)
     state.selection = [k for k in selection if store.has_dist(k)]
     venv.write_state(state)
     # Only what the add was placing: the rest of the venv may hold files the user edited.
@@ -52,6 +63,54 @@ def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None
         mountinfo.reload(venv)
     marker.unlink()
     return f"finished the interrupted change of the selection of {venv.root}"
+
+
+def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kept: Sequence[DistRecord]) -> None:
+    """The mounted layout's ``remove_files``: what the upper layer holds at the paths of ``dropped``
+    distributions goes (the venv's copies of installer metadata, RECORD above all, which the view
+    stops rendering; edited or recompiled copies; whiteouts), as a plain uninstall leaves nothing of
+    them. Paths ``kept`` distributions provide are left alone. ``state`` names the selection so far
+    (the caller writes the new one after).
+
+    A running daemon caches which names are upper: the removal then goes through the mount, after
+    a reload to the selection without ``dropped`` (and without what is being added) so that no lower
+    entry is there to whiteout, and the reload itself drops the whiteouts that hide nothing any more.
+    """
+    if not dropped:
+        return
+    interp = state.interpreter
+    assert interp is not None
+    provided = {f.path for r in kept for f in r.site_files()} | {f"{r.dist_info}/RECORD" for r in kept}
+    paths = sorted({p for r in dropped for p in (*(f.path for f in r.site_files()), *site_leftovers(interp, r))}
+                   - provided)
+    upper = venv.upper_dir
+    present = [p for p in paths if _in_upper(upper, p)]
+    if not present:
+        return  # nothing of theirs is the venv's own: the next view shows none of them
+    if mountinfo.daemon_pid(venv) is None:
+        targets = [(upper, p) for p in present]
+        targets += [(upper, posixpath.join(posixpath.dirname(p), WHITEOUT_PREFIX + posixpath.basename(p)))
+                    for p in present]
+        remove_paths(venv, targets)
+        return
+    kept_keys = {r.key for r in kept}
+    state.selection = [k for k in state.selection if k in kept_keys]
+    venv.write_state(state)
+    mountinfo.reload(venv)
+    remove_paths(venv, [(venv.site_packages, p) for p in present])
+
+
+def _in_upper(upper: Path, rel: str) -> bool:
+    """Whether the upper layer has an entry or a whiteout at ``rel`` (read without following links:
+    a symlinked upper directory is the venv's own entry, never a way elsewhere)."""
+    here = upper
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        here = here / part
+        if not here.is_dir() or here.is_symlink():
+            return False
+    name = parts[-1]
+    return os.path.lexists(here / name) or os.path.lexists(here / (WHITEOUT_PREFIX + name))
 
 
 def linker_for(link_mode: LinkMode, state: VenvState) -> Linker:
