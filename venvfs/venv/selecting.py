@@ -84,7 +84,8 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     paths = sorted({p for r in dropped for p in (*(f.path for f in r.site_files()), *site_leftovers(interp, r))}
                    - provided)
     upper = venv.upper_dir
-    present = [p for p in paths if _in_upper(upper, p)]
+    dirs: dict[str, bool] = {"": upper.is_dir()}
+    present = [p for p in paths if _in_upper(upper, p, dirs)]
     if not present:
         return  # nothing of theirs is the venv's own: the next view shows none of them
     if mountinfo.daemon_pid(venv) is None:
@@ -100,17 +101,24 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     remove_paths(venv, [(venv.site_packages, p) for p in present])
 
 
-def _in_upper(upper: Path, rel: str) -> bool:
-    """Whether the upper layer has an entry or a whiteout at ``rel`` (read without following links:
-    a symlinked upper directory is the venv's own entry, never a way elsewhere)."""
-    here = upper
-    parts = rel.split("/")
-    for part in parts[:-1]:
-        here = here / part
-        if not here.is_dir() or here.is_symlink():
-            return False
-    name = parts[-1]
+def _in_upper(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
+    """Whether the upper layer has an entry or a whiteout at ``rel``, read without following links (a
+    symlinked upper directory is the venv's own entry, never a way elsewhere). ``dirs`` caches which
+    directories are real ones: a large dist has thousands of files in a few hundred directories."""
+    parent, _, name = rel.rpartition("/")
+    if not _upper_dir(upper, parent, dirs):
+        return False
+    here = upper / parent
     return os.path.lexists(here / name) or os.path.lexists(here / (WHITEOUT_PREFIX + name))
+
+
+def _upper_dir(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
+    found = dirs.get(rel)
+    if found is None:
+        parent = rel.rpartition("/")[0]
+        path = upper / rel
+        found = dirs[rel] = _upper_dir(upper, parent, dirs) and path.is_dir() and not path.is_symlink()
+    return found
 
 
 def linker_for(link_mode: LinkMode, state: VenvState) -> Linker:
