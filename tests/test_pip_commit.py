@@ -67,6 +67,17 @@ STEPS = [
 @pytest.mark.parametrize("tool", ["pip", "uv"])
 def test_installer_commands_then_commit_end_as_in_a_plain_venv(require_fuse: None, store: Store, run_venvfs: Run,
                                                                tmp_path: Path, tool: str) -> None:
+    _steps_end_as_in_a_plain_venv(store, run_venvfs, tmp_path, tool, "commit")
+
+
+@pytest.mark.parametrize("tool", ["pip", "uv"])
+def test_installer_commands_then_adopt_end_as_in_a_plain_venv(store: Store, run_venvfs: Run, tmp_path: Path,
+                                                              tool: str) -> None:
+    """The materialized layout's way: pip or uv change real files, ``venvfs adopt`` stores them."""
+    _steps_end_as_in_a_plain_venv(store, run_venvfs, tmp_path, tool, "adopt")
+
+
+def _steps_end_as_in_a_plain_venv(store: Store, run_venvfs: Run, tmp_path: Path, tool: str, ingest: str) -> None:
     wheels = wheelhouse(tmp_path / "wheels")
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("tools==1.0\npipish==1.0\n")
@@ -74,7 +85,7 @@ def test_installer_commands_then_commit_end_as_in_a_plain_venv(require_fuse: Non
     plain = create_venv((tmp_path / "plain").mkdir() or tmp_path / "plain" / "v", "uv")
     # The store already holds these wheels (another venv's `venvfs add`): pip's installs are the same builds.
     run_venvfs("store", "add", str(wheels))
-    run_venvfs("mount", str(ours))
+    run_venvfs("mount" if ingest == "commit" else "adopt", str(ours))
     left_over: list[str] = []
     try:
         for step, args in STEPS:
@@ -82,7 +93,7 @@ def test_installer_commands_then_commit_end_as_in_a_plain_venv(require_fuse: Non
             args = [a.format(reqs=reqs) for a in args]
             for v in (ours, plain):
                 _run(tool, v, wheels, *args)
-            run_venvfs("commit", str(ours))
+            run_venvfs(ingest, str(ours))
             assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages, when=f"after {when}")
             assert _versions(ours) == _versions(plain), when
             assert all(n == 1 for n in _builds_per_wheel(store).values()), (when, store.dist_keys())

@@ -120,3 +120,20 @@ def test_a_killed_add_finished_later_leaves_no_stale_dist_info(pair: tuple[Path,
     assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
                               placed_by_venvfs={"needs-1.0.dist-info", "tools-2.0.dist-info"})
     assert _versions(ours) == _versions(plain)
+
+
+def test_switching_to_another_build_of_the_same_version_leaves_nothing_of_the_first(
+        pair: tuple[Path, Path], run_venvfs: Run, tmp_path: Path) -> None:
+    """``venvfs add VENV KEY`` of a build with other content but the same dist-info name: the venv's
+    copies of the first build's RECORD and INSTALLER would shadow the second's."""
+    ours, plain = pair
+    other = tools("1.0")
+    other.files = {**other.files, "tools/__init__.py": b"VERSION = '1.0'  # rebuilt\n"}
+    wheel = build_wheel(tmp_path / "rebuilt", other)
+    added = run_venvfs("store", "add", str(wheel))
+    (key,) = [w for w in added.stdout.split() if w.startswith("tools-1.0-")]
+    run_venvfs("add", str(ours), key)
+    subprocess.run([uv(), "pip", "install", "-q", "--reinstall", "--no-deps", "--python", str(plain / "bin/python"),
+                    str(wheel)], check=True)
+    assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
+                              placed_by_venvfs={"tools-1.0.dist-info"})
