@@ -19,7 +19,7 @@ from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.store.records import StoredFile
 from venvfs.store.store import Store
 from venvfs.store.wheel import ingest_wheel
-from venvfs.venv.select import resolve
+from venvfs.venv.select import change_selection, resolve
 from venvfs.venv.venv import Venv
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -100,4 +100,11 @@ def test_a_store_holding_two_builds_of_one_wheel_from_before_keeps_working(store
     assert not any(r.is_normalized for r in legacy)
     # A venv that selected one of them keeps it.
     assert resolve(store, interp, "demo", selected=[legacy[1].key]).key == legacy[1].key
+    # venvfs add places the build without an installer's metadata, storing it if the store has
+    # only the old records: the venv says venvfs installed it, and has no pip REQUESTED.
+    venv = Venv(tmp_path / "v")
+    change_selection(venv, store, add=["demo"])
+    assert venv.read_state().selection == [record.key] and store.has_dist(record.key)
+    dist_info = venv.site_packages / record.dist_info
+    assert (dist_info / "INSTALLER").read_bytes() == b"venvfs\n" and not (dist_info / "REQUESTED").exists()
     assert hashlib.sha256(b"venvfs\n").hexdigest() == INSTALLER_DIGEST

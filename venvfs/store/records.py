@@ -7,6 +7,7 @@ The manifest holds no installer's name: see ``INSTALLER_NAME``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -174,6 +175,13 @@ class DistRecord:
         ``INSTALLER_NAME``); records adopted before that hold pip's or uv's, under a key of their own."""
         meta = [f for f in self.site_files() if is_install_metadata(self.dist_info, f.path)]
         return [(f.path, f.digest) for f in meta] == [(f"{self.dist_info}/INSTALLER", INSTALLER_DIGEST)]
+
+    def normalized(self, installer: StoredFile) -> DistRecord:
+        """This build as stored today: without the installer metadata a record adopted before held,
+        with ``installer`` (venvfs's ``INSTALLER``, already stored) instead. Same content, new key."""
+        files = [f for f in self.files if not (f.in_site_packages and is_install_metadata(self.dist_info, f.path))]
+        return dataclasses.replace(self, files=tuple(sorted([*files, installer], key=lambda f: (f.scheme, f.path))),
+                                   stored_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def site_files(self) -> Iterable[StoredFile]:
         return (f for f in self.files if f.in_site_packages)

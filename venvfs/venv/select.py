@@ -12,6 +12,7 @@ argument, never in a Requires-Dist, where it would let a wheel's metadata pick a
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, Ve
 from venvfs.fsutil import atomic_write_json, crash_point
 from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
-from venvfs.store.records import DistRecord
+from venvfs.store.records import INSTALLER_NAME, DistRecord, Scheme, StoredFile
 from venvfs.store.store import Store
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv import layout, mountinfo
@@ -254,6 +255,19 @@ def with_dependencies(store: Store, interp: InterpreterInfo, roots: list[tuple[D
     return result
 
 
+def installer_free(store: Store, record: DistRecord) -> DistRecord:
+    """``record``, or where it was adopted with pip's or uv's ``INSTALLER``/``REQUESTED`` (before
+    records left them out), the same build stored without them: a venv venvfs places it in then
+    holds what a plain install holds, and says venvfs installed it. (Caller holds ``store.writing()``.)"""
+    if record.is_normalized:
+        return record
+    put = store.put_stream(io.BytesIO(INSTALLER_NAME), durable=False)
+    scheme: Scheme = next((f.scheme for f in record.site_files()), "purelib")
+    normalized = record.normalized(StoredFile(f"{record.dist_info}/INSTALLER", scheme, put.digest, put.size))
+    store.add_dist(normalized)
+    return normalized
+
+
 def _is_requirement(spec: str) -> bool:
     try:
         Requirement(spec)
@@ -303,6 +317,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
             wanted = with_dependencies(store, interp, roots, _selected_records(store, state), venv.root)
         else:
             wanted = [r for r, _ in roots]
+        wanted = [r if r.key in state.selection else installer_free(store, r) for r in wanted]
         report = _apply(venv, store, state, interp, wanted, remove, link_mode)
     return report
 
