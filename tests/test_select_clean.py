@@ -137,3 +137,24 @@ def test_switching_to_another_build_of_the_same_version_leaves_nothing_of_the_fi
                     str(wheel)], check=True)
     assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
                               placed_by_venvfs={"tools-1.0.dist-info"})
+
+
+def test_a_file_the_user_deleted_comes_back_with_a_fresh_install(pair: tuple[Path, Path], run_venvfs: Run,
+                                                                 tmp_path: Path) -> None:
+    """The whiteout a deletion left goes with its build, also from a directory the daemon has not
+    visited since it started: re-adding the build shows the file, as a plain reinstall does."""
+    ours, plain = pair
+    wheels = tmp_path / "wheels"
+    for v in (ours, plain):
+        (Venv(v).site_packages / "tools/old.py").unlink()
+    if (ours / ".venvfs/upper").exists():
+        run_venvfs("umount", str(ours))
+        run_venvfs("mount", str(ours))  # a new daemon: tools/ never looked at
+    run_venvfs("remove", str(ours), "tools")
+    _uv_pip(plain, wheels, "uninstall", "tools")
+    assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages, when="after remove")
+    run_venvfs("add", str(ours), "tools==1.0")
+    _uv_pip(plain, wheels, "install", "tools==1.0")
+    assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
+                              placed_by_venvfs={"tools-1.0.dist-info"}, when="after add")
+    assert (Venv(ours).site_packages / "tools/old.py").read_bytes() == b"X = 1\n"

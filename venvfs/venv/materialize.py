@@ -407,11 +407,12 @@ def site_leftovers(interp: InterpreterInfo, record: DistRecord) -> list[str]:
     return found
 
 
-def remove_paths(venv: Venv, targets: Iterable[tuple[Path, str]]) -> int:
+def remove_paths(venv: Venv, targets: Sequence[tuple[Path, str]], *, tidy: bool = False) -> int:
     """Unlink each ``root/rel`` (a root: site-packages, bin or the venv), then the directories that
-    leaves empty, never a root; returns the files removed. Nothing is removed through a symlink."""
+    leaves empty, never a root; returns the files removed. Nothing is removed through a symlink.
+    ``tidy``: the directories of targets already gone too, where they are empty."""
     removed = 0
-    emptied: set[tuple[Path, str]] = set()
+    emptied: set[tuple[Path, str]] = {(root, posixpath.dirname(rel)) for root, rel in targets} if tidy else set()
     with _Dirs(create=False) as dirs:
         for root, rel in targets:
             try:

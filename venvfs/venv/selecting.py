@@ -69,7 +69,9 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     """The mounted layout's ``remove_files``: what the upper layer holds at the paths of ``dropped``
     distributions goes (the venv's copies of installer metadata, RECORD above all, which the view
     stops rendering; edited or recompiled copies; whiteouts), as a plain uninstall leaves nothing of
-    them. Paths ``kept`` distributions provide are left alone. ``state`` names the selection so far
+    them. Paths ``kept`` distributions provide are left alone; paths the build replacing a dropped one
+    provides are not (an edit of the old version's file goes, as a plain upgrade overwrites it and
+    ``remove_files`` deletes it in the materialized layout). ``state`` names the selection so far
     (the caller writes the new one after).
 
     A running daemon caches which names are upper: the removal then goes through the mount, after
@@ -94,11 +96,19 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
                     for p in present]
         remove_paths(venv, targets)
         return
+    # The reload reconciles only directories the daemon has loaded: list the ones that hold what
+    # goes, or a whiteout in one never visited since the daemon started would outlive its dist and
+    # hide the file of a later build at that path. (Listing through the mount only reads.)
+    for parent in sorted({posixpath.dirname(p) for p in present}):
+        with contextlib.suppress(OSError):
+            os.listdir(venv.site_packages / parent)
     kept_keys = {r.key for r in kept}
     state.selection = [k for k in state.selection if k in kept_keys]
     venv.write_state(state)
     mountinfo.reload(venv)
-    remove_paths(venv, [(venv.site_packages, p) for p in present])
+    # tidy: a directory that held only a whiteout the reload dropped is empty now, and a plain
+    # uninstall leaves no empty package directory.
+    remove_paths(venv, [(venv.site_packages, p) for p in present], tidy=True)
 
 
 def _in_upper(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
