@@ -108,3 +108,17 @@ def test_a_store_holding_two_builds_of_one_wheel_from_before_keeps_working(store
     dist_info = venv.site_packages / record.dist_info
     assert (dist_info / "INSTALLER").read_bytes() == b"venvfs\n" and not (dist_info / "REQUESTED").exists()
     assert hashlib.sha256(b"venvfs\n").hexdigest() == INSTALLER_DIGEST
+
+
+def test_a_compiled_wheel_installed_by_uv_is_the_build_its_file_makes(store: Store, run_venvfs: Run,
+                                                                      compiled_wheel: Path, tmp_path: Path) -> None:
+    """A platlib wheel from PyPI (markupsafe): adopted from uv's install it is stored as platlib, as
+    ingest of its file does (Root-Is-Purelib: false), with one key for both."""
+    venv = create_venv(tmp_path / "v", "uv")
+    subprocess.run([uv(), "pip", "install", "-q", "--python", str(venv / "bin/python"), str(compiled_wheel)],
+                   check=True)
+    run_venvfs("adopt", str(venv))
+    adopted = [k for k in store.dist_keys() if k.startswith("markupsafe-")]
+    run_venvfs("store", "add", str(compiled_wheel))
+    assert [k for k in store.dist_keys() if k.startswith("markupsafe-")] == adopted and len(adopted) == 1
+    assert {f.scheme for f in store.get_dist(adopted[0]).site_files()} == {"platlib"}
