@@ -158,3 +158,28 @@ def test_a_file_the_user_deleted_comes_back_with_a_fresh_install(pair: tuple[Pat
     assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
                               placed_by_venvfs={"tools-1.0.dist-info"}, when="after add")
     assert (Venv(ours).site_packages / "tools/old.py").read_bytes() == b"X = 1\n"
+
+
+@pytest.mark.parametrize("pair", ["mounted"], indirect=True)
+@pytest.mark.parametrize("unmounted", [True, False], ids=["unmounted", "mounted"])
+def test_remove_takes_an_opaque_package_directory_along(pair: tuple[Path, Path], run_venvfs: Run, tmp_path: Path,
+                                                        unmounted: bool) -> None:
+    """uv -U replaces tools/ (an opaque directory in the upper layer, which commit leaves: finding 1),
+    then venvfs remove, with the venv unmounted or mounted: no empty tools/ may stay, nor hide a
+    later build's."""
+    ours, plain = pair
+    wheels = tmp_path / "wheels"
+    for v in (ours, plain):
+        _uv_pip(v, wheels, "install", "-U", "tools")
+    run_venvfs("commit", str(ours))
+    if unmounted:
+        run_venvfs("umount", str(ours))
+    run_venvfs("remove", str(ours), "tools")
+    _uv_pip(plain, wheels, "uninstall", "tools")
+    if unmounted:
+        run_venvfs("mount", str(ours))
+    assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages, when="after remove")
+    run_venvfs("add", str(ours), "tools==2.0")
+    _uv_pip(plain, wheels, "install", "tools==2.0")
+    assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages,
+                              placed_by_venvfs={"tools-2.0.dist-info"}, when="after add")

@@ -20,7 +20,7 @@ from venvfs.store.store import Store
 from venvfs.venv import mountinfo
 from venvfs.venv.linkmode import Linker, LinkMode
 from venvfs.venv.materialize import materialize, remove_files, remove_paths, site_leftovers
-from venvfs.venv.upper import WHITEOUT_PREFIX
+from venvfs.venv.upper import WHITEOUT_PREFIX, Upper
 from venvfs.venv.venv import Venv, VenvState
 
 # Present from the first file an add/remove changes until the venv's files match the new selection:
@@ -88,18 +88,23 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     upper = venv.upper_dir
     dirs: dict[str, bool] = {"": upper.is_dir()}
     present = [p for p in paths if _in_upper(upper, p, dirs)]
-    if not present:
+    # A whiteout of a whole package directory (an installer deleted and recreated it) hides what
+    # a later build puts there as surely as one of a file does.
+    kept_dirs = {d for p in provided for d in _parents(p)}
+    hidden_dirs = [d for d in sorted({d for p in paths for d in _parents(p)} - kept_dirs)
+                   if _whiteout_in_upper(upper, d, dirs)]
+    if not present and not hidden_dirs:
         return  # nothing of theirs is the venv's own: the next view shows none of them
     if mountinfo.daemon_pid(venv) is None:
         targets = [(upper, p) for p in present]
-        targets += [(upper, posixpath.join(posixpath.dirname(p), WHITEOUT_PREFIX + posixpath.basename(p)))
-                    for p in present]
+        targets += [(upper, _whiteout_of(p)) for p in [*present, *hidden_dirs]]
         remove_paths(venv, targets)
+        _drop_bare_opaque(venv, {posixpath.dirname(p) for p in present})
         return
     # The reload reconciles only directories the daemon has loaded: list the ones that hold what
     # goes, or a whiteout in one never visited since the daemon started would outlive its dist and
     # hide the file of a later build at that path. (Listing through the mount only reads.)
-    for parent in sorted({posixpath.dirname(p) for p in present}):
+    for parent in sorted({posixpath.dirname(p) for p in [*present, *hidden_dirs]}):
         with contextlib.suppress(OSError):
             os.listdir(venv.site_packages / parent)
     kept_keys = {r.key for r in kept}
@@ -109,6 +114,45 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     # tidy: a directory that held only a whiteout the reload dropped is empty now, and a plain
     # uninstall leaves no empty package directory.
     remove_paths(venv, [(venv.site_packages, p) for p in present], tidy=True)
+
+
+def _drop_bare_opaque(venv: Venv, dirs: set[str]) -> None:
+    """Remove the upper directories (deepest first, and their parents) left holding nothing but an
+    opaque marker: a package directory an installer replaced (finding 1) whose files just went.
+    Left, it would show as an empty directory, and hide the package of a later build at that path.
+    (No daemon runs: the upper layer is only ours. Each step is relative to a directory fd reached
+    without following a link, like every upper-layer change.)"""
+    layer = Upper(venv.upper_dir, venv.state_dir / "work")
+    try:
+        for rel in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+            parts = rel.split("/") if rel else []
+            while parts:
+                try:
+                    listing = layer.listdir(parts)
+                    if listing.entries or listing.whiteouts:
+                        break
+                    layer.clear_markers(parts)
+                    with layer.dirfd(parts[:-1]) as pfd:
+                        os.rmdir(parts[-1], dir_fd=pfd)
+                except OSError:
+                    break
+                parts = parts[:-1]
+    finally:
+        layer.close()
+
+
+def _parents(rel: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _whiteout_of(rel: str) -> str:
+    return posixpath.join(posixpath.dirname(rel), WHITEOUT_PREFIX + posixpath.basename(rel))
+
+
+def _whiteout_in_upper(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
+    return _upper_dir(upper, posixpath.dirname(rel), dirs) and os.path.lexists(upper / _whiteout_of(rel))
 
 
 def _in_upper(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
