@@ -2,10 +2,12 @@
 
 A ``DistRecord`` is immutable and content-addressed: its key ends in a digest of the manifest, so the
 same build adopted from two venvs, or ingested from the same wheel twice, has one key and one record.
+The manifest holds no installer's name: see ``INSTALLER_NAME``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -31,6 +33,19 @@ REWRITTEN_METADATA: frozenset[str] = frozenset({"RECORD", "INSTALLER", "REQUESTE
 # name, pip's REQUESTED, PEP 610's direct_url.json (where it installed from), uv's cache keys. One
 # wheel installed by pip, by uv and by venvfs differs only in these, so they are no part of its content.
 INSTALL_METADATA: frozenset[str] = REWRITTEN_METADATA | {"uv_cache.json", "uv_build.json"}
+
+# The one installer file a record holds: every record stored since builds were keyed without the
+# installer (wheel ingest, adopt, commit) has ``INSTALLER`` with these bytes and none of the rest of
+# ``INSTALL_METADATA``, so one wheel gives one manifest, hence one key, whoever installed it. A venv
+# where pip or uv installed the dist keeps what they wrote as its own files; where venvfs placed it,
+# it says venvfs, which is the truth there.
+INSTALLER_NAME = b"venvfs\n"
+INSTALLER_DIGEST = hashlib.sha256(INSTALLER_NAME).hexdigest()
+
+
+def is_install_metadata(dist_info: str, path: str) -> bool:
+    """Whether ``path`` (relative to site-packages) is installer-written metadata of ``dist_info``."""
+    return posixpath.dirname(path) == dist_info and posixpath.basename(path) in INSTALL_METADATA
 
 
 @dataclass(frozen=True)
@@ -137,9 +152,10 @@ class DistRecord:
         Equal for one wheel stored from the wheel file, adopted from a pip venv and from a uv venv;
         different for two wheels of one name and version whose files differ in any byte.
         """
-        files = [f.to_json() for f in self.files
-                 if not (f.in_site_packages and posixpath.dirname(f.path) == self.dist_info
-                         and posixpath.basename(f.path) in INSTALL_METADATA)]
+        # purelib and platlib are one directory in a venv: a wheel stored from its file (its root
+        # scheme) and adopted before adopt read the root scheme ("purelib") are one build.
+        files = [{**f.to_json(), "scheme": "purelib" if f.in_site_packages else f.scheme} for f in self.files
+                 if not (f.in_site_packages and is_install_metadata(self.dist_info, f.path))]
         content = {
             "name": canonicalize_name(self.name),
             "version": self.version,
@@ -152,6 +168,20 @@ class DistRecord:
     @property
     def is_complete(self) -> bool:
         return not self.omitted
+
+    @functools.cached_property
+    def is_normalized(self) -> bool:
+        """Whether the record holds no installer's metadata but venvfs's ``INSTALLER`` (see
+        ``INSTALLER_NAME``); records adopted before that hold pip's or uv's, under a key of their own."""
+        meta = [f for f in self.site_files() if is_install_metadata(self.dist_info, f.path)]
+        return [(f.path, f.digest) for f in meta] == [(f"{self.dist_info}/INSTALLER", INSTALLER_DIGEST)]
+
+    def normalized(self, installer: StoredFile) -> DistRecord:
+        """This build as stored today: without the installer metadata a record adopted before held,
+        with ``installer`` (venvfs's ``INSTALLER``, already stored) instead. Same content, new key."""
+        files = [f for f in self.files if not (f.in_site_packages and is_install_metadata(self.dist_info, f.path))]
+        return dataclasses.replace(self, files=tuple(sorted([*files, installer], key=lambda f: (f.scheme, f.path))),
+                                   stored_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def site_files(self) -> Iterable[StoredFile]:
         return (f for f in self.files if f.in_site_packages)

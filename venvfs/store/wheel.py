@@ -29,10 +29,8 @@ from venvfs.errors import InvalidWheel
 from venvfs.fsutil import UnsafePath, io_failure, safe_relpath, symlink_stays_inside
 from venvfs.progress import Progress, human_bytes
 from venvfs.store.limits import RATIO_FLOOR, IngestLimits, name_problem
-from venvfs.store.records import SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.store.records import INSTALLER_NAME, SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
 from venvfs.store.store import Store
-
-INSTALLER_NAME = b"venvfs\n"
 
 
 class StoreDestination(installer.destinations.WheelDestination):

@@ -39,7 +39,15 @@ from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compile_in_background, ensure_bytecode
-from venvfs.store.records import SITE_SCHEMES, DistRecord, EntryPoint, Scheme, StoredFile
+from venvfs.store.records import (
+    INSTALLER_NAME,
+    SITE_SCHEMES,
+    DistRecord,
+    EntryPoint,
+    Scheme,
+    StoredFile,
+    is_install_metadata,
+)
 from venvfs.store.store import Store
 from venvfs.venv import automount as hooks
 from venvfs.venv import layout
@@ -112,6 +120,7 @@ class _DistAdopter:
         self.new_objects = 0
         self.new_bytes = 0
         self.shared_bytes = 0
+        self.site_scheme: Scheme = "purelib"
         self._shebang = re.compile(rb"^#!" + re.escape(os.fsencode(venv.bin_dir)) + rb"/python[0-9.]*(?=[\s])")
 
     def metadata(self) -> tuple[str, str, tuple[str, ...], tuple[EntryPoint, ...]]:
@@ -125,7 +134,12 @@ class _DistAdopter:
         tags: tuple[str, ...] = ()
         wheel = self.dist_info / "WHEEL"
         if wheel.exists():
-            tags = tuple(Parser().parsestr(wheel.read_text(errors="replace")).get_all("Tag") or ())
+            parsed = Parser().parsestr(wheel.read_text(errors="replace"))
+            tags = tuple(parsed.get_all("Tag") or ())
+            # The scheme wheel ingest gives site-packages files, so the wheel's file and its install
+            # are one build (both are site-packages in a venv).
+            if parsed.get("Root-Is-Purelib", "true").strip().lower() != "true":
+                self.site_scheme = "platlib"
         eps: list[EntryPoint] = []
         ep_file = self.dist_info / "entry_points.txt"
         if ep_file.exists():
@@ -170,7 +184,14 @@ class _DistAdopter:
                 continue  # RECORD stays the venv's own; bytecode is compiled per Python version
             if scheme == "scripts" and rel in script_names:
                 continue  # generated from the entry point for each venv's interpreter
+            if scheme == "purelib" and is_install_metadata(self.dist_info.name, rel):
+                # About this install, not the build (records.INSTALLER_NAME): it stays the venv's own.
+                continue
+            if scheme == "purelib":
+                scheme = self.site_scheme
             self._adopt_file(scheme, rel, self.venv.site_packages / path_field, _record_digest(hash_field))
+        put = self.store.put_stream(io.BytesIO(INSTALLER_NAME), durable=False)
+        self._add(self.site_scheme, f"{self.dist_info.name}/INSTALLER", put.digest, put.size, False, new=put.new)
         return DistRecord(
             name=name, version=version, dist_info=self.dist_info.name, tags=tags,
             files=tuple(sorted(self.files, key=lambda f: (f.scheme, f.path))),
@@ -186,7 +207,7 @@ class _DistAdopter:
             return
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
-            if scheme == "purelib" and symlink_stays_inside(rel, target):
+            if scheme in SITE_SCHEMES and symlink_stays_inside(rel, target):
                 self.files.append(StoredFile(rel, scheme, None, len(target.encode()), symlink=target))
             else:
                 self.kept.append(rel)

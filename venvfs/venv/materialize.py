@@ -23,7 +23,7 @@ from venvfs.errors import InvalidWheel, VenvfsError
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compilable, pyc_relpath
 from venvfs.store.limits import NAME_MAX, PATH_MAX
-from venvfs.store.records import REWRITTEN_METADATA, DistRecord, StoredFile
+from venvfs.store.records import INSTALL_METADATA, DistRecord, StoredFile, is_install_metadata
 from venvfs.store.store import SOURCE_EPOCH, Store
 from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, UnsafeDestination, name_in_error
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
@@ -363,9 +363,10 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
         _write(dir_fd, name, script, 0o755)
         report.scripts += 1
         return
-    if posixpath.basename(f.path) in REWRITTEN_METADATA and posixpath.dirname(f.path) == record.dist_info:
-        # Installers rewrite these in place: a link would carry the rewrite into the store.
-        if not _already_placed(dir_fd, name, obj, f) or _same_inode(dir_fd, name, obj):
+    if f.in_site_packages and is_install_metadata(record.dist_info, f.path):
+        # Installers rewrite these in place: a link would carry the rewrite into the store. One the
+        # venv holds already is what its installer wrote about this install (pip's, uv's), and stays.
+        if _lstat_at(dir_fd, name) is None or _same_inode(dir_fd, name, obj):
             _write(dir_fd, name, obj.read_bytes(), 0o644, mtime=SOURCE_EPOCH)
             report.placed += 1
         return
@@ -390,14 +391,28 @@ def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, sit
 
     Nothing is removed through a symlink (a file below one belongs to whatever the link leads to).
     """
-    removed = 0
     targets = [placement(venv, interp, record, f) for f in record.files if site_packages or not f.in_site_packages]
     if site_packages:
-        targets += [(venv.site_packages, pyc_relpath(f.path, interp.cache_tag))
-                    for f in record.site_files() if compilable(f.path)]
-        targets.append((venv.site_packages, f"{record.dist_info}/RECORD"))
+        targets += [(venv.site_packages, rel) for rel in site_leftovers(interp, record)]
     targets += [(venv.bin_dir, name) for name, _ in entry_point_scripts(venv, record)]
-    emptied: set[tuple[Path, str]] = set()
+    return remove_paths(venv, targets)
+
+
+def site_leftovers(interp: InterpreterInfo, record: DistRecord) -> list[str]:
+    """What a venv may hold of ``record`` in site-packages besides its stored files: their bytecode,
+    its RECORD, and what an installer wrote about the install (pip's ``REQUESTED``, ``direct_url.json``:
+    the venv's own files, which a store record does not list). A plain uninstall leaves none of them."""
+    found = [pyc_relpath(f.path, interp.cache_tag) for f in record.site_files() if compilable(f.path)]
+    found += [f"{record.dist_info}/{name}" for name in sorted(INSTALL_METADATA)]
+    return found
+
+
+def remove_paths(venv: Venv, targets: Sequence[tuple[Path, str]], *, tidy: bool = False) -> int:
+    """Unlink each ``root/rel`` (a root: site-packages, bin or the venv), then the directories that
+    leaves empty, never a root; returns the files removed. Nothing is removed through a symlink.
+    ``tidy``: the directories of targets already gone too, where they are empty."""
+    removed = 0
+    emptied: set[tuple[Path, str]] = {(root, posixpath.dirname(rel)) for root, rel in targets} if tidy else set()
     with _Dirs(create=False) as dirs:
         for root, rel in targets:
             try:

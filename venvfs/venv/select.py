@@ -12,6 +12,7 @@ argument, never in a Requires-Dist, where it would let a wheel's metadata pick a
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +29,14 @@ from venvfs.errors import AmbiguousBuild, NoMatchingDistribution, UsageError, Ve
 from venvfs.fsutil import atomic_write_json, crash_point
 from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
-from venvfs.store.records import DistRecord
+from venvfs.store.records import INSTALLER_NAME, DistRecord, Scheme, StoredFile
 from venvfs.store.store import Store
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv import layout, mountinfo
 from venvfs.venv.adopt import adopt
 from venvfs.venv.linkmode import LinkMode
 from venvfs.venv.materialize import check_placeable, materialize, remove_files
-from venvfs.venv.selecting import SELECTING, linker_for
+from venvfs.venv.selecting import SELECTING, clear_upper, linker_for
 from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 
@@ -107,8 +108,11 @@ def _one_build(store: Store, tied: list[DistRecord], tag: str, selected: Collect
         group = mine[0]
     else:
         (group,) = groups.values()
-    # Same content: the venv's own, else a wheel's (its metadata names no other venv), else key order.
-    return min(group, key=lambda r: (r.key not in selected, not r.source.startswith("wheel:"), r.key))
+    # Same content: the venv's own, else one whose only installer file is venvfs's (a record adopted
+    # before keys left the installer out carries pip's or uv's REQUESTED, INSTALLER), else a wheel's
+    # (its metadata names no other venv), else key order.
+    return min(group, key=lambda r: (r.key not in selected, not r.is_normalized, not r.source.startswith("wheel:"),
+                                     r.key))
 
 
 def rival_builds(store: Store, record: DistRecord) -> list[DistRecord]:
@@ -251,6 +255,19 @@ def with_dependencies(store: Store, interp: InterpreterInfo, roots: list[tuple[D
     return result
 
 
+def installer_free(store: Store, record: DistRecord) -> DistRecord:
+    """``record``, or where it was adopted with pip's or uv's ``INSTALLER``/``REQUESTED`` (before
+    records left them out), the same build stored without them: a venv venvfs places it in then
+    holds what a plain install holds, and says venvfs installed it. (Caller holds ``store.writing()``.)"""
+    if record.is_normalized:
+        return record
+    put = store.put_stream(io.BytesIO(INSTALLER_NAME), durable=False)
+    scheme: Scheme = next((f.scheme for f in record.site_files()), "purelib")
+    normalized = record.normalized(StoredFile(f"{record.dist_info}/INSTALLER", scheme, put.digest, put.size))
+    store.add_dist(normalized)
+    return normalized
+
+
 def _is_requirement(spec: str) -> bool:
     try:
         Requirement(spec)
@@ -300,6 +317,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
             wanted = with_dependencies(store, interp, roots, _selected_records(store, state), venv.root)
         else:
             wanted = [r for r, _ in roots]
+        wanted = [r if r.key in state.selection else installer_free(store, r) for r in wanted]
         report = _apply(venv, store, state, interp, wanted, remove, link_mode)
     return report
 
@@ -326,9 +344,12 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     marker = venv.state_dir / SELECTING
     atomic_write_json(marker, {"remove": [r.key for r in dropped], "place": [r.key for r in wanted],
                                "selection": [r.key for r in kept] + [r.key for r in new]})
+    crash_point("select:removing")
     for record in dropped:
         remove_files(venv, interp, record, site_packages=state.layout == "materialized")
         report.removed.append(record.key)
+    if state.layout == "mounted":
+        clear_upper(venv, state, dropped, kept)
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
