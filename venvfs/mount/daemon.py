@@ -315,9 +315,25 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
 
 def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
-    """Start the daemon detached (double fork: no zombie, no controlling terminal) and wait for it."""
+    """Start the daemon, forked by the user's mount service (``mount/service.py``) or, where that
+    cannot be used, as a new detached process, and wait until it is ready."""
+    from venvfs.mount import service
+
     logfile = log_path(venv)
     logfile.parent.mkdir(parents=True, exist_ok=True)
+    message = service.request_mount(venv.root, store.root, allow_other=allow_other, logfile=logfile,
+                                    timeout=READY_TIMEOUT)
+    if message is None:
+        message = _spawn_process(venv, store, logfile, allow_other=allow_other)
+    if message == "ok" or message.startswith("already"):
+        return
+    if not message:
+        message = f"the daemon exited without a word; see {logfile}"
+    raise MountError(message.removeprefix("error: ") + _libfuse_cause(logfile))
+
+
+def _spawn_process(venv: Venv, store: Store, logfile: Path, *, allow_other: bool) -> str:
+    """Start the daemon detached (double fork: no zombie, no controlling terminal); its ready line."""
     r, w = os.pipe()
     argv = [sys.executable, "-m", "venvfs.mount.daemon", "--venv", str(venv.root), "--store", str(store.root),
             "--ready-fd", str(w), "--log", str(logfile)]
@@ -351,14 +367,9 @@ def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
     os.close(w)
     os.waitpid(pid, 0)
     try:
-        message = _read_ready(r, READY_TIMEOUT)
+        return _read_ready(r, READY_TIMEOUT)
     finally:
         os.close(r)
-    if message == "ok" or message.startswith("already"):
-        return
-    if not message:
-        message = f"the daemon exited without a word; see {logfile}"
-    raise MountError(message.removeprefix("error: ") + _libfuse_cause(logfile))
 
 
 def _libfuse_cause(logfile: Path) -> str:

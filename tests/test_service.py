@@ -1,0 +1,173 @@
+"""The per-user mount service (issue 16): mounts forked from one warm process, which is an
+accelerator only: killing it unmounts nothing, and without it ``venvfs mount`` works as before.
+Real mounts, real processes, a real second user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.otheruser import other_user
+from venvfs.mount import service
+from venvfs.store.store import Store
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _daemon_pid(venv: Path) -> int:
+    return int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["pid"])
+
+
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _answers(venv: Path) -> bool:
+    sp = next(venv.glob("lib/python*/site-packages"))
+    try:
+        os.listdir(sp)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def service_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv(service.DISABLE_ENV, raising=False)
+    return runtime
+
+
+def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, service_env: Path, store: Store,
+                                                      make_venv: Callable[..., Path], run_venvfs: Run) -> None:
+    one, two = make_venv("one", "uv"), make_venv("two", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(one))
+    run_venvfs("mount", "--mode", "fuse", str(two))
+    sock = service.socket_path(store.root)
+    assert sock is not None and sock.parent.parent == service_env
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    pids = [_daemon_pid(v) for v in (one, two)]
+    parents = {_ppid(p) for p in pids}
+    assert len(parents) == 1 and pids[0] != pids[1], "each mount is its own process, forked by one service"
+    (service_pid,) = parents
+    assert "venvfs.mount.service" in _cmdline(service_pid)
+    try:
+        # The service is an accelerator: kill -9 leaves every mount serving.
+        os.kill(service_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{service_pid}").exists() and _ppid(pids[0]) == service_pid:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert all(_answers(v) for v in (one, two))
+        assert "already mounted" in run_venvfs("mount", str(one)).stdout
+        # The next mount starts a new service on the dead one's socket.
+        run_venvfs("umount", str(two))
+        run_venvfs("mount", "--mode", "fuse", str(two))
+        assert _ppid(_daemon_pid(two)) not in (service_pid, 1)
+        assert _answers(two)
+    finally:
+        run_venvfs("umount", str(one), check=False)
+        run_venvfs("umount", str(two), check=False)
+
+
+def test_without_the_service_mounts_spawn_their_daemon(require_fuse: None, service_env: Path, store: Store,
+                                                       make_venv: Callable[..., Path], run_venvfs: Run,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(service.DISABLE_ENV, "0")
+    venv = make_venv("plain", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(venv))
+    try:
+        assert "venvfs.mount.daemon" in _cmdline(_daemon_pid(venv))
+        assert not list(service_env.rglob("*.sock"))
+    finally:
+        run_venvfs("umount", str(venv))
+
+
+def test_an_unsafe_runtime_directory_is_not_used(require_fuse: None, service_env: Path, store: Store,
+                                                 make_venv: Callable[..., Path], run_venvfs: Run) -> None:
+    # A runtime directory others can write (or another user's /tmp/runtime-UID) could hold their
+    # socket in place of ours: venvfs then mounts without the service.
+    service_env.chmod(0o777)
+    venv = make_venv("open", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(venv))
+    try:
+        assert "venvfs.mount.daemon" in _cmdline(_daemon_pid(venv))
+        assert service.socket_path(store.root) is None
+    finally:
+        run_venvfs("umount", str(venv))
+
+
+def test_a_stale_service_steps_aside(require_fuse: None, service_env: Path, store: Store,
+                                     make_venv: Callable[..., Path], run_venvfs: Run) -> None:
+    # An upgraded venvfs must not be served by the old one's code: the old service exits.
+    venv = make_venv("first", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(venv))
+    try:
+        service_pid = _ppid(_daemon_pid(venv))
+        sock = service.socket_path(store.root)
+        assert sock is not None
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock))
+            s.sendall(json.dumps({"op": "mount", "identity": "0.0.0:/elsewhere"}).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b"stale\n"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{service_pid}").exists() and "service" in _cmdline(service_pid):
+            assert time.monotonic() < deadline, "the stale service did not exit"
+            time.sleep(0.02)
+        assert _answers(venv)
+    finally:
+        run_venvfs("umount", str(venv))
+
+
+def test_another_user_cannot_use_my_service(require_fuse: None, tmp_path: Path) -> None:
+    # The socket's directory is 0700 (the kernel's check) and the service serves only its own uid
+    # (SO_PEERCRED): root, which passes any mode check, is refused by a user's service.
+    with other_user() as user:
+        runtime = user.home / "runtime"
+        store = user.home / "store"
+        env = {"XDG_RUNTIME_DIR": str(runtime), "VENVFS_STORE": str(store), "VENVFS_SERVICE_IDLE": "30",
+               **user._pythonpath()}
+        sock_name = user.run(user.python, "-c", "import sys; from pathlib import Path; from venvfs.mount import "
+                             "service; p = service.socket_path(Path(sys.argv[1])); print(p)", str(store),
+                             env=env)
+        assert sock_name.returncode == 0, sock_name.stderr
+        sock = Path(sock_name.stdout.strip())
+        started = subprocess.Popen([*user.prefix(), "env", f"HOME={user.home}",
+                                    *[f"{k}={v}" for k, v in env.items()], user.python, "-m",
+                                    "venvfs.mount.service", "--store", str(store)], cwd="/")
+        try:
+            deadline = time.monotonic() + 20
+            while not sock.exists():
+                assert time.monotonic() < deadline and started.poll() is None, "the service did not start"
+                time.sleep(0.02)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.sendall(json.dumps({"op": "mount", "identity": service._identity(), "venv": "/",
+                                      "store": str(store)}).encode() + b"\n")
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(100) == b"refused\n"
+            assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == user.uid
+        finally:
+            started.kill()
+            started.wait()
