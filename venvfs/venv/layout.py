@@ -97,8 +97,10 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
         atomic_write_bytes(marker, _HIDING)
         hidden: list[str] = []
         for rel, entry in view.walk():
-            if not isinstance(entry, LowerDir) and entry.kind == PYC:
-                continue  # a cache the store provides; hiding it would only cost a recompile
+            if (entry.kind == PYC if not isinstance(entry, LowerDir) else rel.rpartition("/")[2] == "__pycache__"):
+                # A cache the store provides, or a directory of nothing else (absent where adopt left
+                # compiling to the background): hiding it would only cost a recompile.
+                continue
             if any(rel.startswith(h + "/") for h in hidden):
                 continue
             if not os.path.lexists(sp / rel):
