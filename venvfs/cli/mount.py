@@ -11,6 +11,7 @@ from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
     json_parent,
+    note_dead_mount,
     open_store,
     open_store_for,
     print_json,
@@ -166,7 +167,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
     from venvfs.mount.commit import commit
     from venvfs.venv.venv import Venv
 
-    report = commit(Venv.open(venv_path(args)), open_store(args))
+    venv = Venv.open(venv_path(args))
+    note_dead_mount(venv)
+    report = commit(venv, open_store(args))
     if args.json:
         print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped})
     else:
