@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from venvfs.cli.common import (
     venv_path,
 )
 from venvfs.errors import VenvfsError
+from venvfs.hooks.target import GUARD_ENV
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -110,6 +112,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
             code = e.exit_code
             continue
         results.append({"venv": str(r.venv), "how": r.how, "message": r.message})
+        if r.how == "fuse" and not os.environ.get(GUARD_ENV):  # not at an interpreter start
+            from venvfs.venv.uvconfig import hint_once
+
+            hint = hint_once(Venv(r.venv))
+            if hint:
+                print(f"venvfs: {hint}", file=sys.stderr)
         if r.how == "materialized":
             print(f"venvfs: {r.message}", file=sys.stderr)  # the fallback is always reported
         elif not args.json and not args.quiet:

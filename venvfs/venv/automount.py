@@ -58,6 +58,7 @@ def target_for(venv: Venv, state: VenvState) -> HookTarget:
         site_packages=venv.site_packages,
         store=state.store,
         argv=venvfs_argv("mount", str(venv.root)),
+        uv_copy=state.layout == "mounted",
     )
 
 
