@@ -212,3 +212,18 @@ def test_a_file_written_over_a_directory_of_the_venv_is_refused(mounted: Path, r
     assert (venv.site_packages / "notes").read_text() == "written while unmounted\n"
     assert (venv.upper_dir / "notes" / "a.txt").read_text() == "through the mount\n"
     assert sorted(os.listdir(venv.site_packages)) == sorted(["notes", PTH_NAME])
+
+
+@pytest.mark.allow_warnings
+def test_what_was_installed_while_unmounted_survives_the_fallback_to_real_files(
+        mounted: Path, run_venvfs: Run, wheels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_venvfs("add", str(mounted), str(wheels / "six-1.0-py3-none-any.whl"))
+    run_venvfs("umount", str(mounted))
+    _uv_unmounted(mounted, wheels, "install", "six==2.0")
+    monkeypatch.setenv("VENVFS_DISABLE_FUSE", "1")
+    proc = run_venvfs("mount", str(mounted))
+    assert "keeps real files" in proc.stderr
+    sp = Venv.open(mounted).site_packages
+    assert sorted(n for n in os.listdir(sp) if n.startswith("six-")) == ["six-2.0.dist-info"]
+    proc = _python(mounted, VERSION_OF)
+    assert proc.stdout.startswith("2.0 2.0"), (proc.stdout, proc.stderr)

@@ -50,7 +50,7 @@ from venvfs.venv.mountinfo import mount_state as mount_state
 from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
-from venvfs.venv.venv import Venv
+from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
 
@@ -602,12 +602,22 @@ def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
                        f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount{exposed}")
 
 
+def _take_in(venv: Venv, store: Store, state: VenvState) -> None:
+    """What an installer wrote below the mount point while it was unmounted, which the mount would
+    hide, into the upper layer (venvfs/venv/takein.py); said in one line."""
+    from venvfs.venv import takein
+
+    took = takein.take_in(venv, store, state).message
+    if took:
+        log.warning("%s: %s", venv.root, took)
+
+
 def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
           mode: Literal["auto", "fuse", "materialize"] = "auto", hooks: bool | None = None) -> MountResult:
     """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
     where FUSE is unusable (unless ``mode="fuse"``). ``hooks`` turns the automount hooks on or off
     (remembered in the venv's state); None keeps the venv's choice."""
-    from venvfs.venv import automount, eject, layout, takein
+    from venvfs.venv import automount, eject, layout
 
     venv = Venv.open(path)
     with venv.locked(wait=True):
@@ -632,6 +642,8 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
             if current != "unmounted":
                 _unmount_locked(venv)
             layout.resume(venv, store, state)
+            if state.layout == "mounted":
+                _take_in(venv, store, state)  # before real files are placed around it
             result = _fallback(venv, store, problem)
             automount.install(venv)  # materialized: removes the .pth, so activation stops calling mount
             return result
@@ -646,10 +658,7 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         layout.resume(venv, store, state)
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
-        # What an installer wrote below the mount point while it was unmounted would be hidden by the mount.
-        took = takein.take_in(venv, store, state).message
-        if took:
-            log.warning("%s: %s", venv.root, took)
+        _take_in(venv, store, state)
         # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
         automount.install(venv)
         if not foreground:
