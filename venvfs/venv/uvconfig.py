@@ -7,7 +7,7 @@ the VFS, before FUSE sees them, so the copy is all there can be. The activation 
 ``UV_LINK_MODE=copy`` while a mounted venv is active (``venvfs.hooks.posix``, ``fish``). uv commands
 run without activating (``uv add``, ``uv sync``, ``uv run`` in a project) read only the environment
 and uv's configuration files, which are the user's: venvfs writes none of them, and says once per
-venv what to add instead.
+venv, for a uv project's venv (a ``pyproject.toml`` beside it), what to add instead.
 
 uv's configuration, as discovered by uv: ``UV_LINK_MODE``; ``UV_CONFIG_FILE``; ``uv.toml`` or
 ``pyproject.toml`` (``[tool.uv]``) in the project directory or a parent (the venv's parent directory
@@ -71,12 +71,12 @@ def hint_once(venv: Venv) -> str | None:
     """The one line to print after mounting a uv venv whose project does not tell uv to copy; None
     if it was printed for this venv before (or is not needed)."""
     marker = venv.state_dir / HINT_MARKER
-    if not made_by_uv(venv) or marker.exists() or link_mode_source(venv) is not None:
+    project = venv.root.parent / "pyproject.toml"
+    # Only a uv project's venv: there uv runs without activation (uv add, uv sync, uv run).
+    if (not project.is_file() or not made_by_uv(venv) or marker.exists()
+            or link_mode_source(venv) is not None):
         return None
     marker.touch()
-    project = venv.root.parent / "pyproject.toml"
-    where = (f'add `link-mode = "copy"` under [tool.uv] in {project}' if project.exists()
-             else f'add `link-mode = "copy"` to {venv.root.parent / "uv.toml"}')
     return (f"uv prints \"Failed to hardlink files\" on every install into {venv.root} (hardlinks cannot reach "
             f"into a FUSE mount); activating the venv sets UV_LINK_MODE=copy; for uv without activation, "
-            f"{where} or export UV_LINK_MODE=copy (said once)")
+            f'add `link-mode = "copy"` under [tool.uv] in {project} or export UV_LINK_MODE=copy (said once)')
