@@ -113,6 +113,22 @@ def test_uv_add_in_the_activated_venv_is_quiet(project: Project) -> None:
     assert "after=unset" in proc.stdout
 
 
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_other_shells_set_and_restore_uv_link_mode(project: Project, shell: str) -> None:
+    exe = shutil.which(shell)
+    if exe is None:
+        missing_tool(f"{shell} is not installed (apt-get install {shell})")
+    script = {
+        "zsh": 'source .venv/bin/activate && echo "in=$UV_LINK_MODE"; deactivate; echo "out=${UV_LINK_MODE-unset}"; '
+               'UV_LINK_MODE=symlink; export UV_LINK_MODE; source .venv/bin/activate; echo "mine=$UV_LINK_MODE"',
+        "fish": 'source .venv/bin/activate.fish; echo "in=$UV_LINK_MODE"; deactivate; '
+                'set -q UV_LINK_MODE; or echo out=unset; set -gx UV_LINK_MODE symlink; '
+                'source .venv/bin/activate.fish; echo "mine=$UV_LINK_MODE"',
+    }[shell]
+    out = project.run(str(exe), "-c", script).stdout.split()
+    assert out == ["in=copy", "out=unset", "mine=symlink"], out
+
+
 def test_uv_add_without_activation_is_quiet_with_the_hinted_setting(project: Project) -> None:
     text = (project.root / "pyproject.toml").read_text()
     (project.root / "pyproject.toml").write_text(text.replace("[tool.uv]\n", '[tool.uv]\nlink-mode = "copy"\n'))
