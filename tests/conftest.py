@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -283,6 +284,30 @@ def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
     for point in points:
         if point.startswith(prefix) and shutil.which("fusermount3"):
             subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)
+
+
+def kill_daemon(venv: Path, *, watcher: bool) -> None:
+    """SIGKILL the venv's mount daemon and wait until it is gone. ``watcher``: kill the watcher that
+    unmounts after a killed daemon first (venvfs/mount/watch.py), so that a dead mount stays, as when
+    a whole cgroup is killed."""
+    from venvfs.fsutil import read_json
+    from venvfs.mount import daemon
+    from venvfs.venv.venv import Venv
+
+    v = Venv(venv)
+    info = read_json(v.state_dir / "daemon.json")
+    if watcher and info.get("watcher"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(info["watcher"]), signal.SIGKILL)
+    os.kill(int(info["pid"]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while daemon.daemon_pid(v) is not None:
+        assert time.monotonic() < deadline, "the daemon outlived SIGKILL"
+        time.sleep(0.02)
+    if watcher:
+        while daemon.mount_state(v) != "dead":
+            assert time.monotonic() < deadline, "the mount did not die with its daemon"
+            time.sleep(0.02)
 
 
 def stop_mount(venv: Path) -> None:

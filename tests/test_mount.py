@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, create_venv, missing_tool, stop_mount, uv_pip, writes_bytecode
+from tests.conftest import REPO, create_venv, kill_daemon, missing_tool, stop_mount, uv_pip, writes_bytecode
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.hooks.target import PTH_NAME
 from venvfs.mount import daemon
@@ -508,13 +508,7 @@ def test_kill_9_loses_no_returned_write_and_mount_recovers(mounted: Venv, run_ve
     (sp / "demo/written.txt").write_text("before the kill")
     with open(sp / "demo/__init__.py", "a") as f:
         f.write("AFTER = 1\n")
-    pid = daemon.daemon_pid(mounted)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
-        if daemon.daemon_pid(mounted) is None:
-            break
-        time.sleep(0.02)
+    kill_daemon(mounted.root, watcher=True)  # a dead mount left behind, as when a cgroup is killed
     _expect(errno.ENOTCONN, lambda: os.listdir(sp))
     assert daemon.mount_state(mounted) == "dead"
     run_venvfs("mount", str(mounted.root))
@@ -649,6 +643,9 @@ def test_umount_after_the_venv_was_deleted_under_its_mount(mounted: Venv, run_ve
     """`rm -rf` of a mounted venv removes pyvenv.cfg and the upper layer but cannot remove the busy
     mount point: `venvfs umount` must still take the mount away, so the rest can be deleted."""
     sp = mounted.site_packages
+    # A live daemon detaches itself once its venv is being removed (test_unmounted.py); a dead mount,
+    # whose daemon and watcher were killed together, stays for `venvfs umount` to take away.
+    kill_daemon(mounted.root, watcher=True)
     shutil.rmtree(mounted.state_dir / "upper", ignore_errors=True)
     (mounted.root / "pyvenv.cfg").unlink()
     assert daemon.mounted_fstype(sp) == "fuse.venvfs"

@@ -1,12 +1,9 @@
-"""``venvfs status`` on a mounted venv whose daemon was killed repairs the mount, as ``mount`` does."""
+"""``venvfs status`` on a mounted venv whose daemon was killed reports it and names the fix; the direct loop."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,35 +13,36 @@ from venvfs.mount import daemon
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
-from conftest import uv_pip
+from conftest import kill_daemon, uv_pip
 from wheelbuilder import build_wheel, simple_package
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_status_recovers_a_killed_daemon(require_fuse: None, store: Store, make_venv: Callable[..., Path],
-                                         run_venvfs: Run, tmp_path: Path) -> None:
+def test_status_reports_a_dead_mount_and_leaves_it_to_mount(require_fuse: None, store: Store,
+                                                            make_venv: Callable[..., Path], run_venvfs: Run,
+                                                            tmp_path: Path) -> None:
+    """Finding 6: a dead mount is reported with the command that fixes it; status repairs nothing."""
     path = make_venv("v", tool="uv")
     uv_pip(path, str(build_wheel(tmp_path / "wheels", simple_package())))
     run_venvfs("mount", str(path), "--no-hooks")
     venv = Venv.open(path)
     try:
         (venv.site_packages / "mine.txt").write_text("written before the kill")
-        pid = daemon.daemon_pid(venv)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while daemon.mount_state(venv) != "dead" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert daemon.mount_state(venv) == "dead"
+        kill_daemon(path, watcher=True)
 
-        proc = run_venvfs("status", str(path), "--json")
-        assert "daemon had died" in proc.stderr
-        report = json.loads(proc.stdout)
-        assert report["mount"] == "mounted"
+        report = json.loads(run_venvfs("status", str(path), "--json").stdout)
+        assert report["mount"] == "dead"
+        assert f"`venvfs mount {path}`" in report["mount_problem"]
+        assert daemon.mount_state(venv) == "dead"  # reported, not repaired
+        text = run_venvfs("status", str(path)).stdout
+        assert "dead mount (its daemon died" in text and f"venvfs mount {path}" in text
+
+        run_venvfs("mount", str(path))
         assert daemon.mount_state(venv) == "mounted"
         assert (venv.site_packages / "mine.txt").read_text() == "written before the kill"
         assert (venv.site_packages / "demo" / "__init__.py").exists()
+        assert json.loads(run_venvfs("status", str(path), "--json").stdout)["mount_problem"] is None
     finally:
         run_venvfs("umount", str(path), check=False)
 

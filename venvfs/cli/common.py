@@ -83,6 +83,22 @@ def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False
     return store
 
 
+def note_dead_mount(venv: Venv) -> None:
+    """One line on stderr when the venv's site-packages is a dead mount (its daemon was killed along
+    with the watcher that clears it): every import and uv command fails with ENOTCONN until it is
+    mounted again, and this command does not do that (``mount`` does; ``status`` only reports)."""
+    from venvfs.errors import VenvfsError
+    from venvfs.venv.mountinfo import mount_state
+
+    try:
+        dead = venv.is_managed and mount_state(venv) == "dead"
+    except (VenvfsError, OSError):
+        return
+    if dead:
+        print(f"venvfs: {venv.site_packages} is a dead mount (its daemon died; imports fail, uv says "
+              f"\"os error 107\"): `venvfs mount {venv.root}` mounts it again", file=sys.stderr)
+
+
 def venv_path(args: argparse.Namespace) -> Path:
     path: Path | None = getattr(args, "venv", None)
     return path if path is not None else Venv.default_path()

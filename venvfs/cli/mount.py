@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
     json_parent,
+    note_dead_mount,
     open_store,
     open_store_for,
     print_json,
     venv_path,
 )
 from venvfs.errors import VenvfsError
+from venvfs.hooks.target import GUARD_ENV
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -108,6 +111,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
             code = e.exit_code
             continue
         results.append({"venv": str(r.venv), "how": r.how, "message": r.message})
+        if r.how == "fuse" and not os.environ.get(GUARD_ENV):  # not at an interpreter start
+            from venvfs.venv.uvconfig import hint_once
+
+            hint = hint_once(Venv(r.venv))
+            if hint:
+                print(f"venvfs: {hint}", file=sys.stderr)
         if r.how == "materialized":
             print(f"venvfs: {r.message}", file=sys.stderr)  # the fallback is always reported
         elif not args.json and not args.quiet:
@@ -165,7 +174,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
     from venvfs.mount.commit import commit
     from venvfs.venv.venv import Venv
 
-    report = commit(Venv.open(venv_path(args)), open_store(args))
+    venv = Venv.open(venv_path(args))
+    note_dead_mount(venv)
+    report = commit(venv, open_store(args))
     if args.json:
         print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped})
     else:

@@ -18,6 +18,7 @@ from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
     json_parent,
+    note_dead_mount,
     open_store,
     open_store_for,
     print_json,
@@ -451,6 +452,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         from venvfs.mount.daemon import invalidate_repaired
 
         invalidate_repaired(store)
+    note_dead_mount(venv)
     _print_selection(args, venv, report.added, report.removed, report.link_summary, report.hardlink_warning)
     return 0
 
@@ -461,12 +463,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
     venv = Venv.open(args.venv)
     store = open_store_for(args, venv)
     report = change_selection(venv, store, remove=args.names)
+    note_dead_mount(venv)
     _print_selection(args, venv, report.added, report.removed, report.link_summary)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from venvfs.mount import daemon
     from venvfs.venv import registry
     from venvfs.venv.status import venv_status
 
@@ -481,10 +483,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = venv_status(venv, store, backup)
         status.state_problem = checked.message(venv, store)
     else:
-        if venv.is_managed and venv.read_state().layout == "mounted" and daemon.mount_state(venv) == "dead":
-            # A killed daemon leaves "Transport endpoint is not connected": clear it and mount again.
-            result = daemon.mount(venv.root, store)
-            print(f"venvfs: the mount's daemon had died; {result.message}", file=sys.stderr)
+        # A dead mount is reported (mount_problem), not repaired: repairing is `venvfs mount`'s job.
         status = venv_status(venv, store)
     if args.json:
         print_json(status.to_json())
@@ -497,6 +496,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"layout:      {status.layout} (site-packages {status.mount})")
     if status.interrupted:
         print(f"interrupted: {status.interrupted}")
+    if status.mount_problem:
+        print(f"mount:       {status.mount_problem}")
     print(f"link mode:   {status.link_mode or '-'}")
     print(f"python:      {status.python or '?'}")
     print(f"distributions: {len(status.distributions)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, HookTarget, gone_message
+from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, UV_LINK_MODE_WHY, UV_MARK_ENV, HookTarget, gone_message
 
 
 def quote(s: str) -> str:
@@ -22,5 +22,28 @@ if not set -q {OPTOUT_ENV}; and begin; test -e {pth}; or begin; not test -d {sp}
         echo {q(gone_message(t))} >&2
     end
 end
-{END}
+{_uv_copy(t)}{END}
+"""
+
+
+def _uv_copy(t: HookTarget) -> str:
+    if not t.uv_copy:
+        return ""
+    return f"""# {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
+if not set -q UV_LINK_MODE; and functions -q deactivate
+    set -gx UV_LINK_MODE copy
+    set -g {UV_MARK_ENV} 1
+    functions -e _venvfs_orig_deactivate
+    functions -c deactivate _venvfs_orig_deactivate
+    function deactivate
+        if set -q {UV_MARK_ENV}
+            set -e UV_LINK_MODE
+            set -e {UV_MARK_ENV}
+        end
+        _venvfs_orig_deactivate $argv
+        if test "$argv[1]" != nondestructive
+            functions -e _venvfs_orig_deactivate
+        end
+    end
+end
 """

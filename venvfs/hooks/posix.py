@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, HookTarget, gone_message
+from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, UV_LINK_MODE_WHY, UV_MARK_ENV, HookTarget, gone_message
 
 
 def quote(s: str) -> str:
@@ -25,5 +25,26 @@ if [ -z "${{{OPTOUT_ENV}-}}" ] && {{ [ -e {pth} ] || {{ [ ! -d {sp} ] && [ -f {s
         echo {q(gone_message(t))} >&2
     fi
 fi
-{END}
+{_uv_copy(t)}{END}
+"""
+
+
+def _uv_copy(t: HookTarget) -> str:
+    if not t.uv_copy:
+        return ""
+    # deactivate is wrapped where the shell can print a function (bash, zsh: typeset -f), so that it
+    # takes the variable away again; plain sh keeps it until the shell exits.
+    return f"""# {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
+if [ -z "${{UV_LINK_MODE+x}}" ]; then
+    UV_LINK_MODE=copy; export UV_LINK_MODE; {UV_MARK_ENV}=1
+    if _venvfs_def="$(typeset -f deactivate 2>/dev/null)" && [ -n "$_venvfs_def" ]; then
+        eval "_venvfs_orig_$_venvfs_def"
+        deactivate () {{
+            if [ -n "${{{UV_MARK_ENV}-}}" ]; then unset UV_LINK_MODE {UV_MARK_ENV}; fi
+            _venvfs_orig_deactivate "$@"
+            if [ "${{1-}}" != nondestructive ]; then unset -f _venvfs_orig_deactivate; fi
+        }}
+    fi
+    unset _venvfs_def
+fi
 """

@@ -48,6 +48,8 @@ class HookTarget:
     site_packages: Path
     store: str
     argv: tuple[str, ...]  # the `venvfs mount` command, venvfs's interpreter first
+    # In the mounted layout: export UV_LINK_MODE=copy while activated (see UV_LINK_MODE_WHY).
+    uv_copy: bool = False
 
     @property
     def pth(self) -> Path:
@@ -65,6 +67,16 @@ class HookTarget:
     @property
     def python(self) -> str:
         return self.argv[0]
+
+
+# uv links from its cache into site-packages: a reflink or a hardlink, else a copy with a warning on
+# every install ("Failed to hardlink files; falling back to full copy"). Neither can reach into a
+# FUSE mount: link(2) and FICLONE between two mounts fail with EXDEV in the VFS before FUSE sees
+# them. UV_LINK_MODE=copy is uv's own way to say a copy is intended; it silences the warning and
+# skips two failing system calls per file. Set only while a mounted venvfs venv is active, and only
+# where the user has not set it, and taken away again by deactivate.
+UV_LINK_MODE_WHY = "uv cannot hardlink or reflink into a FUSE mount (EXDEV)"
+UV_MARK_ENV = "_VENVFS_UV_LINK_MODE"
 
 
 def venvfs_argv(*args: str) -> tuple[str, ...]:

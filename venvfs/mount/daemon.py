@@ -51,7 +51,7 @@ from venvfs.venv.mountinfo import mount_state as mount_state
 from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
-from venvfs.venv.venv import Venv
+from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
+    from venvfs.hooks.target import PTH_NAME
     from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
     from venvfs.mount.overlay import Overlay
+    from venvfs.mount.watch import Watcher, detach, watch_removal
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
     venv = Venv(venv_root)
@@ -212,12 +214,30 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ops = Operations(overlay, invalidator)
         counts = ops.count_requests() if os.environ.get(STATS_ENV) else None
         mountpoint = venv.site_packages
+        # Unmounts the mount if this process dies without doing so (see venvfs/mount/watch.py).
+        watcher = Watcher(mountpoint, lock_path(venv))
+        # The directory the mount will cover, reachable once covered (see watch.detach).
+        underneath: int | None = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        detached = False
         try:
             pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
         except Exception as e:
+            watcher.unmounted()
             ready(f"error: mounting {mountpoint} failed ({e})")
             invalidator.close()
             return 3
+        watcher.mounted(mountpoint)
+
+        def removed(why: str) -> None:
+            # Detached at once from this thread, not through the loop: the remover is walking toward
+            # the mount point. The loop serves what is still open and ends when the kernel lets go.
+            nonlocal detached
+            detached = detach(mountpoint, underneath, PTH_NAME)
+            log.info("the venv is being removed under the mount (%s): %s", why,
+                     "detached the mount" if detached else "could not detach the mount")
+
+        watch_removal(venv.root, venv.state_dir,
+                      frozenset({os.fsencode(lock_path(venv).name), b"lock"}), removed)  # Venv.locked's file
         log.info("mounted %s (%d dists, view built in %.3fs, %s)", mountpoint, len(state.selection),
                  time.monotonic() - started,
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
@@ -228,7 +248,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         def write_info(generation: int = 0) -> None:
             atomic_write_json(info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
-                                                 "no_open": overlay.no_open, "pyc_links": overlay.pyc_links},
+                                                 "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,
+                                                 "watcher": watcher.pid},
                               durable=False)
 
         def do_reload() -> None:
@@ -300,8 +321,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                     do_reload()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
-            # Lazy unmount inside libfuse: also succeeds with files still open.
-            pyfuse3.close(unmount=True)
+            # Lazy unmount inside libfuse: also succeeds with files still open. Not once detached: the
+            # mount point may already hold another mount (a venv made again where this one was).
+            pyfuse3.close(unmount=not detached)
+            watcher.unmounted()
+            if underneath is not None:
+                os.close(underneath)
             invalidator.close()
             upper.close()
             log.info("unmounted %s", mountpoint)
@@ -446,6 +471,16 @@ def _fallback(venv: Venv, store: Store, reason: str) -> MountResult:
                        f"{reason}: {venv.root} keeps real files in site-packages instead of a FUSE mount{exposed}")
 
 
+def _take_in(venv: Venv, store: Store, state: VenvState) -> None:
+    """What an installer wrote below the mount point while it was unmounted, which the mount would
+    hide, into the upper layer (venvfs/venv/takein.py); said in one line."""
+    from venvfs.venv import takein
+
+    took = takein.take_in(venv, store, state).message
+    if took:
+        log.warning("%s: %s", venv.root, took)
+
+
 def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bool = False,
           mode: Literal["auto", "fuse", "materialize"] = "auto", hooks: bool | None = None) -> MountResult:
     """Serve ``path``'s site-packages from the store; idempotent. Falls back to materialized files
@@ -476,6 +511,8 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
             if current != "unmounted":
                 _unmount_locked(venv)
             layout.resume(venv, store, state)
+            if state.layout == "mounted":
+                _take_in(venv, store, state)  # before real files are placed around it
             result = _fallback(venv, store, problem)
             automount.install(venv)  # materialized: removes the .pth, so activation stops calling mount
             return result
@@ -490,6 +527,7 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         layout.resume(venv, store, state)
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
+        _take_in(venv, store, state)
         # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
         automount.install(venv)
         if not foreground:

@@ -58,6 +58,7 @@ def target_for(venv: Venv, state: VenvState) -> HookTarget:
         site_packages=venv.site_packages,
         store=state.store,
         argv=venvfs_argv("mount", str(venv.root)),
+        uv_copy=state.layout == "mounted",
     )
 
 
@@ -279,7 +280,8 @@ def status(venv: Venv) -> HookStatus:
         if state.layout != "mounted" and result.pth == "present" and not target.switch_marker.exists():
             result.problems.append(f"{PTH_NAME}: present in the {state.layout} layout")
         if access == "dead":
-            result.problems.append("site-packages is a dead mount (its daemon is gone): run `venvfs mount`")
+            result.problems.append(f"site-packages is a dead mount (its daemon is gone): "
+                                   f"run `venvfs mount {venv.root}`")
     else:
         for s in result.scripts:
             if s.state in ("installed", "outdated"):

@@ -55,6 +55,10 @@ class VenvStatus:
     venv_own_files: int = 0
     store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
     hardlink_warning: str | None = None  # the one line saying what that exposes
+    # What is wrong with the mount and the command that fixes it (a dead mount; files an installer
+    # wrote below the unmounted mount point, which a mount would hide). Reported, never repaired here.
+    mount_problem: str | None = None
+    unmounted_writes: list[str] = field(default_factory=list)  # names below the unmounted mount point
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,7 +193,25 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
         venv.root, store_inodes, skip=venv.site_packages if state.layout == "mounted" else None)
     if status.store_hardlinks:
         status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
+    _mount_problem(venv, state, status)
     return status
+
+
+def _mount_problem(venv: Venv, state: VenvState, status: VenvStatus) -> None:
+    from venvfs.venv.takein import hidden_entries
+
+    if state.layout != "mounted":
+        return
+    if status.mount == "dead":
+        status.mount_problem = (f"site-packages is a dead mount (its daemon died: imports fail, uv says "
+                                f"\"os error 107\"): `venvfs mount {venv.root}` mounts it again")
+    elif status.mount == "unmounted":
+        status.unmounted_writes = hidden_entries(venv)
+        if status.unmounted_writes:
+            names = ", ".join(status.unmounted_writes[:4]) + (" ..." if len(status.unmounted_writes) > 4 else "")
+            status.mount_problem = (f"{len(status.unmounted_writes)} entries were written below the mount point "
+                                    f"while unmounted ({names}): `venvfs mount {venv.root}` takes them into "
+                                    "the venv (a mount would otherwise hide them)")
 
 
 def store_status(store: Store) -> StoreStatus:
