@@ -71,3 +71,30 @@ def test_the_direct_loop_serves_reads_and_copy_up(require_fuse: None, store: Sto
         assert out.stdout.strip() == "True"
     finally:
         run_venvfs("umount", str(path), check=False)
+
+
+def test_status_shows_shared_bytes_per_distribution_and_link_mode_only_where_it_applies(
+        require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run, tmp_path: Path) -> None:
+    # Issue 17: torch, used by one venv alone, showed "shared" because one small file of it was in
+    # another venv's distribution too; and a mounted venv showed "link mode: hardlink".
+    big = simple_package("bigpkg")
+    big.files["bigpkg/weights.bin"] = bytes(range(256)) * 8192  # 2 MiB this distribution alone has
+    wheels = tmp_path / "wheels"
+    run_venvfs("store", "add", str(build_wheel(wheels, big)), str(build_wheel(wheels, simple_package("smallpkg"))))
+    mine, other = make_venv("mine", tool="uv"), make_venv("other", tool="uv")
+    run_venvfs("add", str(mine), "bigpkg")
+    run_venvfs("add", str(other), "smallpkg")
+    report = json.loads(run_venvfs("status", str(mine), "--json").stdout)
+    (dist,) = [d for d in report["distributions"] if d["name"] == "bigpkg"]
+    # Identical small files (sub/helpers.py, data/table.txt) are shared; the weights are not.
+    assert dist["shared_with_other_venvs"] and 0 < dist["shared_bytes"] < dist["store_bytes"] / 50, dist
+    text = run_venvfs("status", str(mine)).stdout
+    line = next(x for x in text.splitlines() if x.strip().startswith("bigpkg"))
+    assert " of " in line and line.endswith("shared"), line
+    assert "link mode:" in text  # materialized: its files are linked from the store
+    run_venvfs("mount", str(mine))
+    try:
+        text = run_venvfs("status", str(mine)).stdout
+        assert "link mode:" not in text, text
+    finally:
+        run_venvfs("umount", str(mine))

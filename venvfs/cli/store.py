@@ -498,11 +498,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"interrupted: {status.interrupted}")
     if status.mount_problem:
         print(f"mount:       {status.mount_problem}")
-    print(f"link mode:   {status.link_mode or '-'}")
+    if status.layout == "materialized":
+        # Only real files are linked; a mounted venv's site-packages is served, not linked.
+        print(f"link mode:   {status.link_mode or '-'}")
     print(f"python:      {status.python or '?'}")
-    print(f"distributions: {len(status.distributions)}")
+    print(f"distributions: {len(status.distributions)}  (size as plain files; store bytes shared with other venvs)")
     for d in status.distributions:
-        shared = "shared" if d.shared_with_other_venvs else "alone"
+        shared = f"{human_bytes(d.shared_bytes)} of {human_bytes(d.store_bytes)} shared" if d.shared_bytes else "alone"
         print(f"  {d.name:<28} {d.version:<14} {d.files:>6} files {human_bytes(d.logical_bytes):>10}  {shared}")
     print(f"logical size:      {human_bytes(status.logical_bytes)} (what plain copies would take)")
     print(f"in the store:      {human_bytes(status.store_bytes)}: {human_bytes(status.shared_bytes)} shared "

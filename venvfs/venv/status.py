@@ -33,7 +33,9 @@ class DistSummary:
     version: str
     files: int
     logical_bytes: int
-    shared_with_other_venvs: bool
+    shared_with_other_venvs: bool  # any object of it is used by another venv too
+    store_bytes: int = 0  # disk its objects take in the store
+    shared_bytes: int = 0  # of store_bytes, objects another registered venv uses too
 
 
 @dataclass
@@ -155,13 +157,21 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
         interrupted=_interrupted(venv, state),
     )
     mine: set[ObjectId] = set()
+    used_by: dict[ObjectId, int] = {}
     for key in state.selection:
         record = store.get_dist(key)
         objs = _objects(record)
         mine |= objs
+        for obj in objs:
+            if obj not in used_by:
+                used_by[obj] = _blocks(store.object_path(*obj))
+        # "Shared" as bytes, not as a flag: one small file in common made torch, used by one venv
+        # alone, read "shared" (issue 17).
         status.distributions.append(DistSummary(
             key=key, name=record.name, version=record.version, files=len(record.files),
             logical_bytes=record.logical_size, shared_with_other_venvs=bool(objs & other_objects),
+            store_bytes=sum(used_by[o] for o in objs),
+            shared_bytes=sum(used_by[o] for o in objs & other_objects),
         ))
         status.logical_bytes += record.logical_size
     store_inodes: set[tuple[int, int]] = set()
@@ -174,7 +184,7 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
             with contextlib.suppress(FileNotFoundError):
                 st = store.bytecode_path(state.interpreter.cache_tag, obj[0]).stat()
                 store_inodes.add((st.st_ino, st.st_dev))
-        used = _blocks(path)
+        used = used_by[obj]
         status.store_bytes += used
         if obj in other_objects:
             status.shared_bytes += used
