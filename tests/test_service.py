@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.otheruser import other_user
-from venvfs.mount import service
+from venvfs.mount import serviceclient
 from venvfs.store.store import Store
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -52,7 +52,7 @@ def service_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv(service.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(serviceclient.DISABLE_ENV, raising=False)
     return runtime
 
 
@@ -61,7 +61,7 @@ def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, servi
     one, two = make_venv("one", "uv"), make_venv("two", "uv")
     run_venvfs("mount", "--mode", "fuse", str(one))
     run_venvfs("mount", "--mode", "fuse", str(two))
-    sock = service.socket_path(store.root)
+    sock = serviceclient.socket_path(store.root)
     assert sock is not None and sock.parent.parent == service_env
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_ISSOCK(sock.stat().st_mode)
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
@@ -92,7 +92,7 @@ def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, servi
 def test_without_the_service_mounts_spawn_their_daemon(require_fuse: None, service_env: Path, store: Store,
                                                        make_venv: Callable[..., Path], run_venvfs: Run,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(service.DISABLE_ENV, "0")
+    monkeypatch.setenv(serviceclient.DISABLE_ENV, "0")
     venv = make_venv("plain", "uv")
     run_venvfs("mount", "--mode", "fuse", str(venv))
     try:
@@ -111,7 +111,7 @@ def test_an_unsafe_runtime_directory_is_not_used(require_fuse: None, service_env
     run_venvfs("mount", "--mode", "fuse", str(venv))
     try:
         assert "venvfs.mount.daemon" in _cmdline(_daemon_pid(venv))
-        assert service.socket_path(store.root) is None
+        assert serviceclient.socket_path(store.root) is None
     finally:
         run_venvfs("umount", str(venv))
 
@@ -123,7 +123,7 @@ def test_a_stale_service_steps_aside(require_fuse: None, service_env: Path, stor
     run_venvfs("mount", "--mode", "fuse", str(venv))
     try:
         service_pid = _ppid(_daemon_pid(venv))
-        sock = service.socket_path(store.root)
+        sock = serviceclient.socket_path(store.root)
         assert sock is not None
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(str(sock))
@@ -148,7 +148,7 @@ def test_another_user_cannot_use_my_service(require_fuse: None, tmp_path: Path) 
         env = {"XDG_RUNTIME_DIR": str(runtime), "VENVFS_STORE": str(store), "VENVFS_SERVICE_IDLE": "30",
                **user._pythonpath()}
         sock_name = user.run(user.python, "-c", "import sys; from pathlib import Path; from venvfs.mount import "
-                             "service; p = service.socket_path(Path(sys.argv[1])); print(p)", str(store),
+                             "serviceclient; p = serviceclient.socket_path(Path(sys.argv[1])); print(p)", str(store),
                              env=env)
         assert sock_name.returncode == 0, sock_name.stderr
         sock = Path(sock_name.stdout.strip())
@@ -162,7 +162,7 @@ def test_another_user_cannot_use_my_service(require_fuse: None, tmp_path: Path) 
                 time.sleep(0.02)
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(sock))
-                s.sendall(json.dumps({"op": "mount", "identity": service._identity(), "venv": "/",
+                s.sendall(json.dumps({"op": "mount", "identity": serviceclient.identity(), "venv": "/",
                                       "store": str(store)}).encode() + b"\n")
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(100) == b"refused\n"

@@ -342,7 +342,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:
     """Start the daemon, forked by the user's mount service (``mount/service.py``) or, where that
     cannot be used, as a new detached process, and wait until it is ready."""
-    from venvfs.mount import service
+    from venvfs.mount import serviceclient as service
 
     logfile = log_path(venv)
     logfile.parent.mkdir(parents=True, exist_ok=True)
