@@ -168,12 +168,15 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
     report = commit(Venv.open(venv_path(args)), open_store(args))
     if args.json:
-        print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped})
+        print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped,
+                    "skipped": report.skipped})
     else:
         for key in report.added:
             print(f"stored and selected {key}")
         for key in report.removed:
-            print(f"deselected {key} (uninstalled)")
-        if not report.added and not report.removed:
-            print("nothing to commit")
+            print(f"deselected {key} (uninstalled or replaced)")
+        for dist_info, why in report.skipped.items():
+            print(f"left in the venv: {dist_info}: {why}")
+        if not report.added and not report.removed and not report.skipped:
+            print("nothing to commit" if not report.dropped else "the store already held what was installed")
     return 0

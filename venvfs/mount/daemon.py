@@ -221,6 +221,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  time.monotonic() - started,
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
+        scheduler = None
+        from venvfs.mount.ingest import IngestScheduler, auto_ingest_enabled
+
+        if auto_ingest_enabled():
+            # Completed installs go into the store by themselves, from a worker process (ingest.py).
+            scheduler = IngestScheduler(venv, store.root, overlay.activity)
         # Repairs before this daemon started left nothing in its caches.
         repairs_seen = repaired_entries(store.root)
 
@@ -285,6 +291,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()  # a commit killed before its reload queued upper copies to drop
+                if scheduler is not None:
+                    scheduler.start()
                 ready("ok")
                 async for signum in signals:
                     on_signal(signum)
@@ -297,8 +305,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()
+                if scheduler is not None:
+                    scheduler.start()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             # Lazy unmount inside libfuse: also succeeds with files still open.
             pyfuse3.close(unmount=True)
             invalidator.close()

@@ -55,6 +55,8 @@ class VenvStatus:
     venv_own_files: int = 0
     store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
     hardlink_warning: str | None = None  # the one line saying what that exposes
+    # Installed into the mount, not yet in the store: dist-info -> why it waits ("" : for the next ingest)
+    pending_ingest: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,7 +191,19 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
         venv.root, store_inodes, skip=venv.site_packages if state.layout == "mounted" else None)
     if status.store_hardlinks:
         status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
+    if state.layout == "mounted":
+        status.pending_ingest = _pending_ingest(venv, store, state)
     return status
+
+
+def _pending_ingest(venv: Venv, store: Store, state: VenvState) -> dict[str, str]:
+    from venvfs.venv.pending import pending
+
+    selected = set()
+    for key in state.selection:
+        with contextlib.suppress(VenvfsError):
+            selected.add(store.get_dist(key).dist_info)
+    return {p.dist_info: p.reason or "" for p in pending(venv, selected)}
 
 
 def store_status(store: Store) -> StoreStatus:

@@ -13,7 +13,7 @@ from venvfs.mount.overlay.files import Files
 from venvfs.mount.overlay.inodes import InodeTable, Node, parts, upper_at
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.tree import Tree
-from venvfs.venv.upper import DIR, REG, Upper
+from venvfs.venv.upper import DIR, OPAQUE, REG, Upper, whiteout_name
 from venvfs.venv.view import OBJECT, PYC, LowerDir, LowerFile, View
 
 
@@ -112,6 +112,9 @@ class ViewReload:
         """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
         dropped = 0
         dirs: set[str] = set()
+        merged: set[str] = set()
+        for rel in relpaths:
+            self._merge_opaque_above(rel, merged)
         for rel in relpaths:
             node = self.tree.resolve(rel)
             if node is None or not node.upper or node.kind != REG or node.parent is None or node.extra_links:
@@ -125,6 +128,10 @@ class ViewReload:
             if replaced:
                 self.files.pin(node)
             with self.upper.dirfd(pparts) as pfd:
+                # An installer that removed the file before writing it again left its whiteout, which
+                # the upper file outranks: once the copy goes, that whiteout would hide the store's.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(whiteout_name(node.name), dir_fd=pfd)
                 os.unlink(node.name, dir_fd=pfd)
             if replaced:
                 # A .pyc now shown as a symlink: the kernel keeps an inode's file type, so the name
@@ -154,11 +161,56 @@ class ViewReload:
                     break
                 dparts = parts(node)
                 with self.upper.dirfd(dparts[:-1]) as pfd:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(whiteout_name(dparts[-1]), dir_fd=pfd)  # as for a file, above
                     os.rmdir(dparts[-1], dir_fd=pfd)
                 node.upper = False
                 self.inodes.inval_inode(node)
                 rel = rel.rpartition("/")[0]
         return dropped
+
+    def _merge_opaque_above(self, rel: str, merged: set[str]) -> None:
+        """An installer that upgrades a package deletes its directory and makes it again: an opaque
+        directory, through which no lower entry shows, so no upper copy below it could ever be
+        dropped. Where the view now has a directory there, the opaque directory is merged with it."""
+        node = self.inodes.root
+        lower: LowerDir | None = self.lower.view.root
+        done: list[str] = []
+        for name in rel.split("/")[:-1]:
+            done.append(name)
+            child = self.tree.child(node, name)
+            entry = lower.children.get(name) if lower is not None else None
+            lower = entry if isinstance(entry, LowerDir) else None
+            if child is None or child.kind != DIR or lower is None:
+                return
+            if child.upper and child.opaque and "/".join(done) not in merged:
+                self._merge(child, lower)
+                merged.add("/".join(done))
+            node = child
+
+    def _merge(self, d: Node, lower: LowerDir) -> None:
+        """Make the opaque upper directory ``d`` a merged one over ``lower`` showing what it showed: a
+        whiteout for every lower name it lacks (below too) but bytecode, and the opaque marker removed
+        last, deepest first. Until that last unlink the marker hides all of it, so a crash at any
+        point leaves the same names visible; nothing visible changes, so the kernel is told nothing."""
+        pparts = parts(d)
+        listing = self.upper.listdir(pparts)
+        for name in lower.children:
+            # Except the store's bytecode, which is derived from the sources and checked against
+            # them at import (uv compiles none: hiding it would make Python write its own copies).
+            if name not in listing.entries and name not in listing.whiteouts and name != "__pycache__":
+                self.upper.whiteout(pparts, name)
+        for name, child in self.tree.load(d).items():
+            entry = lower.children.get(name)
+            if (child.upper and child.kind == DIR and child.parent is d and isinstance(entry, LowerDir)
+                    and listing.entries.get(name, (0,))[0] == DIR):
+                self._merge(child, entry)
+        if listing.opaque:
+            with self.upper.dirfd(pparts) as pfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(OPAQUE, dir_fd=pfd)
+        d.opaque = False
+        d.lower = lower
+        d.entry = None
 
     def _upper_matches(self, node: Node, entry: LowerFile) -> bool:
         if entry.kind == PYC:
