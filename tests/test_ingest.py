@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import stop_mount, uv
-from tests.test_pip_in_mount import _pip
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.mount import daemon
 from venvfs.store.store import Store
@@ -46,7 +46,9 @@ def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], ru
     made: list[Path] = []
 
     def make(name: str = "v", *installed: str) -> Path:
-        path = make_venv(name)
+        # uv's venv has no pip of its own to adopt and compile, which keeps these tests fast; pip
+        # comes from outside (``--python``), as real as the venv's own.
+        path = make_venv(name, tool="uv")
         if installed:
             _pip(path, wheels, "install", *installed)
         made.append(path)
@@ -58,6 +60,15 @@ def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], ru
     finally:
         for path in made:
             stop_mount(path)
+
+
+def _pip_argv(venv: Path, wheels: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "--disable-pip-version-check",
+            "--no-input", *args, "-q", "--no-index", "--find-links", str(wheels)]
+
+
+def _pip(venv: Path, wheels: Path, *args: str) -> None:
+    subprocess.run(_pip_argv(venv, wheels, *args), check=True)
 
 
 def _install(tool: str, venv: Path, wheels: Path, *args: str) -> None:
@@ -253,8 +264,7 @@ def test_kill_9_of_the_daemon_during_an_ingest_then_remount(step: str, mounted: 
 def test_two_venvs_install_the_same_distribution_at_once(mounted: Callable[..., Path], wheels: Path,
                                                          store: Store, run_venvfs: Run) -> None:
     a, b = mounted("a"), mounted("b")
-    procs = [subprocess.Popen([str(v / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                               "--no-index", "--find-links", str(wheels), "extra==1.0", "demo==2.0"]) for v in (a, b)]
+    procs = [subprocess.Popen(_pip_argv(v, wheels, "install", "extra==1.0", "demo==2.0")) for v in (a, b)]
     assert [p.wait() for p in procs] == [0, 0]
     for v in (a, b):
         for info in ("extra-1.0.dist-info", "demo-2.0.dist-info"):
@@ -266,3 +276,15 @@ def test_two_venvs_install_the_same_distribution_at_once(mounted: Callable[..., 
         assert set(upper_files(v, "extra")) == {"extra-1.0.dist-info/RECORD"}
         assert _py(v, "import extra, demo.new_in_2; print('ok')") == "ok"
     run_venvfs("store", "verify")
+
+
+@pytest.mark.parametrize("tool", ["pip", "uv"])
+def test_committed_records_say_who_installed_them(tool: str, mounted: Callable[..., Path], wheels: Path,
+                                                  store: Store, run_venvfs: Run,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 5's second half: committed records were labelled ``adopted:``."""
+    monkeypatch.setenv("VENVFS_AUTO_INGEST", "0")
+    venv = mounted("v")
+    _install(tool, venv, wheels, "extra==1.0")
+    (key,) = json.loads(run_venvfs("commit", "--json", str(venv)).stdout)["added"]
+    assert store.get_dist(key).source == f"installed:{tool}:{venv}"

@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Store each distribution that pip or uv installed into the mounted venv's upper layer\n"
         "and select it, so other venvs share it; its files then leave the upper layer. What the venv\n"
         "shows does not change. Distributions uninstalled since are deselected. An unmounted venv is\n"
-        "mounted for the duration and unmounted again.",
+        "mounted for the duration and unmounted again. A mounted venv's daemon does this by itself\n"
+        "about a second after an install settles (unless VENVFS_AUTO_INGEST=0); commit is for scripts\n"
+        "that want it done now, and for distributions whose files were edited before that.",
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_commit)

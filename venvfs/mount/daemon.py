@@ -243,10 +243,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 overlay.replace_view(view_for(venv, store, new_state))
                 drop = drop_path(venv)
                 if drop.exists():
-                    paths = read_json(drop)
-                    dropped = overlay.drop_upper([str(p) for p in paths])
+                    items = read_json(drop)
+                    begun = time.monotonic()
+                    dropped = overlay.drop_upper([p if isinstance(p, list) else str(p) for p in items])
                     drop.unlink()
-                    log.info("dropped %d upper copies now served by the store", dropped)
+                    log.info("dropped %d upper copies now served by the store (%.3fs)", dropped,
+                             time.monotonic() - begun)
                 new_repairs = repaired_entries(store.root) - repairs_seen
                 if new_repairs:
                     repairs_seen.update(new_repairs)

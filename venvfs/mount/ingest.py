@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import Busy, VenvError, VenvfsError
-from venvfs.fsutil import crash_point, read_json
+from venvfs.fsutil import atomic_write_json, crash_point, read_json
 from venvfs.mount.overlay.activity import Activity
 from venvfs.mount.upper_adopter import UpperAdopter
 from venvfs.store.store import Store
-from venvfs.venv.linkmode import Linker, LinkMode
-from venvfs.venv.mountinfo import drop_path, mount_state, queue_drop_upper, reload
+from venvfs.venv.mountinfo import drop_path, mount_state, reload
 from venvfs.venv.venv import Venv
 
 log = logging.getLogger(__name__)
@@ -91,6 +90,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
         if automatic:
             todo = [p for p in todo if p.reason is None]
         new_records = []
+        stamps: dict[str, tuple[int, int, int, int]] = {}
         results: dict[str, tuple[list[int] | None, str]] = {}
         with store.writing():
             for item in todo:
@@ -98,8 +98,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                 sig = pending.record_signature(info)
                 # Read from the upper layer: faster than through the mount, and a link from a FUSE
                 # mount into the store could not work.
-                adopter = UpperAdopter(venv, store, info, Progress(f"committing {info.name}", 0),
-                                       Linker(LinkMode.COPY), strict=automatic)
+                adopter = UpperAdopter(venv, store, info, Progress(f"committing {info.name}", 0), strict=automatic)
                 try:
                     if automatic:
                         adopter.precheck()
@@ -111,6 +110,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                 record = dataclasses.replace(record, source=_source(info, venv))
                 store.add_dist(record)
                 new_records.append(record)
+                stamps.update(adopter.stamps)
                 results[info.name] = (sig, pending.INGESTED)
             if new_records:
                 ensure_bytecode(store, new_records, state.interpreter, venv.python, show_progress=False)
@@ -121,10 +121,11 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
         report.removed += [k for k, r in records.items()
                            if r.name in new_names and k not in new_keys and k not in report.removed]
         report.added = [r.key for r in new_records if r.key not in state.selection]
-        drop: list[str] = []
+        drop: list[str | list[str | int]] = []
         for record in new_records:
             for f in record.site_files():
-                drop.append(f.path)
+                stamp = stamps.get(f.path)
+                drop.append([f.path, *stamp] if stamp else f.path)
                 if f.path.endswith(".py"):
                     drop.append(pyc_relpath(f.path, state.interpreter.cache_tag))
         report.dropped = len(drop)
@@ -134,7 +135,8 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             # Queued before the state names the new records: a commit killed from here on leaves the
             # upper copies to the next reload or daemon start, which drops them (only where they still
             # match the store), instead of to nobody. Added to what an earlier killed one queued.
-            queue_drop_upper(venv, _queued(venv) + [p for p in drop if p not in set(_queued(venv))])
+            queued = _queued(venv)
+            atomic_write_json(drop_path(venv), queued + [p for p in drop if p not in queued])
             venv.write_state(state)
             crash_point("commit:selected")
             pending.mark_seen(venv, results)
@@ -144,12 +146,12 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
     return report
 
 
-def _queued(venv: Venv) -> list[str]:
+def _queued(venv: Venv) -> list[str | list[str | int]]:
     try:
         data = read_json(drop_path(venv))
     except (OSError, ValueError):
         return []
-    return [str(p) for p in data] if isinstance(data, list) else []
+    return [p if isinstance(p, list) else str(p) for p in data] if isinstance(data, list) else []
 
 
 class IngestScheduler:

@@ -8,16 +8,21 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from venvfs.errors import VenvError
+from venvfs.progress import Progress
 from venvfs.store.records import DistRecord, Scheme
-from venvfs.store.store import PutResult
+from venvfs.store.store import PutResult, Store
 from venvfs.venv.adopt import _DistAdopter
+from venvfs.venv.linkmode import Linker, LinkMode
 from venvfs.venv.upper import clone_or_copy
+from venvfs.venv.venv import Venv
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIRPATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_STAMP_AGE_NS = 100_000_000  # far above the kernel's timestamp granularity (a jiffy, 1-10 ms)
 
 
 class Incomplete(VenvError):
@@ -41,10 +46,14 @@ class UpperAdopter(_DistAdopter):
     from its RECORD hash raises ``Incomplete`` before the record is made.
     """
 
-    def __init__(self, *args: object, strict: bool = False, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, *, strict: bool = False) -> None:
+        # The linker serves only files outside site-packages (scripts, data), which stay the venv's
+        # own real files: copies, never hardlinks.
+        super().__init__(venv, store, dist_info, progress, Linker(LinkMode.COPY))
         self.strict = strict
-        self.upper_root = self.venv.upper_dir
+        self.upper_root = venv.upper_dir
+        # rel -> (st_ino, st_size, st_mtime_ns, st_ctime_ns) of upper files seen equal to their object
+        self.stamps: dict[str, tuple[int, int, int, int]] = {}
 
     def precheck(self) -> None:
         """Cheap completeness check before anything is stored: every file there, of its RECORD size."""
@@ -85,11 +94,18 @@ class UpperAdopter(_DistAdopter):
                 put: PutResult | None = PutResult(want, st.st_size, new=False) if _hash_fd(fd) == want else None
             else:
                 put = self._put_snapshot(fd, st.st_size, want, executable)
+            after = os.fstat(fd)
         finally:
             os.close(fd)
         if put is None:
             self.kept.append(rel)  # edited since the install: the user's version stays, unshared
             return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        # Unchanged while it was read, and its last change older than the filesystem clock's coarse
+        # tick (a write within the same tick would not move ctime): what was read is what it holds.
+        if stamp == (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) \
+                and time.time_ns() - st.st_ctime_ns > _STAMP_AGE_NS:
+            self.stamps[rel] = stamp
         self._add(scheme, rel, put.digest, put.size, executable, new=put.new)
 
     def _open_upper(self, rel: str) -> int | None:

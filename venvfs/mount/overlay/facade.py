@@ -14,7 +14,7 @@ from venvfs.mount.overlay.files import Files, Handle
 from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
-from venvfs.mount.overlay.reload import ViewReload
+from venvfs.mount.overlay.reload import DropItem, ViewReload
 from venvfs.mount.overlay.tree import Tree
 from venvfs.store.store import Store
 from venvfs.venv.upper import Upper
@@ -227,6 +227,7 @@ class Overlay:
         (``ViewReload.forget_objects``). Returns how many of this mount's files were backed by them."""
         return self.reload.forget_objects(digests)
 
-    def drop_upper(self, relpaths: Sequence[str]) -> int:
-        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
-        return self.reload.drop_upper(relpaths)
+    def drop_upper(self, items: Sequence[DropItem]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many
+        (``ViewReload.drop_upper``)."""
+        return self.reload.drop_upper(items)

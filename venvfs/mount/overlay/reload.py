@@ -16,6 +16,9 @@ from venvfs.mount.overlay.tree import Tree
 from venvfs.venv.upper import DIR, OPAQUE, REG, Upper, whiteout_name
 from venvfs.venv.view import OBJECT, PYC, LowerDir, LowerFile, View
 
+# A path to drop, or a path with the stat stamp the ingest verified (``ViewReload.drop_upper``).
+DropItem = str | list[str | int]
+
 
 class ViewReload:
     """Changes the lower layer under a live tree. Every name whose node changes is queued for the
@@ -108,11 +111,25 @@ class ViewReload:
             count += 1
         return count
 
-    def drop_upper(self, relpaths: Sequence[str]) -> int:
-        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
+    def drop_upper(self, items: Sequence[DropItem]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many.
+
+        An item is a path below the mount, or ``[path, st_ino, st_size, st_mtime_ns, st_ctime_ns]``:
+        the upper file as the ingest found it equal to the store object. Any write or attribute
+        change since moves its ctime (which no user can set), so an unchanged stamp spares hashing
+        it again here, on the request loop; a changed one is hashed.
+        """
         dropped = 0
         dirs: set[str] = set()
         merged: set[str] = set()
+        stamps: dict[str, tuple[int, ...]] = {}
+        relpaths = []
+        for item in items:
+            if isinstance(item, str):
+                relpaths.append(item)
+            elif item and all(isinstance(v, int) for v in item[1:]):
+                relpaths.append(str(item[0]))
+                stamps[str(item[0])] = tuple(int(v) for v in item[1:])
         for rel in relpaths:
             self._merge_opaque_above(rel, merged)
         for rel in relpaths:
@@ -121,7 +138,7 @@ class ViewReload:
                 continue
             parent = node.parent
             entry = parent.lower.children.get(node.name) if isinstance(parent.lower, LowerDir) else None
-            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry):
+            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry, stamps.get(rel)):
                 continue
             pparts = parts(parent)
             replaced = self.lower.kind_of(entry) != REG
@@ -212,7 +229,7 @@ class ViewReload:
         d.lower = lower
         d.entry = None
 
-    def _upper_matches(self, node: Node, entry: LowerFile) -> bool:
+    def _upper_matches(self, node: Node, entry: LowerFile, stamp: tuple[int, ...] | None = None) -> bool:
         if entry.kind == PYC:
             # Bytecode of a source that now comes from the store: the store's .pyc is the valid one
             # (the upper one was compiled against the upper copy's mtime).
@@ -230,6 +247,8 @@ class ViewReload:
                 st = os.fstat(fd)
                 if st.st_size != entry.size or bool(st.st_mode & 0o100) != entry.executable:
                     return False
+                if stamp == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                    return True
                 h = hashlib.sha256()
                 off = 0
                 while chunk := os.pread(fd, 1 << 20, off):
