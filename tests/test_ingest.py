@@ -288,3 +288,28 @@ def test_committed_records_say_who_installed_them(tool: str, mounted: Callable[.
     _install(tool, venv, wheels, "extra==1.0")
     (key,) = json.loads(run_venvfs("commit", "--json", str(venv)).stdout)["added"]
     assert store.get_dist(key).source == f"installed:{tool}:{venv}"
+
+
+@pytest.mark.parametrize("tool", ["pip", "uv"])
+def test_an_upgrade_is_ingested_by_itself(tool: str, mounted: Callable[..., Path], wheels: Path) -> None:
+    venv = mounted("v", "demo==1.0")
+    _install(tool, venv, wheels, "-U" if tool == "pip" else "--upgrade", "demo==2.0")
+    assert wait_settled(venv, "demo-2.0.dist-info")["result"] == pending.INGESTED
+    assert "demo-2.0" in _selected(venv) and "demo-1.0" not in _selected(venv)
+    assert set(upper_files(venv, "demo")) == {"demo-2.0.dist-info/RECORD"}
+    assert _py(venv, "import demo.new_in_2, demo; print(demo.VERSION)") == "2.0"
+
+
+def test_pips_stash_of_an_upgrade_is_no_distribution(tmp_path: Path) -> None:
+    """While pip upgrades, the old version waits under ``~``-names (``~umpy-2.3.5.dist-info``) to be
+    put back if the install fails: no candidate for the ingest, and a sign the install is under way."""
+    upper = tmp_path / "v/.venvfs/upper"
+    for name in ("~emo-1.0.dist-info", "demo-2.0.dist-info"):
+        (upper / name).mkdir(parents=True)
+        (upper / name / "RECORD").write_text("")
+    venv = Venv(tmp_path / "v")
+    assert [p.dist_info for p in pending.pending(venv, set())] == ["demo-2.0.dist-info"]
+    assert pending.installer_busy(venv) == "~emo-1.0.dist-info"
+    (upper / "~emo-1.0.dist-info/RECORD").unlink()
+    (upper / "~emo-1.0.dist-info").rmdir()
+    assert pending.installer_busy(venv) is None

@@ -79,6 +79,11 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                 return report
             raise VenvError(f"{venv.root} was unmounted during the commit; nothing was changed")
         assert state.interpreter is not None
+        busy = pending.installer_busy(venv) if automatic else None
+        if busy is not None:
+            # Its end removes the stash, a change the daemon sees: the ingest runs again then.
+            log.info("an install is still under way (%s): nothing ingested now", busy)
+            return report
         sp = venv.site_packages
         upper = venv.upper_dir
         records = {key: store.get_dist(key) for key in state.selection}
@@ -96,6 +101,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             for item in todo:
                 info = upper / item.dist_info
                 sig = pending.record_signature(info)
+                log.info("ingesting %s (RECORD %s)", item.dist_info, sig)
                 # Read from the upper layer: faster than through the mount, and a link from a FUSE
                 # mount into the store could not work.
                 adopter = UpperAdopter(venv, store, info, Progress(f"committing {info.name}", 0), strict=automatic)

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,10 @@ def upper_dist_infos(venv: Venv) -> dict[str, list[int]]:
     except OSError:
         return out
     for entry in entries:
-        if entry.name.endswith(".dist-info") and entry.is_dir(follow_symlinks=False):
+        # A project name starts with a letter or digit: "~umpy-2.3.5.dist-info" is pip's stash of an
+        # old version while it upgrades (renamed back if the upgrade fails), not a distribution.
+        if (entry.name.endswith(".dist-info") and entry.name[:1].isalnum()
+                and entry.is_dir(follow_symlinks=False)):
             sig = record_signature(Path(entry.path))
             if sig is not None:
                 out[entry.name] = sig
@@ -131,3 +135,20 @@ def mark_seen(venv: Venv, results: dict[str, tuple[list[int] | None, str]]) -> N
             del seen[name]
     with contextlib.suppress(OSError):
         write_seen(venv, seen)
+
+
+STASH_MAX_AGE = 600.0  # seconds: a stash older than this was left by an installer that died
+
+
+def installer_busy(venv: Venv) -> str | None:
+    """The name of a fresh ``~``-prefixed entry at the top of the upper layer: pip stashes what it
+    uninstalls under such names until the whole install succeeded (and renames them back if it
+    fails), so while one exists an install is half done."""
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(venv.upper_dir) as it:
+        for entry in it:
+            if entry.name.startswith("~"):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_ctime < STASH_MAX_AGE:
+                        return entry.name
+    return None
