@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Collection, Sequence
 
 from venvfs.mount.overlay.files import Files
@@ -122,6 +123,7 @@ class ViewReload:
         dropped = 0
         dirs: set[str] = set()
         merged: set[str] = set()
+        discarded: list[str] = []
         stamps: dict[str, tuple[int, ...]] = {}
         relpaths = []
         for item in items:
@@ -144,12 +146,11 @@ class ViewReload:
             replaced = self.lower.kind_of(entry) != REG
             if replaced:
                 self.files.pin(node)
-            with self.upper.dirfd(pparts) as pfd:
-                # An installer that removed the file before writing it again left its whiteout, which
-                # the upper file outranks: once the copy goes, that whiteout would hide the store's.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(whiteout_name(node.name), dir_fd=pfd)
-                os.unlink(node.name, dir_fd=pfd)
+            # An installer that removed the file before writing it again left its whiteout, which the
+            # upper file outranks: once the copy goes, that whiteout would hide the store's.
+            with self.upper.dirfd(pparts) as pfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(whiteout_name(node.name), dir_fd=pfd)
+            discarded.append(self.upper.discard(pparts, node.name))
             if replaced:
                 # A .pyc now shown as a symlink: the kernel keeps an inode's file type, so the name
                 # gets a new inode (readers of the old one keep its bytes, as after an unlink).
@@ -177,13 +178,16 @@ class ViewReload:
                 if listing.entries or listing.whiteouts or listing.opaque:
                     break
                 dparts = parts(node)
-                with self.upper.dirfd(dparts[:-1]) as pfd:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(whiteout_name(dparts[-1]), dir_fd=pfd)  # as for a file, above
-                    os.rmdir(dparts[-1], dir_fd=pfd)
+                with self.upper.dirfd(dparts[:-1]) as pfd, contextlib.suppress(FileNotFoundError):
+                    os.unlink(whiteout_name(dparts[-1]), dir_fd=pfd)  # as for a file, above
+                discarded.append(self.upper.discard(dparts[:-1], dparts[-1]))
                 node.upper = False
                 self.inodes.inval_inode(node)
                 rel = rel.rpartition("/")[0]
+        if discarded:
+            # The blocks are freed on a thread of its own; the names are gone already.
+            threading.Thread(target=self.upper.empty_work, args=(discarded,), name="venvfs-discard",
+                             daemon=True).start()
         return dropped
 
     def _merge_opaque_above(self, rel: str, merged: set[str]) -> None:
