@@ -313,3 +313,47 @@ def test_pips_stash_of_an_upgrade_is_no_distribution(tmp_path: Path) -> None:
     (upper / "~emo-1.0.dist-info/RECORD").unlink()
     (upper / "~emo-1.0.dist-info").rmdir()
     assert pending.installer_busy(venv) is None
+
+
+def _workers(venv: Path) -> list[int]:
+    """Pids of ingest workers of ``venv`` (from /proc: they are the daemon's children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"venvfs.mount.ingest" in argv and os.fsencode(venv) in argv:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.allow_warnings
+def test_kill_9_of_the_daemon_while_its_worker_waits(mounted: Callable[..., Path], wheels: Path,
+                                                     run_venvfs: Run) -> None:
+    """The daemon dies while its worker is alive (held here at the venv lock): the worker finds the
+    mount dead and changes nothing; the next mount ingests."""
+    venv = mounted("v", "demo==1.0")
+    v = Venv(venv)
+    with v.locked():
+        _pip(venv, wheels, "install", "extra==1.0")
+        deadline = time.monotonic() + SETTLE
+        while not _workers(venv):
+            assert time.monotonic() < deadline, "no ingest worker started"
+            time.sleep(0.05)
+        pid = daemon.daemon_pid(v)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        while daemon.daemon_pid(v) is not None:
+            time.sleep(0.02)
+    deadline = time.monotonic() + SETTLE
+    while _workers(venv):
+        assert time.monotonic() < deadline, "the worker did not end"
+        time.sleep(0.05)
+    assert "extra-1.0" not in _selected(venv)
+    run_venvfs("mount", str(venv))
+    wait_settled(venv, "extra-1.0.dist-info")
+    assert set(upper_files(venv, "extra")) == {"extra-1.0.dist-info/RECORD"}
+    assert _py(venv, "import extra.sub.helpers as h, demo; print(h.double(2), demo.VERSION)") == "4 1.0"
+    run_venvfs("store", "verify")

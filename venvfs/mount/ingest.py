@@ -4,11 +4,12 @@ The daemon watches its own requests (``overlay.Activity``): a change of a top-le
 (an installer's RECORD, an uninstall) wakes ``IngestScheduler``'s thread, which waits for a quiet
 period (no change through the mount for ``QUIET`` seconds, at most ``MAX_WAIT`` after the first
 notice so that a long install still settles), asks ``venv.pending`` whether anything is pending,
-and then runs ``python -m venvfs.mount.ingest``: a worker process that does what ``venvfs commit``
-does (``commit.ingest_mounted``) with ``automatic=True``, off the FUSE request path and under the
-venv lock. The worker takes only distributions whose every RECORD file is there with its RECORD
-hash; it reads them from the upper layer directly (``upper_adopter.UpperAdopter``), not through the mount, and
-stores a reflink or copy, never a hardlink: the store never shares an inode with a venv's file.
+and then runs ``python -m venvfs.mount.ingest``: a worker process that runs ``ingest_mounted``
+(what ``venvfs commit`` runs) with ``automatic=True``, off the FUSE request path and under the venv
+lock. The worker takes only distributions whose every RECORD file is there with its RECORD hash,
+and nothing while pip's stash of an upgrade exists; it reads them from the upper layer directly
+(``upper_adopter.UpperAdopter``), not through the mount (1.5 s against 2.6 s for scipy's 109 MiB),
+and stores a reflink or copy, never a hardlink: the store never shares an inode with a venv's file.
 Then it selects them and has the daemon reload, which drops the upper copies that still match.
 
 ``VENVFS_AUTO_INGEST=0`` turns it off (``venvfs commit`` then does it on demand).
@@ -142,7 +143,10 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             # upper copies to the next reload or daemon start, which drops them (only where they still
             # match the store), instead of to nobody. Added to what an earlier killed one queued.
             queued = _queued(venv)
-            atomic_write_json(drop_path(venv), queued + [p for p in drop if p not in queued])
+            if queued or drop:
+                have = {p if isinstance(p, str) else str(p[0]) for p in queued}
+                atomic_write_json(drop_path(venv), queued + [p for p in drop
+                                                             if (p if isinstance(p, str) else p[0]) not in have])
             venv.write_state(state)
             crash_point("commit:selected")
             pending.mark_seen(venv, results)
