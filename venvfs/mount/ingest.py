@@ -175,7 +175,8 @@ class IngestScheduler:
         self.quiet = quiet
         self.max_wait = max_wait
         self._stopped = False
-        self._worker: subprocess.Popen[bytes] | None = None
+        self._selected_stamp: tuple[int, int, int] | None = None
+        self._selected_cache: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="venvfs-ingest", daemon=True)
 
     def start(self) -> None:
@@ -221,8 +222,14 @@ class IngestScheduler:
             time.sleep(min(wait, self.max_wait - (now - first)) + 0.01)
 
     def _selected(self) -> set[str]:
-        store = Store.open(self.store_root, create=False)
-        return {store.get_dist(key).dist_info for key in self.venv.read_state().selection}
+        # Records can be large (torch's lists 15,000 files): read again only when the selection changed.
+        st = os.stat(self.venv.state_path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._selected_stamp:
+            store = Store.open(self.store_root, create=False)
+            self._selected_cache = {store.get_dist(key).dist_info for key in self.venv.read_state().selection}
+            self._selected_stamp = stamp
+        return self._selected_cache
 
     def _baseline(self) -> None:
         """Distributions selected before the seen file knew them are settled as they are now: from
@@ -246,8 +253,7 @@ class IngestScheduler:
                 str(self.store_root)]
         started = time.monotonic()
         # Its output goes to the daemon's log (our stdout and stderr).
-        self._worker = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        code = self._worker.wait()
+        code = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
         log.info("ingest worker exited %d after %.2fs", code, time.monotonic() - started)
         return code
 
