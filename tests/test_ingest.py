@@ -64,7 +64,7 @@ def mounted(require_fuse: None, store: Store, make_venv: Callable[..., Path], ru
 
 def _pip_argv(venv: Path, wheels: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "--disable-pip-version-check",
-            "--no-input", *args, "-q", "--no-index", "--find-links", str(wheels)]
+            "--no-input", *args, "-q", *(["--no-index", "--find-links", str(wheels)] if args[0] == "install" else [])]
 
 
 def _pip(venv: Path, wheels: Path, *args: str) -> None:
@@ -357,3 +357,19 @@ def test_kill_9_of_the_daemon_while_its_worker_waits(mounted: Callable[..., Path
     assert set(upper_files(venv, "extra")) == {"extra-1.0.dist-info/RECORD"}
     assert _py(venv, "import extra.sub.helpers as h, demo; print(h.double(2), demo.VERSION)") == "4 1.0"
     run_venvfs("store", "verify")
+
+
+def test_an_uninstall_is_deselected_by_itself(mounted: Callable[..., Path], wheels: Path) -> None:
+    venv = mounted("v", "demo==1.0", "extra==1.0")
+    _pip(venv, wheels, "uninstall", "-y", "extra")
+    deadline = time.monotonic() + SETTLE
+    while "extra-1.0" in _selected(venv):
+        assert time.monotonic() < deadline, "extra was not deselected"
+        time.sleep(0.05)
+    while drop_path(Venv(venv)).exists() or "extra-1.0.dist-info" in pending.read_seen(Venv(venv)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # What the uninstall left (whiteouts of the store's files) goes with the selection.
+    assert upper_files(venv, "extra") == {}
+    assert _py(venv, "import importlib.util as u; print(u.find_spec('extra'), u.find_spec('demo') is not None)") \
+        == "None True"

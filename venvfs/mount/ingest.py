@@ -237,15 +237,23 @@ class IngestScheduler:
         from venvfs.venv import pending
 
         seen = pending.read_seen(self.venv)
+        unseen = {name: sig for name, sig in pending.upper_dist_infos(self.venv).items() if name not in seen}
+        if not unseen:
+            return  # the usual case: reading the selection's records is not needed
         selected = self._selected()
-        new = {name: {"sig": sig, "result": pending.SETTLED}
-               for name, sig in pending.upper_dist_infos(self.venv).items() if name in selected and name not in seen}
+        new = {name: {"sig": sig, "result": pending.SETTLED} for name, sig in unseen.items() if name in selected}
         if new:
             pending.write_seen(self.venv, {**seen, **new})
 
     def _pending(self) -> bool:
         from venvfs.venv import pending
 
+        seen = pending.read_seen(self.venv)
+        present = pending.upper_dist_infos(self.venv)
+        if any(name not in present for name in seen):
+            return True  # uninstalled: the worker deselects it
+        if all(seen.get(name, {}).get("sig") == sig for name, sig in present.items()):
+            return False  # every RECORD as the last ingest left it (at a mount: ~1 ms, no record read)
         return any(p.reason is None for p in pending.pending(self.venv, self._selected()))
 
     def _run_worker(self) -> int:
