@@ -21,6 +21,12 @@ pytestmark = pytest.mark.fuse
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
+@pytest.fixture(autouse=True)
+def synchronous_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of ``venvfs commit`` itself: the daemon must not ingest first (test_ingest.py)."""
+    monkeypatch.setenv("VENVFS_AUTO_INGEST", "0")
+
+
 @pytest.fixture
 def venv(require_fuse: None, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
          tmp_path: Path) -> Iterator[Path]:

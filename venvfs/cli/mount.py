@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Store each distribution that pip or uv installed into the mounted venv's upper layer\n"
         "and select it, so other venvs share it; its files then leave the upper layer. What the venv\n"
         "shows does not change. Distributions uninstalled since are deselected. An unmounted venv is\n"
-        "mounted for the duration and unmounted again.",
+        "mounted for the duration and unmounted again. A mounted venv's daemon does this by itself\n"
+        "about a second after an install settles (unless VENVFS_AUTO_INGEST=0); commit is for scripts\n"
+        "that want it done now, and for distributions whose files were edited before that.",
     )
     add_venv_argument(p)
     p.set_defaults(handler=cmd_commit)
@@ -178,12 +180,15 @@ def cmd_commit(args: argparse.Namespace) -> int:
     note_dead_mount(venv)
     report = commit(venv, open_store(args))
     if args.json:
-        print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped})
+        print_json({"added": report.added, "removed": report.removed, "dropped": report.dropped,
+                    "skipped": report.skipped})
     else:
         for key in report.added:
             print(f"stored and selected {key}")
         for key in report.removed:
-            print(f"deselected {key} (uninstalled)")
-        if not report.added and not report.removed:
-            print("nothing to commit")
+            print(f"deselected {key} (uninstalled or replaced)")
+        for dist_info, why in report.skipped.items():
+            print(f"left in the venv: {dist_info}: {why}")
+        if not report.added and not report.removed and not report.skipped:
+            print("nothing to commit" if not report.dropped else "the store already held what was installed")
     return 0

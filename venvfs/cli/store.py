@@ -512,6 +512,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"in the venv:       {human_bytes(status.venv_own_bytes)} in {status.venv_own_files} file(s) of its own")
     if status.hardlink_warning:
         print(status.hardlink_warning)
+    for dist_info, why in status.pending_ingest.items():
+        # Ingested by the mount's daemon once the install settles (docs/design.md), or by `venvfs commit`.
+        print(f"pending ingest: {dist_info}" + (f" ({why}; `venvfs commit` stores the rest)" if why else ""))
     return 0
 
 

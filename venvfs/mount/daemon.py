@@ -242,6 +242,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  time.monotonic() - started,
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
+        scheduler = None
+        from venvfs.mount.ingest import IngestScheduler, auto_ingest_enabled
+
+        if auto_ingest_enabled():
+            # Completed installs go into the store by themselves, from a worker process (ingest.py).
+            scheduler = IngestScheduler(venv, store.root, overlay.activity)
         # Repairs before this daemon started left nothing in its caches.
         repairs_seen = repaired_entries(store.root)
 
@@ -259,10 +265,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 overlay.replace_view(view_for(venv, store, new_state))
                 drop = drop_path(venv)
                 if drop.exists():
-                    paths = read_json(drop)
-                    dropped = overlay.drop_upper([str(p) for p in paths])
+                    items = read_json(drop)
+                    begun = time.monotonic()
+                    dropped = overlay.drop_upper([p if isinstance(p, list) else str(p) for p in items])
                     drop.unlink()
-                    log.info("dropped %d upper copies now served by the store", dropped)
+                    log.info("dropped %d upper copies now served by the store (%.3fs)", dropped,
+                             time.monotonic() - begun)
                 new_repairs = repaired_entries(store.root) - repairs_seen
                 if new_repairs:
                     repairs_seen.update(new_repairs)
@@ -307,6 +315,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()  # a commit killed before its reload queued upper copies to drop
+                if scheduler is not None:
+                    scheduler.start()
                 ready("ok")
                 async for signum in signals:
                     on_signal(signum)
@@ -319,8 +329,12 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()
+                if scheduler is not None:
+                    scheduler.start()
                 direct.run(pyfuse3, on_signal, ready)
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             # Lazy unmount inside libfuse: also succeeds with files still open. Not once detached: the
             # mount point may already hold another mount (a venv made again where this one was).
             pyfuse3.close(unmount=not detached)

@@ -70,6 +70,9 @@ def describe_build(store: Store, record: DistRecord) -> str:
         origin = f"wheel {where}" + (f" sha256 {record.source_sha256[:12]}…" if record.source_sha256 else "")
     elif kind == "adopted":
         origin = f"adopted from {where}"
+    elif kind == "installed":  # ingested from a mounted venv: "installed:<installer>:<venv>"
+        installer, _, venv = where.partition(":")
+        origin = f"installed by {installer} in {venv}"
     else:
         origin = "origin not recorded"
     when = record.stored_at.replace("T", " ").removesuffix("Z")[:16]

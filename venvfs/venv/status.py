@@ -61,6 +61,8 @@ class VenvStatus:
     # wrote below the unmounted mount point, which a mount would hide). Reported, never repaired here.
     mount_problem: str | None = None
     unmounted_writes: list[str] = field(default_factory=list)  # names below the unmounted mount point
+    # Installed into the mount, not yet in the store: dist-info -> why it waits ("" : for the next ingest)
+    pending_ingest: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,6 +206,8 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
     if status.store_hardlinks:
         status.hardlink_warning = hardlink_warning(status.store_hardlinks, f"link mode {state.link_mode or '?'}")
     _mount_problem(venv, state, status)
+    if state.layout == "mounted":
+        status.pending_ingest = _pending_ingest(venv, store, state)
     return status
 
 
@@ -222,6 +226,16 @@ def _mount_problem(venv: Venv, state: VenvState, status: VenvStatus) -> None:
             status.mount_problem = (f"{len(status.unmounted_writes)} entries were written below the mount point "
                                     f"while unmounted ({names}): `venvfs mount {venv.root}` takes them into "
                                     "the venv (a mount would otherwise hide them)")
+
+
+def _pending_ingest(venv: Venv, store: Store, state: VenvState) -> dict[str, str]:
+    from venvfs.venv.pending import pending
+
+    selected = set()
+    for key in state.selection:
+        with contextlib.suppress(VenvfsError):
+            selected.add(store.get_dist(key).dist_info)
+    return {p.dist_info: p.reason or "" for p in pending(venv, selected)}
 
 
 def store_status(store: Store) -> StoreStatus:

@@ -124,6 +124,25 @@ class Upper:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 
+    def discard(self, parts: Sequence[str], name: str) -> str:
+        """Take ``parts/name`` out of the layer by renaming it into the work dir; returns its name
+        there, for ``empty_work``. A rename is metadata only: an unlink of a large file that was
+        just written frees its blocks then and there (about a millisecond a file on ext4), and the
+        daemon calls this on its request loop. A crash leaves it to ``clean_work``."""
+        tmp = self._tmpname()
+        with self.dirfd(parts) as pfd:
+            os.rename(name, tmp, src_dir_fd=pfd, dst_dir_fd=self.work_fd)
+        return tmp
+
+    def empty_work(self, names: Sequence[str]) -> None:
+        """Remove what ``discard`` put into the work dir (off the request loop)."""
+        for name in names:
+            with contextlib.suppress(OSError):
+                try:
+                    os.unlink(name, dir_fd=self.work_fd)
+                except IsADirectoryError:
+                    os.rmdir(name, dir_fd=self.work_fd)
+
     # -- walking -----------------------------------------------------------------------------------
 
     @contextlib.contextmanager

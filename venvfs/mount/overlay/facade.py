@@ -7,13 +7,14 @@ import itertools
 import os
 from collections.abc import Collection, Sequence
 
+from venvfs.mount.overlay.activity import Activity
 from venvfs.mount.overlay.attrs import Attr, Attributes, SetAttr, StatFs
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
-from venvfs.mount.overlay.inodes import HANDLE_BASE, InodeTable, Node, parts, relpath
+from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
-from venvfs.mount.overlay.reload import ViewReload
+from venvfs.mount.overlay.reload import DropItem, ViewReload
 from venvfs.mount.overlay.tree import Tree
 from venvfs.store.store import Store
 from venvfs.venv.upper import Upper
@@ -42,6 +43,7 @@ class Overlay:
         self.reload = ViewReload(self.inodes, self.tree, self.files, upper, self.lower)
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
+        self.activity = Activity()
 
     # -- state the adapter and the tests read ------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Overlay:
         return self.attrs.readlink(ino)
 
     def setattr(self, ino: int, changes: SetAttr, fh: int | None = None) -> Attr:
+        self.activity.touch()
         return self.attrs.setattr(ino, changes, fh)
 
     def getxattr(self, ino: int, name: str) -> bytes:
@@ -160,6 +163,7 @@ class Overlay:
         return self.files.read(fh, off, size)
 
     def write(self, fh: int, off: int, buf: bytes) -> int:
+        self.activity.touch()
         return self.files.write(fh, off, buf)
 
     def fsync(self, fh: int, datasync: bool) -> None:
@@ -170,31 +174,46 @@ class Overlay:
 
     # -- the namespace -------------------------------------------------------------------------------
 
+    def _changed(self, parent_ino: int, name: str) -> None:
+        # Before the change, so that a failing request is counted too (harmless: one more check).
+        parent = self.inodes.nodes.get(parent_ino)
+        below_root = parent is not None and parent.parent is not None and parent.parent.ino == ROOT_INO
+        self.activity.names(parent_ino == ROOT_INO, parent.name if parent is not None and below_root else "", name)
+
     def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int | None = None,
                gid: int | None = None) -> tuple[int, Node]:
+        self._changed(parent_ino, name)
         return self.namespace.create(parent_ino, name, mode, flags, uid, gid)
 
     def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
               gid: int | None = None) -> Node:
+        self._changed(parent_ino, name)
         return self.namespace.mknod(parent_ino, name, mode, rdev, uid, gid)
 
     def mkdir(self, parent_ino: int, name: str, mode: int, uid: int | None = None, gid: int | None = None) -> Node:
+        self._changed(parent_ino, name)
         return self.namespace.mkdir(parent_ino, name, mode, uid, gid)
 
     def symlink(self, parent_ino: int, name: str, target: str, uid: int | None = None,
                 gid: int | None = None) -> Node:
+        self._changed(parent_ino, name)
         return self.namespace.symlink(parent_ino, name, target, uid, gid)
 
     def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
+        self._changed(new_parent_ino, new_name)
         return self.namespace.link(ino, new_parent_ino, new_name)
 
     def unlink(self, parent_ino: int, name: str) -> None:
+        self._changed(parent_ino, name)
         self.namespace.unlink(parent_ino, name)
 
     def rmdir(self, parent_ino: int, name: str) -> None:
+        self._changed(parent_ino, name)
         self.namespace.rmdir(parent_ino, name)
 
     def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int = 0) -> None:
+        self._changed(old_parent_ino, old_name)
+        self._changed(new_parent_ino, new_name)
         self.namespace.rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
 
     # -- view changes (commit, venvfs add/remove, store repair) --------------------------------------
@@ -208,6 +227,7 @@ class Overlay:
         (``ViewReload.forget_objects``). Returns how many of this mount's files were backed by them."""
         return self.reload.forget_objects(digests)
 
-    def drop_upper(self, relpaths: Sequence[str]) -> int:
-        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
-        return self.reload.drop_upper(relpaths)
+    def drop_upper(self, items: Sequence[DropItem]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many
+        (``ViewReload.drop_upper``)."""
+        return self.reload.drop_upper(items)

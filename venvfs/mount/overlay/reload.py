@@ -7,14 +7,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Collection, Sequence
 
 from venvfs.mount.overlay.files import Files
 from venvfs.mount.overlay.inodes import InodeTable, Node, parts, upper_at
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.tree import Tree
-from venvfs.venv.upper import DIR, REG, Upper
+from venvfs.venv.upper import DIR, OPAQUE, REG, Upper, whiteout_name
 from venvfs.venv.view import OBJECT, PYC, LowerDir, LowerFile, View
+
+# A path to drop, or a path with the stat stamp the ingest verified (``ViewReload.drop_upper``).
+DropItem = str | list[str | int]
 
 
 class ViewReload:
@@ -108,24 +112,45 @@ class ViewReload:
             count += 1
         return count
 
-    def drop_upper(self, relpaths: Sequence[str]) -> int:
-        """Remove upper copies identical to what the view now provides (after a commit); returns how many."""
+    def drop_upper(self, items: Sequence[DropItem]) -> int:
+        """Remove upper copies identical to what the view now provides (after a commit); returns how many.
+
+        An item is a path below the mount, or ``[path, st_ino, st_size, st_mtime_ns, st_ctime_ns]``:
+        the upper file as the ingest found it equal to the store object. Any write or attribute
+        change since moves its ctime (which no user can set), so an unchanged stamp spares hashing
+        it again here, on the request loop; a changed one is hashed.
+        """
         dropped = 0
         dirs: set[str] = set()
+        merged: set[str] = set()
+        discarded: list[str] = []
+        stamps: dict[str, tuple[int, ...]] = {}
+        relpaths = []
+        for item in items:
+            if isinstance(item, str):
+                relpaths.append(item)
+            elif item and all(isinstance(v, int) for v in item[1:]):
+                relpaths.append(str(item[0]))
+                stamps[str(item[0])] = tuple(int(v) for v in item[1:])
+        for rel in relpaths:
+            self._merge_opaque_above(rel, merged)
         for rel in relpaths:
             node = self.tree.resolve(rel)
             if node is None or not node.upper or node.kind != REG or node.parent is None or node.extra_links:
                 continue
             parent = node.parent
             entry = parent.lower.children.get(node.name) if isinstance(parent.lower, LowerDir) else None
-            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry):
+            if not isinstance(entry, LowerFile) or not self._upper_matches(node, entry, stamps.get(rel)):
                 continue
             pparts = parts(parent)
             replaced = self.lower.kind_of(entry) != REG
             if replaced:
                 self.files.pin(node)
-            with self.upper.dirfd(pparts) as pfd:
-                os.unlink(node.name, dir_fd=pfd)
+            # An installer that removed the file before writing it again left its whiteout, which the
+            # upper file outranks: once the copy goes, that whiteout would hide the store's.
+            with self.upper.dirfd(pparts) as pfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(whiteout_name(node.name), dir_fd=pfd)
+            discarded.append(self.upper.discard(pparts, node.name))
             if replaced:
                 # A .pyc now shown as a symlink: the kernel keeps an inode's file type, so the name
                 # gets a new inode (readers of the old one keep its bytes, as after an unlink).
@@ -153,14 +178,62 @@ class ViewReload:
                 if listing.entries or listing.whiteouts or listing.opaque:
                     break
                 dparts = parts(node)
-                with self.upper.dirfd(dparts[:-1]) as pfd:
-                    os.rmdir(dparts[-1], dir_fd=pfd)
+                with self.upper.dirfd(dparts[:-1]) as pfd, contextlib.suppress(FileNotFoundError):
+                    os.unlink(whiteout_name(dparts[-1]), dir_fd=pfd)  # as for a file, above
+                discarded.append(self.upper.discard(dparts[:-1], dparts[-1]))
                 node.upper = False
                 self.inodes.inval_inode(node)
                 rel = rel.rpartition("/")[0]
+        if discarded:
+            # The blocks are freed on a thread of its own; the names are gone already.
+            threading.Thread(target=self.upper.empty_work, args=(discarded,), name="venvfs-discard",
+                             daemon=True).start()
         return dropped
 
-    def _upper_matches(self, node: Node, entry: LowerFile) -> bool:
+    def _merge_opaque_above(self, rel: str, merged: set[str]) -> None:
+        """An installer that upgrades a package deletes its directory and makes it again: an opaque
+        directory, through which no lower entry shows, so no upper copy below it could ever be
+        dropped. Where the view now has a directory there, the opaque directory is merged with it."""
+        node = self.inodes.root
+        lower: LowerDir | None = self.lower.view.root
+        done: list[str] = []
+        for name in rel.split("/")[:-1]:
+            done.append(name)
+            child = self.tree.child(node, name)
+            entry = lower.children.get(name) if lower is not None else None
+            lower = entry if isinstance(entry, LowerDir) else None
+            if child is None or child.kind != DIR or lower is None:
+                return
+            if child.upper and child.opaque and "/".join(done) not in merged:
+                self._merge(child, lower)
+                merged.add("/".join(done))
+            node = child
+
+    def _merge(self, d: Node, lower: LowerDir) -> None:
+        """Make the opaque upper directory ``d`` a merged one over ``lower`` showing what it showed: a
+        whiteout for every lower name it lacks (below too) but bytecode, and the opaque marker removed
+        last, deepest first. Until that last unlink the marker hides all of it, so a crash at any
+        point leaves the same names visible; nothing visible changes, so the kernel is told nothing."""
+        pparts = parts(d)
+        listing = self.upper.listdir(pparts)
+        for name in lower.children:
+            # Except the store's bytecode, which is derived from the sources and checked against
+            # them at import (uv compiles none: hiding it would make Python write its own copies).
+            if name not in listing.entries and name not in listing.whiteouts and name != "__pycache__":
+                self.upper.whiteout(pparts, name)
+        for name, child in self.tree.load(d).items():
+            entry = lower.children.get(name)
+            if (child.upper and child.kind == DIR and child.parent is d and isinstance(entry, LowerDir)
+                    and listing.entries.get(name, (0,))[0] == DIR):
+                self._merge(child, entry)
+        if listing.opaque:
+            with self.upper.dirfd(pparts) as pfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(OPAQUE, dir_fd=pfd)
+        d.opaque = False
+        d.lower = lower
+        d.entry = None
+
+    def _upper_matches(self, node: Node, entry: LowerFile, stamp: tuple[int, ...] | None = None) -> bool:
         if entry.kind == PYC:
             # Bytecode of a source that now comes from the store: the store's .pyc is the valid one
             # (the upper one was compiled against the upper copy's mtime).
@@ -178,6 +251,8 @@ class ViewReload:
                 st = os.fstat(fd)
                 if st.st_size != entry.size or bool(st.st_mode & 0o100) != entry.executable:
                     return False
+                if stamp == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                    return True
                 h = hashlib.sha256()
                 off = 0
                 while chunk := os.pread(fd, 1 << 20, off):
