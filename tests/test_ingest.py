@@ -116,8 +116,10 @@ def _selected(venv: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("tool", ["pip", "uv"])
-def test_an_install_goes_into_the_store_by_itself(tool: str, mounted: Callable[..., Path], wheels: Path,
-                                                  store: Store, run_venvfs: Run) -> None:
+def test_an_install_goes_into_the_store_by_itself(tool: str, fuse_mode: str, mounted: Callable[..., Path],
+                                                  wheels: Path, store: Store, run_venvfs: Run) -> None:
+    """In both of the daemon's modes: with no OPEN/RELEASE (the patched pyfuse3) nothing says a file
+    was closed, and the end of an install is a quiet period."""
     venv = mounted("v", "demo==1.0")
     _install(tool, venv, wheels, "extra==1.0")
     assert wait_settled(venv, "extra-1.0.dist-info")["result"] == pending.INGESTED
