@@ -50,7 +50,7 @@ from venvfs.venv.mountinfo import mount_state as mount_state
 from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
-from venvfs.venv.venv import Venv
+from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 0
     try:
         store = Store.open(store_root, create=False)
-        state = venv.read_state()
+        state = _confirmed(venv, venv.read_state())
         started = time.monotonic()
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
@@ -239,7 +239,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         def do_reload() -> None:
             nonlocal generation
             try:
-                new_state = venv.read_state()
+                new_state = _confirmed(venv, venv.read_state())
                 overlay.replace_view(view_for(venv, store, new_state))
                 drop = drop_path(venv)
                 if drop.exists():
@@ -325,6 +325,18 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 1
     finally:
         os.close(lock_fd)
+
+
+def _confirmed(venv: Venv, state: VenvState) -> VenvState:
+    """``state`` less what an ingest in progress selected and an installer has removed since
+    (``venv.pending.unconfirmed``): checked here, on the request loop, so no request sees it."""
+    from venvfs.venv.pending import unconfirmed
+
+    gone = unconfirmed(venv)
+    if gone:
+        log.info("left out of the view, changed since its ingest read it: %s", ", ".join(sorted(gone)))
+        state.selection = [k for k in state.selection if k not in gone]
+    return state
 
 
 class _ClosedResourceError(Exception):
