@@ -201,7 +201,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 0
     try:
         store = Store.open(store_root, create=False)
-        state = venv.read_state()
+        state = _confirmed(venv, venv.read_state())
         started = time.monotonic()
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
@@ -261,7 +261,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         def do_reload() -> None:
             nonlocal generation
             try:
-                new_state = venv.read_state()
+                new_state = _confirmed(venv, venv.read_state())
                 overlay.replace_view(view_for(venv, store, new_state))
                 drop = drop_path(venv)
                 if drop.exists():
@@ -351,6 +351,18 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         return 1
     finally:
         os.close(lock_fd)
+
+
+def _confirmed(venv: Venv, state: VenvState) -> VenvState:
+    """``state`` less what an ingest in progress selected and an installer has removed since
+    (``venv.pending.unconfirmed``): checked here, on the request loop, so no request sees it."""
+    from venvfs.venv.pending import unconfirmed
+
+    gone = unconfirmed(venv)
+    if gone:
+        log.info("left out of the view, changed since its ingest read it: %s", ", ".join(sorted(gone)))
+        state.selection = [k for k in state.selection if k not in gone]
+    return state
 
 
 def _spawn(venv: Venv, store: Store, *, allow_other: bool) -> None:

@@ -86,6 +86,19 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             # Its end removes the stash, a change the daemon sees: the ingest runs again then.
             log.info("an install is still under way (%s): nothing ingested now", busy)
             return report
+        if pending.expect_path(venv).exists():
+            # A worker killed between selecting and confirming: finish its check, and reload even
+            # when all is confirmed, since the daemon may not serve that selection yet (the whiteouts
+            # of a later uninstall need the store's files in the view).
+            gone = pending.unconfirmed(venv)
+            if gone:
+                state.selection = [k for k in state.selection if k not in gone]
+                venv.write_state(state)
+            reload(venv)
+            confirmed = {name: (sig, pending.INGESTED)
+                         for key, (name, sig) in pending.expected(venv).items() if key not in gone}
+            pending.mark_seen(venv, confirmed)
+            pending.expect_path(venv).unlink(missing_ok=True)
         sp = venv.site_packages
         upper = venv.upper_dir
         records = {key: store.get_dist(key) for key in state.selection}
@@ -140,6 +153,10 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
         if report.added or report.removed or drop:
             state.selection = [k for k in state.selection if k not in report.removed]
             state.selection += [k for k in report.added if k not in state.selection]
+            # Each new key with the RECORD it was read from: the daemon leaves out of the view one an
+            # installer replaced or removed meanwhile (pending.unconfirmed), and so do we, below.
+            atomic_write_json(pending.expect_path(venv), {r.key: [r.dist_info, results[r.dist_info][0]]
+                                                          for r in new_records})
             # Queued before the state names the new records: a commit killed from here on leaves the
             # upper copies to the next reload or daemon start, which drops them (only where they still
             # match the store), instead of to nobody. Added to what an earlier killed one queued.
@@ -150,8 +167,18 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                                                              if (p if isinstance(p, str) else p[0]) not in have])
             venv.write_state(state)
             crash_point("commit:selected")
-            pending.mark_seen(venv, results)
             reload(venv)
+            gone = pending.unconfirmed(venv)
+            if gone:
+                state.selection = [k for k in state.selection if k not in gone]
+                report.added = [k for k in report.added if k not in gone]
+                for r in new_records:
+                    if r.key in gone:
+                        del results[r.dist_info]  # pending again: the next ingest looks at what is there now
+                venv.write_state(state)
+                reload(venv)
+            pending.expect_path(venv).unlink(missing_ok=True)
+            pending.mark_seen(venv, results)
         else:
             pending.mark_seen(venv, results)
     return report
@@ -251,8 +278,8 @@ class IngestScheduler:
 
         seen = pending.read_seen(self.venv)
         present = pending.upper_dist_infos(self.venv)
-        if any(name not in present for name in seen):
-            return True  # uninstalled: the worker deselects it
+        if any(name not in present for name in seen) or pending.expect_path(self.venv).exists():
+            return True  # uninstalled (the worker deselects it), or a killed worker's check to finish
         if all(seen.get(name, {}).get("sig") == sig for name, sig in present.items()):
             return False  # every RECORD as the last ingest left it (at a mount: ~1 ms, no record read)
         return any(p.reason is None for p in pending.pending(self.venv, self._selected()))

@@ -152,3 +152,33 @@ def installer_busy(venv: Venv) -> str | None:
                     if now - entry.stat(follow_symlinks=False).st_ctime < STASH_MAX_AGE:
                         return entry.name
     return None
+
+
+EXPECT_FILE = "ingest-expect.json"
+
+
+def expect_path(venv: Venv) -> Path:
+    return venv.state_dir / EXPECT_FILE
+
+
+def unconfirmed(venv: Venv) -> set[str]:
+    """Keys an ingest is selecting whose RECORD in the upper layer is no longer the one it stored
+    (``ingest-expect.json``: key -> [dist-info, RECORD signature]).
+
+    The worker reads a distribution, then selects it; an installer may remove or replace it in
+    between (``pip install demo==1.0`` right after ``demo==2.0``). Selected anyway, its store files
+    would show where the installer just deleted them, with no whiteout to hide them (they were upper
+    files then). The daemon leaves such keys out of the view it switches to, on its request loop,
+    so no request sees them; the worker then takes them out of the selection."""
+    return {key for key, (name, sig) in expected(venv).items() if record_signature(venv.upper_dir / name) != sig}
+
+
+def expected(venv: Venv) -> dict[str, tuple[str, list[int] | None]]:
+    """``ingest-expect.json``: key -> (dist-info, the RECORD signature the ingest read)."""
+    try:
+        data = read_json(expect_path(venv))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): (str(v[0]), v[1]) for k, v in data.items() if isinstance(v, list) and len(v) == 2}
