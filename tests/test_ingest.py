@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import stop_mount, uv
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.mount import daemon
+from venvfs.store.records import INSTALL_METADATA
 from venvfs.store.store import Store
 from venvfs.venv import pending
 from venvfs.venv.mountinfo import drop_path, reload
@@ -97,13 +98,13 @@ def wait_settled(venv: Path, dist_info: str, timeout: float = SETTLE) -> dict[st
 def upper_files(venv: Path, prefix: str) -> dict[str, int]:
     """Files of the upper layer below ``prefix`` (whiteouts included), with their sizes. What the
     installer wrote about the install besides RECORD (INSTALLER, REQUESTED, direct_url.json) is left
-    out: the store keeps no installer metadata (one wheel, one build), so those stay the venv's own,
-    a few bytes each, as RECORD does."""
+    out (``INSTALL_METADATA``, uv's files too): the store keeps no installer metadata (one wheel, one
+    build), so those stay the venv's own, a few bytes each, as RECORD does."""
     root = Venv(venv).upper_dir
     out = {}
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
-            if dirpath.endswith(".dist-info") and name in ("INSTALLER", "REQUESTED", "direct_url.json"):
+            if dirpath.endswith(".dist-info") and name != "RECORD" and name in INSTALL_METADATA:
                 continue
             rel = os.path.relpath(os.path.join(dirpath, name), root)
             if rel.startswith(prefix) or name == f".wh.{prefix}":
