@@ -62,19 +62,10 @@ def mount_identity(mountpoint: Path) -> tuple[str, str] | None:
     """The mount id and device (``major:minor``) of the topmost mount at ``mountpoint``, from
     ``/proc/self/mountinfo``: read without asking the filesystem anything (the daemon calls this
     before it serves its first request)."""
-    from venvfs.venv.mountinfo import _unescape
+    from venvfs.venv.mountinfo import topmost
 
-    target = os.path.abspath(mountpoint)
-    found = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.partition(" - ")[0].split()
-        if len(fields) >= 5 and _unescape(fields[4]) == target:
-            found = (fields[0], fields[2])
-    return found
+    entry = topmost(mountpoint)
+    return (entry.mount_id, entry.device) if entry else None
 
 
 class Watcher:

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -60,36 +61,48 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounted_fstype(mountpoint: Path) -> str | None:
-    """The filesystem type mounted at ``mountpoint`` (the topmost), or None."""
-    target = os.path.abspath(mountpoint)
-    found = None
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of ``/proc/self/mountinfo`` (read without asking any filesystem anything)."""
+
+    mount_id: str
+    device: str  # major:minor
+    point: str
+    fstype: str
+
+
+def mounts() -> list[MountEntry]:
+    """The mount table, in mount order (a later entry at a point lies on top of an earlier one)."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return None
+        return []
+    found = []
     for line in lines:
         left, _, right = line.partition(" - ")
         fields = left.split()
-        if len(fields) >= 5 and _unescape(fields[4]) == target:
-            found = right.split()[0] if right else "?"
+        if len(fields) >= 5:
+            found.append(MountEntry(fields[0], fields[2], _unescape(fields[4]), (right.split() or ["?"])[0]))
     return found
+
+
+def topmost(mountpoint: Path) -> MountEntry | None:
+    """The mount on top at ``mountpoint``, or None."""
+    target = os.path.abspath(mountpoint)
+    at = [m for m in mounts() if m.point == target]
+    return at[-1] if at else None
+
+
+def mounted_fstype(mountpoint: Path) -> str | None:
+    """The filesystem type mounted at ``mountpoint`` (the topmost), or None."""
+    entry = topmost(mountpoint)
+    return entry.fstype if entry else None
 
 
 def venvfs_mounts_below(root: Path) -> list[Path]:
     """Every venvfs mount point at or below ``root``, deepest first (the order to unmount in)."""
     prefix = os.path.abspath(root).rstrip("/") + "/"
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    points = []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        point = _unescape(fields[4]) if len(fields) >= 5 else ""
-        if right.split()[:1] == ["fuse.venvfs"] and (point + "/").startswith(prefix):
-            points.append(Path(point))
+    points = [Path(m.point) for m in mounts() if m.fstype == "fuse.venvfs" and (m.point + "/").startswith(prefix)]
     return sorted(points, key=lambda p: len(p.parts), reverse=True)
 
 
