@@ -329,3 +329,42 @@ def crash_point(step: str) -> None:
     named step deterministically. The steps are listed in docs/design.md ("Interrupted commands")."""
     if os.environ.get(CRASH_ENV) == step:
         os._exit(137)
+
+
+# -- processes venvfs starts -----------------------------------------------------------------------------
+
+def importable_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this very venvfs first on PYTHONPATH: what venvfs starts runs from "/", so it must
+    find the same venvfs without the caller's cwd (a source tree, a venv that is not the caller's)."""
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)}
+
+
+def spawn_detached(argv: list[str], env: dict[str, str], logfile: Path, *, keep_fd: int | None = None,
+                   log_mode: int = 0o644) -> None:
+    """Run ``argv`` detached (double fork: no zombie; its own session: no controlling terminal, and
+    a kill of the caller's process group spares it), stdin /dev/null, output appended to ``logfile``,
+    in "/". Only ``keep_fd`` survives of the caller's descriptors: an inherited flock (flock(1)'s, a
+    venv lock a parent holds) would otherwise stay locked for as long as the child runs."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            logfd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, log_mode)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            if keep_fd is None:
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            else:
+                os.set_inheritable(keep_fd, True)
+                os.closerange(3, keep_fd)
+                os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+            os.chdir("/")
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)

@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import venvfs
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, open_lock, read_json
+from venvfs.fsutil import atomic_write_json, importable_env, open_lock, read_json, spawn_detached
 from venvfs.mount.loop import DirectLoop, import_pyfuse3
 from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
@@ -390,33 +389,10 @@ def _spawn_process(venv: Venv, store: Store, logfile: Path, *, allow_other: bool
             "--ready-fd", str(w), "--log", str(logfile)]
     if allow_other:
         argv.append("--allow-other")
-    env = dict(os.environ)
-    # The daemon runs from "/", so this very venvfs must be importable without the caller's cwd.
-    package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            os.close(r)
-            os.set_inheritable(w, True)
-            null = os.open(os.devnull, os.O_RDWR)
-            logfd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(null, 0)
-            os.dup2(logfd, 1)
-            os.dup2(logfd, 2)
-            # Nothing else the caller holds may outlive it in the daemon: an inherited flock (flock(1)'s,
-            # a venv lock taken by a parent process) would stay locked for as long as the mount runs.
-            os.closerange(3, w)
-            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
-            os.chdir("/")
-            os.execve(sys.executable, argv, env)
-        finally:
-            os._exit(127)
-    os.close(w)
-    os.waitpid(pid, 0)
+    try:
+        spawn_detached(argv, importable_env(dict(os.environ)), logfile, keep_fd=w)
+    finally:
+        os.close(w)
     try:
         return _read_ready(r, READY_TIMEOUT)
     finally:

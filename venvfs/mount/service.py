@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import venvfs
+from venvfs.fsutil import importable_env
 from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity, socket_path
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def _child(conn: socket.socket, request: dict[str, object]) -> int:  # pragma: n
         os.environ.update({str(k): str(v) for k, v in env.items()})
     # What the daemon starts (its ingest worker) must import this very venvfs, as a spawned daemon
     # does (daemon._spawn_process), also when it runs from a source tree the client found by its cwd.
-    package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    os.environ.update(importable_env(dict(os.environ)))
     null = os.open(os.devnull, os.O_RDWR)
     logfd = os.open(str(request["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(null, 0)

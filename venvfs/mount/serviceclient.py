@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import venvfs
+from venvfs.fsutil import importable_env, spawn_detached
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +82,8 @@ def _start(store_root: Path, path: Path) -> socket.socket | None:
 
     logfile = Path(platformdirs.user_log_dir("venvfs")) / "service.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "venvfs.mount.service", "--store", str(store_root), "--socket", str(path)]
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            null = os.open(os.devnull, os.O_RDWR)
-            logfd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(null, 0)
-            os.dup2(logfd, 1)
-            os.dup2(logfd, 2)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # no lock of the caller may outlive it here
-            os.chdir("/")
-            os.execve(sys.executable, argv, env)
-        finally:
-            os._exit(127)
-    os.waitpid(pid, 0)
+    spawn_detached(argv, importable_env(dict(os.environ)), logfile, log_mode=0o600)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         sock = _connect(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from venvfs.errors import VenvError
+from venvfs.fsutil import importable_env
 from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
@@ -122,10 +123,7 @@ def compile_in_background(store: Store, keys: list[str], cache_tag: str, python:
         return None
     argv = [sys.executable, "-m", "venvfs.store.bytecode", "--store", str(store.root), "--python", str(python),
             "--cache-tag", cache_tag, *keys]
-    env = dict(os.environ)
-    # This very venvfs, also when it runs from a source tree: the child starts in "/".
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env = importable_env(dict(os.environ))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd="/", env=env, start_new_session=True)
     return proc.pid
