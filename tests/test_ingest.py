@@ -95,6 +95,15 @@ def wait_settled(venv: Path, dist_info: str, timeout: float = SETTLE) -> dict[st
     raise AssertionError(f"{dist_info} was not ingested within {timeout}s; daemon log:\n{log}")
 
 
+def _wait_for_killed_worker(v: Venv) -> None:
+    """Until the daemon's log says its ingest worker died at the crash point (as by SIGKILL)."""
+    log = daemon.log_path(v)
+    deadline = time.monotonic() + SETTLE
+    while "ingest worker exited 137" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.05)
+
+
 def upper_files(venv: Path, prefix: str) -> dict[str, int]:
     """Files of the upper layer below ``prefix`` (whiteouts included), with their sizes. What the
     installer wrote about the install besides RECORD (INSTALLER, REQUESTED, direct_url.json) is left
@@ -251,11 +260,7 @@ def test_kill_9_of_the_daemon_during_an_ingest_then_remount(step: str, mounted: 
     monkeypatch.delenv("VENVFS_TEST_CRASH_AT")
     v = Venv(venv)
     _pip(venv, wheels, "install", "extra==1.0")
-    log = daemon.log_path(v)
-    deadline = time.monotonic() + SETTLE
-    while "ingest worker exited 137" not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-        time.sleep(0.05)
+    _wait_for_killed_worker(v)
     pid = daemon.daemon_pid(v)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -395,10 +400,8 @@ def test_a_distribution_removed_while_it_is_ingested_never_shows(mounted: Callab
     v = Venv(venv)
     _pip(venv, wheels, "install", "extra==1.0")
     log = daemon.log_path(v)
+    _wait_for_killed_worker(v)
     deadline = time.monotonic() + SETTLE
-    while "ingest worker exited 137" not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-        time.sleep(0.05)
     assert "extra-1.0" in _selected(venv)  # selected, not yet in the daemon's view
     _pip(venv, wheels, "uninstall", "-y", "extra")
     assert reload(v)

@@ -22,7 +22,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -54,6 +53,7 @@ from venvfs.venv import layout
 from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
 from venvfs.venv.materialize import count_store_inodes, materialize, store_inodes
 from venvfs.venv.ownpyc import Stamp, restamp, valid_stamps
+from venvfs.venv.pending import is_editable
 from venvfs.venv.venv import Venv, VenvState
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
     stamps: list[Stamp] = []
     with store.writing():
         for dist_info in dist_infos:
-            if _is_editable(dist_info):
+            if is_editable(dist_info):
                 # Its files point at a source tree of this machine: nothing another venv could share.
                 report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
                 continue
@@ -387,16 +387,6 @@ def _venv_link_counts(root: Path) -> dict[tuple[int, int], int]:
                     key = (st.st_dev, st.st_ino)
                     counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def _is_editable(dist_info: Path) -> bool:
-    """PEP 660 editable installs say so in PEP 610's direct_url.json."""
-    try:
-        data = json.loads((dist_info / "direct_url.json").read_text())
-    except (OSError, ValueError):
-        return False
-    dir_info = data.get("dir_info") if isinstance(data, dict) else None
-    return isinstance(dir_info, dict) and dir_info.get("editable") is True
 
 
 def _payload(dist_infos: list[Path]) -> int:
