@@ -111,8 +111,13 @@ def _populate(venv: Path, tool: str, wheelhouse: Path, editable: Path | None) ->
     extra.mkdir()
     (extra / "handmod.py").write_text("HAND = 'written by hand'\n")
     (site / "handwritten.pth").write_text(f"{extra}\n")
-    with open(site / "six.py", "a") as f:  # a user's edit to an installed file
-        f.write("\nEDITED = True\n")
+    # A user's edit to an installed file, saved as editors do (a new file in its place): uv hardlinks
+    # six.py from its cache, and appending in place changed the machine's uv cache for every later
+    # venv and test (a venvfs ingest then rightly refused six: "differs from its RECORD size").
+    six = site / "six.py"
+    edited = six.read_text() + "\nEDITED = True\n"
+    six.unlink()
+    six.write_text(edited)
     user = ["handwritten.pth", "six.py"]
     if editable is not None:
         user += [p.name for p in site.iterdir() if "editme" in p.name.lower() and p.is_file()]
