@@ -41,7 +41,6 @@ def mounted_venv(require_fuse: None, tmp_path: Path, make_venv: Callable[..., Pa
                  run_venvfs: RunVenvfs) -> Iterator[Venv]:
     """A uv venv with a package, a console script and a .pth-carrying distribution, adopted and
     mounted, with its hooks in place."""
-    pytest.importorskip("venvfs.mount.daemon", reason="`venvfs mount` is not in this tree yet")
     wheels = tmp_path / "wheels"
     path = make_venv(tool="uv")
     uv_pip(path, str(build_wheel(wheels, simple_package("demo"))), str(build_wheel(wheels, pth_package())))

@@ -382,7 +382,7 @@ def test_already_mounted_by_a_racing_process(make_venv: Callable[..., Path], sto
     """The .pth ran (so the listing predates the mount), but the venv is mounted now: no second mount.
     Simulated with an unrelated mount point standing in for site-packages."""
     if not os.path.ismount("/proc"):
-        pytest.skip("no /proc mount to stand in")
+        missing_tool("no /proc mount to stand in for a mounted site-packages")
     venv = manage(make_venv(tool="uv"), store)
     log = fake_mount(MATERIALIZE)
     hooks.install(venv)
@@ -464,6 +464,6 @@ def test_systemd_unit_is_shipped_and_valid(tmp_path: Path, monkeypatch: pytest.M
     unit = tmp_path / "config" / "systemd" / "user" / systemd.UNIT_NAME
     assert unit.exists() and "systemctl --user enable --now" in proc.stdout
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed: unit syntax not checked")
+        missing_tool("systemd-analyze is not installed (apt-get install systemd): unit syntax not checked")
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

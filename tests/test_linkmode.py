@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing_tool
 from venvfs.fsutil import UnsafePath, safe_relpath, symlink_stays_inside
 from venvfs.store.store import SOURCE_EPOCH
 from venvfs.venv.linkmode import Linker, LinkMode, LinkModeUnavailable
@@ -33,7 +34,7 @@ def _same_inode(a: Path, b: Path) -> bool:
 def other_device(tmp_path: Path) -> Iterator[Path]:
     shm = Path("/dev/shm")  # noqa: S108 - a tmpfs: another device than tmp_path
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("no tmpfs on another device")
+        missing_tool("no tmpfs at /dev/shm on another device than the test directory")
     base = shm.resolve() / f"venvfs-linkmode-{os.getpid()}-{os.urandom(4).hex()}"
     base.mkdir()
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_venv, run_cli
+from tests.conftest import create_venv, missing_tool, run_cli
 from tests.wheelbuilder import build_wheel, data_package, simple_package
 from venvfs.store.records import REWRITTEN_METADATA
 from venvfs.store.store import SOURCE_EPOCH, Store
@@ -169,7 +169,7 @@ def test_forced_reflink_on_ext4_fails_clearly(tmp_path: Path, wheels: dict[str, 
 def tmpfs_store() -> Iterator[Path]:
     shm = Path("/dev/shm")  # noqa: S108 - a tmpfs, for a store on another filesystem than the venv
     if not shm.is_dir():
-        pytest.skip("no /dev/shm tmpfs")
+        missing_tool("no /dev/shm tmpfs")
     base = shm.resolve() / f"venvfs-test-{os.getpid()}-{os.urandom(4).hex()}"
     base.mkdir()
     try:
