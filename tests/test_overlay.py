@@ -128,6 +128,24 @@ def test_unlink_and_rmdir_leave_whiteouts(ov: Overlay, tmp_path: Path) -> None:
     node = ov.mkdir(pkg, "sub", 0o755)
     assert (tmp_path / "upper/pkg/sub" / OPAQUE).exists()
     assert ov.opendir(node.ino) and ov.load(node) == {}
+    # The whiteout of the deleted directory goes once the opaque one stands: an upper directory next
+    # to a whiteout of its own name is read one way by a fresh mount and another by a reload.
+    assert not (tmp_path / "upper/pkg/.wh.sub").exists()
+
+
+def test_an_upper_directory_outranks_a_whiteout_of_its_name_across_a_reload(store: Store, tmp_path: Path) -> None:
+    """Venvs made before the fix above hold both: the upper directory (merged, not opaque) shows the
+    lower one's files, as a fresh mount shows them, also after the selection changes (a reload)."""
+    record = _record(store, FILES)
+    (tmp_path / "upper/pkg").mkdir(parents=True)
+    (tmp_path / "upper/.wh.pkg").touch()
+    (tmp_path / "upper/pkg/own.txt").write_bytes(b"mine")
+    upper = Upper(tmp_path / "upper", tmp_path / "work")
+    ov = Overlay(build_view([record], cache_tag=None, store_root=store.root), upper, store)
+    assert _read(ov, "pkg/mod.py") == FILES["pkg/mod.py"] and _read(ov, "pkg/own.txt") == b"mine"
+    extra = _record(store, {"extra/__init__.py": b""}, name="extra")
+    ov.replace_view(build_view([record, extra], cache_tag=None, store_root=store.root))
+    assert _read(ov, "pkg/mod.py") == FILES["pkg/mod.py"] and _read(ov, "pkg/own.txt") == b"mine"
 
 
 def test_rename_of_a_store_directory_works(ov: Overlay, tmp_path: Path) -> None:

@@ -274,7 +274,11 @@ def _apply_upper(udir: Path, sdir: Path, store_bytecode: str) -> None:
     # (and deleted) before any user file moves into place, so they can never delete a moved file.
     for name in entries:
         if name.startswith(WHITEOUT_PREFIX) and name != OPAQUE:
-            _remove(sdir / name[len(WHITEOUT_PREFIX):])
+            # An upper directory outranks a whiteout of its own name (the mount reads them so): whether
+            # the lower directory's contents stay is that directory's opaque marker's to say.
+            hidden = name[len(WHITEOUT_PREFIX):]
+            if not ((udir / hidden).is_dir() and not (udir / hidden).is_symlink()):
+                _remove(sdir / hidden)
             (udir / name).unlink()
     if OPAQUE in entries:
         keep = {n for n in entries if not n.startswith(WHITEOUT_PREFIX)}

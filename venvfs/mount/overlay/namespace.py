@@ -114,6 +114,10 @@ class Namespace:
         # directory must not show the old one's contents (opaque).
         opaque = self.tree.lower_has(parent, name)
         self.upper.mkdir(pparts, name, stat.S_IMODE(mode), opaque=opaque)
+        if opaque:
+            # The deleted directory's whiteout is redundant once the opaque one stands (removed after,
+            # so a crash between the two still hides the old contents).
+            self.upper.remove_whiteout(pparts, name)
         with self.upper.dirfd(pparts) as pfd:
             self._chown_new(pfd, name, uid, gid)
         return self._attach_new(parent, name, DIR, opaque=opaque)

@@ -58,11 +58,15 @@ class ViewReload:
         names_before = set(children)
         kind_of = self.lower.kind_of
         for name, node in list(children.items()):
-            entry = new_lower.children.get(name) if new_lower is not None and name not in whiteouts else None
             if node.upper:
+                # An upper entry outranks a whiteout of its own name (an installer that deleted the
+                # directory and made it again leaves both), as Tree.load reads it: whether the lower
+                # directory shows through is the upper directory's opaque marker's to say.
                 if node.kind == DIR and node.parent is d:
-                    self._reconcile(node, entry if isinstance(entry, LowerDir) else None)
+                    below = new_lower.children.get(name) if new_lower is not None else None
+                    self._reconcile(node, below if isinstance(below, LowerDir) else None)
                 continue
+            entry = new_lower.children.get(name) if new_lower is not None and name not in whiteouts else None
             if isinstance(entry, LowerDir) and node.kind == DIR:
                 self._reconcile(node, entry)
                 continue
@@ -227,6 +231,10 @@ class ViewReload:
                     and listing.entries.get(name, (0,))[0] == DIR):
                 self._merge(child, entry)
         if listing.opaque:
+            # A whiteout of the directory's own name, left by the delete before it was made again, is
+            # redundant while the marker stands and would read as "hide the lower one" without it.
+            with self.upper.dirfd(pparts[:-1]) as pfd, contextlib.suppress(FileNotFoundError):
+                os.unlink(whiteout_name(pparts[-1]), dir_fd=pfd)
             with self.upper.dirfd(pparts) as pfd, contextlib.suppress(FileNotFoundError):
                 os.unlink(OPAQUE, dir_fd=pfd)
         d.opaque = False
