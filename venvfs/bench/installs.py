@@ -101,7 +101,14 @@ def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sa
             if mounted:
                 _run([*venvfs_argv(), "adopt", "--no-hooks", str(venv)], env, "venvfs adopt")
                 _run([*venvfs_argv(), "mount", "--mode", "fuse", str(venv)], env, "venvfs mount")
-            stderr = _run(_install_argv(site, installer, venv), site.env(), f"{installer} install")
+            argv, install_env = _install_argv(site, installer, venv), site.env()
+            if mounted and installer == "uv":
+                # The daily path the README gives: `venvfs uv`, which serves from the store what uv
+                # is about to install, so uv writes only what the store lacks through the mount.
+                argv = [*venvfs_argv(), "uv", *argv[1:]]
+                uv_dir = Path(str(trees.uv_binary())).parent
+                install_env = {**env, "PATH": f"{uv_dir}:{env.get('PATH', '')}"}
+            stderr = _run(argv, install_env, f"{installer} install")
             if mounted:
                 _run([*venvfs_argv(), "commit", str(venv)], env, "venvfs commit")
         seconds = time.perf_counter() - start

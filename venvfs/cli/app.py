@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from venvfs import __version__
 from venvfs.errors import EXIT_CODES, IOFailure, VenvfsError
 
-COMMAND_MODULES = ("venvfs.cli.store", "venvfs.cli.mount", "venvfs.cli.hooks", "venvfs.cli.bench")
+COMMAND_MODULES = ("venvfs.cli.store", "venvfs.cli.mount", "venvfs.cli.hooks", "venvfs.cli.bench",
+                   "venvfs.cli.installers")
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()) + """
 

@@ -1,0 +1,113 @@
+"""Select the stored builds of what uv is about to install, before it installs them.
+
+uv writes every file of every wheel through the mount (about thirteen FUSE requests a file), then
+venvfs ingests them and drops the copies: correct, and an order of magnitude slower than uv's
+hardlinks. When the store already holds a build of the very version uv has chosen, selecting it
+first makes uv find it installed and write nothing. uv says what it would do (``--dry-run``, about
+70 ms), so the plan is uv's own resolution, not a second one that might disagree.
+
+Only names the venv does not hold yet are selected: an upgrade or a reinstall goes uv's way (files
+through the mount, then ingest), since a selection under an installed copy would show both. A pin
+the store lacks, or holds no build of that fits the venv, is left to uv.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+
+from venvfs.errors import AmbiguousBuild, NoMatchingDistribution
+from venvfs.store.store import Store
+from venvfs.venv.venv import Venv
+
+# uv's plan lines: " + numpy==2.4.6" (install), " - numpy==2.3.0" (remove), " ~ x==1" (reinstall);
+# a direct reference reads " + proj @ file:///..." and is never a stored build.
+_PLAN_LINE = re.compile(r"^\s*([+\-~])\s+([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*$")
+# "Using Python 3.11.7 environment at: .venv", "Would use project environment at: .venv",
+# "Would create project environment at: .venv".
+_ENV_LINE = re.compile(r"^(?:Using Python \S+ environment|Would (?:use|create) project environment) at: (.+)$")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a dry run said it would do."""
+
+    install: tuple[tuple[str, str], ...]  # (canonical name, version)
+    remove: frozenset[str]
+    environment: str | None
+
+    @classmethod
+    def parse(cls, output: str) -> Plan:
+        install: list[tuple[str, str]] = []
+        remove: set[str] = set()
+        environment = None
+        for line in output.splitlines():
+            if m := _ENV_LINE.match(line.strip()):
+                environment = m.group(1).strip()
+            elif m := _PLAN_LINE.match(line):
+                sign, name, version = m.groups()
+                if sign == "+":
+                    install.append((canonicalize_name(name), version))
+                else:
+                    remove.add(canonicalize_name(name))
+        return cls(tuple(install), frozenset(remove), environment)
+
+
+@dataclass
+class Preselected:
+    selected: list[str] = field(default_factory=list)  # "name==version" now served from the store
+    left: list[str] = field(default_factory=list)  # what uv still installs itself
+
+
+def installed_names(site_packages: Path) -> set[str]:
+    names: set[str] = set()
+    for entry in site_packages.glob("*.dist-info"):
+        names.add(canonicalize_name(entry.name[: -len(".dist-info")].rsplit("-", 1)[0]))
+    return names
+
+
+def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
+    """Select the stored builds of ``plan``'s new names; what cannot be, uv installs as before."""
+    from venvfs.venv.select import change_selection, resolve
+
+    result = Preselected()
+    state = venv.read_state()
+    interp = state.interpreter or venv.probe_interpreter()
+    held = installed_names(venv.site_packages) | plan.remove
+    specs: list[str] = []
+    for name, version in plan.install:
+        spec = f"{name}=={version}"
+        if name in held:
+            result.left.append(spec)
+            continue
+        try:
+            resolve(store, interp, spec, selected=state.selection, venv=venv.root)
+        except (NoMatchingDistribution, AmbiguousBuild):
+            result.left.append(spec)
+            continue
+        specs.append(spec)
+    if specs:
+        # Each pin is exact and uv's plan already holds its dependencies: no resolution of our own.
+        change_selection(venv, store, add=specs, dependencies=False)
+        result.selected = specs
+    return result
+
+
+def dry_run_argv(uv: str, args: Sequence[str]) -> list[str] | None:
+    """The dry run of a uv command that installs, or None for one that has none to plan."""
+    words = [a for a in args if not a.startswith("-")]
+    if words[:2] in (["pip", "install"], ["pip", "sync"]) or words[:1] == ["sync"]:
+        return [uv, *args, "--dry-run"]
+    return None
+
+
+def venv_of(plan: Plan, cwd: Path, explicit: Iterable[str] = ()) -> Path | None:
+    for candidate in (*explicit, plan.environment):
+        if candidate:
+            path = (cwd / candidate).resolve()
+            return path.parent.parent if path.name.startswith("python") and path.parent.name == "bin" else path
+    return None
