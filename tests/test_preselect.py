@@ -51,7 +51,7 @@ def test_uv_pip_install_through_venvfs_serves_stored_builds_and_ends_as_plain(
         for args, served in ((["install", "needs", "pipish"], 3),  # needs pulls tools 2.0
                              (["install", "tools==1.0"], 0)):  # a downgrade: uv's way, then ingested
             flags = ["--no-index", "--find-links", str(wheels)]
-            out = _venvfs_uv(tmp_path, "pip", *args, "--python", str(ours / "bin/python"), *flags)
+            out = _venvfs_uv(tmp_path, "pip", *args, "-q", "--python", str(ours / "bin/python"), *flags)
             subprocess.run([uv(), "pip", *args, "--python", str(plain / "bin/python"), "-q", *flags], check=True)
             assert (f"{served} served from the store" in out.stderr) == bool(served), out.stderr
             if served:
@@ -84,7 +84,7 @@ def test_uv_add_and_sync_through_venvfs_in_a_project(require_fuse: None, store: 
     subprocess.run([uv(), "venv", "-q", str(proj / ".venv")], check=True, cwd=proj)
     run_venvfs("mount", str(proj / ".venv"))  # type: ignore[operator]
     try:
-        out = _venvfs_uv(proj, "add", "needs")
+        out = _venvfs_uv(proj, "add", "-q", "needs")
         assert "2 served from the store" in out.stderr, out.stderr  # needs and tools
         assert not _upper_copies(proj / ".venv")
         assert _project_versions(proj) == {"needs": "1.0", "tools": "2.0"}

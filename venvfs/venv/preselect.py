@@ -32,6 +32,9 @@ _PLAN_LINE = re.compile(r"^\s*([+\-~])\s+([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*$
 _ENV_LINE = re.compile(r"^(?:Using Python \S+ environment|Would (?:use|create) project environment) at: (.+)$")
 
 
+_QUIET = re.compile(r"^(-q+|--quiet)$")
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a dry run said it would do."""
@@ -101,7 +104,8 @@ def dry_run_argv(uv: str, args: Sequence[str]) -> list[str] | None:
     """The dry run of a uv command that installs, or None for one that has none to plan."""
     words = [a for a in args if not a.startswith("-")]
     if words[:2] in (["pip", "install"], ["pip", "sync"]) or words[:1] == ["sync"]:
-        return [uv, *args, "--dry-run"]
+        # The plan is what uv prints: a quiet dry run prints none.
+        return [uv, *(a for a in args if not _QUIET.match(a)), "--dry-run"]
     return None
 
 
