@@ -14,6 +14,10 @@ RECORD hash; ``venvfs commit`` also takes one with files edited since, leaving t
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 from venvfs.errors import VenvError
 from venvfs.mount.ingest import CommitReport, ingest_mounted
 from venvfs.store.store import Store
@@ -34,7 +38,26 @@ def commit(venv: Venv, store: Store) -> CommitReport:
     if temporary:
         daemon.mount(venv.root, store, mode="fuse")
     try:
-        return ingest_mounted(venv, store)
+        report = ingest_mounted(venv, store)
+        if report.dropped:
+            _wait_for_freed(venv.state_dir / "work")
+        return report
     finally:
         if temporary:
             daemon.umount(venv.root, store)
+
+
+def _wait_for_freed(work: Path, timeout: float = 30.0) -> None:
+    """Until the daemon has removed the copies it dropped: it renames them into the work dir on its
+    request loop and unlinks them on a thread of its own (an unlink of a large file frees its blocks
+    then and there), so ``commit`` returning means the disk is settled. Copy-ups in flight pass
+    through the same directory: after ``timeout`` seconds the commit returns all the same."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with os.scandir(work) as entries:
+                if next(entries, None) is None:
+                    return
+        except OSError:
+            return
+        time.sleep(0.02)
