@@ -244,7 +244,9 @@ class Store:
     # -- objects -----------------------------------------------------------------------------------
 
     def object_path(self, digest: str, executable: bool = False) -> Path:
-        return self.root / "objects" / digest[:2] / (digest + (".x" if executable else ""))
+        # One parse of one string, not three joins: adopt asks this ~6 times per file (pathlib's
+        # joins were an eighth of a 24k-file adopt).
+        return Path(f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}")
 
     def tmpfile(self) -> tuple[IO[bytes], str]:
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="obj.")
@@ -409,7 +411,7 @@ class Store:
     # -- bytecode ----------------------------------------------------------------------------------
 
     def bytecode_path(self, cache_tag: str, digest: str) -> Path:
-        return self.root / "bytecode" / cache_tag / digest[:2] / f"{digest}.pyc"
+        return Path(f"{self.root}/bytecode/{cache_tag}/{digest[:2]}/{digest}.pyc")
 
     def put_bytecode(self, cache_tag: str, digest: str, pyc: Path) -> None:
         """Publish the compiled ``pyc`` (a file in ``tmp/``) for source object ``digest``."""
