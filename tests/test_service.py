@@ -110,6 +110,28 @@ def test_without_the_service_mounts_spawn_their_daemon(require_fuse: None, servi
         run_venvfs("umount", str(venv))
 
 
+def test_a_stale_socket_file_is_replaced(require_fuse: None, service_env: Path, store: Store,
+                                         make_venv: Callable[..., Path], run_venvfs: Run) -> None:
+    # What a service killed with SIGKILL (or a reboot of a runtime directory that is not a tmpfs) leaves:
+    # a socket file nobody listens on. The next mount starts a service that binds it anew.
+    sock = serviceclient.socket_path(store.root)
+    assert sock is not None
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(sock))
+    assert serviceclient.connect(sock) is None
+    venv = make_venv("after", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(venv))
+    try:
+        service_pid = _ppid(_daemon_pid(venv))
+        assert "venvfs.mount.service" in _cmdline(service_pid)
+        live = serviceclient.connect(sock)
+        assert live is not None, "the stale socket file was not replaced"
+        live.close()
+        assert _answers(venv)
+    finally:
+        run_venvfs("umount", str(venv))
+
+
 def test_an_unsafe_runtime_directory_is_not_used(require_fuse: None, service_env: Path, store: Store,
                                                  make_venv: Callable[..., Path], run_venvfs: Run) -> None:
     # A runtime directory others can write (or another user's /tmp/runtime-UID) could hold their
