@@ -121,8 +121,8 @@ def venvfs_as(u: OtherUser, *args: str, check: bool = True) -> subprocess.Comple
 def user_venv(u: OtherUser, name: str, wheel: Path) -> Path:
     """A uv venv of the user's, with ``wheel`` installed by the user."""
     venv = u.home / name
-    as_user(u, uv(), "venv", "-q", "--python", u.python, str(venv))
-    as_user(u, uv(), "pip", "install", "-q", "--offline", "--python", str(venv / "bin" / "python"), str(wheel))
+    as_user(u, u.uv, "venv", "-q", "--python", u.python, str(venv))
+    as_user(u, u.uv, "pip", "install", "-q", "--offline", "--python", str(venv / "bin" / "python"), str(wheel))
     return venv
 
 
