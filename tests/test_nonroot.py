@@ -286,3 +286,28 @@ def test_closed_dev_fuse_falls_back_to_real_files_in_one_line(user: OtherUser) -
         # Nothing to fork: a service started for nothing would linger for its idle time.
         assert time.monotonic() < deadline, "a mount service was started although FUSE is closed"
         time.sleep(0.1)
+
+
+def test_without_xdg_runtime_dir_the_logind_directory_is_used(user: OtherUser) -> None:
+    # A `su`/`runuser` shell has no $XDG_RUNTIME_DIR, yet the service systemd runs for the user
+    # listens in /run/user/UID: commands must look there before the /tmp fallback.
+    base = Path("/run/user")
+    made_base = not base.exists()
+    runtime = base / str(user.uid)
+    if runtime.exists():
+        missing_tool(f"{runtime} exists already (a session of {user.name}): not touching it")
+    base.mkdir(mode=0o755, exist_ok=True)
+    script = ("from venvfs.mount.serviceclient import socket_path; from venvfs.store.store import "
+              "default_store_path as d; print(socket_path(d()))")
+    try:
+        runtime.mkdir(mode=0o700)
+        os.chown(runtime, user.uid, user.gid)
+        sock = Path(as_user(user, user.python, "-c", script).stdout.strip())
+        assert sock.parent == runtime / "venvfs", sock
+        runtime.chmod(0o755)  # not private: not used
+        sock = Path(as_user(user, user.python, "-c", script).stdout.strip())
+        assert sock.parent == user_runtime(user), sock
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+        if made_base:
+            base.rmdir()
