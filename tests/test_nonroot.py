@@ -61,14 +61,15 @@ def user(dev_fuse_open: None) -> Iterator[OtherUser]:
 
 
 def _stop_everything_of(u: OtherUser) -> None:
-    """The user's mounts below its scratch home, and its mount services (found by their sockets' owner)."""
+    """The user's mounts below its scratch home, and its mount services for stores there (the account
+    is shared: another test run's services are not ours to stop)."""
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
     for point in points:
         if point.startswith(f"{u.home}/"):
             subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)
     for pid in _processes_of(u.uid):
-        if "venvfs.mount.service" in _cmdline(pid):
+        if "venvfs.mount.service" in _cmdline(pid) and f"--store {u.home}/" in _cmdline(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -282,7 +283,8 @@ def test_closed_dev_fuse_falls_back_to_real_files_in_one_line(user: OtherUser) -
     assert imported.stdout.strip() == "1.0"
     assert json.loads((venv / ".venvfs" / "state.json").read_text())["layout"] == "materialized"
     deadline = time.monotonic() + 5
-    while any("venvfs.mount.service" in _cmdline(p) for p in _processes_of(user.uid)):
+    while any("venvfs.mount.service" in _cmdline(p) and f"--store {user.home}/" in _cmdline(p)
+              for p in _processes_of(user.uid)):
         # Nothing to fork: a service started for nothing would linger for its idle time.
         assert time.monotonic() < deadline, "a mount service was started although FUSE is closed"
         time.sleep(0.1)
