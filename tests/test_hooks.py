@@ -445,25 +445,38 @@ def test_failed_mount_does_not_abort_a_strict_bash(make_venv: Callable[..., Path
 
 # -- the systemd user unit ------------------------------------------------------------------------
 
-def test_systemd_unit_is_shipped_and_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           run_venvfs: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+def test_systemd_units_are_shipped_and_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            run_venvfs: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     import tomllib
 
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["venvfs"]
-    assert any(Path("data", systemd.UNIT_NAME).match(p) for p in patterns), "the unit would not be packaged"
+    for name in systemd.UNIT_NAMES:
+        assert any(Path("data", name).match(p) for p in patterns), f"{name} would not be packaged"
 
     store = tmp_path / "a store with $pecial %chars"
     text = systemd.render_unit(store)
     assert "@PYTHON@" not in text and "@ENVIRONMENT@" not in text
     assert "mount --all" in text and "umount --all" in text
     assert 'Environment="VENVFS_STORE=' + str(store).replace("$", "$$").replace("%", "%%") + '"' in text
+    service = systemd.render_unit(store, systemd.SERVICE_UNIT_NAME)
+    assert "@SERVICE@" not in service and "@ENVIRONMENT@" not in service
+    assert "venvfs.mount.service" in service and "--systemd" in service
+    # The mounts outlive the service: a stop or restart must not kill its cgroup.
+    assert "\nKillMode=process\n" in service and "\nRestart=on-failure\n" in service
+    assert "\nType=notify\n" in service and 'Environment="VENVFS_STORE=' in service
 
+    # One command writes both; each verifies.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     proc = run_venvfs("hook", "unit", "--install")
-    unit = tmp_path / "config" / "systemd" / "user" / systemd.UNIT_NAME
-    assert unit.exists() and "systemctl --user enable --now" in proc.stdout
+    units = [tmp_path / "config" / "systemd" / "user" / name for name in systemd.UNIT_NAMES]
+    assert all(unit.exists() for unit in units) and "systemctl --user enable --now" in proc.stdout
+    assert " ".join(systemd.UNIT_NAMES) in proc.stdout
+    assert run_venvfs("hook", "unit", "--only", "service").stdout == systemd.render_unit(
+        Path(os.environ["VENVFS_STORE"]), systemd.SERVICE_UNIT_NAME)
     if shutil.which("systemd-analyze") is None:
         missing_tool("systemd-analyze is not installed (apt-get install systemd): unit syntax not checked")
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    for unit in units:
+        proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert proc.returncode == 0, (unit.name, proc.stderr)
+        assert "KillMode" not in proc.stderr, proc.stderr  # systemd warns of a KillMode it deprecates

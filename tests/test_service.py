@@ -7,17 +7,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.otheruser import other_user
+from venvfs.hooks import systemd
+from venvfs.mount import service as service_mod
 from venvfs.mount import serviceclient
 from venvfs.store.store import Store
 
@@ -71,6 +74,10 @@ def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, servi
     assert len(parents) == 1 and pids[0] != pids[1], "each mount is its own process, forked by one service"
     (service_pid,) = parents
     assert "venvfs.mount.service" in _cmdline(service_pid)
+    # A forked daemon would show the service's command line (and die by `pkill -f venvfs.mount.service`).
+    for venv, pid in zip((one, two), pids, strict=True):
+        sp = next(venv.glob("lib/python*/site-packages"))
+        assert _cmdline(pid).rstrip() == f"venvfs-mount {sp}", _cmdline(pid)
     try:
         # The service is an accelerator: kill -9 leaves every mount serving.
         os.kill(service_pid, signal.SIGKILL)
@@ -99,6 +106,28 @@ def test_without_the_service_mounts_spawn_their_daemon(require_fuse: None, servi
     try:
         assert "venvfs.mount.daemon" in _cmdline(_daemon_pid(venv))
         assert not list(service_env.rglob("*.sock"))
+    finally:
+        run_venvfs("umount", str(venv))
+
+
+def test_a_stale_socket_file_is_replaced(require_fuse: None, service_env: Path, store: Store,
+                                         make_venv: Callable[..., Path], run_venvfs: Run) -> None:
+    # What a service killed with SIGKILL (or a reboot of a runtime directory that is not a tmpfs) leaves:
+    # a socket file nobody listens on. The next mount starts a service that binds it anew.
+    sock = serviceclient.socket_path(store.root)
+    assert sock is not None
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(sock))
+    assert serviceclient.connect(sock) is None
+    venv = make_venv("after", "uv")
+    run_venvfs("mount", "--mode", "fuse", str(venv))
+    try:
+        service_pid = _ppid(_daemon_pid(venv))
+        assert "venvfs.mount.service" in _cmdline(service_pid)
+        live = serviceclient.connect(sock)
+        assert live is not None, "the stale socket file was not replaced"
+        live.close()
+        assert _answers(venv)
     finally:
         run_venvfs("umount", str(venv))
 
@@ -175,3 +204,118 @@ def test_another_user_cannot_use_my_service(require_fuse: None, tmp_path: Path) 
         finally:
             started.kill()
             started.wait()
+
+
+# -- under systemd ---------------------------------------------------------------------------------
+
+def _unit_command(store: Path) -> tuple[list[str], dict[str, str]]:
+    """The service unit's ExecStart and Environment, as systemd reads them (quotes, $$ and %%)."""
+    text = systemd.render_unit(store, systemd.SERVICE_UNIT_NAME)
+
+    def words(value: str) -> list[str]:
+        return [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(value)]
+
+    lines = dict(line.split("=", 1) for line in text.splitlines() if line.startswith(("ExecStart=", "Environment=")))
+    env = dict(w.split("=", 1) for w in words(lines.get("Environment", "")))
+    return words(lines["ExecStart"]), env
+
+
+@contextlib.contextmanager
+def _as_systemd(store: Path, runtime: Path, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start the service as the user's systemd would run its unit: the unit's command line and
+    environment, a clean environment (no PYTHONPATH), $XDG_RUNTIME_DIR and $NOTIFY_SOCKET; each start
+    returns once the service has sent READY=1 (Type=notify)."""
+    argv, unit_env = _unit_command(store)
+    notify_path = tmp_path / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(30)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        env = {"HOME": os.environ.get("HOME", "/root"), "PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(runtime),
+               "NOTIFY_SOCKET": str(notify_path), "VENVFS_SERVICE_IDLE": "1", **unit_env}
+        proc = subprocess.Popen(argv, env=env, cwd="/", start_new_session=True)
+        started.append(proc)
+        assert notify.recv(100) == b"READY=1", "the service did not notify systemd"
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        notify.close()
+
+
+def test_the_service_under_systemd_is_the_one_commands_use(require_fuse: None, service_env: Path, store: Store,
+                                                           make_venv: Callable[..., Path], run_venvfs: Run,
+                                                           tmp_path: Path) -> None:
+    one, two = make_venv("one", "uv"), make_venv("two", "uv")
+    with _as_systemd(store.root, service_env, tmp_path) as start:
+        service = start()
+        sock = serviceclient.socket_path(store.root)
+        assert sock is not None and stat.S_ISSOCK(sock.stat().st_mode)
+        try:
+            run_venvfs("mount", "--mode", "fuse", str(one))
+            assert _ppid(_daemon_pid(one)) == service.pid, "the command did not use the service systemd runs"
+            # No idle exit under systemd (VENVFS_SERVICE_IDLE=1 would end a service a command started).
+            time.sleep(3)
+            assert service.poll() is None, "the service under systemd exited for idleness"
+            # kill -9: the mount stays; systemd's restart replaces the socket file the dead one left.
+            service.kill()
+            service.wait()
+            assert _answers(one) and sock.exists()
+            again = start()
+            run_venvfs("mount", "--mode", "fuse", str(two))
+            assert _ppid(_daemon_pid(two)) == again.pid and _answers(one) and _answers(two)
+        finally:
+            run_venvfs("umount", str(one), check=False)
+            run_venvfs("umount", str(two), check=False)
+
+
+def _ask(sock: Path, request: dict[str, object]) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        return s.recv(100)
+
+
+def test_the_service_under_systemd_takes_over_and_restarts_for_upgrades(
+        require_fuse: None, service_env: Path, store: Store, make_venv: Callable[..., Path], run_venvfs: Run,
+        tmp_path: Path) -> None:
+    one, two = make_venv("one", "uv"), make_venv("two", "uv")
+    try:
+        # A command started a service before systemd started the unit's (kill -9 and a mount within
+        # RestartSec, or the unit enabled later): the unit's service takes the socket over.
+        run_venvfs("mount", "--mode", "fuse", str(one))
+        theirs = _ppid(_daemon_pid(one))
+        assert "--systemd" not in _cmdline(theirs)
+        with _as_systemd(store.root, service_env, tmp_path) as start:
+            service = start()
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{theirs}").exists() and "venvfs.mount.service" in _cmdline(theirs):
+                assert time.monotonic() < deadline, "the service a command started did not hand over"
+                time.sleep(0.02)
+            assert _answers(one)
+            run_venvfs("mount", "--mode", "fuse", str(two))
+            assert _ppid(_daemon_pid(two)) == service.pid
+            sock = serviceclient.socket_path(store.root)
+            assert sock is not None
+            # A second service under systemd does not take the socket from the first.
+            assert _ask(sock, {"op": "handover", "identity": serviceclient.identity()}) == b"refused\n"
+            # A client of another installation mounts without the service, which stays for its own.
+            version, _, here = serviceclient.identity().partition(":")
+            assert _ask(sock, {"op": "mount", "identity": f"{version}:/elsewhere/venvfs"}) == b"stale\n"
+            time.sleep(0.2)
+            assert service.poll() is None
+            # An upgrade in place: exit 75, on which the unit has systemd restart it into the new code.
+            assert _ask(sock, {"op": "mount", "identity": f"0.0.0.dev0:{here}"}) == b"stale\n"
+            assert service.wait(10) == service_mod.RESTART_EXIT
+            assert _answers(one) and _answers(two)
+    finally:
+        run_venvfs("umount", str(one), check=False)
+        run_venvfs("umount", str(two), check=False)

@@ -146,7 +146,8 @@ def describe_holders(path: Path) -> str:
             continue
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-            command = " ".join(os.fsdecode(a) for a in argv)
+            # rstrip: a title set with setproctitle (a forked mount daemon) is padded with blanks.
+            command = " ".join(os.fsdecode(a) for a in argv).rstrip()
         except FileNotFoundError:
             # The kernel names the process that took the lock; a child that inherited the
             # descriptor holds it on after that one exits.

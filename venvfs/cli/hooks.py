@@ -58,14 +58,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=cmd_hook_status)
 
     p = hook_sub.add_parser(
-        "unit", parents=[common], help="the systemd user unit that mounts every venv at login",
-        description="Print the systemd user unit that runs `venvfs mount --all` at login (and\n"
-        "`venvfs umount --all` at logout), with this venvfs's interpreter and store filled in.\n"
-        "With --install, write it to ~/.config/systemd/user/; then run\n"
-        "  systemctl --user daemon-reload && systemctl --user enable --now venvfs-mount-all.service",
+        "unit", parents=[common], help="the systemd user units: the mount service, and mounting every venv at login",
+        description="Print (or, with --install, write to ~/.config/systemd/user/) venvfs's two systemd user\n"
+        "units, with this venvfs's interpreter and store filled in:\n"
+        f"  {systemd.SERVICE_UNIT_NAME}    the mount service, which forks every mount's daemon from one\n"
+        "                            warm process; systemd keeps it running and restarts it on failure\n"
+        "                            (without the unit, the first `venvfs mount` starts it on demand)\n"
+        f"  {systemd.UNIT_NAME}  `venvfs mount --all` at login, `venvfs umount --all` at logout\n"
+        "One command writes both: they work together (the mounts at login are forked by the service)\n"
+        "and a written unit does nothing until enabled, so you choose with systemctl which run:\n"
+        f"  systemctl --user daemon-reload && systemctl --user enable --now {' '.join(systemd.UNIT_NAMES)}\n"
+        "--only picks one unit (to print it alone, or to write only it).",
         formatter_class=fmt,
     )
-    p.add_argument("--install", action="store_true", help="write the unit file instead of printing it")
+    p.add_argument("--install", action="store_true", help="write the unit files instead of printing them")
+    p.add_argument("--only", choices=["service", "mount-all"], help="just this unit")
     p.set_defaults(handler=cmd_hook_unit)
 
     p = subparsers.add_parser(
@@ -171,12 +178,18 @@ def cmd_eject(args: argparse.Namespace) -> int:
 
 def cmd_hook_unit(args: argparse.Namespace) -> int:
     store = args.store or (Path(os.environ[STORE_ENV]) if os.environ.get(STORE_ENV) else None)
-    text = systemd.render_unit(store.expanduser().absolute() if store else None)
+    store = store.expanduser().absolute() if store else None
+    names = {"service": (systemd.SERVICE_UNIT_NAME,), "mount-all": (systemd.UNIT_NAME,)}.get(args.only or "",
+                                                                                            systemd.UNIT_NAMES)
     if not args.install:
-        sys.stdout.write(text)
+        for i, name in enumerate(names):
+            if len(names) > 1:
+                sys.stdout.write(("\n" if i else "") + f"# ---- {systemd.unit_path(name)} ----\n")
+            sys.stdout.write(systemd.render_unit(store, name))
         return 0
-    path = systemd.unit_path()
-    atomic_write_bytes(path, text.encode(), durable=False)
-    print(f"wrote {path}; now run:\n"
-          f"  systemctl --user daemon-reload && systemctl --user enable --now {systemd.UNIT_NAME}")
+    for name in names:
+        path = systemd.unit_path(name)
+        atomic_write_bytes(path, systemd.render_unit(store, name).encode(), durable=False)
+        print(f"wrote {path}")
+    print(f"now run:\n  systemctl --user daemon-reload && systemctl --user enable --now {' '.join(names)}")
     return 0

@@ -1,14 +1,18 @@
-"""The systemd user unit that runs ``venvfs mount --all`` at login, from the template packaged in
-``venvfs/data/``, with this venvfs installation's interpreter."""
+"""The systemd user units, from the templates packaged in ``venvfs/data/``, with this venvfs
+installation's interpreter: ``venvfs-service.service`` runs the mount service
+(``venvfs/mount/service.py``) for the whole session, and ``venvfs-mount-all.service`` runs
+``venvfs mount --all`` at login."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from venvfs.hooks.target import venvfs_argv
+from venvfs.hooks.target import module_argv, venvfs_argv
 
 UNIT_NAME = "venvfs-mount-all.service"
+SERVICE_UNIT_NAME = "venvfs-service.service"
+UNIT_NAMES = (SERVICE_UNIT_NAME, UNIT_NAME)
 
 
 def _q_systemd(arg: str) -> str:
@@ -17,18 +21,21 @@ def _q_systemd(arg: str) -> str:
     return f'"{escaped}"'
 
 
-def render_unit(store: Path | None = None) -> str:
-    """The packaged unit with this venvfs installation's interpreter (and the store, if not the default)."""
+def render_unit(store: Path | None = None, name: str = UNIT_NAME) -> str:
+    """The packaged unit ``name`` with this venvfs installation's interpreter (and the store, if not
+    the default: the service and the commands must agree on it, as the socket's name derives from it)."""
     from importlib.resources import files
 
-    template = files("venvfs").joinpath("data", UNIT_NAME).read_text()
-    argv = venvfs_argv()
-    command = " ".join(_q_systemd(a) for a in argv)
+    if name not in UNIT_NAMES:
+        raise ValueError(f"no unit {name!r}")
+    template = files("venvfs").joinpath("data", name).read_text()
+    command = " ".join(_q_systemd(a) for a in venvfs_argv())
+    service = " ".join(_q_systemd(a) for a in module_argv("venvfs.mount.service"))
     environment = f"Environment={_q_systemd('VENVFS_STORE=' + str(store))}" if store is not None else ""
-    return (template.replace("@PYTHON@ -m venvfs", command)
+    return (template.replace("@PYTHON@ -m venvfs", command).replace("@SERVICE@", service)
             .replace("@ENVIRONMENT@\n", environment + "\n" if environment else ""))
 
 
-def unit_path() -> Path:
+def unit_path(name: str = UNIT_NAME) -> Path:
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "systemd" / "user" / UNIT_NAME
+    return Path(config) / "systemd" / "user" / name

@@ -86,13 +86,19 @@ def venvfs_argv(*args: str) -> tuple[str, ...]:
     set inside an activated venv) away from venvfs. A venvfs that is importable only thanks to one
     of those (a source checkout) puts its own directory on sys.path explicitly.
     """
+    return module_argv("venvfs", *args, entry="from venvfs.cli.app import main; sys.exit(main())")
+
+
+def module_argv(module: str, *args: str, entry: str | None = None) -> tuple[str, ...]:
+    """``python -I -m MODULE ARGS`` of this venvfs installation, runnable from anywhere (see
+    ``venvfs_argv``); ``entry`` is the code a source checkout runs instead of ``-m``."""
     python = sys.executable
     package_parent = str(Path(venvfs.__file__).resolve().parent.parent)
     site_dirs = {str(Path(p).resolve()) for p in site.getsitepackages()}
     if package_parent in site_dirs:
-        return (python, "-I", "-m", "venvfs", *args)
-    bootstrap = (f"import sys; sys.path.insert(0, {json.dumps(package_parent)}); "
-                 "from venvfs.cli.app import main; sys.exit(main())")
+        return (python, "-I", "-m", module, *args)
+    run = entry or f"import runpy; runpy.run_module({json.dumps(module)}, run_name='__main__', alter_sys=True)"
+    bootstrap = f"import sys; sys.path.insert(0, {json.dumps(package_parent)}); {run}"
     return (python, "-I", "-c", bootstrap, *args)
 
 

@@ -237,9 +237,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
         watch_removal(venv.root, venv.state_dir,
                       frozenset({os.fsencode(lock_path(venv).name), b"lock"}), removed)  # Venv.locked's file
-        log.info("mounted %s (%d dists, view built in %.3fs, %s)", mountpoint, len(state.selection),
+        log.info("mounted %s (%d dists, view built in %.3fs, %s, %s loop)", mountpoint, len(state.selection),
                  time.monotonic() - started,
-                 "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
+                 "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch",
+                 "trio" if direct is None else "direct")
         generation = 0
         scheduler = None
         from venvfs.mount.ingest import IngestScheduler, auto_ingest_enabled

@@ -17,6 +17,16 @@ every connection's peer credentials (``SO_PEERCRED``) must carry the service's o
 mode is the kernel's first check, the uid the second, and no request from another user is served.
 One service per user and store: its socket name carries the store's path hash.
 
+Under systemd (``--systemd``, the user unit ``venvfs hook unit --install`` writes) the service
+tells systemd it is ready once its socket listens (``Type=notify``), never exits for idleness, takes
+the socket over from a service a command started before it, and, when a client runs a newer
+venvfs from the same installation (an upgrade in place), exits with ``RESTART_EXIT`` so that systemd
+starts the new code; a client of another installation is answered "stale" and mounts without it.
+
+Each forked daemon takes the title ``venvfs-mount SITE-PACKAGES`` (``/proc/PID/cmdline``, what
+``ps`` and ``pkill -f`` read): a fork without exec would otherwise show the service's command line,
+and ``pkill -f venvfs.mount.service`` would kill every mount with the service.
+
 Fork safety: the service process has no threads (nothing it imports starts one, and it serves
 connections one at a time from one loop), so the child inherits no lock held by a thread that does
 not exist in it. The child writes the daemon's ready line straight into the client's connection,
@@ -41,8 +51,14 @@ from pathlib import Path
 
 from venvfs.fsutil import importable_env
 from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity, socket_path
+from venvfs.store.store import default_store_path
 
 log = logging.getLogger(__name__)
+
+# The service's exit status when a client runs an upgraded venvfs from the service's own installation:
+# the systemd unit restarts the service on it (RestartForceExitStatus=), whatever Restart= says.
+RESTART_EXIT = 75  # EX_TEMPFAIL
+TITLE = "venvfs-mount"
 
 # -- the service's side ------------------------------------------------------------------------------
 
@@ -51,10 +67,35 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-def _listen(path: Path) -> socket.socket:
-    """Bind ``path`` (replacing a dead service's socket, never a live one's), mode 0600."""
+def _take_over(live: socket.socket, path: Path) -> bool:
+    """Ask the live service on ``path`` to exit (a command started it before systemd started us), and
+    wait until its socket no longer answers. Its mounts are unaffected: they never depend on it."""
+    with live:
+        with contextlib.suppress(OSError):
+            live.sendall(json.dumps({"op": "handover", "identity": identity()}).encode() + b"\n")
+            live.shutdown(socket.SHUT_WR)
+        live.settimeout(5.0)
+        try:
+            answer = live.recv(100)
+        except OSError:
+            answer = b""
+    if answer not in (b"bye\n", b"stale\n"):
+        return False
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        again = connect(path)
+        if again is None:
+            return True
+        again.close()
+        time.sleep(0.02)
+    return False
+
+
+def _listen(path: Path, *, take_over: bool = False) -> socket.socket:
+    """Bind ``path`` (replacing a dead service's socket, never a live one's, unless ``take_over``
+    and it agrees to leave), mode 0600."""
     live = connect(path)
-    if live is not None:
+    if live is not None and not (take_over and _take_over(live, path)):
         live.close()
         raise SystemExit(f"a mount service already answers on {path}")
     with contextlib.suppress(FileNotFoundError):
@@ -73,6 +114,7 @@ def _child(conn: socket.socket, request: dict[str, object]) -> int:  # pragma: n
     """Become the mount's daemon: a session of its own, the client's environment, output to the log."""
     from venvfs.mount import daemon
 
+    _set_title(Path(str(request["venv"])))
     os.setsid()
     env = request.get("env")
     if isinstance(env, dict):
@@ -98,8 +140,29 @@ def _child(conn: socket.socket, request: dict[str, object]) -> int:  # pragma: n
                         allow_other=bool(request.get("allow_other")), ready_fd=fd)
 
 
-def _handle(conn: socket.socket, mine: str) -> bool:
-    """Serve one connection; False when this service should exit (it is stale)."""
+def _set_title(venv_root: Path) -> None:  # pragma: no cover - forked child
+    from venvfs.venv.venv import Venv
+
+    try:
+        title = f"{TITLE} {Venv(venv_root).site_packages}"
+    except Exception:  # the daemon reports a broken venv; the title only names it
+        title = f"{TITLE} {venv_root}"
+    try:
+        import setproctitle
+    except ImportError:
+        # Without setproctitle (it comes with venvfs[fuse]) only the short name (comm, 15 bytes) can be
+        # set safely: argv's memory belongs to the interpreter. `pgrep venvfs-mount` still finds it.
+        import ctypes
+
+        pr_set_name = 15
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, TITLE.encode(), 0, 0, 0)
+        return
+    setproctitle.setproctitle(title)
+
+
+def _handle(conn: socket.socket, mine: str, *, systemd: bool = False) -> bool:
+    """Serve one connection; False when this service should exit (it is stale, or hands over)."""
     if _peer_uid(conn) != os.getuid():
         log.warning("refused a connection from uid %d", _peer_uid(conn))
         conn.sendall(b"refused\n")
@@ -112,9 +175,23 @@ def _handle(conn: socket.socket, mine: str) -> bool:
             break
         data += chunk
     request = json.loads(data.decode())
-    if request.get("identity") != mine:
-        log.info("exiting: a client runs %s, this service %s", request.get("identity"), mine)
+    if request.get("op") == "handover":
+        if systemd:  # systemd's service stays; a second one under systemd is a misconfiguration
+            conn.sendall(b"refused\n")
+            return True
+        log.info("exiting: the service under systemd takes over")
+        conn.sendall(b"bye\n")
+        return False
+    theirs = str(request.get("identity"))
+    if theirs != mine:
         conn.sendall(b"stale\n")
+        if systemd and theirs.partition(":")[2] != mine.partition(":")[2]:
+            # Another installation of venvfs: it mounts without the service; ours stays for its own.
+            log.info("not serving a client that runs %s (this service runs %s)", theirs, mine)
+            return True
+        log.info("exiting: a client runs %s, this service %s", theirs, mine)
+        if systemd:
+            raise SystemExit(RESTART_EXIT)
         return False
     if request.get("op") != "mount":
         conn.sendall(b"error: unknown request\n")
@@ -130,7 +207,19 @@ def _handle(conn: socket.socket, mine: str) -> bool:
     return True
 
 
-def serve_forever(store_root: Path, path: Path) -> int:
+def _notify_ready() -> None:
+    """sd_notify(READY=1): systemd's ``Type=notify`` start returns once the socket listens."""
+    address = os.environ.pop("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket's name
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(b"READY=1")
+
+
+def serve_forever(store_root: Path, path: Path, *, systemd: bool = False) -> int:
     # Everything a daemon imports, once, before the first fork.
     from venvfs.mount import daemon, fuse  # noqa: F401
     from venvfs.mount.loop import import_pyfuse3
@@ -141,16 +230,19 @@ def serve_forever(store_root: Path, path: Path) -> int:
     with contextlib.suppress(ImportError):
         import_pyfuse3(None)
     mine = identity()
-    idle = float(os.environ.get(IDLE_ENV, "1800"))
+    # Under systemd the service is wanted for the whole session, and a restart is systemd's to make.
+    idle = float("inf") if systemd else float(os.environ.get(IDLE_ENV, "1800"))
     # Children are reaped as they exit; their exit status is in their own logs.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    listener = _listen(path)
+    listener = _listen(path, take_over=systemd)
     bound = os.stat(path).st_ino
-    log.info("mount service for %s on %s (pid %d)", store_root, path, os.getpid())
+    log.info("mount service for %s on %s (pid %d%s)", store_root, path, os.getpid(),
+             ", under systemd" if systemd else "")
+    _notify_ready()
     last = time.monotonic()
     try:
         while True:
-            ready, _, _ = select.select([listener], [], [], max(1.0, idle / 10))
+            ready, _, _ = select.select([listener], [], [], min(3600.0, max(1.0, idle / 10)))
             if not ready:
                 if time.monotonic() - last > idle:
                     log.info("exiting after %g s without a request", idle)
@@ -165,7 +257,7 @@ def serve_forever(store_root: Path, path: Path) -> int:
                 raise
             with conn:
                 try:
-                    if not _handle(conn, mine):
+                    if not _handle(conn, mine, systemd=systemd):
                         return 0
                 except (OSError, ValueError) as e:
                     log.warning("a request failed: %s", e)
@@ -181,15 +273,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m venvfs.mount.service")
-    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--store", type=Path, help="the store (default: $VENVFS_STORE, else the user data directory)")
     parser.add_argument("--socket", type=Path)
+    parser.add_argument("--systemd", action="store_true",
+                        help="run under systemd: notify readiness, never exit when idle, take the socket over")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
-    path = args.socket or socket_path(args.store)
+    # The same default the CLI computes, so that both name the same socket.
+    store = (args.store or default_store_path()).expanduser().absolute()
+    path = args.socket or socket_path(store)
     if path is None:
         log.error("no safe runtime directory for the socket")
         return 1
-    return serve_forever(args.store, path)
+    return serve_forever(store, path, systemd=args.systemd)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,12 @@ def runtime_dir() -> Path | None:
     if os.environ.get(RUNTIME_ENV):
         chain = [Path(os.environ[RUNTIME_ENV])]
     else:
-        # XDG's runtime directory, else the fallback platformdirs also uses (it warns; we check):
-        # /tmp is everyone's, so the directory must turn out to be ours and closed to others.
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/runtime-{os.getuid()}")  # noqa: S108
+        # XDG's runtime directory; else systemd-logind's /run/user/UID (a `su` or `runuser` shell has
+        # no $XDG_RUNTIME_DIR, yet must find the service the user's systemd runs there); else the
+        # fallback platformdirs also uses (it warns; we check): /tmp is everyone's, so the directory
+        # must turn out to be ours and closed to others.
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or _logind_runtime_dir()
+                    or f"/tmp/runtime-{os.getuid()}")  # noqa: S108
         chain = [base, base / "venvfs"]
     try:
         for d in chain:
@@ -54,6 +57,15 @@ def runtime_dir() -> Path | None:
         log.info("no runtime directory for the mount service: %s", e)
         return None
     return chain[-1]
+
+
+def _logind_runtime_dir() -> str | None:
+    path = f"/run/user/{os.getuid()}"
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return path if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
 
 
 def socket_path(store_root: Path) -> Path | None:
