@@ -260,6 +260,19 @@ def test_a_python_the_store_has_no_builds_for(require_fuse: None, service_env: P
     assert "--like" in line
 
 
+def _installing(session: int) -> bool:
+    """Whether an installer (``uv pip install``) runs in the session ``session``."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat_file.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[3]) == session and b"pip" in cmdline and b"install" in cmdline:
+            return True
+    return False
+
+
 def test_ctrl_c_during_create_leaves_nothing(require_fuse: None, service_env: Path, store: Store, tmp_path: Path,
                                              run_venvfs: Run) -> None:
     # A wheel of many files, installed through the mount, keeps create busy long enough to interrupt.
@@ -273,10 +286,9 @@ def test_ctrl_c_during_create_leaves_nothing(require_fuse: None, service_env: Pa
     deadline = time.monotonic() + 120
     # Interrupted once the venv is mounted and uv is installing into it (as Ctrl-C reaches the
     # terminal's whole foreground group: venvfs and uv).
-    while not venvfs_mounts_below(tmp_path) or not (venv / ".venvfs" / "upper").is_dir():
+    while not (venvfs_mounts_below(tmp_path) and _installing(proc.pid)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
-    time.sleep(0.3)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

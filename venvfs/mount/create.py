@@ -106,24 +106,24 @@ def create(path: Path, store: Store, *, specs: Sequence[str] = (), like: Path | 
                 f"--like {like}: its builds are for Python {like_interp.version} ({like_interp.cache_tag}, "
                 f"{like_interp.platform}), and {made.path} runs Python {interp.version} ({interp.cache_tag}, "
                 f"{interp.platform}); leave out --python to use its interpreter")
-        if like_venv is not None:
-            wanted, report.not_copied = _like_selection(store, interp, like_keys)
-            missing: list[tuple[str, str]] = []
-            dependencies = False
-        else:
-            wanted, missing = _split(store, interp, specs)
-            dependencies = True
-        if missing and not install:
-            raise NoMatchingDistribution("not in the store (and --no-install was given): "
-                                         + "; ".join(why for _, why in missing))
         fuse = daemon.fuse_problem() is None
         if fuse:
             _to_mounted(venv, store)
-        if wanted:
-            from venvfs.venv.select import change_selection
-
-            say(f"selecting {len(wanted)} distribution(s) from the store")
-            change_selection(venv, store, add=wanted, dependencies=dependencies)
+        missing: list[tuple[str, str]] = []
+        if like_venv is not None:
+            wanted, report.not_copied = _like_selection(store, interp, like_keys)
+            _select(venv, store, wanted, dependencies=False, say=say)
+        else:
+            try:
+                # The usual case, everything stored: resolved once, by the add itself.
+                _select(venv, store, specs, dependencies=True, say=say)
+            except NoMatchingDistribution:
+                # Refused before it changed anything: now spec by spec, to know what to install.
+                wanted, missing = _split(store, interp, specs)
+                if missing and not install:
+                    raise NoMatchingDistribution("not in the store (and --no-install was given): "
+                                                 + "; ".join(why for _, why in missing)) from None
+                _select(venv, store, wanted, dependencies=True, say=say)
         report.selected = list(venv.read_state().selection)
         say("mounting" if fuse else "placing the files (no FUSE here)")
         result = daemon.mount(made.path, store, hooks=hooks)
@@ -243,6 +243,14 @@ def _to_mounted(venv: Venv, store: Store) -> None:
         state = venv.read_state()
         if state.layout == "materialized":
             layout.to_mounted(venv, store, state)
+
+
+def _select(venv: Venv, store: Store, specs: list[str], *, dependencies: bool, say: Say) -> None:
+    from venvfs.venv.select import change_selection
+
+    if specs:
+        say(f"selecting {len(specs)} distribution(s) from the store")
+        change_selection(venv, store, add=specs, dependencies=dependencies)
 
 
 def _like_selection(store: Store, interp: InterpreterInfo, keys: list[str]) -> tuple[list[str], dict[str, str]]:
