@@ -241,6 +241,11 @@ def test_bad_input_leaves_nothing(require_fuse: None, service_env: Path, store: 
     assert "--python" in _refused(run_venvfs, store, tmp_path, [str(tmp_path / "x"), "demo", "--python", "3.99"], 2)
     _refused(run_venvfs, store, tmp_path, [str(tmp_path / "x"), "-r", str(tmp_path / "nope.txt")], 2)
     _refused(run_venvfs, store, tmp_path, [str(tmp_path / "x"), "demo=>1"], 2)
+    # A requirements line selecting from the store cannot honour (an editable install), named.
+    (tmp_path / "editable.txt").write_text("demo\n-e ./src\n")
+    assert "editable.txt:2" in _refused(run_venvfs, store, tmp_path,
+                                        [str(tmp_path / "x"), "-r", str(tmp_path / "editable.txt")], 2)
+    _refused(run_venvfs, store, tmp_path, [str(tmp_path / "x"), "demo", "--like", str(busy)], 2)
     assert run_venvfs("store", "verify").returncode == 0
 
 
