@@ -335,3 +335,19 @@ def test_add_and_remove_return_when_the_view_shows_it(require_fuse: None, servic
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_library_call_reports_its_steps(require_fuse: None, service_env: Path, store: Store, stored: Path,
+                                            tmp_path: Path) -> None:
+    """What the CLI prints is ``create``'s report and its ``say`` lines; tests and tools call it."""
+    from venvfs.mount.create import create
+
+    steps: list[str] = []
+    report = create(tmp_path / "venv", store, specs=["demo", "extra"], installer_options=["-f", str(stored),
+                                                                                          "--no-index"],
+                    say=steps.append)
+    assert report.mount == "fuse" and report.installer == "uv"
+    assert [s.split()[0] for s in steps] == ["making", "selecting", "mounting", "installing", "storing"], steps
+    assert sorted(k.split("-")[0] for k in report.selected) == ["demo", "helper"]
+    assert [k.split("-")[0] for k in report.installed] == ["extra"]
+    _imports(tmp_path / "venv", "demo", "extra")

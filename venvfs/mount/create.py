@@ -110,20 +110,21 @@ def create(path: Path, store: Store, *, specs: Sequence[str] = (), like: Path | 
         if fuse:
             _to_mounted(venv, store)
         missing: list[tuple[str, str]] = []
+        say("selecting from the store")
         if like_venv is not None:
             wanted, report.not_copied = _like_selection(store, interp, like_keys)
-            _select(venv, store, wanted, dependencies=False, say=say)
+            _select(venv, store, wanted, dependencies=False)
         else:
             try:
                 # The usual case, everything stored: resolved once, by the add itself.
-                _select(venv, store, specs, dependencies=True, say=say)
+                _select(venv, store, specs, dependencies=True)
             except NoMatchingDistribution:
                 # Refused before it changed anything: now spec by spec, to know what to install.
                 wanted, missing = _split(store, interp, specs)
                 if missing and not install:
                     raise NoMatchingDistribution("not in the store (and --no-install was given): "
                                                  + "; ".join(why for _, why in missing)) from None
-                _select(venv, store, wanted, dependencies=True, say=say)
+                _select(venv, store, wanted, dependencies=True)
         report.selected = list(venv.read_state().selection)
         say("mounting" if fuse else "placing the files (no FUSE here)")
         result = daemon.mount(made.path, store, hooks=hooks)
@@ -245,11 +246,10 @@ def _to_mounted(venv: Venv, store: Store) -> None:
             layout.to_mounted(venv, store, state)
 
 
-def _select(venv: Venv, store: Store, specs: list[str], *, dependencies: bool, say: Say) -> None:
+def _select(venv: Venv, store: Store, specs: list[str], *, dependencies: bool) -> None:
     from venvfs.venv.select import change_selection
 
     if specs:
-        say(f"selecting {len(specs)} distribution(s) from the store")
         change_selection(venv, store, add=specs, dependencies=dependencies)
 
 
