@@ -327,7 +327,7 @@ def test_read_only_commands_never_create_a_store(tmp_path: Path) -> None:
 def test_help_says_which_commands_create_a_store() -> None:
     proc = subprocess.run([sys.executable, "-m", "venvfs", "store", "list", "--help"], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert "`store add`, `adopt`, `mount` and `add`" in " ".join(proc.stdout.split())
+    assert "`store add`, `adopt`, `mount`, `add` and `create`" in " ".join(proc.stdout.split())
 
 
 @pytest.mark.parametrize("where", ["file", "proc", "below-file"])

@@ -27,10 +27,11 @@ typical use:
   venvfs adopt .venv            move an existing venv's packages into the shared store
   venvfs mount .venv            serve its site-packages from the store (FUSE), or link where FUSE is absent
   venvfs status .venv           what it shares with other venvs and what it owns alone
+  venvfs create .venv2 numpy    a new venv from the store, mounted (what the store lacks is installed)
   venvfs store list             what the store holds
 
 The store lives in the user data directory; --store or VENVFS_STORE choose another. Only store add,
-adopt, mount and add create a store (in a missing or empty directory); other commands need one.
+adopt, mount, add and create make a store (in a missing or empty directory); other commands need one.
 """
 
 

@@ -14,7 +14,7 @@ from venvfs.venv.venv import Venv
 
 # The commands that make a store where none is: they exist to put something in it. Every other command
 # refuses a missing store rather than leave an empty one behind (a typo in --store, a deleted store).
-CREATING = "`store add`, `adopt`, `mount` and `add`"
+CREATING = "`store add`, `adopt`, `mount`, `add` and `create`"
 
 
 def common_parent() -> argparse.ArgumentParser:

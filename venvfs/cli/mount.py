@@ -1,10 +1,12 @@
-"""``venvfs mount``, ``umount``, ``list`` and ``commit``: argument parsing and printing only."""
+"""``venvfs mount``, ``umount``, ``create``, ``list`` and ``commit``: argument parsing and printing only."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from venvfs.cli.common import (
     print_json,
     venv_path,
 )
-from venvfs.errors import VenvfsError
+from venvfs.errors import UsageError, VenvfsError
 from venvfs.hooks.target import GUARD_ENV
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
@@ -58,6 +60,44 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--materialize", action="store_true",
                    help="then write the venv back as real files (the materialized layout)")
     p.set_defaults(handler=cmd_umount)
+
+    p = subparsers.add_parser(
+        "create", parents=[common, as_json], formatter_class=fmt,
+        help="make a new venv from the store and mount it, in one command",
+        description="Make a venv (uv venv, else python -m venv), select its distributions from the store\n"
+        "(requirements resolved as `venvfs add` resolves them, with what they require), and mount it\n"
+        "with the automount hooks, through the per-user mount service. What the store lacks is\n"
+        "installed with uv (pip without uv) into the mounted venv and stored before the command\n"
+        "returns, so the next venv shares it. Where FUSE cannot be used, real files are placed instead.\n\n"
+        "DIR must not exist, or be an empty directory. On any error, or Ctrl-C, nothing is left: what\n"
+        "was made is unmounted and removed (an empty DIR stays, empty) and the store forgets the venv.\n"
+        "Exit codes: 2 for DIR or an argument (a Python uv or venv cannot find, an unreadable -r FILE),\n"
+        "4 for a --like VENV that venvfs does not manage, 8 for packages neither stored nor installable\n"
+        "(or builds for another Python), 9 for stored builds that tie.\n\n"
+        "examples:\n"
+        "  venvfs create .venv numpy pandas            # from the store; what it lacks comes from the index\n"
+        "  venvfs create .venv -r requirements.txt --python 3.12\n"
+        "  venvfs create ../exp2/.venv --like .venv     # the very builds .venv selects, same Python\n"
+        "  venvfs create .venv demo -f ./wheels --no-index   # installer options for what the store lacks",
+    )
+    p.add_argument("dir", type=Path, metavar="DIR", help="where to make the venv (absent, or an empty directory)")
+    p.add_argument("specs", nargs="*", metavar="PKG", help="requirements ('numpy>=2'), store keys or wheel files")
+    p.add_argument("-r", "--requirement", action="append", default=[], type=Path, metavar="FILE",
+                   help="take requirements from FILE (pip's format: -r, --index-url, --find-links, --no-index "
+                   "lines are honoured)")
+    p.add_argument("--like", type=Path, metavar="VENV",
+                   help="select what the venvfs venv VENV selects (the same builds), for the same Python")
+    p.add_argument("--python", metavar="X",
+                   help="the interpreter, as uv venv --python takes it (a version, a path or a name); "
+                   "default: uv's choice, or VENV's with --like")
+    p.add_argument("-f", "--find-links", action="append", default=[], metavar="DIR_OR_URL",
+                   help="passed to uv or pip for what the store lacks")
+    p.add_argument("--index-url", metavar="URL", help="passed to uv or pip for what the store lacks")
+    p.add_argument("--no-index", action="store_true", help="passed to uv or pip for what the store lacks")
+    p.add_argument("--no-install", action="store_true",
+                   help="take everything from the store: what it lacks is an error (exit 8), not installed")
+    p.add_argument("--no-hooks", action="store_true", help="do not install the automount hooks")
+    p.set_defaults(handler=cmd_create)
 
     p = subparsers.add_parser("list", parents=[common, as_json], help="list mounted venvs")
     p.set_defaults(handler=cmd_list)
@@ -154,6 +194,64 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if args.json:
         print_json(out)
     return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from venvfs.mount.create import create
+    from venvfs.venv import reqfile
+
+    if args.like is not None and (args.specs or args.requirement):
+        raise UsageError("--like takes no packages and no -r: the venv gets what the other one selects")
+    specs = list(args.specs)
+    options: list[str] = []
+    for path in args.requirement:
+        found = reqfile.read(path)
+        specs += found.specs
+        options += found.installer_options
+    if args.index_url:
+        options += ["--index-url", args.index_url]
+    for link in args.find_links:
+        options += ["--find-links", link]
+    if args.no_index:
+        options.append("--no-index")
+    if args.like is None and not specs:
+        raise UsageError("name packages, -r FILE or --like VENV (an empty venv: `uv venv DIR && venvfs mount DIR`)")
+    store = open_store(args, create=True)
+    report = create(args.dir, store, specs=specs, like=args.like, python=args.python, installer_options=options,
+                    install=not args.no_install, hooks=not args.no_hooks, say=_progress_line(args))
+    if report.mount == "materialized":
+        print(f"venvfs: {report.message}", file=sys.stderr)  # the fallback is always reported
+    if args.json:
+        print_json(report.to_json())
+        return 0
+    print(f"created {report.venv} (Python {report.python}, {report.made_with}): {len(report.selected)} "
+          f"distribution(s) from the store" + (f", {len(report.installed)} installed by {report.installer} and "
+                                                f"stored" if report.installer else "")
+          + (", mounted" if report.mount == "fuse" else ", real files"))
+    for key in report.installed:
+        print(f"  installed and stored: {key}")
+    for key, why in report.not_copied.items():
+        print(f"  not taken from --like: {key}: {why}")
+    for dist_info, why in report.left_in_venv.items():
+        print(f"  left in the venv, not stored: {dist_info}: {why}")
+    return 0
+
+
+def _progress_line(args: argparse.Namespace) -> Callable[[str], None]:
+    """Each step on stderr: on a terminal as it starts; elsewhere only once the work has taken a
+    while (progress.LOG_INTERVAL), as for every long command, so a quick create prints one line."""
+    from venvfs.progress import LOG_INTERVAL
+
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        if args.quiet:
+            return
+        if tty or time.monotonic() - started >= LOG_INTERVAL:
+            print(f"venvfs: {line}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -52,6 +52,11 @@ class SelectReport:
 _KEY = re.compile(r"[a-z0-9][a-z0-9.-]*-[^/\s]+-[0-9a-f]{16}")
 
 
+def looks_like_key(spec: str) -> bool:
+    """Whether ``spec`` has the form of a store key (whether one is stored is another question)."""
+    return _KEY.fullmatch(spec) is not None
+
+
 def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
     """Position of the record's best tag in the interpreter's preference list (lower is better)."""
     ranks = {t: i for i, t in enumerate(interp.tags)}
