@@ -274,12 +274,13 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
     def plain(value: float) -> dict[str, Any]:
         return {"median": value, "min": value, "max": value}
 
-    main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6)})
+    main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6),
+                                "daemon_uss_bytes": plain(9e6)})
     scale = _report_with({"mount_s": plain(0.3),
                           "daemon_rss_bytes": {"unit": "bytes", "unavailable": "daemon process not found"}})
     verdicts = {v.goal.metric: v.status for v in goals.check({"main": main_report, "scale": scale})}
     assert verdicts == {"import_warm_s": "pass", "import_cold_s": "FAIL", "mount_s": "pass",
-                        "daemon_rss_bytes": "unavailable"}
+                        "daemon_rss_bytes": "unavailable", "daemon_uss_bytes": "pass"}
     (tmp_path / "m.json").write_text(json.dumps(main_report))
     (tmp_path / "s.json").write_text(json.dumps(scale))
     assert goals.main([str(tmp_path / "m.json"), str(tmp_path / "s.json")]) == 1
@@ -287,6 +288,43 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps(missing))
     assert goals.main([str(tmp_path / "x.json")]) == 2
     assert all(v.status == "unavailable" for v in goals.check({"main": missing, "scale": None}))
+
+
+def test_shared_memory_counts_what_a_forked_child_shares() -> None:
+    # A forked child maps its parent's pages: all resident (RSS), few its own (USS) until it writes.
+    # After it fills 32 MB of its own, USS grows by that much and RSS too; PSS lies between.
+    script = ("import os, sys, time\n"
+              "ballast = bytearray(os.urandom(24 << 20))\n"
+              "r, w = os.pipe()\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os.close(r)\n"
+              "    os.write(w, b'forked\\n'); sys.stdin.readline()\n"
+              "    mine = bytearray(os.urandom(32 << 20))\n"
+              "    os.write(w, b'wrote\\n'); sys.stdin.readline(); os._exit(0)\n"
+              "os.close(w)\n"
+              "print(pid, flush=True)\n"
+              "while os.read(r, 64): print('ok', flush=True)\n"
+              "os.waitpid(pid, 0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        child = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "ok"
+        forked = probes.shared_memory(child)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "ok"
+        wrote = probes.shared_memory(child)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert forked.uss <= forked.pss <= forked.rss
+    assert forked.rss > 24 << 20 and forked.uss < forked.rss / 2  # the ballast is the parent's too
+    assert wrote.uss - forked.uss >= 30 << 20
+    assert wrote.uss <= wrote.pss <= wrote.rss
+    with pytest.raises(probes.ProbeError):
+        probes.shared_memory(child)  # gone
 
 
 def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -119,6 +120,7 @@ def _handle(conn: socket.socket, mine: str) -> bool:
     if request.get("op") != "mount":
         conn.sendall(b"error: unknown request\n")
         return True
+    gc.freeze()  # what this request allocated too (the same reason as in serve_forever)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
@@ -140,6 +142,11 @@ def serve_forever(store_root: Path, path: Path) -> int:
 
     with contextlib.suppress(ImportError):
         import_pyfuse3(None)
+    # A forked daemon shares these pages until it writes to them, and a cyclic collection in the child
+    # writes to every object it visits (gc_refs in each header), copying the service's whole heap into
+    # each mount (about 8 MB of unique memory per daemon, measured). Frozen objects are never visited.
+    gc.collect()
+    gc.freeze()
     mine = identity()
     idle = float(os.environ.get(IDLE_ENV, "1800"))
     # Children are reaped as they exit; their exit status is in their own logs.
