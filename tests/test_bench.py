@@ -384,3 +384,45 @@ def test_plot_without_matplotlib_names_the_package(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "matplotlib" in proc.stderr and "-m pip install matplotlib" in proc.stderr
     assert "venvfs[plot]" not in proc.stderr
+
+
+def test_venvfs_stock_runs_the_fuse_extra_in_its_own_environment_and_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+    from packaging.requirements import Requirement
+
+    from venvfs.bench import strategies
+    from venvfs.bench.scratch import Filesystem
+    from venvfs.mount import serviceclient
+
+    assert "venvfs-stock" in strategies.DEFAULT
+    # What `pip install 'venvfs[fuse]'` installs besides venvfs, as pyproject.toml declares it.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["fuse"]]
+    assert sorted(map(str, map(Requirement, strategies.fuse_requirements()))) == sorted(
+        map(str, map(Requirement, declared)))
+    # The probe tells the patched build (the test venv's, scripts/build-pyfuse3) from a stock one.
+    probe = subprocess.run([sys.executable, "-c", strategies._STOCK_PROBE], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    import pyfuse3
+
+    assert probe.stdout.strip() == ("patched" if getattr(pyfuse3, "ZERO_FH_IS_INODE", False) else "stock")
+    # A service of its own: a client in its environment never reaches the one that forks patched daemons.
+    site = strategies.Site(Filesystem("ext4", tmp_path, "test", False), sys.executable, None)  # type: ignore[arg-type]
+    stock = strategies.VenvfsStock()
+    env = stock.env(site)
+    runtime = Path(env["VENVFS_RUNTIME_DIR"])
+    assert runtime.stat().st_mode & 0o777 == 0o700
+    monkeypatch.delenv(serviceclient.RUNTIME_ENV, raising=False)
+    shared = serviceclient.socket_path(site.store)
+    monkeypatch.setenv(serviceclient.RUNTIME_ENV, str(runtime))
+    own = serviceclient.socket_path(site.store)
+    assert own is not None and own != shared and own.parent == runtime
+    # A daemon in the "no open" mode runs the patch: the strategy refuses to report it as stock.
+    venv = tmp_path / "v"
+    (venv / ".venvfs").mkdir(parents=True)
+    (venv / ".venvfs" / "daemon.json").write_text(json.dumps({"pid": 1, "no_open": True}))
+    with pytest.raises(RuntimeError, match="patched"):
+        stock.check_daemon(venv)
+    (venv / ".venvfs" / "daemon.json").write_text(json.dumps({"pid": 1, "no_open": False}))
+    stock.check_daemon(venv)
