@@ -133,8 +133,12 @@ def _handle(conn: socket.socket, mine: str) -> bool:
 
 
 def serve_forever(store_root: Path, path: Path) -> int:
-    # Everything a daemon imports, once, before the first fork.
-    from venvfs.mount import daemon, fuse  # noqa: F401
+    # Everything a daemon imports, once, before the first fork (what a child imports is its own memory;
+    # `python -X importtime -m venvfs.mount.service` shows the children's imports in their logs).
+    import platformdirs  # noqa: F401
+
+    from venvfs.hooks import target  # noqa: F401
+    from venvfs.mount import daemon, fuse, ingest, watch  # noqa: F401
     from venvfs.mount.loop import import_pyfuse3
     from venvfs.mount.overlay import Overlay  # noqa: F401
     from venvfs.venv.upper import Upper  # noqa: F401
