@@ -23,9 +23,11 @@ from venvfs.cli import app
 from venvfs.store.store import Store
 
 # Nobody's start-up needs these: the FUSE daemon's libraries, the selection's tag matching, the
-# materializer's script writer (installer, with the email package), bytecode compilation's threads.
-NEVER = {"trio", "pyfuse3", "packaging.tags", "installer", "email", "concurrent.futures",
-         "venvfs.mount.fuse", "venvfs.mount.service", "venvfs.mount.overlay"}
+# materializer's script writer (installer, with the email package), bytecode compilation's threads,
+# and the layout switches' machinery (view, materializer, linker), which a mounted venv never runs.
+NEVER = {"trio", "pyfuse3", "packaging.tags", "installer", "email", "concurrent.futures", "ctypes",
+         "venvfs.mount.fuse", "venvfs.mount.service", "venvfs.mount.overlay", "venvfs.venv.view",
+         "venvfs.venv.materialize", "venvfs.venv.linkmode", "venvfs.store.bytecode"}
 
 
 def _imports(store: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
