@@ -141,6 +141,7 @@ def serve_forever(store_root: Path, path: Path) -> int:
     from venvfs.mount import daemon, fuse, ingest, watch  # noqa: F401
     from venvfs.mount.loop import import_pyfuse3
     from venvfs.mount.overlay import Overlay  # noqa: F401
+    from venvfs.venv import pending  # noqa: F401
     from venvfs.venv.upper import Upper  # noqa: F401
     from venvfs.venv.view import view_for  # noqa: F401
 
