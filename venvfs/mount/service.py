@@ -147,9 +147,11 @@ def serve_forever(store_root: Path, path: Path) -> int:
 
     with contextlib.suppress(ImportError):
         import_pyfuse3(None)
-    # A forked daemon shares these pages until it writes to them, and a cyclic collection in the child
-    # writes to every object it visits (gc_refs in each header), copying the service's whole heap into
-    # each mount (about 8 MB of unique memory per daemon, measured). Frozen objects are never visited.
+    # A forked daemon shares these pages until either process writes to them, and a cyclic collection
+    # writes to every object it visits (gc_refs in each header): in the child it copies the service's
+    # heap into each mount (about 8 MB of unique memory per daemon, measured), in the service it splits
+    # the pages of every live child. Frozen objects are never visited, and stay frozen: the service
+    # allocates little per request, and what it does is mostly freed by reference counting.
     gc.collect()
     gc.freeze()
     mine = identity()
