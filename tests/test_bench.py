@@ -327,6 +327,23 @@ def test_shared_memory_counts_what_a_forked_child_shares() -> None:
         probes.shared_memory(child)  # gone
 
 
+def test_no_mount_service_outlives_the_run(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # A service left waiting for requests keeps what it mapped from the scratch filesystem (the loop
+    # image stays allocated after its deletion) until its idle timeout.
+    _, out = quick_run
+    scratch = os.fsencode(out / "scratch")
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"venvfs.mount.service" in cmdline and scratch in cmdline:
+                left.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    assert not left
+
+
 def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> None:
     # uv and pip installing the set into a new venv until settled: plain venv against a venvfs mount.
     data, _ = quick_run

@@ -144,6 +144,10 @@ def _run(settings: Settings, workload: Workload, scratch: Scratch, say: Say) -> 
                 if lv.site is not None:
                     with contextlib.suppress(Exception):
                         lv.strategy.teardown(lv.site, venv)
+        for lv in live:
+            if lv.site is not None:
+                with contextlib.suppress(Exception):
+                    lv.strategy.finish(lv.site)
 
     env = environment(settings.python)
     env["filesystems"] = filesystems

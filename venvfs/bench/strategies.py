@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,11 @@ class Strategy:
         raise NotImplementedError
 
     def teardown(self, site: Site, venv: Path) -> None:
+        return None
+
+    def finish(self, site: Site) -> None:
+        """After the run, before the scratch filesystems go: stop what ``prepare`` or ``create`` left
+        running there."""
         return None
 
     def remount(self, site: Site, venv: Path) -> float:
@@ -408,6 +414,21 @@ class VenvfsMount(_Venvfs):
         proc = subprocess.run([*self.argv(), "umount", str(venv)], capture_output=True, env=self.env(site))
         if proc.returncode != 0:
             force_unmount(str(trees.site_packages(venv)))
+
+    def finish(self, site: Site) -> None:
+        # The mount services of the run's store (venvfs's and venvfs-stock's) would wait half an hour
+        # for another request; venvfs-stock's maps its pyfuse3 from the scratch filesystem, whose
+        # loop device would stay attached (its image deleted but not freed) until then.
+        while (pid := find_process([b"venvfs.mount.service", os.fsencode(site.store)])) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
 
     def daemon_pid(self, venv: Path) -> int | None:
         # venvfs/mount/daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
