@@ -274,12 +274,13 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
     def plain(value: float) -> dict[str, Any]:
         return {"median": value, "min": value, "max": value}
 
-    main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6)})
+    main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6),
+                                "daemon_uss_bytes": plain(9e6)})
     scale = _report_with({"mount_s": plain(0.3),
                           "daemon_rss_bytes": {"unit": "bytes", "unavailable": "daemon process not found"}})
     verdicts = {v.goal.metric: v.status for v in goals.check({"main": main_report, "scale": scale})}
     assert verdicts == {"import_warm_s": "pass", "import_cold_s": "FAIL", "mount_s": "pass",
-                        "daemon_rss_bytes": "unavailable"}
+                        "daemon_rss_bytes": "unavailable", "daemon_uss_bytes": "pass"}
     (tmp_path / "m.json").write_text(json.dumps(main_report))
     (tmp_path / "s.json").write_text(json.dumps(scale))
     assert goals.main([str(tmp_path / "m.json"), str(tmp_path / "s.json")]) == 1
@@ -287,6 +288,60 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps(missing))
     assert goals.main([str(tmp_path / "x.json")]) == 2
     assert all(v.status == "unavailable" for v in goals.check({"main": missing, "scale": None}))
+
+
+def test_shared_memory_counts_what_a_forked_child_shares() -> None:
+    # A forked child maps its parent's pages: all resident (RSS), few its own (USS) until it writes.
+    # After it fills 32 MB of its own, USS grows by that much and RSS too; PSS lies between.
+    script = ("import os, sys, time\n"
+              "ballast = bytearray(os.urandom(24 << 20))\n"
+              "r, w = os.pipe()\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os.close(r)\n"
+              "    os.write(w, b'forked\\n'); sys.stdin.readline()\n"
+              "    mine = bytearray(os.urandom(32 << 20))\n"
+              "    os.write(w, b'wrote\\n'); sys.stdin.readline(); os._exit(0)\n"
+              "os.close(w)\n"
+              "print(pid, flush=True)\n"
+              "while os.read(r, 64): print('ok', flush=True)\n"
+              "os.waitpid(pid, 0)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        child = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "ok"
+        forked = probes.shared_memory(child)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "ok"
+        wrote = probes.shared_memory(child)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert forked.uss <= forked.pss <= forked.rss
+    assert forked.rss > 24 << 20 and forked.uss < forked.rss / 2  # the ballast is the parent's too
+    assert wrote.uss - forked.uss >= 30 << 20
+    assert wrote.uss <= wrote.pss <= wrote.rss
+    with pytest.raises(probes.ProbeError):
+        probes.shared_memory(child)  # gone
+
+
+def test_no_mount_service_outlives_the_run(quick_run: tuple[dict[str, Any], Path]) -> None:
+    # A service left waiting for requests keeps what it mapped from the scratch filesystem (the loop
+    # image stays allocated after its deletion) until its idle timeout.
+    _, out = quick_run
+    scratch = os.fsencode(out / "scratch")
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"venvfs.mount.service" in cmdline and scratch in cmdline:
+                left.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    assert not left
 
 
 def test_the_daily_path_is_measured(quick_run: tuple[dict[str, Any], Path]) -> None:
@@ -346,3 +401,45 @@ def test_plot_without_matplotlib_names_the_package(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "matplotlib" in proc.stderr and "-m pip install matplotlib" in proc.stderr
     assert "venvfs[plot]" not in proc.stderr
+
+
+def test_venvfs_stock_runs_the_fuse_extra_in_its_own_environment_and_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+    from packaging.requirements import Requirement
+
+    from venvfs.bench import strategies
+    from venvfs.bench.scratch import Filesystem
+    from venvfs.mount import serviceclient
+
+    assert "venvfs-stock" in strategies.DEFAULT
+    # What `pip install 'venvfs[fuse]'` installs besides venvfs, as pyproject.toml declares it.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["fuse"]]
+    assert sorted(map(str, map(Requirement, strategies.fuse_requirements()))) == sorted(
+        map(str, map(Requirement, declared)))
+    # The probe tells the patched build (the test venv's, scripts/build-pyfuse3) from a stock one.
+    probe = subprocess.run([sys.executable, "-c", strategies._STOCK_PROBE], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    import pyfuse3
+
+    assert probe.stdout.strip() == ("patched" if getattr(pyfuse3, "ZERO_FH_IS_INODE", False) else "stock")
+    # A service of its own: a client in its environment never reaches the one that forks patched daemons.
+    site = strategies.Site(Filesystem("ext4", tmp_path, "test", False), sys.executable, None)  # type: ignore[arg-type]
+    stock = strategies.VenvfsStock()
+    env = stock.env(site)
+    runtime = Path(env["VENVFS_RUNTIME_DIR"])
+    assert runtime.stat().st_mode & 0o777 == 0o700
+    monkeypatch.delenv(serviceclient.RUNTIME_ENV, raising=False)
+    shared = serviceclient.socket_path(site.store)
+    monkeypatch.setenv(serviceclient.RUNTIME_ENV, str(runtime))
+    own = serviceclient.socket_path(site.store)
+    assert own is not None and own != shared and own.parent == runtime
+    # A daemon in the "no open" mode runs the patch: the strategy refuses to report it as stock.
+    venv = tmp_path / "v"
+    (venv / ".venvfs").mkdir(parents=True)
+    (venv / ".venvfs" / "daemon.json").write_text(json.dumps({"pid": 1, "no_open": True}))
+    with pytest.raises(RuntimeError, match="patched"):
+        stock.check_daemon(venv)
+    (venv / ".venvfs" / "daemon.json").write_text(json.dumps({"pid": 1, "no_open": False}))
+    stock.check_daemon(venv)

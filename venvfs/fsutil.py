@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -11,7 +10,6 @@ import logging
 import os
 import posixpath
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,8 @@ def syncfs(path: Path) -> None:
     One syncfs makes a batch of unsynced objects durable at once: cheaper than an fsync per file
     and per directory, and it also covers file contents, which directory fsyncs do not.
     """
+    import ctypes
+
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
@@ -60,6 +60,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
 
     The temporary is made in ``tmp_dir`` (same filesystem) if given, else beside ``path``.
     """
+    import tempfile  # here: most commands write nothing, and it costs `random` and `hashlib`
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -33,6 +33,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "adopt_s": ("s", "venvfs adopt of a pip-installed venv (native: cp -a of it, same filesystem)"),
     "daemon_rss_bytes": ("bytes", "resident memory of the filesystem daemon after the runs"),
     "daemon_hwm_bytes": ("bytes", "peak resident memory of the filesystem daemon"),
+    "daemon_pss_bytes": ("bytes", "proportional memory of the filesystem daemon (shared pages divided among "
+                                  "their processes, /proc/PID/smaps_rollup)"),
+    "daemon_uss_bytes": ("bytes", "unique memory of the filesystem daemon (its private pages: what one more "
+                                  "mount costs)"),
 }
 
 

@@ -150,6 +150,33 @@ def process_memory(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
 
 
+@dataclass(frozen=True)
+class SharedMemory:
+    """A process's memory as ``/proc/PID/smaps_rollup`` counts it, in bytes. ``rss`` counts every
+    resident page; ``pss`` divides each shared page among the processes mapping it; ``uss`` (its
+    private pages, clean and dirty) is what the process alone costs: what ending it frees. A daemon
+    forked from the mount service shares the service's pages until it writes to them, so only USS
+    tells what one more mount costs."""
+
+    rss: int
+    pss: int
+    uss: int
+
+
+def shared_memory(pid: int) -> SharedMemory:
+    values: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError) as e:
+        raise ProbeError(f"cannot read /proc/{pid}/smaps_rollup: {e}") from e
+    if "Rss" not in values or "Pss" not in values:
+        raise ProbeError(f"/proc/{pid}/smaps_rollup has no Rss/Pss (a kernel thread, or a kernel before 4.14)")
+    return SharedMemory(values["Rss"], values["Pss"], values.get("Private_Clean", 0) + values.get("Private_Dirty", 0))
+
+
 @dataclass
 class Pair:
     native: float

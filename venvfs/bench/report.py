@@ -28,6 +28,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("pip settled", "pip_settled_bytes"),
     ("adopt (native: cp -a)", "adopt_s"),
     ("daemon RSS", "daemon_rss_bytes"),
+    ("daemon PSS", "daemon_pss_bytes"),
+    ("daemon USS", "daemon_uss_bytes"),
 ]
 
 

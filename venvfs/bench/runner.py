@@ -144,6 +144,10 @@ def _run(settings: Settings, workload: Workload, scratch: Scratch, say: Say) -> 
                 if lv.site is not None:
                     with contextlib.suppress(Exception):
                         lv.strategy.teardown(lv.site, venv)
+        for lv in live:
+            if lv.site is not None:
+                with contextlib.suppress(Exception):
+                    lv.strategy.finish(lv.site)
 
     env = environment(settings.python)
     env["filesystems"] = filesystems
@@ -282,7 +286,8 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
                 nmetric.add(p.native)
         pid = lv.strategy.daemon_pid(venv)
         if lv.strategy.has_daemon and pid is None:
-            lv.result.metric("daemon_rss_bytes").fail("daemon process not found")
+            for key in ("daemon_rss_bytes", "daemon_pss_bytes", "daemon_uss_bytes"):
+                lv.result.metric(key).fail("daemon process not found")
         elif pid is not None:
             try:
                 rss, hwm = probes.process_memory(pid)
@@ -290,6 +295,13 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
                 lv.result.metric("daemon_hwm_bytes").add(float(hwm))
             except probes.ProbeError as e:
                 lv.result.metric("daemon_rss_bytes").fail(str(e))
+            try:
+                mem = probes.shared_memory(pid)
+                lv.result.metric("daemon_pss_bytes").add(float(mem.pss))
+                lv.result.metric("daemon_uss_bytes").add(float(mem.uss))
+            except probes.ProbeError as e:
+                lv.result.metric("daemon_pss_bytes").fail(str(e))
+                lv.result.metric("daemon_uss_bytes").fail(str(e))
 
 
 def _installs(live: list[_Live], settings: Settings, say: Say) -> None:

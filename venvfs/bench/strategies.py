@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,11 @@ class Strategy:
         raise NotImplementedError
 
     def teardown(self, site: Site, venv: Path) -> None:
+        return None
+
+    def finish(self, site: Site) -> None:
+        """After the run, before the scratch filesystems go: stop what ``prepare`` or ``create`` left
+        running there."""
         return None
 
     def remount(self, site: Site, venv: Path) -> float:
@@ -324,6 +330,12 @@ class _Venvfs(Strategy):
 
     commands: tuple[str, ...] = ("adopt", "add")
 
+    def argv(self) -> list[str]:
+        return venvfs_argv()
+
+    def env(self, site: Site) -> dict[str, str]:
+        return venvfs_env(site)
+
     def check(self) -> str | None:
         for command in self.commands:
             missing = venvfs_has(command)
@@ -342,10 +354,10 @@ class _Venvfs(Strategy):
 
     def _new(self, site: Site, dest: Path, link_mode: str) -> None:
         template = site.fs.root / "venvfs-template"
-        env = venvfs_env(site)
+        env, argv = self.env(site), self.argv()
         trees.make_skeleton(site.python, dest)
-        _run([*venvfs_argv(), "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
-        _run([*venvfs_argv(), "add", "--link-mode", link_mode, str(dest), *_selection(template)], env=env,
+        _run([*argv, "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
+        _run([*argv, "add", "--link-mode", link_mode, str(dest), *_selection(template)], env=env,
              what="venvfs add")
 
 
@@ -379,25 +391,44 @@ class VenvfsMount(_Venvfs):
         # Mount the empty venv, then select: the selection reaches the daemon as a view reload, so
         # nothing is materialized first only to be converted to the mounted layout.
         template = site.fs.root / "venvfs-template"
-        env = venvfs_env(site)
+        env, argv = self.env(site), self.argv()
         trees.make_skeleton(site.python, dest)
-        _run([*venvfs_argv(), "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
-        _run([*venvfs_argv(), "mount", "--mode", "fuse", str(dest)], env=env, what="venvfs mount")
-        _run([*venvfs_argv(), "add", str(dest), *_selection(template)], env=env, what="venvfs add")
+        _run([*argv, "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
+        _run([*argv, "mount", "--mode", "fuse", str(dest)], env=env, what="venvfs mount")
+        _run([*argv, "add", str(dest), *_selection(template)], env=env, what="venvfs add")
         wait_answering(trees.site_packages(dest) / site.layers_probe)
+        self.check_daemon(dest)
         return {}
+
+    def check_daemon(self, venv: Path) -> None:
+        """Raise when the venv's daemon is not the kind this strategy measures."""
 
     def remount(self, site: Site, venv: Path) -> float:
         self.teardown(site, venv)
         start = time.perf_counter()
-        _run([*venvfs_argv(), "mount", "--mode", "fuse", str(venv)], env=venvfs_env(site), what="venvfs mount")
+        _run([*self.argv(), "mount", "--mode", "fuse", str(venv)], env=self.env(site), what="venvfs mount")
         wait_answering(trees.site_packages(venv) / site.layers_probe)
         return time.perf_counter() - start
 
     def teardown(self, site: Site, venv: Path) -> None:
-        proc = subprocess.run([*venvfs_argv(), "umount", str(venv)], capture_output=True, env=venvfs_env(site))
+        proc = subprocess.run([*self.argv(), "umount", str(venv)], capture_output=True, env=self.env(site))
         if proc.returncode != 0:
             force_unmount(str(trees.site_packages(venv)))
+
+    def finish(self, site: Site) -> None:
+        # The mount services of the run's store (venvfs's and venvfs-stock's) would wait half an hour
+        # for another request; venvfs-stock's maps its pyfuse3 from the scratch filesystem, whose
+        # loop device would stay attached (its image deleted but not freed) until then.
+        while (pid := find_process([b"venvfs.mount.service", os.fsencode(site.store)])) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
 
     def daemon_pid(self, venv: Path) -> int | None:
         # venvfs/mount/daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
@@ -406,6 +437,92 @@ class VenvfsMount(_Venvfs):
             if Path(f"/proc/{pid}").exists():
                 return pid
         return find_process([b"venvfs", os.fsencode(trees.site_packages(venv))])
+
+
+class VenvfsStock(VenvfsMount):
+    """venvfs mount on the pyfuse3 that ``pip install 'venvfs[fuse]'`` gives (built from PyPI's sdist,
+    unpatched), next to ``venvfs`` on the patched build (``scripts/build-pyfuse3``): what the patch
+    buys. Stock pyfuse3 cannot run the kernel's "no open" mode, so every open costs an OPEN and a
+    RELEASE round trip.
+
+    Its own environment (a venv with the ``fuse`` extra's requirements from the index, running this
+    venvfs from its source) and its own mount service (``VENVFS_RUNTIME_DIR``, so a service running
+    the patched pyfuse3 for the same store never forks its daemons); the store is the one ``venvfs``
+    uses."""
+
+    name = "venvfs-stock"
+    label = "venvfs mount on stock pyfuse3 from PyPI (per-open)"
+    python: str | None = None  # the stock environment's interpreter, once prepared
+
+    def env_dir(self, site: Site) -> Path:
+        return site.fs.root / "venvfs-stock-env"
+
+    def argv(self) -> list[str]:
+        assert self.python is not None, "prepare() first"
+        return [self.python, "-m", "venvfs"]
+
+    def env(self, site: Site) -> dict[str, str]:
+        env = venvfs_env(site)
+        runtime = site.fs.root / "venvfs-stock-runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        env["VENVFS_RUNTIME_DIR"] = str(runtime)
+        return env
+
+    def prepare(self, site: Site) -> None:
+        python = self.env_dir(site) / "bin" / "python"
+        if not python.exists():
+            # The interpreter venvfs runs on here too (the venvs it serves may use another one).
+            _run([sys.executable, "-m", "venv", str(self.env_dir(site))], what="python -m venv")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+            # From source, as for a user: PyPI has no pyfuse3 wheels, and a patched one a cache or a
+            # find-links directory may hold (3.5.0+venvfs2 sorts above 3.5.0) is not what is measured.
+            _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-binary",
+                  "pyfuse3", *fuse_requirements()], env=env, what="pip install (stock pyfuse3)")
+        out = _run([str(python), "-c", _STOCK_PROBE], what="stock pyfuse3 check").strip()
+        if out != "stock":
+            raise Unavailable(f"the pyfuse3 installed from the index is not stock ({out})")
+        self.python = str(python)
+        version = _run([str(python), "-c", "import importlib.metadata as m; print(m.version('pyfuse3'))"],
+                       what="pyfuse3 version").strip()
+        self.label = f"venvfs mount on stock pyfuse3 {version} from the index (per-open)"
+        super().prepare(site)
+
+    def check_daemon(self, venv: Path) -> None:
+        # The daemon says which mode it runs (venvfs/mount/daemon.py): "no open" only on the patch.
+        info = json.loads((venv / ".venvfs" / "daemon.json").read_text())
+        if info.get("no_open", False):
+            raise RuntimeError(f"the daemon of {venv} runs the patched pyfuse3 (no-open), not the stock one")
+
+
+# Stock pyfuse3 has neither of the patch's feature flags (scripts/build-pyfuse3 asserts both).
+_STOCK_PROBE = ("import pyfuse3, trio\n"
+                "flags = ('ZERO_FH_IS_INODE', 'CACHE_SYMLINKS_OPTION')\n"
+                "print('patched' if any(getattr(pyfuse3, f, False) for f in flags) else 'stock')")
+
+
+def fuse_requirements() -> list[str]:
+    """What ``pip install 'venvfs[fuse]'`` installs besides venvfs: its requirements and the ``fuse`` extra's."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        declared = metadata.requires("venvfs") or []
+    except metadata.PackageNotFoundError:
+        declared = []
+    if not declared:
+        import tomllib  # a source tree that was never installed (Python 3.11+)
+
+        pyproject = Path(venvfs.__file__).resolve().parent.parent / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text())["project"]
+        return [*project["dependencies"], *project["optional-dependencies"]["fuse"]]
+    wanted = []
+    for text in declared:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": "fuse"}):
+            req.marker = None
+            wanted.append(str(req))
+    return wanted
 
 
 def _selection(template: Path) -> list[str]:
@@ -424,6 +541,7 @@ def all_strategies() -> list[Strategy]:
         UvLinkMode("copy"), UvLinkMode("hardlink"), UvLinkMode("symlink"), UvLinkMode("clone"),
         KernelOverlay(), FuseOverlay(),
         VenvfsMaterialize("hardlink"), VenvfsMaterialize("reflink"), VenvfsMaterialize("copy"), VenvfsMount(),
+        VenvfsStock(),
     ]
 
 

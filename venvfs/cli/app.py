@@ -2,6 +2,12 @@
 
 Command groups live in their own modules (``store``, ``mount``, ``hooks``, ``bench`` in ``venvfs.cli``),
 each exposing ``register(subparsers)``; every handler takes the parsed namespace and returns an exit code.
+
+A command's start-up is the user's wait (the activation hook runs ``venvfs mount`` of an already
+mounted venv; scripts call ``venvfs list``): the parser registers only the command group the command
+line names (``COMMANDS``), so ``venvfs --version`` imports no command module and ``venvfs list``
+none of the store's or the installers' machinery it does not use. ``--help``, and a command line
+naming no known command, build the whole parser (argparse lists every command, or says which exist).
 """
 
 from __future__ import annotations
@@ -9,10 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Iterator, Sequence
 
 from venvfs import __version__
@@ -20,6 +24,17 @@ from venvfs.errors import EXIT_CODES, IOFailure, VenvfsError
 
 COMMAND_MODULES = ("venvfs.cli.store", "venvfs.cli.mount", "venvfs.cli.hooks", "venvfs.cli.bench",
                    "venvfs.cli.installers")
+# Which module registers each top-level command (tests/test_cli_imports.py checks it against what the
+# modules register): the one module a command line needs is imported, not all four.
+COMMANDS = {
+    "store": "venvfs.cli.store", "adopt": "venvfs.cli.store", "materialize": "venvfs.cli.store",
+    "add": "venvfs.cli.store", "remove": "venvfs.cli.store", "status": "venvfs.cli.store",
+    "mount": "venvfs.cli.mount", "umount": "venvfs.cli.mount", "list": "venvfs.cli.mount",
+    "commit": "venvfs.cli.mount", "create": "venvfs.cli.mount",
+    "hook": "venvfs.cli.hooks", "eject": "venvfs.cli.hooks",
+    "bench": "venvfs.cli.bench",
+    "uv": "venvfs.cli.installers",
+}
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()) + """
 
@@ -35,7 +50,9 @@ adopt, mount, add and create make a store (in a missing or empty directory); oth
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with the one command group it names, else (None, ``--help``, an
+    unknown command) with all of them."""
     parser = argparse.ArgumentParser(
         prog="venvfs",
         description="Share one read-only, content-addressed store of Python distributions between venvs: "
@@ -47,9 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"venvfs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _modules_for(argv):
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def _modules_for(argv: Sequence[str] | None) -> Sequence[str]:
+    if argv is None:
+        return COMMAND_MODULES
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return COMMAND_MODULES
+        if arg == "--version":
+            return ()  # argparse prints the version and exits at this option, before any command
+        if not arg.startswith("-"):
+            # The top-level options take no value, so the first word is the command.
+            module = COMMANDS.get(arg)
+            return (module,) if module else COMMAND_MODULES
+    return COMMAND_MODULES  # no command: the help is printed (every command), exit 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,12 +112,15 @@ def _quiet(on: bool) -> Iterator[None]:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit:
         sys.stdout.flush()  # --help into a closed pipe: seen here, not at interpreter exit
         raise
+    import logging
+
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="venvfs: %(message)s",
@@ -120,6 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print("venvfs: interrupted", file=sys.stderr)
         return 130
     except Exception:
+        import traceback
+
         traceback.print_exc()
         print("venvfs: internal error (this is a bug in venvfs)", file=sys.stderr)
         return 70

@@ -21,6 +21,8 @@ _STRATEGY_HELP = """strategies (default: all; native is always measured, as the 
   venvfs-hardlink, venvfs-reflink, venvfs-copy
                                      venvfs add --link-mode ...: materialized from the store
   venvfs                             venvfs mount: the store served through FUSE
+  venvfs-stock                       the same on stock pyfuse3 from PyPI, in an environment of its own
+                                     (what `pip install 'venvfs[fuse]'` gives; venvfs: the patched build)
 
 Run anything but --quick under the shared lock, so nobody drops caches under your feet:
   flock /tmp/venvfs-perf.lock venvfs bench --json out.json --markdown out.md --plot out.png

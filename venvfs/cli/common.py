@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from venvfs.fsutil import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV
-from venvfs.store.store import STORE_ENV, Store
-from venvfs.venv.venv import Venv
+from venvfs.store import STORE_ENV
+
+if TYPE_CHECKING:
+    from venvfs.store.store import Store
+    from venvfs.venv.venv import Venv
 
 # The commands that make a store where none is: they exist to put something in it. Every other command
 # refuses a missing store rather than leave an empty one behind (a typo in --store, a deleted store).
@@ -61,6 +63,8 @@ def add_venv_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     """--store, else $VENVFS_STORE or the default; made there only with ``create`` (see CREATING)."""
+    from venvfs.store.store import Store
+
     return Store.open(getattr(args, "store", None), create=create)
 
 
@@ -71,6 +75,7 @@ def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False
 
     A venv moved or copied elsewhere is registered again the first time it is used, so gc sees it;
     a damaged state raises ``StateDamaged`` unless ``damaged_ok`` (umount, status, mount)."""
+    from venvfs.store.store import Store
     from venvfs.venv import registry
 
     if not create and not venv.is_managed and not (damaged_ok and venv.state_dir.exists()):
@@ -100,10 +105,14 @@ def note_dead_mount(venv: Venv) -> None:
 
 
 def venv_path(args: argparse.Namespace) -> Path:
+    from venvfs.venv.venv import Venv
+
     path: Path | None = getattr(args, "venv", None)
     return path if path is not None else Venv.default_path()
 
 
 def print_json(data: Any) -> None:
+    import json
+
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

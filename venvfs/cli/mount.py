@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from venvfs.cli.common import (
     add_venv_argument,
@@ -21,9 +21,9 @@ from venvfs.cli.common import (
     venv_path,
 )
 from venvfs.errors import UsageError, VenvfsError
-from venvfs.hooks.target import GUARD_ENV
-from venvfs.store.store import Store
-from venvfs.venv.venv import Venv
+
+if TYPE_CHECKING:
+    from venvfs.store.store import Store
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -126,14 +126,18 @@ def _targets(args: argparse.Namespace) -> list[Path]:
 def _store_for(args: argparse.Namespace, path: Path, *, create: bool = False) -> Store:
     """The venv's own store unless --store says otherwise (see cli.common.open_store_for); a damaged
     state is for the command to handle (mount repairs it, umount does without it)."""
+    from venvfs.venv.venv import Venv
+
     venv = Venv(path)
     return (open_store_for(args, venv, create=create, damaged_ok=True) if (venv.root / "pyvenv.cfg").exists()
             else open_store(args))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from venvfs.hooks.target import GUARD_ENV
     from venvfs.mount import daemon
     from venvfs.venv import registry
+    from venvfs.venv.venv import Venv
 
     results = []
     code = 0
@@ -171,6 +175,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from venvfs.mount import daemon
     from venvfs.venv import registry
+    from venvfs.venv.venv import Venv
 
     out = []
     for path in _targets(args):

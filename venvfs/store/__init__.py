@@ -8,3 +8,6 @@ knows no venv: it may import only the modules at the package's top (``venvfs.err
 from above (how to place a file, which interpreter a .pyc is for) it takes as a parameter typed by a
 protocol it defines.
 """
+
+# Here rather than in ``store.py``: the CLI names it in every command's --help without loading the store.
+STORE_ENV = "VENVFS_STORE"

@@ -14,10 +14,7 @@ import os
 import posixpath
 import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +72,11 @@ def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpr
                 todo[f.digest] = store.object_path(f.digest, f.executable)
     if not todo:
         return 0
+    # Imported only when there is bytecode to compile: threads and their queues cost every command start.
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     with tempfile.TemporaryDirectory(dir=store.root / "tmp", prefix="pyc.") as tmp:
         jobs = [[str(src), os.path.join(tmp, digest)] for digest, src in todo.items()]
         progress = Progress(f"compiling bytecode for {interp.cache_tag}", len(jobs),

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from packaging.utils import canonicalize_name
-
 RECORD_FORMAT = 1
 
 Scheme = Literal["purelib", "platlib", "scripts", "headers", "data"]
@@ -33,6 +31,15 @@ REWRITTEN_METADATA: frozenset[str] = frozenset({"RECORD", "INSTALLER", "REQUESTE
 # name, pip's REQUESTED, PEP 610's direct_url.json (where it installed from), uv's cache keys. One
 # wheel installed by pip, by uv and by venvfs differs only in these, so they are no part of its content.
 INSTALL_METADATA: frozenset[str] = REWRITTEN_METADATA | {"uv_cache.json", "uv_build.json"}
+
+
+def canonicalize_name(name: str) -> str:
+    """packaging's, imported when first used: ``packaging.utils`` loads ``packaging.tags`` (and with
+    it ``platform`` and ``subprocess``), which commands that only read records never need."""
+    from packaging.utils import canonicalize_name as canonical
+
+    return canonical(name)
+
 
 # The one installer file a record holds: every record stored since builds were keyed without the
 # installer (wheel ingest, adopt, commit) has ``INSTALLER`` with these bytes and none of the rest of

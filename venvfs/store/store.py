@@ -26,24 +26,21 @@ import hashlib
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-import platformdirs
-
 from venvfs import fsflags
 from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
+from venvfs.store import STORE_ENV as STORE_ENV
 from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.store.records import DistRecord
 from venvfs.store.repairlog import log_repaired
 
 STORE_FORMAT = 1
 REGISTRY_FORMAT = 2
-STORE_ENV = "VENVFS_STORE"
 
 # Store files show this mtime everywhere (object inode, materialized copies, the FUSE view), so one
 # timestamp .pyc per (content, Python version) is valid in every venv. 1980-01-01 is the oldest
@@ -72,6 +69,8 @@ def default_store_path() -> Path:
     env = os.environ.get(STORE_ENV)
     if env:
         return Path(env).expanduser()
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("venvfs")) / "store"
 
 
@@ -249,6 +248,8 @@ class Store:
         return Path(f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}")
 
     def tmpfile(self) -> tuple[IO[bytes], str]:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="obj.")
         return os.fdopen(fd, "wb"), tmp
 
@@ -291,6 +292,8 @@ class Store:
         """
         if self.object_path(digest, executable).exists():
             return PutResult(digest, size, new=False)
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="obj.")
         os.close(fd)
         try:

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from venvfs.errors import StoreError, VenvError
 from venvfs.fsutil import atomic_write_json, crash_point, read_json
@@ -23,9 +23,13 @@ from venvfs.hooks.target import PTH_NAME
 from venvfs.store.store import Store
 from venvfs.venv import layout
 from venvfs.venv.automount import _site_packages_access, uninstall
-from venvfs.venv.linkmode import DirWalker, Linker, LinkMode, reflink
-from venvfs.venv.materialize import check_selection
 from venvfs.venv.venv import Venv, VenvState
+
+if TYPE_CHECKING:
+    from venvfs.venv.linkmode import LinkMode
+
+# The linker and the materializer are imported by eject itself: `venvfs mount` imports this module
+# for ``abandon_eject`` alone.
 
 log = logging.getLogger("venvfs.hooks")
 
@@ -106,6 +110,8 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
     brought back. ``unmount`` unmounts a mounted venv (the CLI passes the mount layer's); without
     it a mounted venv is refused.
     """
+    from venvfs.venv.linkmode import DirWalker, Linker, LinkMode
+
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
         raise VenvError("eject makes real files: --link-mode must be reflink, copy or auto")
@@ -183,6 +189,8 @@ def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
     """Refuse an eject whose files could not all be placed (names too long, a file of one distribution
     below another's symlink) before anything changes: found half way, it would leave the venv
     unmounted with its hooks off."""
+    from venvfs.venv.materialize import check_selection
+
     try:
         store = Store.open(store_root, create=False)
     except StoreError:
@@ -239,6 +247,8 @@ def _unmount(venv: Venv, unmount: Callable[[Venv], object] | None) -> bool:
 
 
 def _reflink_works(src_dir: Path, dst_dir: Path) -> bool:
+    from venvfs.venv.linkmode import reflink
+
     probe_src = next((p for p in src_dir.rglob("*") if p.is_file()), None)
     if probe_src is None:
         return False
@@ -258,6 +268,8 @@ def _resume(venv: Venv, store_root: Path, state: VenvState) -> None:
 
 def _to_materialized(venv: Venv, store_root: Path, state: VenvState, mode: LinkMode) -> None:
     """Bring the upper layer back over real files of the selection."""
+    from venvfs.venv.linkmode import LinkMode
+
     # layout materializes with the state's link mode, whose "auto" may hardlink: choose for it.
     if mode == LinkMode.AUTO:
         mode = LinkMode.REFLINK if _reflink_works(store_root / "objects", venv.site_packages) else LinkMode.COPY

@@ -19,18 +19,21 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from venvfs.errors import VenvError
 from venvfs.fsutil import atomic_write_bytes, crash_point, fsync_dir
 from venvfs.store.store import Store
-from venvfs.venv import automount, linkmode
-from venvfs.venv.linkmode import Linker
-from venvfs.venv.materialize import check_selection, materialize, unshare_outside
+from venvfs.venv import automount
 from venvfs.venv.mountinfo import mounted_fstype
-from venvfs.venv.selecting import SELECTING, finish_interrupted
-from venvfs.venv.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
 from venvfs.venv.venv import Venv, VenvState
-from venvfs.venv.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, View, view_for
+
+if TYPE_CHECKING:
+    from venvfs.venv.linkmode import Linker
+    from venvfs.venv.view import LowerEntry, View
+
+# The switches themselves import the view, the materializer and the linker where they run: every
+# `venvfs mount` of a mounted venv calls ``resume``, which in the usual case finds nothing to finish.
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def _same_content(path: Path, st: os.stat_result, digest: str, size: int, execut
 
 def served_by_view(path: Path, entry: LowerEntry | None, store: Store) -> bool:
     """Whether the file at ``path`` is exactly what the view shows there (so it may be deleted)."""
+    from venvfs.venv.view import INLINE, OBJECT, PYC, SYMLINK, LowerDir
+
     if entry is None or isinstance(entry, LowerDir):
         return False
     st = path.lstat()
@@ -84,6 +89,10 @@ def _move(src: Path, dst: Path) -> None:
 
 def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = None) -> None:
     """Empty site-packages into the upper layer (caller holds the venv lock, nothing is mounted)."""
+    from venvfs.venv.materialize import unshare_outside
+    from venvfs.venv.upper import WHITEOUT_PREFIX, whiteout_name
+    from venvfs.venv.view import PYC, LowerDir, view_for
+
     sp = venv.site_packages
     upper = venv.upper_dir
     upper.mkdir(parents=True, exist_ok=True)
@@ -152,6 +161,9 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
 
 def to_materialized(venv: Venv, store: Store, state: VenvState, linker: Linker | None = None) -> None:
     """Write the selection as real files and move the upper layer over them (nothing is mounted)."""
+    from venvfs.venv import linkmode
+    from venvfs.venv.materialize import check_selection, materialize
+
     sp = venv.site_packages
     upper = venv.upper_dir
     marker = venv.state_dir / TO_MATERIALIZED
@@ -202,6 +214,8 @@ def interrupted(venv: Venv) -> str | None:
     A marker left behind after the state already names its layout (a crash between the two last
     steps) is no interrupted switch: ``resume`` only removes it.
     """
+    from venvfs.venv.selecting import SELECTING
+
     try:
         layout = venv.read_state().layout
     except VenvError:
@@ -231,6 +245,8 @@ def resume(venv: Venv, store: Store | None, state: VenvState) -> str | None:
     if target is not None and store is None:
         store = Store.open(Path(state.store), create=False)
     if target == "selection":
+        from venvfs.venv.selecting import finish_interrupted
+
         assert store is not None
         finished = finish_interrupted(venv, store, state)
         if finished:
@@ -269,6 +285,8 @@ def _remove(path: Path) -> None:
 
 
 def _apply_upper(udir: Path, sdir: Path, store_bytecode: str) -> None:
+    from venvfs.venv.upper import OPAQUE, WHITEOUT_PREFIX
+
     entries = sorted(os.listdir(udir))
     # Order within a directory makes a rerun safe: whiteouts and the opaque marker are consumed
     # (and deleted) before any user file moves into place, so they can never delete a moved file.

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from installer.scripts import Script
-
 from venvfs.errors import InvalidWheel, VenvfsError
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compilable, pyc_relpath
@@ -69,6 +67,10 @@ def _record_hash(data: bytes) -> str:
 
 
 def entry_point_scripts(venv: Venv, record: DistRecord) -> list[tuple[str, bytes]]:
+    # Imported here: installer brings the email package along, which every command that imports this
+    # module for its checks (``mount`` of a mounted venv) would pay for without writing a script.
+    from installer.scripts import Script
+
     scripts = []
     for ep in record.entry_points:
         name, data = Script(ep.name, ep.module, ep.attr, ep.section).generate(str(venv.python), "posix")

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
-
 from venvfs.errors import MountError
 from venvfs.fsutil import atomic_write_json, lock_holders, read_json
 from venvfs.store.store import Store
@@ -32,6 +30,8 @@ MountState = Literal["mounted", "dead", "unmounted"]
 
 
 def log_path(venv: Venv) -> Path:
+    import platformdirs
+
     return Path(platformdirs.user_log_dir("venvfs")) / f"mount-{venv.root.name}-{Store._venv_id(venv.root)}.log"
 
 

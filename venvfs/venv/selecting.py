@@ -12,16 +12,21 @@ import os
 import posixpath
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from venvfs.errors import VenvfsError
 from venvfs.fsutil import read_json
 from venvfs.store.records import DistRecord
 from venvfs.store.store import Store
 from venvfs.venv import mountinfo
-from venvfs.venv.linkmode import Linker, LinkMode
-from venvfs.venv.materialize import materialize, remove_files, remove_paths, site_leftovers
 from venvfs.venv.upper import WHITEOUT_PREFIX, Upper
 from venvfs.venv.venv import Venv, VenvState
+
+if TYPE_CHECKING:
+    from venvfs.venv.linkmode import Linker, LinkMode
+
+# The materializer and the linker are imported where a change is finished: ``layout.interrupted``
+# reads SELECTING on every `venvfs mount`, and almost never finds one to finish.
 
 # Present from the first file an add/remove changes until the venv's files match the new selection:
 # {"remove": [keys whose files go], "place": [keys whose files come], "selection": [the new one]}.
@@ -33,6 +38,9 @@ def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None
     """Finish an add/remove a killed command left half done (caller holds the venv lock; nothing is
     mounted in the materialized layout). Returns what was done, None if nothing was pending.
     Idempotent: removing absent files and placing present ones change nothing."""
+    from venvfs.venv.linkmode import LinkMode
+    from venvfs.venv.materialize import materialize, remove_files
+
     marker = venv.state_dir / SELECTING
     try:
         pending = read_json(marker)
@@ -78,6 +86,8 @@ def clear_upper(venv: Venv, state: VenvState, dropped: Sequence[DistRecord], kep
     a reload to the selection without ``dropped`` (and without what is being added) so that no lower
     entry is there to whiteout, and the reload itself drops the whiteouts that hide nothing any more.
     """
+    from venvfs.venv.materialize import remove_paths, site_leftovers
+
     if not dropped:
         return
     interp = state.interpreter
@@ -178,6 +188,8 @@ def _upper_dir(upper: Path, rel: str, dirs: dict[str, bool]) -> bool:
 def linker_for(link_mode: LinkMode, state: VenvState) -> Linker:
     """In the mounted layout only scripts, headers and data are placed, files a user or tool may write
     in place: never as hardlinks of store objects (few and small, so a copy costs little)."""
+    from venvfs.venv.linkmode import Linker, LinkMode
+
     if state.layout == "mounted":
         return Linker(LinkMode.AUTO if link_mode == LinkMode.HARDLINK else link_mode, allow_hardlink=False)
     return Linker(link_mode)

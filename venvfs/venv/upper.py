@@ -16,7 +16,6 @@ a crash leaves the lower file showing or the complete copy, never a partial one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -25,6 +24,10 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -291,12 +294,16 @@ class Upper:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
+    import ctypes  # only renames that swap need it, not every importer of the upper layer's names
+
     return ctypes.CDLL(None, use_errno=True)
 
 
 def rename_exchange(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     """Swap two names atomically: renameat2(RENAME_EXCHANGE), which Python's os module lacks."""
     if _libc().renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_EXCHANGE) != 0:
+        import ctypes
+
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +89,8 @@ def state_checksum(data: dict[str, Any]) -> str:
 
 
 def new_venv_id() -> str:
+    import uuid
+
     return uuid.uuid4().hex
 
 
