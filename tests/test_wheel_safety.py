@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,6 +128,36 @@ def test_placing_never_follows_a_symlink_in_the_venv(tmp_path: Path, make_venv: 
     assert proc.returncode == VenvError.exit_code, proc.stderr
     assert f"{sp / 'walked'} is a symlink" in line, line
     assert list(outside.iterdir()) == [], "a file was placed through the symlink"
+
+
+def test_a_failed_add_says_why_at_once_while_bytecode_compiles(tmp_path: Path,
+                                                               make_venv: Callable[..., Path]) -> None:
+    """adopt leaves a bytecode compile running for up to minutes; an add that then failed waited
+    behind it to take back its objects (60 s, then a second line). The compile here is the real
+    background process, given an interpreter that takes its work and never answers."""
+    store = tmp_path / "store"
+    wheels = tmp_path / "wheels"
+    run_cli(store, "store", "add", str(build_wheel(wheels, simple_package("compiled"))))
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\ncat > /dev/null\nexec sleep 120\n")
+    slow.chmod(0o755)
+    key = keys(store, "compiled")[0]
+    compiler = subprocess.Popen([sys.executable, "-m", "venvfs.store.bytecode", "--store", str(store), "--python",
+                                 str(slow), "--cache-tag", "cpython-399", key],
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        venv = make_venv()
+        run_cli(store, "adopt", str(venv), "--no-hooks", "--no-compile")
+        (Venv.open(venv).site_packages / "walked").symlink_to(tmp_path)
+        time.sleep(1)  # the compiler holds its lock by now
+        assert compiler.poll() is None
+        proc = run_cli(store, "add", str(venv), str(build_wheel(wheels, simple_package("walked"))), check=False,
+                       env={"VENVFS_LOCK_TIMEOUT": "20"})
+        assert proc.returncode == VenvError.exit_code, proc.stderr
+        assert "is a symlink" in one_line(proc)
+    finally:
+        compiler.kill()
+        compiler.wait()
 
 
 def test_removing_never_follows_a_symlink_in_the_venv(tmp_path: Path, make_venv: Callable[..., Path]) -> None:

@@ -327,7 +327,7 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
 
     store = open_store(args, create=False)
     would = "would " if args.dry_run else ""
-    with store.collecting(wait=True):  # e.g. behind the bytecode adopt compiles in the background
+    with store.collecting(wait=True, compiles=True):  # e.g. behind the bytecode adopt compiles in the background
         plan = registry.plan_gc(store, forget_missing=args.forget_missing)
         if not args.json:
             # Named before anything is removed: forgetting a venv frees what only it selected.

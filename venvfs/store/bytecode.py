@@ -120,7 +120,7 @@ def compile_in_background(store: Store, keys: list[str], cache_tag: str, python:
     """Start a detached, low-priority process that compiles the store's bytecode of ``keys`` for
     ``python``; returns its pid (None when there is nothing to compile). Each ``.pyc`` appears by an
     atomic link (``put_bytecode``), so a reader sees one whole or none; until then Python compiles
-    what it imports, as it always does. The process holds the store's shared lock while it works."""
+    what it imports, as it always does. The process holds ``store.compiling()`` while it works."""
     if not keys:
         return None
     argv = [sys.executable, "-m", "venvfs.store.bytecode", "--store", str(store.root), "--python", str(python),
@@ -149,7 +149,7 @@ def _main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         os.nice(10)  # the user's foreground work first: this only saves later imports some time
     store = Store.open(args.store, create=False)
-    with store.writing():
+    with store.compiling():
         records = [store.get_dist(k) for k in args.keys if store.has_dist(k)]
         ensure_bytecode(store, records, _Tag(args.cache_tag), args.python, show_progress=False)
     return 0

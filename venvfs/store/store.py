@@ -155,7 +155,7 @@ class Store:
             raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
         # What a creation killed before format.json was written leaves behind: still ours to finish.
         foreign = [n for n in names
-                   if n not in (*_STORE_DIRS, "views", "lock") and not n.startswith(".format.json.")]
+                   if n not in (*_STORE_DIRS, "views", "lock", "compile.lock") and not n.startswith(".format.json.")]
         if foreign:
             raise StoreError(f"{self.root} is not a venvfs store (no format.json) and not empty "
                              f"({len(foreign)} entries, e.g. {sorted(foreign)[0]!r}): refusing to turn it into one")
@@ -237,8 +237,26 @@ class Store:
             log.warning("could not take back the %d object(s) this run stored in %s (%s); "
                         "`venvfs store gc` removes them", len(published), self.root, e)
 
-    def collecting(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
-        return flock(self.root / "lock", exclusive=True, wait=wait, what=f"store {self.root}")
+    @contextlib.contextmanager
+    def collecting(self, *, wait: bool = False, compiles: bool = False) -> Iterator[None]:
+        """Exclusive: no writer is inside ``writing()``. With ``compiles`` (gc), no background bytecode
+        compile runs either (``compiling()``)."""
+        with flock(self.root / "lock", exclusive=True, wait=wait, what=f"store {self.root}"):
+            if not compiles or not (self.root / "compile.lock").exists():
+                # No compile has ever run here (its first one makes the file): none to wait for, and
+                # a `gc --dry-run` must leave the store as it found it.
+                yield
+                return
+            with flock(self.root / "compile.lock", exclusive=True, wait=wait,
+                       what=f"the bytecode compile of store {self.root}"):
+                yield
+
+    def compiling(self) -> contextlib.AbstractContextManager[None]:
+        """Held (shared) by a background bytecode compile: a lock of its own, which only gc waits for.
+        Under the store lock a compile of minutes kept a failed ingest from taking back its objects
+        (it waits for every shared holder) and so from saying why it failed; a compile reads only
+        objects that records name and publishes only bytecode, which no take-back touches."""
+        return flock(self.root / "compile.lock", exclusive=False, what=f"store {self.root}")
 
     # -- objects -----------------------------------------------------------------------------------
 
