@@ -30,10 +30,10 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, importable_env, open_lock, read_json, spawn_detached
@@ -51,6 +51,9 @@ from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
 from venvfs.venv.venv import Venv, VenvState
+
+if TYPE_CHECKING:
+    from venvfs.mount.keeper import Connection
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +188,8 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
-    from venvfs.hooks.target import PTH_NAME
-    from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
-    from venvfs.mount.overlay import Overlay
-    from venvfs.mount.watch import Watcher, detach, watch_removal
-    from venvfs.venv.upper import Upper
-    from venvfs.venv.view import view_for
+    from venvfs.mount.keeper import keeper_problem
+
     venv = Venv(venv_root)
     lock_fd = open_lock(lock_path(venv))
     try:
@@ -199,33 +198,98 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready("already: another daemon serves this venv")
         return 0
     try:
+        serving = functools.partial(_serve_mounted, venv, store_root, allow_other=allow_other, pyfuse3=pyfuse3,
+                                    trio=trio, direct=direct)
+        problem = keeper_problem()
+        if problem is None:
+            return _keep(venv, allow_other=allow_other, ready=ready, serving=serving)
+        log.info("no keeper for this mount (%s): it ends with this process", problem)
+        return serving(ready=ready, conn=None)
+    finally:
+        os.close(lock_fd)
+
+
+def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None],
+          serving: Callable[..., int]) -> int:
+    """Mount, then serve through a keeper that restarts a daemon that dies (keeper.py)."""
+    from venvfs.mount.fuse import mount_options
+    from venvfs.mount.keeper import Keeper
+    from venvfs.mount.watch import Watcher
+
+    mountpoint = venv.site_packages
+
+    def serve_child(conn: Connection, ready_w: int) -> int:
+        def child_ready(message: str) -> None:
+            with contextlib.suppress(OSError):
+                os.write(ready_w, message.encode() + b"\n")
+                os.close(ready_w)
+
+        return int(serving(ready=child_ready, conn=conn))
+
+    # Unmounts the mount if the keeper and every daemon die without doing so (see watch.py).
+    watcher = Watcher(mountpoint, lock_path(venv))
+    keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
+    try:
+        keeper.mount(mount_options(allow_other=allow_other))
+    except (MountError, OSError) as e:
+        watcher.unmounted()
+        ready(f"error: {e}")
+        return 3
+    watcher.mounted(mountpoint)
+    try:
+        return keeper.run()
+    finally:
+        watcher.unmounted()
+        log.info("unmounted %s", mountpoint)
+
+
+def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Callable[[str], None],
+                   conn: Connection | None, pyfuse3: Any, trio: Any, direct: DirectLoop | None) -> int:
+    """Mount (or, with ``conn``, take over the keeper's connection) and serve until unmounted or signalled."""
+    from venvfs.hooks.target import PTH_NAME
+    from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
+    from venvfs.mount.overlay import InodeJournal, Overlay
+    from venvfs.mount.watch import Watcher, detach, watch_removal
+    from venvfs.venv.upper import Upper
+    from venvfs.venv.view import view_for
+    try:
         store = Store.open(store_root, create=False)
         state = _confirmed(venv, venv.read_state())
         started = time.monotonic()
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
         upper.clean_work()
+        # A mount a keeper holds may outlive this daemon: the next one must know the inode numbers.
+        journal = InodeJournal(venv.state_dir / "inodes.journal", fresh=conn.restarts == 0) if conn else None
         overlay = Overlay(view, upper, store, no_open=no_open_available(),
-                          pyc_links=pyc_links_wanted(allow_other=allow_other))
+                          pyc_links=pyc_links_wanted(allow_other=allow_other), journal=journal)
         # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
         os.umask(0)
         invalidator = Invalidator()
         ops = Operations(overlay, invalidator)
         counts = ops.count_requests() if os.environ.get(STATS_ENV) else None
         mountpoint = venv.site_packages
-        # Unmounts the mount if this process dies without doing so (see venvfs/mount/watch.py).
-        watcher = Watcher(mountpoint, lock_path(venv))
+        # Unmounts the mount if this process dies without doing so (see venvfs/mount/watch.py); a
+        # keeper has its own, which a dead daemon does not trigger.
+        watcher = Watcher(mountpoint, lock_path(venv)) if conn is None else None
         # The directory the mount will cover, reachable once covered (see watch.detach).
-        underneath: int | None = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        underneath: int | None = (conn.underneath if conn is not None else
+                                  os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         detached = False
         try:
-            pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
+            # libfuse reads "/dev/fd/N" as "serve this descriptor, already mounted" (fuse_session_mount).
+            pyfuse3.init(ops, f"/dev/fd/{conn.fd}" if conn else str(mountpoint),
+                         mount_options(allow_other=allow_other))
+            if conn is not None:
+                pyfuse3.replay_init(conn.init)
         except Exception as e:
-            watcher.unmounted()
+            if watcher is not None:
+                watcher.unmounted()
             ready(f"error: mounting {mountpoint} failed ({e})")
             invalidator.close()
             return 3
-        watcher.mounted(mountpoint)
+        if watcher is not None:
+            watcher.mounted(mountpoint)
 
         def removed(why: str) -> None:
             # Detached at once from this thread, not through the loop: the remover is walking toward
@@ -241,6 +305,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  time.monotonic() - started,
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch")
         generation = 0
+        if conn is not None and conn.restarts:
+            # `venvfs add` waits for a generation above the one it saw; this daemon read the state afresh.
+            with contextlib.suppress(OSError, ValueError):
+                generation = int(read_json(info_path(venv)).get("generation", 0)) + 1
         scheduler = None
         from venvfs.mount.ingest import IngestScheduler, auto_ingest_enabled
 
@@ -250,11 +318,16 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         # Repairs before this daemon started left nothing in its caches.
         repairs_seen = repaired_entries(store.root)
 
-        def write_info(generation: int = 0) -> None:
-            atomic_write_json(info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
+        watcher_pid = conn.watcher_pid if conn else watcher.pid if watcher else None
+
+        def write_info(generation: int = generation) -> None:
+            # "pid" is what signals go to (the keeper passes them on); "server" the process serving.
+            atomic_write_json(info_path(venv), {"pid": conn.keeper_pid if conn else os.getpid(),
+                                                 "server": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,
-                                                 "watcher": watcher.pid},
+                                                 "watcher": watcher_pid,
+                                                 "restarts": conn.restarts if conn else 0},
                               durable=False)
 
         def do_reload() -> None:
@@ -335,21 +408,24 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
             if scheduler is not None:
                 scheduler.stop()
             # Lazy unmount inside libfuse: also succeeds with files still open. Not once detached: the
-            # mount point may already hold another mount (a venv made again where this one was).
-            pyfuse3.close(unmount=not detached)
-            watcher.unmounted()
-            if underneath is not None:
+            # mount point may already hold another mount (a venv made again where this one was). Not
+            # a keeper's mount either: the keeper unmounts it (libfuse did not mount it).
+            pyfuse3.close(unmount=not detached and conn is None)
+            if watcher is not None:
+                watcher.unmounted()
+            if underneath is not None and conn is None:
                 os.close(underneath)
             invalidator.close()
             upper.close()
-            log.info("unmounted %s", mountpoint)
+            if journal is not None:
+                journal.close()
+            if conn is None:
+                log.info("unmounted %s", mountpoint)
         return 0
     except Exception as e:
         log.exception("daemon failed")
         ready(f"error: {e}")
         return 1
-    finally:
-        os.close(lock_fd)
 
 
 def _confirmed(venv: Venv, state: VenvState) -> VenvState:

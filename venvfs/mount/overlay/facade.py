@@ -12,6 +12,7 @@ from venvfs.mount.overlay.attrs import Attr, Attributes, SetAttr, StatFs
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
 from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
+from venvfs.mount.overlay.journal import InodeJournal
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
 from venvfs.mount.overlay.reload import DropItem, ViewReload
@@ -23,7 +24,8 @@ from venvfs.venv.view import LowerEntry, View
 
 class Overlay:
     def __init__(self, view: View, upper: Upper, store: Store, *, uid: int | None = None,
-                 gid: int | None = None, no_open: bool = False, pyc_links: bool = False) -> None:
+                 gid: int | None = None, no_open: bool = False, pyc_links: bool = False,
+                 journal: InodeJournal | None = None) -> None:
         self.upper = upper
         self.store = store
         # The kernel sends no OPEN/OPENDIR/RELEASE: I/O and listings arrive with an inode number where
@@ -32,9 +34,10 @@ class Overlay:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.lower = Lower(view, store, pyc_links=pyc_links)
-        self.inodes = InodeTable(view.root)
+        self.inodes = InodeTable(view.root, journal)
         fh_numbers = itertools.count(HANDLE_BASE)
         self.tree = Tree(self.inodes, upper, self.lower, fh_numbers, no_open=no_open)
+        self.inodes.loader = self.tree.load
         self.copyup = CopyUp(self.inodes, self.tree, upper, self.lower)
         self.files = Files(self.inodes, upper, self.lower, self.copyup, fh_numbers, no_open=no_open)
         self.namespace = Namespace(self.inodes, self.tree, self.copyup, self.files, upper, no_open=no_open)

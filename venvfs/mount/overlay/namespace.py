@@ -239,6 +239,7 @@ class Namespace:
             self.inodes.detach(new_parent, new_name, dst)
         src.remove_link(old_parent, old_name)
         src.add_link(new_parent, new_name)
+        self.inodes.relinked(src)
         self.tree.load(new_parent)[new_name] = src
         if opaque:
             src.opaque = True
@@ -278,6 +279,8 @@ class Namespace:
         b.remove_link(b_parent, b_name)
         a.add_link(b_parent, b_name)
         b.add_link(a_parent, a_name)
+        self.inodes.relinked(a)
+        self.inodes.relinked(b)
         self.tree.load(a_parent)[a_name] = b
         self.tree.load(b_parent)[b_name] = a
         for node in (a, b):

@@ -4,6 +4,7 @@ and whiteouts hiding lower ones), lookup, and directory listings."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 
 # readdir offsets in the kernel's "no open" mode (see ``Tree.readdir``): 62 bits of the name's hash, never 0.
 _OFFSET_MASK = (1 << 62) - 1
+
+
+def _offset(name: str) -> int:
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & _OFFSET_MASK) + 1
 
 
 class Tree:
@@ -136,12 +142,13 @@ class Tree:
     def _readdir_stateless(self, ino: int, start: int) -> list[tuple[int, str, Node]]:
         """A listing with no handle to hold a snapshot: each entry's offset is derived from its name,
         so a listing resumed after names came or went neither skips nor repeats the others (the
-        kernel caches the whole listing, so this runs once per directory and change). ``hash`` is
-        salted per process, which is fine: the kernel forgets the offsets when the mount ends."""
+        kernel caches the whole listing, so this runs once per directory and change). Not Python's
+        ``hash``, which is salted per process: a listing may be resumed by the next daemon of the
+        same mount (keeper.py) with an offset this one gave."""
         d = self.inodes.node(ino)
         if d.kind != DIR:
             raise OverlayError(errno.ENOTDIR)
-        entries = sorted(((hash(name) & _OFFSET_MASK) + 1, name, node) for name, node in self.load(d).items())
+        entries = sorted((_offset(name), name, node) for name, node in self.load(d).items())
         return [e for e in entries if e[0] > start]
 
     def releasedir(self, fh: int) -> None:
