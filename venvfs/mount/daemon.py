@@ -3,7 +3,9 @@ reload the view, unmount; and the fallback to materialized files where FUSE cann
 
 One daemon per venv: ``venvfs mount`` holds the venv lock while it checks and starts, and the daemon
 holds ``.venvfs/daemon.lock`` for as long as it runs (an flock, so it dies with the process). The
-daemon's pid and reload generation are in ``.venvfs/daemon.json``.
+daemon's pid and reload generation are in ``.venvfs/daemon.json``. Where it can (``keeper.py``), the
+process started is a keeper that mounts and forks the daemon, and forks another on the same FUSE
+connection when one dies; it then holds the lock and is the ``pid``, the daemon is ``server``.
 
 Signals to the daemon: SIGTERM/SIGINT unmount and exit; SIGHUP re-reads the venv's selection and
 switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json`` and what
