@@ -341,3 +341,57 @@ def test_unmount_in_the_middle_of_a_restart(kept: Venv, run_venvfs: Run, how: st
     out = subprocess.run([str(kept.python), "-c", "import demo.sub.helpers as h; print(h.double(2))"],
                          capture_output=True, text=True, check=True, cwd=str(REPO)).stdout
     assert out.strip() == "4"
+
+
+@pytest.mark.fuse
+def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
+        require_fuse: None, store: Store, make_venv: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setenv("VENVFS_NO_OPEN", "1")
+    installed = tmp_path / "installed"
+    shutil.copytree(REPO / "venvfs", installed / "venvfs", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(installed)}
+
+    def venvfs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, env=env,
+                              timeout=300, check=True, cwd="/")
+
+    wheel = build_wheel(tmp_path / "wheels", simple_package())
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(wheel))
+    venvfs("mount", str(path))
+    venv = Venv.open(path)
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([str(venv.python), "-c", READER, str(venv.site_packages), str(stop)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        before = _info(venv)
+        assert str(before["venvfs"]).startswith("0.1.0:")
+        time.sleep(0.3)
+        # The upgrade: another venvfs where the mount's venvfs was installed.
+        init = installed / "venvfs" / "__init__.py"
+        init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+upgraded"'))
+        out = venvfs("restart", str(path)).stdout
+        assert "restarted" in out and "0.1.0+upgraded" in out, out
+        after = _info(venv)
+        assert after["pid"] == before["pid"]  # the same keeper process, now running the new venvfs
+        assert after["server"] != before["server"]
+        assert "venvfs.mount.daemon" in Path(f"/proc/{after['pid']}/cmdline").read_text()
+        time.sleep(0.3)
+        _kill_server(venv)  # and a daemon that dies after the upgrade comes back as the new venvfs too
+        assert str(_info(venv)["venvfs"]).startswith("0.1.0+upgraded:")
+        time.sleep(0.3)
+        stop.touch()
+        result_out, err = reader.communicate(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+        venvfs("umount", str(path))
+    assert reader.returncode == 0, err
+    result = json.loads(result_out)
+    print(f"\nreader across the upgrade and a kill: {result['rounds']} rounds, slowest {result['worst'] * 1000:.0f} ms")
+    assert result["errors"] == []
+    assert daemon.mount_state(venv) == "unmounted"
+    assert not _venvfs_processes(venv)

@@ -22,6 +22,7 @@ import fcntl
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import resource
@@ -169,8 +170,10 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None) -> int:
-    """Run the filesystem until unmounted or signalled (in the daemon process)."""
+def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None,
+          resume: dict[str, Any] | None = None) -> int:
+    """Run the filesystem until unmounted or signalled (in the daemon process). ``resume``: the state
+    of a keeper that replaced its program with this one (``Keeper.upgrade``), whose daemon still serves."""
 
     def ready(message: str) -> None:
         nonlocal ready_fd
@@ -193,27 +196,34 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
     from venvfs.mount.keeper import keeper_problem
 
     venv = Venv(venv_root)
-    lock_fd = open_lock(lock_path(venv))
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        ready("already: another daemon serves this venv")
-        return 0
+    if resume is not None:
+        lock_fd = int(resume["lock_fd"])  # still locked: the lock went through the exec with the descriptor
+    else:
+        lock_fd = open_lock(lock_path(venv))
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            ready("already: another daemon serves this venv")
+            return 0
     try:
         serving = functools.partial(_serve_mounted, venv, store_root, allow_other=allow_other, pyfuse3=pyfuse3,
                                     trio=trio, direct=direct)
         problem = keeper_problem()
-        if problem is None:
-            return _keep(venv, allow_other=allow_other, ready=ready, serving=serving)
+        if problem is None or resume is not None:
+            restart_argv = [sys.executable, "-m", "venvfs.mount.daemon", "--venv", str(venv.root), "--store",
+                            str(store_root), *(["--allow-other"] if allow_other else [])]
+            return _keep(venv, allow_other=allow_other, ready=ready, serving=serving, lock_fd=lock_fd,
+                         restart_argv=restart_argv, resume=resume)
         log.info("no keeper for this mount (%s): it ends with this process", problem)
         return serving(ready=ready, conn=None)
     finally:
         os.close(lock_fd)
 
 
-def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None],
-          serving: Callable[..., int]) -> int:
-    """Mount, then serve through a keeper that restarts a daemon that dies (keeper.py)."""
+def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None], serving: Callable[..., int],
+          lock_fd: int, restart_argv: list[str], resume: dict[str, Any] | None) -> int:
+    """Mount, then serve through a keeper that restarts a daemon that dies (keeper.py); or, with
+    ``resume``, go on keeping the mount a keeper of an older venvfs handed over."""
     from venvfs.mount.fuse import mount_options
     from venvfs.mount.keeper import Keeper
     from venvfs.mount.watch import Watcher
@@ -228,16 +238,24 @@ def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None],
 
         return int(serving(ready=child_ready, conn=conn))
 
-    # Unmounts the mount if the keeper and every daemon die without doing so (see watch.py).
-    watcher = Watcher(mountpoint, lock_path(venv))
-    keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
-    try:
-        keeper.mount(mount_options(allow_other=allow_other))
-    except (MountError, OSError) as e:
-        watcher.unmounted()
-        ready(f"error: {e}")
-        return 3
-    watcher.mounted(mountpoint)
+    if resume is not None:
+        watcher = Watcher.adopt(int(resume["watcher_fd"]), resume.get("watcher_pid"))
+        keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
+        keeper.resume(resume)
+    else:
+        # Unmounts the mount if the keeper and every daemon die without doing so (see watch.py).
+        watcher = Watcher(mountpoint, lock_path(venv))
+        keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
+        try:
+            keeper.mount(mount_options(allow_other=allow_other))
+        except (MountError, OSError) as e:
+            watcher.unmounted()
+            ready(f"error: {e}")
+            return 3
+        watcher.mounted(mountpoint)
+    # What an upgrade carries over the exec (Keeper.upgrade).
+    keeper.upgrade_argv = restart_argv
+    keeper.carried = {"lock_fd": lock_fd, "watcher_fd": watcher.fd, "watcher_pid": watcher.pid}
     try:
         return keeper.run()
     finally:
@@ -251,6 +269,7 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
     from venvfs.hooks.target import PTH_NAME
     from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
     from venvfs.mount.overlay import InodeJournal, Overlay
+    from venvfs.mount.serviceclient import identity
     from venvfs.mount.watch import Watcher, detach, watch_removal
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
@@ -329,7 +348,8 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,
                                                  "watcher": watcher_pid,
-                                                 "restarts": conn.restarts if conn else 0},
+                                                 "restarts": conn.restarts if conn else 0,
+                                                 "venvfs": identity()},
                               durable=False)
 
         def do_reload() -> None:
@@ -686,6 +706,29 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     return was
 
 
+def restart(venv: Venv, *, timeout: float = 60.0) -> dict[str, object] | None:
+    """Have the mount's keeper run the venvfs now installed and start that venvfs's daemon on the same
+    connection (``keeper.Keeper.upgrade``); returns the new ``daemon.json``, None if not mounted."""
+    pid = daemon_pid(venv)
+    if pid is None:
+        return None
+    before = read_json(info_path(venv))
+    if before.get("server") in (None, before.get("pid")):
+        raise MountError(f"the mount of {venv.root} has no keeper (see {log_path(venv)} for why): "
+                         f"`venvfs umount` and `venvfs mount` it to run the venvfs now installed")
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            now = read_json(info_path(venv))
+            if now.get("server") != before.get("server") and now.get("restarts", 0) > before.get("restarts", 0):
+                return dict(now)
+        if daemon_pid(venv) is None:
+            raise MountError(f"the mount of {venv.root} ended during the restart; see {log_path(venv)}")
+        time.sleep(0.02)
+    raise MountError(f"the daemon of {venv.root} was not replaced within {timeout:.0f}s; see {log_path(venv)}")
+
+
 def invalidate_repaired(store: Store) -> list[str]:
     """Make every running daemon of ``store``'s venvs drop what it cached of repaired objects (the
     store has logged them in ``STORE/repaired``); returns the venvs told. A daemon that cannot be
@@ -738,9 +781,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--log", type=Path)
     parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--resume", help=argparse.SUPPRESS)  # a keeper's state, from Keeper.upgrade
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
-    return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd)
+    resume = json.loads(args.resume) if args.resume else None
+    return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd, resume=resume)
 
 
 if __name__ == "__main__":

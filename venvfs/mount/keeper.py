@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import select
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from venvfs.errors import MountError
 
@@ -162,6 +164,12 @@ class Keeper:
         self.restarts = 0
         self.stopping = False
         self.deaths: list[float] = []
+        # An upgrade (SIGUSR2): this program replaced by ``upgrade_argv`` (the venvfs now installed),
+        # keeping the descriptors in ``carried`` (the daemon lock, the watcher's pipe) and this pid.
+        self.upgrade_argv: list[str] = []
+        self.carried: dict[str, Any] = {}
+        self.upgrade_asked = False
+        self.handing_over = False  # resumed: the old program's daemon is stopping, a new one follows
 
     def mount(self, options: Collection[str]) -> None:
         from venvfs.mount.watch import mount_identity
@@ -208,8 +216,53 @@ class Keeper:
         self.child, self._pidfd = None, -1
         return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
+    def resume(self, state: dict[str, Any]) -> None:
+        """Go on with the mount an older keeper program of this process held (``upgrade``): its daemon
+        is asked to stop, and ``run`` starts this venvfs's daemon in its place."""
+        self.fd, self.underneath = int(state["fd"]), int(state["underneath"])
+        self.init = bytes.fromhex(str(state["init"]))
+        identity = state.get("identity")
+        self.identity = (str(identity[0]), str(identity[1])) if identity else None
+        self.restarts = int(state["restarts"])
+        for fd in (self.fd, self.underneath, *[int(v) for k, v in state.items() if k.endswith("_fd")]):
+            if fd >= 0:
+                os.set_inheritable(fd, False)
+        child = state.get("child")
+        if child is not None:
+            self.child, self._pidfd = int(child), os.pidfd_open(int(child))
+            # SIGTERM: the daemon answers what it has read and stops reading (its handlers never
+            # wait), so the handover resends nothing and no call sees an error.
+            self.handing_over = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGTERM)
+
+    def upgrade(self) -> None:
+        """Replace this program by the venvfs now installed, in this process, while the daemon serves."""
+        self.upgrade_asked = False
+        if not self.upgrade_argv:
+            return
+        check = subprocess.run([self.upgrade_argv[0], "-c", "import venvfs.mount.daemon, venvfs.mount.keeper"],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            log.error("upgrade refused: the venvfs now installed does not import: %s",
+                      check.stderr.strip().splitlines()[-1:] or check.returncode)
+            return
+        state = {"fd": self.fd, "underneath": self.underneath, "init": self.init.hex(),
+                 "identity": list(self.identity) if self.identity else None, "restarts": self.restarts + 1,
+                 "child": self.child, **self.carried}
+        for fd in (self.fd, self.underneath, *[int(v) for k, v in self.carried.items() if k.endswith("_fd")]):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
+        log.info("upgrading: %s", " ".join(self.upgrade_argv))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.execv(self.upgrade_argv[0], [*self.upgrade_argv, "--resume", json.dumps(state)])
+
     def _signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum == signal.SIGUSR2:
+            self.upgrade_asked = True
+        elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
             log.info("signal %d: stopping the daemon and unmounting", signum)
             if self.child is not None:
@@ -235,7 +288,7 @@ class Keeper:
         """Serve until the connection ends or a stop is asked for; the exit code of the daemon process."""
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         old_wakeup = signal.set_wakeup_fd(wake_w)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
         for sig in handled:
             signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
         code = 0
@@ -265,9 +318,11 @@ class Keeper:
         self._reap()
 
     def _loop(self, wake_r: int) -> int:
-        _pid, ready_r = self._fork()
+        ready_r = -1
+        if self.child is None:
+            _pid, ready_r = self._fork()
         ready_buf = b""
-        first = True
+        first = not self.handing_over
         failed = False  # the first daemon did not come up: the mount never served
         started = time.monotonic()
         while True:
@@ -299,6 +354,14 @@ class Keeper:
                                  time.monotonic() - started)
             if self._pidfd >= 0 and self._pidfd in events:
                 code = self._reap()
+                if self.handing_over:
+                    self.handing_over = False
+                    log.info("the daemon of the program before the upgrade stopped (exit %d)", code)
+                    if not self.stopping and not _connection_gone(self.fd):
+                        started = time.monotonic()
+                        notify_resend(self.fd)  # nothing should be pending; a daemon killed meanwhile would have
+                        _pid, ready_r = self._fork()
+                        continue
                 if ready_r >= 0:
                     os.close(ready_r)
                     ready_r = -1
@@ -327,3 +390,5 @@ class Keeper:
                 return 0
             if self.stopping and self.child is None:
                 return 0
+            if self.upgrade_asked and self.child is not None and ready_r < 0 and not self.stopping:
+                self.upgrade()  # returns only if it was refused

@@ -95,6 +95,17 @@ class Watcher:
         self._fd = w
         self.pid = proc.pid
 
+    @classmethod
+    def adopt(cls, fd: int, pid: int | None) -> Watcher:
+        """The watcher an earlier program of this process started (a keeper's upgrade: keeper.py)."""
+        watcher = cls.__new__(cls)
+        watcher._fd, watcher.pid = fd, pid
+        return watcher
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     def _say(self, line: str) -> None:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
