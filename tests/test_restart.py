@@ -395,3 +395,25 @@ def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
     assert result["errors"] == []
     assert daemon.mount_state(venv) == "unmounted"
     assert not _venvfs_processes(venv)
+
+
+@pytest.mark.fuse
+def test_a_daemon_that_keeps_dying_makes_the_keeper_unmount(require_fuse: None, store: Store,
+                                                            make_venv: Callable[..., Path], run_venvfs: Run,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VENVFS_NO_OPEN", "1")
+    monkeypatch.setenv("VENVFS_TEST_CRASH_AT", "daemon:restarted")  # every daemon after the first dies at once
+    with _mounted(make_venv, run_venvfs, tmp_path) as kept:
+        _dies_until_unmounted(kept)
+
+
+def _dies_until_unmounted(kept: Venv) -> None:
+    info = _info(kept)
+    os.kill(int(str(info["server"])), signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while daemon.mounted_fstype(kept.site_packages) is not None or _venvfs_processes(kept):
+        assert time.monotonic() < deadline, "a mount no daemon can serve was kept"
+        time.sleep(0.05)
+    assert "the daemon died 21 times" in Path(str(info["log"])).read_text()
+    # Unmounted, not dead: site-packages is the directory below again.
+    assert daemon.mount_state(kept) == "unmounted"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, importable_env, open_lock, read_json, spawn_detached
+from venvfs.fsutil import atomic_write_json, crash_point, importable_env, open_lock, read_json, spawn_detached
 from venvfs.mount.loop import DirectLoop, import_pyfuse3
 from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
@@ -297,6 +297,8 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
         underneath: int | None = (conn.underneath if conn is not None else
                                   os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         detached = False
+        if conn is not None and conn.restarts:
+            crash_point("daemon:restarted")  # every later daemon dies at once: the keeper must give up
         try:
             # libfuse reads "/dev/fd/N" as "serve this descriptor, already mounted" (fuse_session_mount).
             pyfuse3.init(ops, f"/dev/fd/{conn.fd}" if conn else str(mountpoint),
