@@ -417,3 +417,25 @@ def _dies_until_unmounted(kept: Venv) -> None:
     assert "the daemon died 21 times" in Path(str(info["log"])).read_text()
     # Unmounted, not dead: site-packages is the directory below again.
     assert daemon.mount_state(kept) == "unmounted"
+
+
+@pytest.mark.fuse
+def test_a_killed_keeper_leaves_the_daemon_serving_and_unmountable(kept: Venv, run_venvfs: Run) -> None:
+    info = _info(kept)
+    keeper, server = int(str(info["pid"])), int(str(info["server"]))
+    os.kill(keeper, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _info(kept)["pid"] != server:  # the daemon takes the signals from now on
+        assert time.monotonic() < deadline, _info(kept)
+        time.sleep(0.02)
+    out = subprocess.run([str(kept.python), "-c", "import demo.sub.helpers as h; print(h.double(4))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "8", out.stderr
+    began = time.monotonic()
+    run_venvfs("umount", str(kept.root))
+    assert time.monotonic() - began < 10
+    assert daemon.mount_state(kept) == "unmounted"
+    deadline = time.monotonic() + 10
+    while _venvfs_processes(kept):
+        assert time.monotonic() < deadline, _venvfs_processes(kept)
+        time.sleep(0.05)

@@ -345,7 +345,9 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
 
         def write_info(generation: int = generation) -> None:
             # "pid" is what signals go to (the keeper passes them on); "server" the process serving.
-            atomic_write_json(info_path(venv), {"pid": conn.keeper_pid if conn else os.getpid(),
+            # A killed keeper leaves its daemon serving, and the one to signal (keeper._hup_when_orphaned).
+            keeper = conn.keeper_pid if conn is not None and os.getppid() == conn.keeper_pid else None
+            atomic_write_json(info_path(venv), {"pid": keeper or os.getpid(),
                                                  "server": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,

@@ -140,6 +140,20 @@ def notify_resend(fd: int) -> bool:
     return True
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _hup_when_orphaned() -> None:
+    """A daemon whose keeper is killed goes on serving (its programs see nothing) and from then on
+    takes the signals itself: the kernel sends it SIGHUP, a reload, which rewrites ``daemon.json``
+    with its own pid (``daemon.write_info`` checks its parent)."""
+    from venvfs.mount.watch import _libc
+
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
+
+
 def _connection_gone(fd: int) -> bool:
     p = select.poll()
     p.register(fd, 0)  # POLLERR/POLLHUP are always reported: the connection was aborted or unmounted
@@ -195,6 +209,7 @@ class Keeper:
             code = 1
             try:
                 os.close(r)
+                _hup_when_orphaned()
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                     signal.signal(sig, signal.SIG_DFL)
