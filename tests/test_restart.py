@@ -94,6 +94,33 @@ def test_a_new_daemon_means_the_same_file_by_each_inode_number(store: Store, tmp
     assert third.relpath(third.node(known["pkg/sub/data.txt"])) == "pkg/~ub/data.txt"
 
 
+def test_a_resent_create_opens_the_file_the_dead_daemon_made(store: Store, tmp_path: Path) -> None:
+    # The kernel sends CREATE only for a name it believes new: one that exists is a request the dead
+    # daemon carried out and the keeper resent. Without O_EXCL, open(O_CREAT) opens it.
+    ov = _overlay(store, tmp_path, fresh=True)
+    d = ov.mkdir(_lookup(ov, "pkg"), "newdir", 0o755, os.getuid(), os.getgid())
+    ov.create(d.ino, "m.py", 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.getuid(), os.getgid())
+    assert ov.inodes.journal is not None
+    ov.inodes.journal.flush()  # the mkdir was answered; the create was not (killed before its reply)
+    again = _overlay(store, tmp_path, fresh=False)
+    trunc = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    # The resent CREATE names a directory only the dead daemon had loaded.
+    fh, node = again.create(d.ino, "m.py", 0o644, trunc, os.getuid(), os.getgid())
+    assert fh == 0 and again.relpath(node) == "pkg/newdir/m.py"
+    again.write(node.ino, 0, b"half written")
+    fh, node = again.create(d.ino, "m.py", 0o644, trunc, os.getuid(), os.getgid())
+    assert again.getattr(node.ino).size == 0  # O_TRUNC as asked
+    with pytest.raises(OverlayError) as e:  # O_EXCL: the caller asked to be told
+        again.create(d.ino, "m.py", 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL, os.getuid(), os.getgid())
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OverlayError) as e:  # another user's file: the kernel checked no permission on it
+        again.create(d.ino, "m.py", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid() + 1, os.getgid())
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OverlayError) as e:  # nor a store file
+        again.create(_lookup(again, "pkg"), "mod.py", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid(), os.getgid())
+    assert e.value.errno == errno.EEXIST
+
+
 # -- real mounts ---------------------------------------------------------------------------------------
 
 def _info(venv: Venv) -> dict[str, object]:

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 from collections.abc import Collection, Sequence
 
 from venvfs.mount.overlay.activity import Activity
 from venvfs.mount.overlay.attrs import Attr, Attributes, SetAttr, StatFs
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
-from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
+from venvfs.mount.overlay.inodes import (
+    HANDLE_BASE,
+    ROOT_INO,
+    InodeTable,
+    Node,
+    OverlayError,
+    parts,
+    relpath,
+    upper_at,
+)
 from venvfs.mount.overlay.journal import InodeJournal
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
@@ -186,7 +196,43 @@ class Overlay:
     def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int | None = None,
                gid: int | None = None) -> tuple[int, Node]:
         self._changed(parent_ino, name)
+        existing = self._created_before(parent_ino, name, flags, uid)
+        if existing is not None:
+            return self._open_created(existing, flags)
         return self.namespace.create(parent_ino, name, mode, flags, uid, gid)
+
+    def _created_before(self, parent_ino: int, name: str, flags: int, uid: int | None) -> Node | None:
+        """The file a CREATE without O_EXCL names if it exists already and is the caller's own.
+
+        The kernel sends CREATE only for a name its cache says is new, so this is a request a daemon
+        that died had carried out and the keeper had resent (keeper.py): what ``open(O_CREAT)`` of an
+        existing file does is open it, which is the answer the caller would have had. Only the
+        caller's own upper file: the kernel checked no permission on a file it thought absent."""
+        if flags & os.O_EXCL:
+            return None
+        try:
+            parent = self.inodes.node(parent_ino)  # also a number only the dead daemon had loaded
+        except OverlayError:
+            return None
+        if parent.kind != stat.S_IFDIR or not parent.attached:
+            return None
+        node = self.tree.child(parent, name)
+        if node is None or node.kind != stat.S_IFREG or not node.upper:
+            return None
+        with upper_at(self.upper, node) as (pfd, leaf):
+            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or (uid is not None and st.st_uid != uid):
+            return None
+        return node
+
+    def _open_created(self, node: Node, flags: int) -> tuple[int, Node]:
+        if flags & os.O_TRUNC:
+            self.attrs.setattr(node.ino, SetAttr(size=0), None)
+        node.nlookup += 1  # a CREATE reply counts as a lookup
+        if self.no_open:
+            return 0, node
+        fh, _keep = self.files.open(node.ino, flags & ~(os.O_CREAT | os.O_TRUNC))
+        return fh, node
 
     def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
               gid: int | None = None) -> Node:
