@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,37 @@ def test_a_new_daemon_means_the_same_file_by_each_inode_number(store: Store, tmp
     assert third.relpath(third.node(known["pkg/sub/data.txt"])) == "pkg/~ub/data.txt"
 
 
+def test_with_an_open_per_file_handles_outlive_their_daemon(store: Store, tmp_path: Path) -> None:
+    view = build_view([_record(store, FILES)], cache_tag=None, store_root=store.root)
+
+    def overlay(fresh: bool) -> Overlay:
+        journal = InodeJournal(tmp_path / "inodes.journal", fresh=fresh)
+        return Overlay(view, Upper(tmp_path / "upper", tmp_path / "work"), store, journal=journal)
+
+    ov = overlay(True)
+    reading, _keep = ov.open(_lookup(ov, "pkg/sub/data.txt"), os.O_RDONLY)
+    _fh_w, created = ov.create(_lookup(ov, "pkg"), "new.txt", 0o644, os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                               os.getuid(), os.getgid())
+    ov.write(_fh_w, 0, b"before")
+    listing = ov.opendir(_lookup(ov, "pkg"))
+    first = ov.readdir(listing, 0)[:2]
+    assert ov.inodes.journal is not None
+    ov.inodes.journal.flush()
+
+    again = overlay(False)
+    assert again.read(reading, 0, 10) == FILES["pkg/sub/data.txt"][:10]
+    again.write(_fh_w, 6, b" and after")  # reopened without O_TRUNC: what was written stays
+    assert again.read(_fh_w, 0, 100) == b"before and after"
+    rest = again.readdir(listing, first[-1][0])
+    assert [n for _o, n, _ in first + rest] == [n for _o, n, _ in ov.readdir(listing, 0)]
+    again.release(reading)
+    with pytest.raises(OverlayError) as e:
+        again.read(reading, 0, 1)
+    assert e.value.errno == errno.EBADF
+    fresh_fh, _keep = again.open(created.ino, os.O_RDONLY)
+    assert fresh_fh > max(reading, _fh_w, listing)  # never a number the kernel holds for another open
+
+
 def test_a_resent_create_opens_the_file_the_dead_daemon_made(store: Store, tmp_path: Path) -> None:
     # The kernel sends CREATE only for a name it believes new: one that exists is a request the dead
     # daemon carried out and the keeper resent. Without O_EXCL, open(O_CREAT) opens it.
@@ -118,6 +150,48 @@ def test_a_resent_create_opens_the_file_the_dead_daemon_made(store: Store, tmp_p
     assert e.value.errno == errno.EEXIST
     with pytest.raises(OverlayError) as e:  # nor a store file
         again.create(_lookup(again, "pkg"), "mod.py", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid(), os.getgid())
+    assert e.value.errno == errno.EEXIST
+
+
+def test_resent_renames_unlinks_and_mkdirs_that_were_done_succeed(store: Store, tmp_path: Path) -> None:
+    ov = _overlay(store, tmp_path, fresh=True)
+    info = _lookup(ov, "demo-1.0.dist-info")
+    meta = _lookup(ov, "demo-1.0.dist-info/METADATA")
+    _fh, tmp = ov.create(info, "METADATA.tmp", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid(), os.getgid())
+    ov.write(tmp.ino, 0, b"new metadata")
+    _fh, gone = ov.create(info, "gone.txt", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid(), os.getgid())
+    ov.mkdir(info, "made", 0o755, os.getuid(), os.getgid())
+    assert ov.inodes.journal is not None
+    ov.inodes.journal.flush()
+    # The daemon is killed right after these reached the disk, before its replies: what Namespace
+    # writes ahead of a rename is on file, an unlink's record is not.
+    node_info, node_meta = ov.node(info), ov.node(meta)
+    ov.inodes.renaming(tmp, (node_info, "METADATA.tmp"), (node_info, "METADATA"), node_meta)
+    upper = tmp_path / "upper" / "demo-1.0.dist-info"
+    os.rename(upper / "METADATA.tmp", upper / "METADATA")
+    os.unlink(upper / "gone.txt")
+
+    again = _overlay(store, tmp_path, fresh=False)
+    again.resent.restarted()
+    again.rename(info, "METADATA.tmp", info, "METADATA")  # the resent requests: each answered as done
+    again.unlink(info, "gone.txt")
+    assert again.mkdir(info, "made", 0o755, os.getuid(), os.getgid()).kind == stat.S_IFDIR
+    assert again.read(tmp.ino, 0, 100) == b"new metadata"  # the kernel's number for the moved file
+    assert again.relpath(again.node(tmp.ino)) == "demo-1.0.dist-info/METADATA"
+    for stale in (meta, gone.ino):  # the replaced and the unlinked: never another file's number
+        with pytest.raises(OverlayError) as e:
+            again.node(stale)
+        assert e.value.errno == errno.ESTALE
+    _fh, newer = again.create(info, "gone.txt", 0o644, os.O_WRONLY | os.O_CREAT, os.getuid(), os.getgid())
+    assert newer.ino != gone.ino
+
+    # Past the window the same findings are errors again (the layers changed behind the mount).
+    again.resent._until = time.monotonic() - 1
+    with pytest.raises(OverlayError) as e:
+        again.unlink(info, "never-there")
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(OverlayError) as e:
+        again.mkdir(info, "made", 0o755, os.getuid(), os.getgid())
     assert e.value.errno == errno.EEXIST
 
 
@@ -466,3 +540,42 @@ def test_a_killed_keeper_leaves_the_daemon_serving_and_unmountable(kept: Venv, r
     while _venvfs_processes(kept):
         assert time.monotonic() < deadline, _venvfs_processes(kept)
         time.sleep(0.05)
+
+
+HOLDER = textwrap.dedent("""
+    import os, sys
+    sp, go = sys.argv[1], sys.argv[2]
+    store_file = os.open(os.path.join(sp, "demo", "data", "table.txt"), os.O_RDONLY)
+    own = os.open(os.path.join(sp, "own.txt"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(own, b"before ")
+    want = os.pread(store_file, 1 << 16, 0)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the daemon is killed and replaced meanwhile
+    os.posix_fadvise(store_file, 0, 0, os.POSIX_FADV_DONTNEED)  # so the read reaches the new daemon
+    assert os.pread(store_file, 1 << 16, 0) == want
+    os.write(own, b"after")
+    os.fsync(own)
+    os.posix_fadvise(own, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert os.pread(own, 100, 0) == b"before after", os.pread(own, 100, 0)
+    print("ok", flush=True)
+""")
+
+
+@pytest.mark.fuse
+def test_files_open_across_a_kill_with_an_open_per_file(require_fuse: None, store: Store,
+                                                        make_venv: Callable[..., Path], run_venvfs: Run,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VENVFS_NO_OPEN", "0")  # every open gets a file handle from the daemon
+    with _mounted(make_venv, run_venvfs, tmp_path) as venv:
+        assert _info(venv)["no_open"] is False
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(venv.site_packages), "go"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline().strip() == "ready"
+            _kill_server(venv)
+            out, err = holder.communicate("go\n", timeout=60)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+        assert holder.returncode == 0 and out.strip() == "ok", err

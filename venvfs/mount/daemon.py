@@ -284,6 +284,8 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
         journal = InodeJournal(venv.state_dir / "inodes.journal", fresh=conn.restarts == 0) if conn else None
         overlay = Overlay(view, upper, store, no_open=no_open_available(),
                           pyc_links=pyc_links_wanted(allow_other=allow_other), journal=journal)
+        if conn is not None and conn.restarts:
+            overlay.resent.restarted()
         # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
         os.umask(0)
         invalidator = Invalidator()

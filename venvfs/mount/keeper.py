@@ -10,9 +10,9 @@ request before one. When the daemon dies unexpectedly (a bug, the OOM killer, ``
 
 1. writes ``FUSE_NOTIFY_RESEND`` to the descriptor (Linux 6.9+): the requests the dead daemon had
    read and not answered go back into the queue, with the same ids;
-2. forks a new daemon at once, which serves them. Inode numbers mean what they meant
-   (``overlay/journal.py``); in the kernel's "no open" mode requests carry no file handle, so an
-   open file needs nothing more.
+2. forks a new daemon at once, which serves them. Inode numbers and file handles mean what they
+   meant (``overlay/journal.py``); requests the dead daemon had carried out are answered as done
+   (``overlay/resend.py``).
 
 The forked daemon shares the keeper's open file description of ``/dev/fuse``: the requests a daemon
 has read sit on that description's list, which the kernel would end with ECONNABORTED if the last

@@ -20,6 +20,7 @@ references to the parts below it:
 - ``namespace.Namespace``: create, link, unlink, rename, exchange.
 - ``attrs.Attributes``: getattr, setattr, xattrs, statfs.
 - ``reload.ViewReload``: a new view under a live tree, repaired objects, dropping upper copies.
+- ``resend.Resent``: answering requests a dead daemon carried out and the keeper resent.
 
 Errors are ``OverlayError(errno)``; an ``OSError`` from the upper filesystem carries its own errno.
 Changes the kernel cannot see coming (a view reload, a copy-up) are queued in ``invalidations`` for

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 from collections.abc import Collection, Sequence
 
 from venvfs.mount.overlay.activity import Activity
 from venvfs.mount.overlay.attrs import Attr, Attributes, SetAttr, StatFs
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
-from venvfs.mount.overlay.inodes import (
-    HANDLE_BASE,
-    ROOT_INO,
-    InodeTable,
-    Node,
-    OverlayError,
-    parts,
-    relpath,
-    upper_at,
-)
+from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
 from venvfs.mount.overlay.journal import InodeJournal
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
 from venvfs.mount.overlay.reload import DropItem, ViewReload
+from venvfs.mount.overlay.resend import Resent
 from venvfs.mount.overlay.tree import Tree
 from venvfs.store.store import Store
 from venvfs.venv.upper import Upper
@@ -45,7 +36,8 @@ class Overlay:
         self.gid = os.getgid() if gid is None else gid
         self.lower = Lower(view, store, pyc_links=pyc_links)
         self.inodes = InodeTable(view.root, journal)
-        fh_numbers = itertools.count(HANDLE_BASE)
+        # Above every handle an earlier daemon of this mount gave the kernel (journal.py).
+        fh_numbers = itertools.count(max(HANDLE_BASE, journal.recovered.next_fh if journal else 0))
         self.tree = Tree(self.inodes, upper, self.lower, fh_numbers, no_open=no_open)
         self.inodes.loader = self.tree.load
         self.copyup = CopyUp(self.inodes, self.tree, upper, self.lower)
@@ -54,6 +46,8 @@ class Overlay:
         self.attrs = Attributes(self.inodes, upper, self.lower, self.copyup, self.files, uid=self.uid,
                                 gid=self.gid, no_open=no_open)
         self.reload = ViewReload(self.inodes, self.tree, self.files, upper, self.lower)
+        # Requests a dead daemon of this mount carried out, resent to this one (resend.py).
+        self.resent = Resent(self.inodes, self.tree, upper)
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
         self.activity = Activity()
@@ -196,34 +190,10 @@ class Overlay:
     def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int | None = None,
                gid: int | None = None) -> tuple[int, Node]:
         self._changed(parent_ino, name)
-        existing = self._created_before(parent_ino, name, flags, uid)
+        existing = self.resent.created(parent_ino, name, flags, uid)
         if existing is not None:
             return self._open_created(existing, flags)
         return self.namespace.create(parent_ino, name, mode, flags, uid, gid)
-
-    def _created_before(self, parent_ino: int, name: str, flags: int, uid: int | None) -> Node | None:
-        """The file a CREATE without O_EXCL names if it exists already and is the caller's own.
-
-        The kernel sends CREATE only for a name its cache says is new, so this is a request a daemon
-        that died had carried out and the keeper had resent (keeper.py): what ``open(O_CREAT)`` of an
-        existing file does is open it, which is the answer the caller would have had. Only the
-        caller's own upper file: the kernel checked no permission on a file it thought absent."""
-        if flags & os.O_EXCL:
-            return None
-        try:
-            parent = self.inodes.node(parent_ino)  # also a number only the dead daemon had loaded
-        except OverlayError:
-            return None
-        if parent.kind != stat.S_IFDIR or not parent.attached:
-            return None
-        node = self.tree.child(parent, name)
-        if node is None or node.kind != stat.S_IFREG or not node.upper:
-            return None
-        with upper_at(self.upper, node) as (pfd, leaf):
-            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode) or (uid is not None and st.st_uid != uid):
-            return None
-        return node
 
     def _open_created(self, node: Node, flags: int) -> tuple[int, Node]:
         if flags & os.O_TRUNC:
@@ -241,6 +211,10 @@ class Overlay:
 
     def mkdir(self, parent_ino: int, name: str, mode: int, uid: int | None = None, gid: int | None = None) -> Node:
         self._changed(parent_ino, name)
+        done = self.resent.made_dir(parent_ino, name, uid)
+        if done is not None:
+            done.nlookup += 1  # a MKDIR reply counts as a lookup
+            return done
         return self.namespace.mkdir(parent_ino, name, mode, uid, gid)
 
     def symlink(self, parent_ino: int, name: str, target: str, uid: int | None = None,
@@ -254,16 +228,19 @@ class Overlay:
 
     def unlink(self, parent_ino: int, name: str) -> None:
         self._changed(parent_ino, name)
-        self.namespace.unlink(parent_ino, name)
+        if not self.resent.removed(parent_ino, name):
+            self.namespace.unlink(parent_ino, name)
 
     def rmdir(self, parent_ino: int, name: str) -> None:
         self._changed(parent_ino, name)
-        self.namespace.rmdir(parent_ino, name)
+        if not self.resent.removed(parent_ino, name):
+            self.namespace.rmdir(parent_ino, name)
 
     def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int = 0) -> None:
         self._changed(old_parent_ino, old_name)
         self._changed(new_parent_ino, new_name)
-        self.namespace.rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
+        if not self.resent.renamed(old_parent_ino, old_name, new_parent_ino, new_name):
+            self.namespace.rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
 
     # -- view changes (commit, venvfs add/remove, store repair) --------------------------------------
 

@@ -169,6 +169,31 @@ class InodeTable:
             return None
         return self.nodes.get(ino)
 
+    def renaming(self, node: Node, old: tuple[Node, str], new: tuple[Node, str], replaced: Node | None,
+                 *, undo: Node | None = None) -> None:
+        """Record, before it is done, that ``node`` moves from ``old`` to ``new`` (and ``replaced``
+        loses that name); ``undo``: the rename failed, ``node`` is back and so is the node it would
+        have replaced."""
+        journal = self.journal
+        if journal is None:
+            return
+        if node.parent is old[0] and node.name == old[1]:
+            journal.moved(node.ino, new[0].ino, new[1])
+        if replaced is not None and not replaced.extra_links:
+            journal.gone(replaced.ino)
+        if undo is not None:
+            journal.moved(undo.ino, old[0].ino, old[1])
+        journal.flush()
+
+    def forget_inherited(self, parent: Node, name: str) -> None:
+        """An earlier daemon's name is gone (a resent unlink found it done): its number must not go
+        to a new file of that name while the kernel may still hold it."""
+        ino = self._inherited.pop((parent.ino, name), None)
+        if ino is not None:
+            self._inherited_where.pop(ino, None)
+            if self.journal is not None:
+                self.journal.gone(ino)
+
     def relinked(self, node: Node) -> None:
         """``node``'s first name changed (a rename, an exchange): recorded for a later daemon."""
         if self.journal is not None:

@@ -12,7 +12,10 @@ holds no NUL and no ``/``, so neither needs escaping; the name's bytes are ``os.
 
 - ``N``: a node was made with this number, at (parent, name);
 - ``M``: the node's name is now (parent, name) (a rename, or its first name gone with a hard link left);
-- ``D``: the node lost its last name (parent and name empty).
+- ``D``: the node lost its last name (parent and name empty);
+- ``O``: with an OPEN per file (not the kernel's "no open" mode), file handle ``<ino>`` was opened on
+  node ``<parent ino>`` with the open flags as ``<name>`` (a directory handle: ``dir``);
+- ``C``: file handle ``<ino>`` was released.
 
 Records are collected while a request runs and written with one ``write`` before its reply
 (``flush``, called by the FUSE adapter's boundary), so no number reaches the kernel before it is on
@@ -39,6 +42,9 @@ class Recovered:
     names: dict[tuple[int, str], int] = field(default_factory=dict)
     where: dict[int, tuple[int, str]] = field(default_factory=dict)
     next_ino: int = 2
+    # File handle -> (inode, open flags, or -1 for a directory handle), and the first never handed out.
+    handles: dict[int, tuple[int, int]] = field(default_factory=dict)
+    next_fh: int = 0
 
 
 def replay(data: bytes) -> Recovered:
@@ -53,6 +59,13 @@ def replay(data: bytes) -> Recovered:
         except ValueError:
             # A record cut short (the disk filled): the ones before it still hold.
             log.warning("inode journal: skipping a damaged record %r", record[:80])
+            continue
+        if op == b"O":
+            out.handles[ino] = (parent, -1 if name_b == b"dir" else int(name_b or b"0"))
+            out.next_fh = max(out.next_fh, ino + 1)
+            continue
+        if op == b"C":
+            out.handles.pop(ino, None)
             continue
         highest = max(highest, ino)
         name = os.fsdecode(name_b)
@@ -84,6 +97,8 @@ class InodeJournal:
             with open(tmp, "wb") as f:
                 f.write(b"".join(self._record(b"N", ino, parent, name)
                                  for ino, (parent, name) in self.recovered.where.items()))
+                f.write(b"".join(self._record(b"O", fh, ino, "dir" if flags < 0 else str(flags))
+                                 for fh, (ino, flags) in self.recovered.handles.items()))
             os.replace(tmp, path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
@@ -99,6 +114,13 @@ class InodeJournal:
 
     def gone(self, ino: int) -> None:
         self._pending.append(self._record(b"D", ino, 0, ""))
+
+    def opened(self, fh: int, ino: int, flags: int | None) -> None:
+        """``flags`` None: a directory handle."""
+        self._pending.append(self._record(b"O", fh, ino, "dir" if flags is None else str(flags)))
+
+    def released(self, fh: int) -> None:
+        self._pending.append(self._record(b"C", fh, 0, ""))
 
     def flush(self) -> None:
         if not self._pending:

@@ -126,8 +126,11 @@ class Tree:
         if node.kind != DIR:
             raise OverlayError(errno.ENOTDIR)
         fh = next(self._fh_numbers)
-        # A snapshot: entries added or removed while listing must not skip or repeat others.
-        self.dir_handles[fh] = list(self.load(node).items())
+        # A snapshot: entries added or removed while listing must not skip or repeat others. Sorted,
+        # so that a daemon taking over the mount lists them in the same order (_inherited).
+        self.dir_handles[fh] = sorted(self.load(node).items())
+        if self.inodes.journal is not None:
+            self.inodes.journal.opened(fh, ino, None)
         return fh
 
     def readdir(self, fh: int, start: int) -> list[tuple[int, str, Node]]:
@@ -135,6 +138,8 @@ class Tree:
         if fh < HANDLE_BASE and self.no_open:
             return self._readdir_stateless(fh, start)
         entries = self.dir_handles.get(fh)
+        if entries is None:
+            entries = self._inherited(fh)
         if entries is None:
             raise OverlayError(errno.EBADF)
         return [(i + 1, name, node) for i, (name, node) in enumerate(entries) if i >= start]
@@ -151,5 +156,19 @@ class Tree:
         entries = sorted((_offset(name), name, node) for name, node in self.load(d).items())
         return [e for e in entries if e[0] > start]
 
+    def _inherited(self, fh: int) -> list[tuple[str, Node]] | None:
+        """A listing an earlier daemon of this mount had begun: its snapshot died with it, so this is
+        a new one, in the same order (sorted), which resumes right when nothing came or went since."""
+        journal = self.inodes.journal
+        known = journal.recovered.handles.pop(fh, None) if journal is not None else None
+        if known is None or known[1] >= 0:
+            return None
+        entries = sorted(self.load(self.inodes.node(known[0])).items())
+        self.dir_handles[fh] = entries
+        return entries
+
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
+        if self.inodes.journal is not None:
+            self.inodes.journal.recovered.handles.pop(fh, None)
+            self.inodes.journal.released(fh)
