@@ -94,7 +94,7 @@ class InodeJournal:
                 self.recovered = Recovered()
             # Rewritten to what still holds, so a mount restarted many times does not replay its history each time.
             tmp = path.with_name(path.name + ".new")
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(b"".join(self._record(b"N", ino, parent, name)
                                  for ino, (parent, name) in self.recovered.where.items()))
                 f.write(b"".join(self._record(b"O", fh, ino, "dir" if flags < 0 else str(flags))
