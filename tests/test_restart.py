@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, stop_mount, uv_pip
+from tests.conftest import REPO, missing_tool, stop_mount, uv_pip
 from tests.test_overlay import FILES, _record
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
 from venvfs.mount import daemon
@@ -237,9 +237,18 @@ def _venvfs_processes(venv: Venv) -> list[int]:
     return pids
 
 
+def _need_keeper() -> None:
+    from venvfs.mount.keeper import keeper_problem
+
+    problem = keeper_problem()
+    if problem is not None:
+        missing_tool(f"a mount keeper ({problem})")
+
+
 @contextlib.contextmanager
 def _mounted(make_venv: Callable[..., Path], run_venvfs: Run, tmp_path: Path,
              spec: WheelSpec | None = None) -> Iterator[Venv]:
+    _need_keeper()
     wheel = build_wheel(tmp_path / "wheels", spec or simple_package())
     path = make_venv("v", tool="uv")
     uv_pip(path, str(wheel))
@@ -451,6 +460,7 @@ def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
     import shutil
 
     monkeypatch.setenv("VENVFS_NO_OPEN", "1")
+    _need_keeper()
     installed = tmp_path / "installed"
     shutil.copytree(REPO / "venvfs", installed / "venvfs", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(installed)}
