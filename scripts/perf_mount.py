@@ -173,7 +173,9 @@ def cmd_import(n: int) -> None:
 
 
 def daemon_pid(venv: Path) -> int:
-    return int(json.loads((venv / ".venvfs/daemon.json").read_text())["pid"])
+    """The process serving the mount ("server"; "pid" is its keeper where it has one)."""
+    info = json.loads((venv / ".venvfs/daemon.json").read_text())
+    return int(info.get("server") or info["pid"])
 
 
 def cmd_mount(n: int) -> None:

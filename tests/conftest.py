@@ -287,7 +287,7 @@ def unmount_leftovers(tmp_path: Path) -> Iterator[None]:
 
 
 def kill_daemon(venv: Path, *, watcher: bool) -> None:
-    """SIGKILL the venv's mount daemon and wait until it is gone. ``watcher``: kill the watcher that
+    """SIGKILL the venv's mount daemon (and its keeper) and wait until it is gone. ``watcher``: kill the watcher that
     unmounts after a killed daemon first (venvfs/mount/watch.py), so that a dead mount stays, as when
     a whole cgroup is killed."""
     from venvfs.fsutil import read_json
@@ -299,7 +299,11 @@ def kill_daemon(venv: Path, *, watcher: bool) -> None:
     if watcher and info.get("watcher"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(info["watcher"]), signal.SIGKILL)
+    # The keeper first (it would start another daemon), then the daemon it forked (venvfs/mount/keeper.py).
     os.kill(int(info["pid"]), signal.SIGKILL)
+    if info.get("server") and info["server"] != info["pid"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(info["server"]), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while daemon.daemon_pid(v) is not None:
         assert time.monotonic() < deadline, "the daemon outlived SIGKILL"

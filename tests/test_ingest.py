@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_mount, uv
+from tests.conftest import kill_daemon, stop_mount, uv
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.mount import daemon
 from venvfs.store.records import INSTALL_METADATA
@@ -261,11 +260,8 @@ def test_kill_9_of_the_daemon_during_an_ingest_then_remount(step: str, mounted: 
     v = Venv(venv)
     _pip(venv, wheels, "install", "extra==1.0")
     _wait_for_killed_worker(v)
-    pid = daemon.daemon_pid(v)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    while daemon.daemon_pid(v) is not None:
-        time.sleep(0.02)
+    assert daemon.daemon_pid(v) is not None
+    kill_daemon(venv, watcher=False)  # the daemon and its keeper (venvfs/mount/keeper.py): a dead mount
     run_venvfs("mount", str(venv))
     wait_settled(venv, "extra-1.0.dist-info")
     assert "extra-1.0" in _selected(venv) and "demo-1.0" in _selected(venv)
@@ -355,11 +351,8 @@ def test_kill_9_of_the_daemon_while_its_worker_waits(mounted: Callable[..., Path
         while not _workers(venv):
             assert time.monotonic() < deadline, "no ingest worker started"
             time.sleep(0.05)
-        pid = daemon.daemon_pid(v)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        while daemon.daemon_pid(v) is not None:
-            time.sleep(0.02)
+        assert daemon.daemon_pid(v) is not None
+        kill_daemon(venv, watcher=False)  # the daemon and its keeper (venvfs/mount/keeper.py)
     deadline = time.monotonic() + SETTLE
     while _workers(venv):
         assert time.monotonic() < deadline, "the worker did not end"

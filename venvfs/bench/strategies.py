@@ -431,9 +431,11 @@ class VenvfsMount(_Venvfs):
                 time.sleep(0.1)
 
     def daemon_pid(self, venv: Path) -> int | None:
-        # venvfs/mount/daemon.py records the daemon's pid in VENV/.venvfs/daemon.json.
+        # venvfs/mount/daemon.py records the daemon's pid in VENV/.venvfs/daemon.json: "server" is the
+        # process serving the mount, "pid" its keeper where it has one (venvfs/mount/keeper.py).
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            pid = int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["pid"])
+            info = json.loads((venv / ".venvfs" / "daemon.json").read_text())
+            pid = int(info.get("server") or info["pid"])
             if Path(f"/proc/{pid}").exists():
                 return pid
         return find_process([b"venvfs", os.fsencode(trees.site_packages(venv))])

@@ -30,7 +30,7 @@ COMMANDS = {
     "store": "venvfs.cli.store", "adopt": "venvfs.cli.store", "materialize": "venvfs.cli.store",
     "add": "venvfs.cli.store", "remove": "venvfs.cli.store", "status": "venvfs.cli.store",
     "mount": "venvfs.cli.mount", "umount": "venvfs.cli.mount", "list": "venvfs.cli.mount",
-    "commit": "venvfs.cli.mount", "create": "venvfs.cli.mount",
+    "commit": "venvfs.cli.mount", "create": "venvfs.cli.mount", "restart": "venvfs.cli.mount",
     "hook": "venvfs.cli.hooks", "eject": "venvfs.cli.hooks",
     "bench": "venvfs.cli.bench",
     "uv": "venvfs.cli.installers",

@@ -3,7 +3,9 @@ reload the view, unmount; and the fallback to materialized files where FUSE cann
 
 One daemon per venv: ``venvfs mount`` holds the venv lock while it checks and starts, and the daemon
 holds ``.venvfs/daemon.lock`` for as long as it runs (an flock, so it dies with the process). The
-daemon's pid and reload generation are in ``.venvfs/daemon.json``.
+daemon's pid and reload generation are in ``.venvfs/daemon.json``. Where it can (``keeper.py``), the
+process started is a keeper that mounts and forks the daemon, and forks another on the same FUSE
+connection when one dies; it then holds the lock and is the ``pid``, the daemon is ``server``.
 
 Signals to the daemon: SIGTERM/SIGINT unmount and exit; SIGHUP re-reads the venv's selection and
 switches the view (``reload``), dropping upper copies named in ``.venvfs/drop-upper.json`` and what
@@ -20,6 +22,7 @@ import fcntl
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import resource
@@ -30,13 +33,13 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, importable_env, open_lock, read_json, spawn_detached
+from venvfs.fsutil import atomic_write_json, crash_point, importable_env, open_lock, read_json, spawn_detached
 from venvfs.mount.loop import DirectLoop, import_pyfuse3
 from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
@@ -51,6 +54,9 @@ from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
 from venvfs.venv.venv import Venv, VenvState
+
+if TYPE_CHECKING:
+    from venvfs.mount.keeper import Connection
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +170,10 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None) -> int:
-    """Run the filesystem until unmounted or signalled (in the daemon process)."""
+def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready_fd: int | None = None,
+          resume: dict[str, Any] | None = None) -> int:
+    """Run the filesystem until unmounted or signalled (in the daemon process). ``resume``: the state
+    of a keeper that replaced its program with this one (``Keeper.upgrade``), whose daemon still serves."""
 
     def ready(message: str) -> None:
         nonlocal ready_fd
@@ -185,19 +193,86 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         ready(f"error: {_NOT_IMPORTABLE} ({e}); pip install 'venvfs[fuse]'")
         return 3
 
+    from venvfs.mount.keeper import keeper_problem
+
+    venv = Venv(venv_root)
+    if resume is not None:
+        lock_fd = int(resume["lock_fd"])  # still locked: the lock went through the exec with the descriptor
+    else:
+        lock_fd = open_lock(lock_path(venv))
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            ready("already: another daemon serves this venv")
+            return 0
+    try:
+        serving = functools.partial(_serve_mounted, venv, store_root, allow_other=allow_other, pyfuse3=pyfuse3,
+                                    trio=trio, direct=direct)
+        problem = keeper_problem()
+        if problem is None or resume is not None:
+            restart_argv = [sys.executable, "-m", "venvfs.mount.daemon", "--venv", str(venv.root), "--store",
+                            str(store_root), *(["--allow-other"] if allow_other else [])]
+            return _keep(venv, allow_other=allow_other, ready=ready, serving=serving, lock_fd=lock_fd,
+                         restart_argv=restart_argv, resume=resume)
+        log.info("no keeper for this mount (%s): it ends with this process", problem)
+        return serving(ready=ready, conn=None)
+    finally:
+        os.close(lock_fd)
+
+
+def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None], serving: Callable[..., int],
+          lock_fd: int, restart_argv: list[str], resume: dict[str, Any] | None) -> int:
+    """Mount, then serve through a keeper that restarts a daemon that dies (keeper.py); or, with
+    ``resume``, go on keeping the mount a keeper of an older venvfs handed over."""
+    from venvfs.mount.fuse import mount_options
+    from venvfs.mount.keeper import Keeper
+    from venvfs.mount.watch import Watcher
+
+    mountpoint = venv.site_packages
+
+    def serve_child(conn: Connection, ready_w: int) -> int:
+        def child_ready(message: str) -> None:
+            with contextlib.suppress(OSError):
+                os.write(ready_w, message.encode() + b"\n")
+                os.close(ready_w)
+
+        return int(serving(ready=child_ready, conn=conn))
+
+    if resume is not None:
+        watcher = Watcher.adopt(int(resume["watcher_fd"]), resume.get("watcher_pid"))
+        keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
+        keeper.resume(resume)
+    else:
+        # Unmounts the mount if the keeper and every daemon die without doing so (see watch.py).
+        watcher = Watcher(mountpoint, lock_path(venv))
+        keeper = Keeper(mountpoint, serve_child, ready, watcher_pid=watcher.pid)
+        try:
+            keeper.mount(mount_options(allow_other=allow_other))
+        except (MountError, OSError) as e:
+            watcher.unmounted()
+            ready(f"error: {e}")
+            return 3
+        watcher.mounted(mountpoint)
+    # What an upgrade carries over the exec (Keeper.upgrade).
+    keeper.upgrade_argv = restart_argv
+    keeper.carried = {"lock_fd": lock_fd, "watcher_fd": watcher.fd, "watcher_pid": watcher.pid}
+    try:
+        return keeper.run()
+    finally:
+        watcher.unmounted()
+        log.info("unmounted %s", mountpoint)
+
+
+def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Callable[[str], None],
+                   conn: Connection | None, pyfuse3: Any, trio: Any, direct: DirectLoop | None) -> int:
+    """Mount (or, with ``conn``, take over the keeper's connection) and serve until unmounted or signalled."""
     from venvfs.hooks.target import PTH_NAME
     from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
-    from venvfs.mount.overlay import Overlay
+    from venvfs.mount.overlay import InodeJournal, Overlay
+    from venvfs.mount.serviceclient import identity
     from venvfs.mount.watch import Watcher, detach, watch_removal
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
-    venv = Venv(venv_root)
-    lock_fd = open_lock(lock_path(venv))
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        ready("already: another daemon serves this venv")
-        return 0
     try:
         store = Store.open(store_root, create=False)
         state = _confirmed(venv, venv.read_state())
@@ -205,27 +280,41 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         view = view_for(venv, store, state)
         upper = Upper(venv.upper_dir, venv.state_dir / "work")
         upper.clean_work()
+        # A mount a keeper holds may outlive this daemon: the next one must know the inode numbers.
+        journal = InodeJournal(venv.state_dir / "inodes.journal", fresh=conn.restarts == 0) if conn else None
         overlay = Overlay(view, upper, store, no_open=no_open_available(),
-                          pyc_links=pyc_links_wanted(allow_other=allow_other))
+                          pyc_links=pyc_links_wanted(allow_other=allow_other), journal=journal)
+        if conn is not None and conn.restarts:
+            overlay.resent.restarted()
         # Modes arrive with the caller's umask applied by the kernel; ours must not apply twice.
         os.umask(0)
         invalidator = Invalidator()
         ops = Operations(overlay, invalidator)
         counts = ops.count_requests() if os.environ.get(STATS_ENV) else None
         mountpoint = venv.site_packages
-        # Unmounts the mount if this process dies without doing so (see venvfs/mount/watch.py).
-        watcher = Watcher(mountpoint, lock_path(venv))
+        # Unmounts the mount if this process dies without doing so (see venvfs/mount/watch.py); a
+        # keeper has its own, which a dead daemon does not trigger.
+        watcher = Watcher(mountpoint, lock_path(venv)) if conn is None else None
         # The directory the mount will cover, reachable once covered (see watch.detach).
-        underneath: int | None = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        underneath: int | None = (conn.underneath if conn is not None else
+                                  os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         detached = False
+        if conn is not None and conn.restarts:
+            crash_point("daemon:restarted")  # every later daemon dies at once: the keeper must give up
         try:
-            pyfuse3.init(ops, str(mountpoint), mount_options(allow_other=allow_other))
+            # libfuse reads "/dev/fd/N" as "serve this descriptor, already mounted" (fuse_session_mount).
+            pyfuse3.init(ops, f"/dev/fd/{conn.fd}" if conn else str(mountpoint),
+                         mount_options(allow_other=allow_other))
+            if conn is not None:
+                pyfuse3.replay_init(conn.init)
         except Exception as e:
-            watcher.unmounted()
+            if watcher is not None:
+                watcher.unmounted()
             ready(f"error: mounting {mountpoint} failed ({e})")
             invalidator.close()
             return 3
-        watcher.mounted(mountpoint)
+        if watcher is not None:
+            watcher.mounted(mountpoint)
 
         def removed(why: str) -> None:
             # Detached at once from this thread, not through the loop: the remover is walking toward
@@ -242,6 +331,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                  "no-open mode" if overlay.no_open else "an OPEN per file: this pyfuse3 lacks venvfs's patch",
                  "trio" if direct is None else "direct")
         generation = 0
+        if conn is not None and conn.restarts:
+            # `venvfs add` waits for a generation above the one it saw; this daemon read the state afresh.
+            with contextlib.suppress(OSError, ValueError):
+                generation = int(read_json(info_path(venv)).get("generation", 0)) + 1
         scheduler = None
         from venvfs.mount.ingest import IngestScheduler, auto_ingest_enabled
 
@@ -251,11 +344,19 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
         # Repairs before this daemon started left nothing in its caches.
         repairs_seen = repaired_entries(store.root)
 
-        def write_info(generation: int = 0) -> None:
-            atomic_write_json(info_path(venv), {"pid": os.getpid(), "mountpoint": str(mountpoint),
+        watcher_pid = conn.watcher_pid if conn else watcher.pid if watcher else None
+
+        def write_info(generation: int = generation) -> None:
+            # "pid" is what signals go to (the keeper passes them on); "server" the process serving.
+            # A killed keeper leaves its daemon serving, and the one to signal (keeper._hup_when_orphaned).
+            keeper = conn.keeper_pid if conn is not None and os.getppid() == conn.keeper_pid else None
+            atomic_write_json(info_path(venv), {"pid": keeper or os.getpid(),
+                                                 "server": os.getpid(), "mountpoint": str(mountpoint),
                                                  "generation": generation, "log": str(log_path(venv)),
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,
-                                                 "watcher": watcher.pid},
+                                                 "watcher": watcher_pid,
+                                                 "restarts": conn.restarts if conn else 0,
+                                                 "venvfs": identity()},
                               durable=False)
 
         def do_reload() -> None:
@@ -336,21 +437,24 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
             if scheduler is not None:
                 scheduler.stop()
             # Lazy unmount inside libfuse: also succeeds with files still open. Not once detached: the
-            # mount point may already hold another mount (a venv made again where this one was).
-            pyfuse3.close(unmount=not detached)
-            watcher.unmounted()
-            if underneath is not None:
+            # mount point may already hold another mount (a venv made again where this one was). Not
+            # a keeper's mount either: the keeper unmounts it (libfuse did not mount it).
+            pyfuse3.close(unmount=not detached and conn is None)
+            if watcher is not None:
+                watcher.unmounted()
+            if underneath is not None and conn is None:
                 os.close(underneath)
             invalidator.close()
             upper.close()
-            log.info("unmounted %s", mountpoint)
+            if journal is not None:
+                journal.close()
+            if conn is None:
+                log.info("unmounted %s", mountpoint)
         return 0
     except Exception as e:
         log.exception("daemon failed")
         ready(f"error: {e}")
         return 1
-    finally:
-        os.close(lock_fd)
 
 
 def _confirmed(venv: Venv, state: VenvState) -> VenvState:
@@ -609,6 +713,29 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     return was
 
 
+def restart(venv: Venv, *, timeout: float = 60.0) -> dict[str, object] | None:
+    """Have the mount's keeper run the venvfs now installed and start that venvfs's daemon on the same
+    connection (``keeper.Keeper.upgrade``); returns the new ``daemon.json``, None if not mounted."""
+    pid = daemon_pid(venv)
+    if pid is None:
+        return None
+    before = read_json(info_path(venv))
+    if before.get("server") in (None, before.get("pid")):
+        raise MountError(f"the mount of {venv.root} has no keeper (see {log_path(venv)} for why): "
+                         f"`venvfs umount` and `venvfs mount` it to run the venvfs now installed")
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            now = read_json(info_path(venv))
+            if now.get("server") != before.get("server") and now.get("restarts", 0) > before.get("restarts", 0):
+                return dict(now)
+        if daemon_pid(venv) is None:
+            raise MountError(f"the mount of {venv.root} ended during the restart; see {log_path(venv)}")
+        time.sleep(0.02)
+    raise MountError(f"the daemon of {venv.root} was not replaced within {timeout:.0f}s; see {log_path(venv)}")
+
+
 def invalidate_repaired(store: Store) -> list[str]:
     """Make every running daemon of ``store``'s venvs drop what it cached of repaired objects (the
     store has logged them in ``STORE/repaired``); returns the venvs told. A daemon that cannot be
@@ -661,9 +788,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--log", type=Path)
     parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--resume", help=argparse.SUPPRESS)  # a keeper's state, from Keeper.upgrade
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
-    return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd)
+    resume = json.loads(args.resume) if args.resume else None
+    return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd, resume=resume)
 
 
 if __name__ == "__main__":

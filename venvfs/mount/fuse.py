@@ -155,6 +155,9 @@ class Operations(pyfuse3.Operations):
         return counts
 
     def flush_invalidations(self) -> None:
+        journal = self.overlay.inodes.journal
+        if journal is not None:
+            journal.flush()  # before the reply: no inode number reaches the kernel unrecorded
         pending = self.overlay.invalidations
         if not pending:
             return

@@ -1,4 +1,4 @@
-"""The watcher that unmounts a venv's site-packages when its daemon dies without unmounting it.
+"""The watcher that unmounts a venv's site-packages when its daemon (and keeper) die without unmounting it.
 
 A daemon killed by SIGKILL (or the OOM killer) leaves a dead FUSE mount: every access fails with
 ENOTCONN ("Transport endpoint is not connected", uv's "os error 107"), and ``site.py`` skips a
@@ -14,7 +14,9 @@ dead mounts cleared, no-open mode 0 of 3.
 
 So each daemon starts one small watcher (a POSIX shell script using awk and ``flock(1)``) in a
 session of its own (a kill of the daemon's process group spares it). It
-holds the read end of a pipe whose only writer is the daemon. The daemon writes ``mounted <mount
+holds the read end of a pipe whose only writer is the daemon. With a keeper (``keeper.py``) the
+keeper starts it, and every daemon the keeper forks shares the writing end: a daemon's death is the
+keeper's to repair, and only the end of all of them together is a dead mount. The daemon writes ``mounted <mount
 id> <device>`` once mounted and ``clean`` once it has unmounted; the end of file without ``clean``
 means the daemon is gone without unmounting. The watcher then takes the daemon lock (held by every
 live daemon of the venv, so a new daemon is never unmounted: while the watcher holds the lock none
@@ -92,6 +94,17 @@ class Watcher:
             os.close(r)
         self._fd = w
         self.pid = proc.pid
+
+    @classmethod
+    def adopt(cls, fd: int, pid: int | None) -> Watcher:
+        """The watcher an earlier program of this process started (a keeper's upgrade: keeper.py)."""
+        watcher = cls.__new__(cls)
+        watcher._fd, watcher.pid = fd, pid
+        return watcher
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def _say(self, line: str) -> None:
         if self._fd >= 0:

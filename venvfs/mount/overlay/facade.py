@@ -12,9 +12,11 @@ from venvfs.mount.overlay.attrs import Attr, Attributes, SetAttr, StatFs
 from venvfs.mount.overlay.copyup import CopyUp
 from venvfs.mount.overlay.files import Files, Handle
 from venvfs.mount.overlay.inodes import HANDLE_BASE, ROOT_INO, InodeTable, Node, parts, relpath
+from venvfs.mount.overlay.journal import InodeJournal
 from venvfs.mount.overlay.lower import Lower
 from venvfs.mount.overlay.namespace import Namespace
 from venvfs.mount.overlay.reload import DropItem, ViewReload
+from venvfs.mount.overlay.resend import Resent
 from venvfs.mount.overlay.tree import Tree
 from venvfs.store.store import Store
 from venvfs.venv.upper import Upper
@@ -23,7 +25,8 @@ from venvfs.venv.view import LowerEntry, View
 
 class Overlay:
     def __init__(self, view: View, upper: Upper, store: Store, *, uid: int | None = None,
-                 gid: int | None = None, no_open: bool = False, pyc_links: bool = False) -> None:
+                 gid: int | None = None, no_open: bool = False, pyc_links: bool = False,
+                 journal: InodeJournal | None = None) -> None:
         self.upper = upper
         self.store = store
         # The kernel sends no OPEN/OPENDIR/RELEASE: I/O and listings arrive with an inode number where
@@ -32,15 +35,19 @@ class Overlay:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.lower = Lower(view, store, pyc_links=pyc_links)
-        self.inodes = InodeTable(view.root)
-        fh_numbers = itertools.count(HANDLE_BASE)
+        self.inodes = InodeTable(view.root, journal)
+        # Above every handle an earlier daemon of this mount gave the kernel (journal.py).
+        fh_numbers = itertools.count(max(HANDLE_BASE, journal.recovered.next_fh if journal else 0))
         self.tree = Tree(self.inodes, upper, self.lower, fh_numbers, no_open=no_open)
+        self.inodes.loader = self.tree.load
         self.copyup = CopyUp(self.inodes, self.tree, upper, self.lower)
         self.files = Files(self.inodes, upper, self.lower, self.copyup, fh_numbers, no_open=no_open)
         self.namespace = Namespace(self.inodes, self.tree, self.copyup, self.files, upper, no_open=no_open)
         self.attrs = Attributes(self.inodes, upper, self.lower, self.copyup, self.files, uid=self.uid,
                                 gid=self.gid, no_open=no_open)
         self.reload = ViewReload(self.inodes, self.tree, self.files, upper, self.lower)
+        # Requests a dead daemon of this mount carried out, resent to this one (resend.py).
+        self.resent = Resent(self.inodes, self.tree, upper)
         self.root = self.inodes.root
         self.nodes = self.inodes.nodes
         self.activity = Activity()
@@ -183,7 +190,19 @@ class Overlay:
     def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int | None = None,
                gid: int | None = None) -> tuple[int, Node]:
         self._changed(parent_ino, name)
+        existing = self.resent.created(parent_ino, name, flags, uid)
+        if existing is not None:
+            return self._open_created(existing, flags)
         return self.namespace.create(parent_ino, name, mode, flags, uid, gid)
+
+    def _open_created(self, node: Node, flags: int) -> tuple[int, Node]:
+        if flags & os.O_TRUNC:
+            self.attrs.setattr(node.ino, SetAttr(size=0), None)
+        node.nlookup += 1  # a CREATE reply counts as a lookup
+        if self.no_open:
+            return 0, node
+        fh, _keep = self.files.open(node.ino, flags & ~(os.O_CREAT | os.O_TRUNC))
+        return fh, node
 
     def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
               gid: int | None = None) -> Node:
@@ -192,6 +211,10 @@ class Overlay:
 
     def mkdir(self, parent_ino: int, name: str, mode: int, uid: int | None = None, gid: int | None = None) -> Node:
         self._changed(parent_ino, name)
+        done = self.resent.made_dir(parent_ino, name, uid)
+        if done is not None:
+            done.nlookup += 1  # a MKDIR reply counts as a lookup
+            return done
         return self.namespace.mkdir(parent_ino, name, mode, uid, gid)
 
     def symlink(self, parent_ino: int, name: str, target: str, uid: int | None = None,
@@ -205,16 +228,19 @@ class Overlay:
 
     def unlink(self, parent_ino: int, name: str) -> None:
         self._changed(parent_ino, name)
-        self.namespace.unlink(parent_ino, name)
+        if not self.resent.removed(parent_ino, name):
+            self.namespace.unlink(parent_ino, name)
 
     def rmdir(self, parent_ino: int, name: str) -> None:
         self._changed(parent_ino, name)
-        self.namespace.rmdir(parent_ino, name)
+        if not self.resent.removed(parent_ino, name):
+            self.namespace.rmdir(parent_ino, name)
 
     def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int = 0) -> None:
         self._changed(old_parent_ino, old_name)
         self._changed(new_parent_ino, new_name)
-        self.namespace.rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
+        if not self.resent.renamed(old_parent_ino, old_name, new_parent_ino, new_name):
+            self.namespace.rename(old_parent_ino, old_name, new_parent_ino, new_name, flags)
 
     # -- view changes (commit, venvfs add/remove, store repair) --------------------------------------
 

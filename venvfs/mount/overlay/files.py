@@ -60,12 +60,18 @@ class Files:
         self.handles: dict[int, Handle] = {}
         self._fd_cache: dict[int, Handle] = {}  # no-open mode: inode handles holding an fd, oldest first
 
-    def new_fh(self, handle: Handle) -> int:
+    def new_fh(self, handle: Handle, flags: int) -> int:
         fh = next(self._fh_numbers)
+        self._register(fh, handle)
+        if self.inodes.journal is not None:
+            # What it takes to open it again: a daemon that takes over the mount meets this number.
+            self.inodes.journal.opened(fh, handle.node.ino, flags)
+        return fh
+
+    def _register(self, fh: int, handle: Handle) -> None:
         self.handles[fh] = handle
         node = handle.node
         node.open_fhs = (node.open_fhs or set()) | {fh}
-        return fh
 
     def open_upper(self, node: Node, flags: int) -> int:
         return self.open_upper_parts(parts(node), flags)
@@ -99,6 +105,22 @@ class Files:
 
     def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Returns (file handle, whether the kernel may keep cached pages from earlier opens)."""
+        handle, keep = self._open(ino, flags)
+        return self.new_fh(handle, flags), keep
+
+    def _inherited(self, fh: int) -> Handle | None:
+        """A handle an earlier daemon of this mount gave the kernel, opened again (journal.py). O_TRUNC
+        and O_CREAT were that open's; they are not done twice."""
+        journal = self.inodes.journal
+        known = journal.recovered.handles.pop(fh, None) if journal is not None else None
+        if known is None or known[1] < 0:
+            return None
+        ino, flags = known
+        handle, _keep = self._open(ino, flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL))
+        self._register(fh, handle)
+        return handle
+
+    def _open(self, ino: int, flags: int) -> tuple[Handle, bool]:
         node = self.inodes.node(ino)
         if node.kind == DIR:
             raise OverlayError(errno.EISDIR)
@@ -107,15 +129,15 @@ class Files:
             self.copyup.copy_up(node, content=not flags & os.O_TRUNC)
         if node.upper:
             fd = self.open_upper(node, flags)
-            return self.new_fh(Handle(node, fd, store=False, writable=writable)), False
+            return Handle(node, fd, store=False, writable=writable), False
         entry = node.lower
         assert isinstance(entry, LowerFile)
         if entry.kind == INLINE:
-            return self.new_fh(Handle(node, -1, store=True, writable=False, data=entry.data)), True
+            return Handle(node, -1, store=True, writable=False, data=entry.data), True
         if entry.kind == PYC or (entry.digest is not None and self.lower.checker.checked(entry.digest)):
             # Checked before: open the store file only when the kernel reads, which with pages kept
             # across opens (keep_cache: store bytes never change) it mostly does not.
-            return self.new_fh(Handle(node, -1, store=True, writable=False)), True
+            return Handle(node, -1, store=True, writable=False), True
         # A missing or resized object fails the open itself, and so does a damaged small one (Python
         # reads those whole anyway); a large one is checked chunk by chunk as it is read.
         fd = self.lower.open(node, entry)
@@ -125,7 +147,7 @@ class Files:
         except BaseException:
             os.close(fd)
             raise
-        return self.new_fh(Handle(node, fd, store=True, writable=False)), True
+        return Handle(node, fd, store=True, writable=False), True
 
     def handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -141,6 +163,9 @@ class Files:
             self.handles[fh] = h
             node.open_fhs = (node.open_fhs or set()) | {fh}
             return h
+        inherited = self._inherited(fh) if fh >= HANDLE_BASE else None
+        if inherited is not None:
+            return inherited
         raise OverlayError(errno.EBADF)
 
     def cache_fd(self, h: Handle) -> None:
@@ -256,6 +281,9 @@ class Files:
 
     def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
+        if fh >= HANDLE_BASE and self.inodes.journal is not None:
+            self.inodes.journal.recovered.handles.pop(fh, None)
+            self.inodes.journal.released(fh)
         if h is None:
             return
         if h.fd >= 0:

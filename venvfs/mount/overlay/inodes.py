@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from venvfs.mount.overlay.journal import InodeJournal
 from venvfs.venv.upper import DIR, Upper
 from venvfs.venv.view import LowerEntry
 
@@ -18,6 +19,10 @@ ROOT_INO = 1
 # File handles this overlay hands out start here. In the kernel's "no open" mode requests carry no
 # handle and the (patched) binding passes the inode number instead, which is always below this.
 HANDLE_BASE = 1 << 48
+# What a node the kernel may hold from a daemon before this one counts as lookups: the kernel's true
+# count died with that daemon, and a node freed too early would answer ESTALE to a file still in use.
+# Its FORGETs bring it down; the cost is memory for the nodes the kernel held at the restart.
+INHERITED_LOOKUPS = 1 << 40
 
 
 class OverlayError(Exception):
@@ -107,19 +112,36 @@ class InodeTable:
     numbers them and decides when one may go.
     """
 
-    def __init__(self, root_lower: LowerEntry | None) -> None:
+    def __init__(self, root_lower: LowerEntry | None, journal: InodeJournal | None = None) -> None:
         root = Node(ROOT_INO, None, "", DIR, upper=True, lower=root_lower)
         self.nodes: dict[int, Node] = {ROOT_INO: root}
         self.root = root
-        self._next_ino = ROOT_INO + 1
+        # Where the kernel's numbers are kept for a daemon that takes over this mount (journal.py).
+        self.journal = journal
+        recovered = journal.recovered if journal is not None else None
+        self._next_ino = max(ROOT_INO + 1, recovered.next_ino if recovered else 0)
+        # (parent ino, name) -> the number an earlier daemon gave that name, and the reverse.
+        self._inherited = dict(recovered.names) if recovered else {}
+        self._inherited_where = dict(recovered.where) if recovered else {}
+        # Loads a directory's children (Tree.load), set by the overlay: how a number an earlier
+        # daemon gave is found again, by loading its parent.
+        self.loader: Callable[[Node], object] | None = None
         # st_ino in the upper layer -> node: the other names of a hard-linked upper file find it.
         self.upper_inos: dict[int, Node] = {}
         # ("inode", ino, "") or ("entry", parent_ino, name): for the adapter to tell the kernel.
         self.invalidations: list[tuple[str, int, str]] = []
 
     def new(self, parent: Node, name: str, kind: int, *, upper: bool, lower: LowerEntry | None) -> Node:
-        node = Node(self._next_ino, parent, name, kind, upper=upper, lower=lower)
-        self._next_ino += 1
+        ino = self._inherited.pop((parent.ino, name), None) if self._inherited else None
+        if ino is not None and ino not in self.nodes:
+            self._inherited_where.pop(ino, None)
+            node = Node(ino, parent, name, kind, upper=upper, lower=lower)
+            node.nlookup = INHERITED_LOOKUPS
+        else:
+            node = Node(self._next_ino, parent, name, kind, upper=upper, lower=lower)
+            self._next_ino += 1
+            if self.journal is not None:
+                self.journal.created(node.ino, parent.ino, name)
         self.nodes[node.ino] = node
         return node
 
@@ -127,7 +149,58 @@ class InodeTable:
         try:
             return self.nodes[ino]
         except KeyError:
-            raise OverlayError(errno.ESTALE) from None
+            node = self._find_inherited(ino, depth=0)
+            if node is None:
+                raise OverlayError(errno.ESTALE) from None
+            return node
+
+    def _find_inherited(self, ino: int, depth: int) -> Node | None:
+        """A number an earlier daemon of this mount gave: its parent loaded, the name gets it back."""
+        where = self._inherited_where.get(ino)
+        if where is None or self.loader is None or depth > 4096:
+            return self.nodes.get(ino)
+        parent_ino, _name = where
+        parent = self.nodes.get(parent_ino) or self._find_inherited(parent_ino, depth + 1)
+        if parent is None or parent.kind != DIR:
+            return None
+        try:
+            self.loader(parent)
+        except (OverlayError, OSError):
+            return None
+        return self.nodes.get(ino)
+
+    def renaming(self, node: Node, old: tuple[Node, str], new: tuple[Node, str], replaced: Node | None,
+                 *, undo: Node | None = None) -> None:
+        """Record, before it is done, that ``node`` moves from ``old`` to ``new`` (and ``replaced``
+        loses that name); ``undo``: the rename failed, ``node`` is back and so is the node it would
+        have replaced."""
+        journal = self.journal
+        if journal is None:
+            return
+        if node.parent is old[0] and node.name == old[1]:
+            journal.moved(node.ino, new[0].ino, new[1])
+        if replaced is not None and not replaced.extra_links:
+            journal.gone(replaced.ino)
+        if undo is not None:
+            journal.moved(undo.ino, old[0].ino, old[1])
+        journal.flush()
+
+    def forget_inherited(self, parent: Node, name: str) -> None:
+        """An earlier daemon's name is gone (a resent unlink found it done): its number must not go
+        to a new file of that name while the kernel may still hold it."""
+        ino = self._inherited.pop((parent.ino, name), None)
+        if ino is not None:
+            self._inherited_where.pop(ino, None)
+            if self.journal is not None:
+                self.journal.gone(ino)
+
+    def relinked(self, node: Node) -> None:
+        """``node``'s first name changed (a rename, an exchange): recorded for a later daemon."""
+        if self.journal is not None:
+            if node.attached and node.parent is not None:
+                self.journal.moved(node.ino, node.parent.ino, node.name)
+            elif not node.attached:
+                self.journal.gone(node.ino)
 
     def forget(self, ino: int, nlookup: int) -> Node | None:
         """Drop ``nlookup`` of the kernel's lookups; returns the node if the kernel holds none now."""
@@ -139,7 +212,10 @@ class InodeTable:
         return node if node.nlookup <= 0 else None
 
     def detach(self, parent: Node, name: str, node: Node) -> None:
+        first = node.parent is parent and node.name == name
         node.remove_link(parent, name)
+        if first:
+            self.relinked(node)
         if not node.attached:
             for k, v in list(self.upper_inos.items()):
                 if v is node:

@@ -96,7 +96,7 @@ class Namespace:
             # with the inode, like every other file, and its fd joins the bounded inode fd cache.
             self.files.created(node, fd)
             return 0, node
-        return self.files.new_fh(Handle(node, fd, store=False, writable=writable)), node
+        return self.files.new_fh(Handle(node, fd, store=False, writable=writable), flags), node
 
     def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int | None = None,
               gid: int | None = None) -> Node:
@@ -233,8 +233,14 @@ class Namespace:
             self.upper.clear_markers([*dst_parts, new_name])
         if dst is not None:
             self.files.pin(dst)
-        with self.upper.dirfd(src_parts) as sfd, self.upper.dirfd(dst_parts) as dfd:
-            os.rename(old_name, new_name, src_dir_fd=sfd, dst_dir_fd=dfd)
+        # Written ahead: a daemon killed right after the rename must leave the next one knowing it.
+        self.inodes.renaming(src, (old_parent, old_name), (new_parent, new_name), dst)
+        try:
+            with self.upper.dirfd(src_parts) as sfd, self.upper.dirfd(dst_parts) as dfd:
+                os.rename(old_name, new_name, src_dir_fd=sfd, dst_dir_fd=dfd)
+        except BaseException:
+            self.inodes.renaming(src, (new_parent, new_name), (old_parent, old_name), None, undo=dst)
+            raise
         if self.tree.lower_has(old_parent, old_name):
             self.upper.whiteout(src_parts, old_name)
         self.tree.load(old_parent).pop(old_name, None)
@@ -243,6 +249,7 @@ class Namespace:
             self.inodes.detach(new_parent, new_name, dst)
         src.remove_link(old_parent, old_name)
         src.add_link(new_parent, new_name)
+        self.inodes.relinked(src)
         self.tree.load(new_parent)[new_name] = src
         if opaque:
             src.opaque = True
@@ -282,6 +289,8 @@ class Namespace:
         b.remove_link(b_parent, b_name)
         a.add_link(b_parent, b_name)
         b.add_link(a_parent, a_name)
+        self.inodes.relinked(a)
+        self.inodes.relinked(b)
         self.tree.load(a_parent)[a_name] = b
         self.tree.load(b_parent)[b_name] = a
         for node in (a, b):

@@ -4,6 +4,7 @@ and whiteouts hiding lower ones), lookup, and directory listings."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 
 # readdir offsets in the kernel's "no open" mode (see ``Tree.readdir``): 62 bits of the name's hash, never 0.
 _OFFSET_MASK = (1 << 62) - 1
+
+
+def _offset(name: str) -> int:
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & _OFFSET_MASK) + 1
 
 
 class Tree:
@@ -120,8 +126,11 @@ class Tree:
         if node.kind != DIR:
             raise OverlayError(errno.ENOTDIR)
         fh = next(self._fh_numbers)
-        # A snapshot: entries added or removed while listing must not skip or repeat others.
-        self.dir_handles[fh] = list(self.load(node).items())
+        # A snapshot: entries added or removed while listing must not skip or repeat others. Sorted,
+        # so that a daemon taking over the mount lists them in the same order (_inherited).
+        self.dir_handles[fh] = sorted(self.load(node).items())
+        if self.inodes.journal is not None:
+            self.inodes.journal.opened(fh, ino, None)
         return fh
 
     def readdir(self, fh: int, start: int) -> list[tuple[int, str, Node]]:
@@ -130,19 +139,36 @@ class Tree:
             return self._readdir_stateless(fh, start)
         entries = self.dir_handles.get(fh)
         if entries is None:
+            entries = self._inherited(fh)
+        if entries is None:
             raise OverlayError(errno.EBADF)
         return [(i + 1, name, node) for i, (name, node) in enumerate(entries) if i >= start]
 
     def _readdir_stateless(self, ino: int, start: int) -> list[tuple[int, str, Node]]:
         """A listing with no handle to hold a snapshot: each entry's offset is derived from its name,
         so a listing resumed after names came or went neither skips nor repeats the others (the
-        kernel caches the whole listing, so this runs once per directory and change). ``hash`` is
-        salted per process, which is fine: the kernel forgets the offsets when the mount ends."""
+        kernel caches the whole listing, so this runs once per directory and change). Not Python's
+        ``hash``, which is salted per process: a listing may be resumed by the next daemon of the
+        same mount (keeper.py) with an offset this one gave."""
         d = self.inodes.node(ino)
         if d.kind != DIR:
             raise OverlayError(errno.ENOTDIR)
-        entries = sorted(((hash(name) & _OFFSET_MASK) + 1, name, node) for name, node in self.load(d).items())
+        entries = sorted((_offset(name), name, node) for name, node in self.load(d).items())
         return [e for e in entries if e[0] > start]
+
+    def _inherited(self, fh: int) -> list[tuple[str, Node]] | None:
+        """A listing an earlier daemon of this mount had begun: its snapshot died with it, so this is
+        a new one, in the same order (sorted), which resumes right when nothing came or went since."""
+        journal = self.inodes.journal
+        known = journal.recovered.handles.pop(fh, None) if journal is not None else None
+        if known is None or known[1] >= 0:
+            return None
+        entries = sorted(self.load(self.inodes.node(known[0])).items())
+        self.dir_handles[fh] = entries
+        return entries
 
     def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
+        if self.inodes.journal is not None:
+            self.inodes.journal.recovered.handles.pop(fh, None)
+            self.inodes.journal.released(fh)
