@@ -16,6 +16,7 @@ from tests.sitetree import assert_same_site_packages
 from tests.test_pip_commit import _upper_copies
 from tests.test_select_clean import _versions, wheelhouse
 from venvfs.store.store import Store
+from venvfs.venv.pipplan import PipCommand
 from venvfs.venv.preselect import Plan
 from venvfs.venv.venv import Venv
 
@@ -94,3 +95,89 @@ def test_uv_add_and_sync_through_venvfs_in_a_project(require_fuse: None, store: 
         assert _project_versions(proj) == {}
     finally:
         stop_mount(proj / ".venv")
+
+
+def test_a_pip_command_line_is_split_where_pip_splits_it() -> None:
+    cmd = PipCommand.parse(["-q", "--python", "v", "--log", "install", "install", "-U", "-r", "r.txt", "-v",
+                            "--report", "mine.json", "--progress-bar=off"])
+    assert (cmd.general, cmd.python, cmd.command) == (("-q", "--log", "install"), "v", "install")
+    assert cmd.argv() == ["-q", "--log", "install", "install", "-U", "-r", "r.txt", "-v", "--report", "mine.json",
+                          "--progress-bar=off"]
+    # The plan's stdout is the report alone: no chatter, not the user's report file.
+    assert cmd.dry_run() == ["--log", "install", "install", "-U", "-r", "r.txt", "--dry-run", "--quiet",
+                             "--report", "-"]
+    for no_plan in (["uninstall", "-y", "x"], ["install", "--force-reinstall", "x"], ["install", "--target=d", "x"],
+                    ["install", "--user", "x"], ["install", "--dry-run", "x"]):
+        assert PipCommand.parse(no_plan).dry_run() is None, no_plan
+
+
+def _venvfs_pip(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "pip", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _plain_pip(venv: Path, *args: str) -> None:
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", *args], check=True, capture_output=True,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+
+
+def test_pip_through_venvfs_serves_stored_builds_and_ends_as_plain(
+        require_fuse: None, store: Store, run_venvfs: object, tmp_path: Path) -> None:
+    wheels = wheelhouse(tmp_path / "wheels")
+    run_venvfs("store", "add", str(wheels))  # type: ignore[operator]
+    (tmp_path / "req.txt").write_text("needs\npipish\n")
+    # python -m venv: each venv has its own pip, which `venvfs pip` runs ($VIRTUAL_ENV's, as activated).
+    ours = create_venv((tmp_path / "ours").mkdir() or tmp_path / "ours" / "v", "venv")
+    plain = create_venv((tmp_path / "plain").mkdir() or tmp_path / "plain" / "v", "venv")
+    run_venvfs("mount", str(ours))  # type: ignore[operator]
+    try:
+        placed = ["needs-1.0.dist-info", "pipish-1.0.dist-info", "tools-2.0.dist-info"]
+        flags = ["--no-index", "--find-links", str(wheels)]
+        steps = ((["install", "-q", "-r", str(tmp_path / "req.txt")], 3),  # needs pulls tools 2.0
+                 (["install", "tools==1.0"], 0),  # a downgrade: pip's way, then ingested
+                 (["install", "-U", "tools"], 0),  # and the upgrade back
+                 (["install", "--force-reinstall", "--no-deps", "pipish"], 0),  # every file through the mount
+                 (["uninstall", "-y", "needs"], 0))
+        for args, served in steps:
+            extra = flags if args[0] == "install" else []
+            out = _venvfs_pip(tmp_path, *args, *extra, env={"VIRTUAL_ENV": str(ours)})
+            _plain_pip(plain, *args, *extra)
+            assert (f"{served} served from the store" in out.stderr) == bool(served), out.stderr
+            if served:
+                # Nothing went through the mount: no copy to drop, nothing pending.
+                assert not _upper_copies(ours), _upper_copies(ours)
+            run_venvfs("commit", str(ours))  # type: ignore[operator]
+            placed = [p for p in placed if (Venv(ours).site_packages / p).exists()
+                      and (Venv(ours).site_packages / p / "INSTALLER").read_text().strip() == "venvfs"]
+            assert_same_site_packages(Venv(ours).site_packages, Venv(plain).site_packages, when=" ".join(args),
+                                      placed_by_venvfs=placed)
+            assert _versions(ours) == _versions(plain)
+            assert not _upper_copies(ours), (args, _upper_copies(ours))
+    finally:
+        stop_mount(ours)
+
+
+def test_pip_into_a_venv_without_pip_runs_venvfss_pip_with_python(
+        require_fuse: None, store: Store, run_venvfs: object, tmp_path: Path) -> None:
+    wheels = wheelhouse(tmp_path / "wheels")
+    run_venvfs("store", "add", str(wheels))  # type: ignore[operator]
+    ours = create_venv(tmp_path / ".venv", "uv")  # uv venv: no pip of its own
+    run_venvfs("mount", str(ours))  # type: ignore[operator]
+    try:
+        env = {"VIRTUAL_ENV": ""}  # ./.venv, found from the working directory
+        out = _venvfs_pip(tmp_path, "install", "needs", "--no-index", "--find-links", str(wheels), env=env)
+        assert "2 served from the store" in out.stderr, out.stderr
+        assert not _upper_copies(ours)
+        assert {k: v for k, v in _versions(ours).items() if k != "venvfs"} == {"needs": "1.0", "tools": "2.0"}
+        out = _venvfs_pip(tmp_path, "--python", str(ours / "bin/python"), "list", "--format", "freeze", env=env)
+        assert "needs==1.0" in out.stdout and "pip==" not in out.stdout
+    finally:
+        stop_mount(ours)
+
+
+def test_pip_without_a_venv_says_so(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "venvfs", "pip", "install", "x"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "VIRTUAL_ENV": ""})
+    assert proc.returncode == 2 and "no virtual environment" in proc.stderr and "Traceback" not in proc.stderr
