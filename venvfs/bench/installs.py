@@ -108,6 +108,11 @@ def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sa
                 argv = [*venvfs_argv(), "uv", *argv[1:]]
                 uv_dir = Path(str(trees.uv_binary())).parent
                 install_env = {**env, "PATH": f"{uv_dir}:{env.get('PATH', '')}"}
+            elif mounted:
+                # `venvfs pip`, the same for pip: the skeleton venv has no pip, so it runs the pip of
+                # venvfs's interpreter with --python, which is site.python's unless --python chose another.
+                argv = [*venvfs_argv(), "pip", *argv[3:]]
+                install_env = env
             stderr = _run(argv, install_env, f"{installer} install")
             if mounted:
                 _run([*venvfs_argv(), "commit", str(venv)], env, "venvfs commit")
