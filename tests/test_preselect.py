@@ -17,7 +17,7 @@ from tests.test_pip_commit import _upper_copies
 from tests.test_select_clean import _versions, wheelhouse
 from venvfs.store.store import Store
 from venvfs.venv.pipplan import PipCommand
-from venvfs.venv.preselect import Plan
+from venvfs.venv.preselect import Plan, command_words, dry_run_argv
 from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
@@ -29,6 +29,9 @@ def test_a_dry_runs_plan_is_read_as_uv_prints_it() -> None:
     assert plan.install == (("tools", "2.0"), ("python-dateutil", "4.0.0"))
     assert plan.remove == {"tools"} and plan.environment == "v"
     assert Plan.parse("Would create project environment at: .venv\n").environment == ".venv"
+    # A global option's value is no command word.
+    assert command_words(["--directory", "sync", "-q", "pip", "install", "x"]) == ["pip", "install", "x"]
+    assert dry_run_argv("uv", ["--project", "p", "sync", "-q"]) == ["uv", "--project", "p", "sync", "--dry-run"]
 
 
 def _venvfs_uv(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -85,7 +88,8 @@ def test_uv_add_and_sync_through_venvfs_in_a_project(require_fuse: None, store: 
     subprocess.run([uv(), "venv", "-q", str(proj / ".venv")], check=True, cwd=proj)
     run_venvfs("mount", str(proj / ".venv"))  # type: ignore[operator]
     try:
-        out = _venvfs_uv(proj, "add", "-q", "needs")
+        # uv's options before the command are uv's too (venvfs passes every argument through).
+        out = _venvfs_uv(tmp_path, "--directory", str(proj), "add", "-q", "needs")
         assert "2 served from the store" in out.stderr, out.stderr  # needs and tools
         assert not _upper_copies(proj / ".venv")
         assert _project_versions(proj) == {"needs": "1.0", "tools": "2.0"}

@@ -78,7 +78,7 @@ def _project_flags(args: list[str]) -> list[str]:
 
 
 def cmd_uv(args: argparse.Namespace) -> int:
-    from venvfs.venv.preselect import dry_run_argv
+    from venvfs.venv.preselect import command_words, dry_run_argv
 
     uv_args = _installer_args(args)
     uv = shutil.which("uv")
@@ -87,7 +87,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
     if not uv_args:
         raise UsageError("name a uv command, e.g. `venvfs uv sync`")
     dry = dry_run_argv(uv, uv_args)
-    words = [a for a in uv_args if not a.startswith("-")]
+    words = command_words(uv_args)
     if words[:1] == ["add"] and not {"--no-sync", "--frozen", "--dry-run"} & set(uv_args):
         # uv add has no dry run: the lock is updated first (no sync), the plan read from a dry sync,
         # and the add then run as given, which re-resolves from that lock and syncs as it would have.
@@ -97,7 +97,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
         dry = [uv, "sync", "--inexact", "--dry-run", *_project_flags(uv_args)]
     if dry is not None and "--dry-run" not in uv_args:
         try:
-            _preselect_uv(args, dry)
+            _preselect_uv(args, dry, _directory(uv_args))
         except (VenvfsError, OSError) as e:
             print(f"venvfs: not selecting from the store ({e}); uv installs everything", file=sys.stderr)
     _exec([uv, *uv_args])
@@ -114,14 +114,26 @@ def _exec(argv: list[str]) -> NoReturn:
     os.execv(argv[0], argv)
 
 
-def _preselect_uv(args: argparse.Namespace, dry: list[str]) -> None:
+def _directory(args: list[str]) -> Path:
+    """Where uv runs: ``--directory`` changes its working directory, and the paths it prints are
+    relative to that."""
+    where = Path.cwd()
+    for i, a in enumerate(args):
+        if a == "--directory" and i + 1 < len(args):
+            where = where / args[i + 1]
+        elif a.startswith("--directory="):
+            where = where / a.partition("=")[2]
+    return where
+
+
+def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path) -> None:
     from venvfs.venv.preselect import Plan, venv_of
 
     proc = subprocess.run(dry, capture_output=True, text=True)
     if proc.returncode != 0:
         return  # uv's own run says why, in its words
     plan = Plan.parse(proc.stderr + "\n" + proc.stdout)
-    root = venv_of(plan, Path.cwd())
+    root = venv_of(plan, where)
     if root is not None:
         _select(args, root, plan, "uv")
 

@@ -100,9 +100,30 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     return result
 
 
+# Options that take the next word as their value: uv's global ones (``uv --help``) and --python/-p,
+# which most commands have. Other options' values come after the command words that matter here.
+_UV_WITH_VALUE = frozenset({"--directory", "--project", "--config-file", "--cache-dir", "--color",
+                            "--allow-insecure-host", "--python", "-p"})
+
+
+def command_words(args: Sequence[str]) -> list[str]:
+    """The words of a uv command line that are no option and no option's value: ``["pip", "install",
+    …]`` for ``uv --directory proj pip install …``."""
+    words: list[str] = []
+    value = False
+    for a in args:
+        if value:
+            value = False
+        elif a in _UV_WITH_VALUE:
+            value = True
+        elif not a.startswith("-"):
+            words.append(a)
+    return words
+
+
 def dry_run_argv(uv: str, args: Sequence[str]) -> list[str] | None:
     """The dry run of a uv command that installs, or None for one that has none to plan."""
-    words = [a for a in args if not a.startswith("-")]
+    words = command_words(args)
     if words[:2] in (["pip", "install"], ["pip", "sync"]) or words[:1] == ["sync"]:
         # The plan is what uv prints: a quiet dry run prints none.
         return [uv, *(a for a in args if not _QUIET.match(a)), "--dry-run"]
