@@ -34,6 +34,18 @@ def test_a_dry_runs_plan_is_read_as_uv_prints_it() -> None:
     assert dry_run_argv("uv", ["--project", "p", "sync", "-q"]) == ["uv", "--project", "p", "sync", "--dry-run"]
 
 
+def test_uv_run_is_planned_as_the_sync_it_starts_with(tmp_path: Path) -> None:
+    run = ["--directory", "p", "run", "-q", "--extra", "cpu", "--with", "rich", "--locked", "python", "-m", "x",
+           "--no-sync"]  # the last two words are the command's
+    assert dry_run_argv("uv", run, tmp_path) == ["uv", "--directory", "p", "sync", "--extra", "cpu", "--locked",
+                                                 "--inexact", "--dry-run"]
+    assert dry_run_argv("uv", ["run", "--exact", "pytest"], tmp_path) == ["uv", "sync", "--dry-run"]
+    # No project sync to plan: told not to, or a script with its own environment (PEP 723).
+    assert dry_run_argv("uv", ["run", "--no-sync", "pytest"], tmp_path) is None
+    (tmp_path / "tool.py").write_text("# /// script\n# dependencies = ['rich']\n# ///\nimport rich\n")
+    assert dry_run_argv("uv", ["run", "tool.py"], tmp_path) is None
+
+
 def _venvfs_uv(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{Path(uv()).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-m", "venvfs", "uv", *args], cwd=cwd, env=env, capture_output=True,
@@ -185,3 +197,32 @@ def test_pip_without_a_venv_says_so(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "venvfs", "pip", "install", "x"], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "VIRTUAL_ENV": ""})
     assert proc.returncode == 2 and "no virtual environment" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_uv_run_through_venvfs_serves_what_its_sync_installs(require_fuse: None, store: Store, run_venvfs: object,
+                                                           tmp_path: Path) -> None:
+    wheels = wheelhouse(tmp_path / "wheels")
+    run_venvfs("store", "add", str(wheels))  # type: ignore[operator]
+    projects = []
+    for side in ("ours", "plain"):
+        proj = tmp_path / side / "proj"
+        proj.mkdir(parents=True)
+        (proj / "pyproject.toml").write_text(
+            '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.10"\ndependencies = ["needs"]\n\n'
+            f'[tool.uv]\npackage = false\nno-index = true\nfind-links = ["{wheels}"]\n')
+        subprocess.run([uv(), "lock", "-q"], check=True, cwd=proj)  # locked, not installed
+        subprocess.run([uv(), "venv", "-q", "--python", sys.executable, str(proj / ".venv")], check=True, cwd=proj)
+        projects.append(proj)
+    ours, plain = projects
+    run_venvfs("mount", str(ours / ".venv"))  # type: ignore[operator]
+    try:
+        code = "import needs, tools; print('ran')"
+        out = _venvfs_uv(ours, "run", "python", "-c", code)
+        assert out.stdout == "ran\n" and "2 served from the store" in out.stderr, out.stderr  # needs and tools
+        assert not _upper_copies(ours / ".venv")
+        subprocess.run([uv(), "run", "python", "-c", code], check=True, cwd=plain, capture_output=True)
+        assert _project_versions(ours) == _project_versions(plain) == {"needs": "1.0", "tools": "2.0"}
+        assert_same_site_packages(Venv(ours / ".venv").site_packages, Venv(plain / ".venv").site_packages,
+                                  placed_by_venvfs=["needs-1.0.dist-info", "tools-2.0.dist-info"])
+    finally:
+        stop_mount(ours / ".venv")

@@ -25,14 +25,16 @@ if TYPE_CHECKING:
     from venvfs.venv.preselect import Plan
 
 _EPILOG = """\
-Commands that install (`uv pip install`, `uv pip sync`, `uv sync`, `uv add`) are first run as a dry
-run; the versions uv chose that the store already holds, for names the venv does not have yet, are
-selected from the store, so uv finds them installed and copies nothing through the mount. The rest
-(and every other uv command) is uv's, unchanged; venvfs ingests what uv installs afterwards.
+Commands that install (`uv pip install`, `uv pip sync`, `uv sync`, `uv add`, and `uv run`, which
+syncs the project first) are first run as a dry run (`uv sync --dry-run` for add and run); the
+versions uv chose that the store already holds, for names the venv does not have yet, are selected
+from the store, so uv finds them installed and copies nothing through the mount. The rest (and every
+other uv command) is uv's, unchanged; venvfs ingests what uv installs afterwards.
 
 examples:
   venvfs uv sync
   venvfs uv add jax scipy
+  venvfs uv run python -c 'import jax'
   venvfs uv pip install -r requirements.txt
 """
 
@@ -86,7 +88,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
         raise UsageError("uv is not on PATH (install it: https://docs.astral.sh/uv/)")
     if not uv_args:
         raise UsageError("name a uv command, e.g. `venvfs uv sync`")
-    dry = dry_run_argv(uv, uv_args)
+    dry = dry_run_argv(uv, uv_args, _directory(uv_args))
     words = command_words(uv_args)
     if words[:1] == ["add"] and not {"--no-sync", "--frozen", "--dry-run"} & set(uv_args):
         # uv add has no dry run: the lock is updated first (no sync), the plan read from a dry sync,
