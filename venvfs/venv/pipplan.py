@@ -11,7 +11,10 @@ be; a venv made by ``uv venv`` has none, and then the pip venvfs runs with insta
 The plan is ``pip install --dry-run --quiet --report -`` with the user's arguments: pip's own
 resolution, JSON on stdout, every distribution it would install under ``install`` (new names,
 upgrades and reinstalls alike; ``is_direct`` for a URL, a path or an editable, which no stored build
-can stand for).
+can stand for). pip resolves twice then, the plan and the real run: on the scientific set (18 wheels
+from a local wheelhouse, two shared cores) the dry run took 1.8 to 3.4 s and the whole ``venvfs pip``
+into an empty mounted venv 3.4 s, against 60 to 155 s for pip writing the same through the mount
+(and 27 s into a plain venv), so the plan costs a few percent of what it saves.
 """
 
 from __future__ import annotations
