@@ -2,7 +2,8 @@
 
 The reference is a plain venv and ``uv pip install`` with uv's default link mode (hardlinks from uv's
 warm cache on the same filesystem), or ``pip install`` from the wheelhouse. venvfs is an empty venv
-mounted by venvfs, the same command through the mount, then settled: the distributions are in the
+mounted by venvfs, the same command through the mount as the README gives it (``venvfs uv …``,
+``venvfs pip …``: what the store holds is selected first), then settled: the distributions are in the
 store and the upper copies dropped (``venvfs commit``, the synchronous form of what venvfs does by
 itself after an install). The store already holds the workload (the run adopted it once, as a user's
 earlier projects would have), as uv's cache is warm.
