@@ -114,20 +114,36 @@ def test_uv_add_in_the_activated_venv_is_quiet(project: Project) -> None:
     assert "after=unset" in proc.stdout
 
 
-@pytest.mark.parametrize("shell", ["zsh", "fish"])
+# Each: activated, deactivated, then a user's own UV_LINK_MODE through an activation and a deactivate.
+SHELL_SCRIPTS = {
+    "bash": 'source .venv/bin/activate && echo "in=$UV_LINK_MODE"; deactivate; echo "out=${UV_LINK_MODE-unset}"; '
+            'UV_LINK_MODE=symlink; export UV_LINK_MODE; source .venv/bin/activate; echo "mine=$UV_LINK_MODE"; '
+            'deactivate; echo "kept=$UV_LINK_MODE"',
+    "fish": 'source .venv/bin/activate.fish; echo "in=$UV_LINK_MODE"; deactivate; '
+            'set -q UV_LINK_MODE; or echo out=unset; set -gx UV_LINK_MODE symlink; '
+            'source .venv/bin/activate.fish; echo "mine=$UV_LINK_MODE"; deactivate; echo "kept=$UV_LINK_MODE"',
+    # One command a line, as typed: csh expands aliases when it reads a line, so a `deactivate` on the
+    # line that sources the script would not see the alias the script defines. Activated twice (the
+    # second activation's own deactivate alias is wrapped again), deactivated once.
+    "tcsh": "set prompt = ''\nsource .venv/bin/activate.csh\nsource .venv/bin/activate.csh\n"
+            'echo "in=$UV_LINK_MODE"\ndeactivate\nif ( ! $?UV_LINK_MODE ) echo out=unset\n'
+            "setenv UV_LINK_MODE symlink\nsource .venv/bin/activate.csh\necho \"mine=$UV_LINK_MODE\"\n"
+            'deactivate\necho "kept=$UV_LINK_MODE"\n',
+    "nu": "overlay use .venv/bin/activate.nu; print $'in=($env.UV_LINK_MODE)'; deactivate; "
+          "print $'out=($env.UV_LINK_MODE? | default unset)'; $env.UV_LINK_MODE = 'symlink'; "
+          "overlay use .venv/bin/activate.nu; print $'mine=($env.UV_LINK_MODE)'; deactivate; "
+          "print $'kept=($env.UV_LINK_MODE)'",
+}
+SHELL_SCRIPTS["zsh"] = SHELL_SCRIPTS["bash"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish", "tcsh", "nu"])
 def test_other_shells_set_and_restore_uv_link_mode(project: Project, shell: str) -> None:
     exe = shutil.which(shell)
     if exe is None:
-        missing_tool(f"{shell} is not installed (apt-get install {shell})")
-    script = {
-        "zsh": 'source .venv/bin/activate && echo "in=$UV_LINK_MODE"; deactivate; echo "out=${UV_LINK_MODE-unset}"; '
-               'UV_LINK_MODE=symlink; export UV_LINK_MODE; source .venv/bin/activate; echo "mine=$UV_LINK_MODE"',
-        "fish": 'source .venv/bin/activate.fish; echo "in=$UV_LINK_MODE"; deactivate; '
-                'set -q UV_LINK_MODE; or echo out=unset; set -gx UV_LINK_MODE symlink; '
-                'source .venv/bin/activate.fish; echo "mine=$UV_LINK_MODE"',
-    }[shell]
-    out = project.run(str(exe), "-c", script).stdout.split()
-    assert out == ["in=copy", "out=unset", "mine=symlink"], out
+        missing_tool(f"{shell} is not installed (scripts/test installs it)")
+    out = project.run(str(exe), "-c", SHELL_SCRIPTS[shell]).stdout.split()
+    assert out == ["in=copy", "out=unset", "mine=symlink", "kept=symlink"], out
 
 
 def test_uv_add_without_activation_is_quiet_with_the_hinted_setting(project: Project) -> None:

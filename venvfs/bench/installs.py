@@ -2,7 +2,8 @@
 
 The reference is a plain venv and ``uv pip install`` with uv's default link mode (hardlinks from uv's
 warm cache on the same filesystem), or ``pip install`` from the wheelhouse. venvfs is an empty venv
-mounted by venvfs, the same command through the mount, then settled: the distributions are in the
+mounted by venvfs, the same command through the mount as the README gives it (``venvfs uv …``,
+``venvfs pip …``: what the store holds is selected first), then settled: the distributions are in the
 store and the upper copies dropped (``venvfs commit``, the synchronous form of what venvfs does by
 itself after an install). The store already holds the workload (the run adopted it once, as a user's
 earlier projects would have), as uv's cache is warm.
@@ -108,6 +109,11 @@ def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sa
                 argv = [*venvfs_argv(), "uv", *argv[1:]]
                 uv_dir = Path(str(trees.uv_binary())).parent
                 install_env = {**env, "PATH": f"{uv_dir}:{env.get('PATH', '')}"}
+            elif mounted:
+                # `venvfs pip`, the same for pip: the skeleton venv has no pip, so it runs the pip of
+                # venvfs's interpreter with --python, which is site.python's unless --python chose another.
+                argv = [*venvfs_argv(), "pip", *argv[3:]]
+                install_env = env
             stderr = _run(argv, install_env, f"{installer} install")
             if mounted:
                 _run([*venvfs_argv(), "commit", str(venv)], env, "venvfs commit")

@@ -33,8 +33,11 @@ COMMANDS = {
     "commit": "venvfs.cli.mount", "create": "venvfs.cli.mount", "restart": "venvfs.cli.mount",
     "hook": "venvfs.cli.hooks", "eject": "venvfs.cli.hooks",
     "bench": "venvfs.cli.bench",
-    "uv": "venvfs.cli.installers",
+    "uv": "venvfs.cli.installers", "pip": "venvfs.cli.installers",
 }
+# Commands whose every argument after the command word is the wrapped installer's (`venvfs pip
+# --python .venv install -q x`): argparse would read those options as venvfs's own.
+PASSTHROUGH = ("uv", "pip")
 
 _EPILOG = "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()) + """
 
@@ -111,11 +114,26 @@ def _quiet(on: bool) -> Iterator[None]:
         yield
 
 
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``argv`` up to a PASSTHROUGH command word, and the installer's arguments after it (None for
+    every other command, and for a bare ``-h``/``--help``, which is venvfs's help)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            rest = argv[i + 1:]
+            if arg in PASSTHROUGH and rest not in (["-h"], ["--help"]):
+                return argv[: i + 1], rest
+            break
+    return argv, None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv, passed = _split_passthrough(argv)
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
+        if passed is not None:
+            args.installer_args = passed
     except SystemExit:
         sys.stdout.flush()  # --help into a closed pipe: seen here, not at interpreter exit
         raise

@@ -1,8 +1,11 @@
-"""``venvfs uv ARGS…``: uv, after selecting from the store what it is about to install.
+"""``venvfs uv ARGS…`` and ``venvfs pip ARGS…``: the installer, after selecting from the store what
+it is about to install.
 
-A thin wrapper: the plan is uv's own dry run and the work is ``venvfs.venv.preselect``; then the
-real uv runs with the arguments as given (exec, so signals and the exit status are uv's). venvfs
-is an accelerator here, never a gate: when anything about the plan fails, uv runs all the same.
+Thin wrappers: the plan is the installer's own dry run and the work is ``venvfs.venv.preselect``
+(``venvfs.venv.pipplan`` reads pip's command line and report); then the real installer runs with the
+arguments as given (exec, so signals and the exit status are the installer's). Every argument after
+the command word is the installer's (``venvfs.cli.app`` passes them through unparsed). venvfs is an
+accelerator here, never a gate: when anything about the plan fails, the installer runs all the same.
 """
 
 from __future__ import annotations
@@ -13,33 +16,57 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from venvfs.cli.common import common_parent, open_store_for
+from venvfs.cli.common import open_store_for
 from venvfs.errors import UsageError, VenvfsError
 
+if TYPE_CHECKING:
+    from venvfs.venv.preselect import Plan
+
 _EPILOG = """\
-Commands that install (`uv pip install`, `uv pip sync`, `uv sync`, `uv add`) are first run as a dry
-run; the versions uv chose that the store already holds, for names the venv does not have yet, are
-selected from the store, so uv finds them installed and copies nothing through the mount. The rest
-(and every other uv command) is uv's, unchanged; venvfs ingests what uv installs afterwards.
+Commands that install (`uv pip install`, `uv pip sync`, `uv sync`, `uv add`, and `uv run`, which
+syncs the project first) are first run as a dry run (`uv sync --dry-run` for add and run); the
+versions uv chose that the store already holds, for names the venv does not have yet, are selected
+from the store, so uv finds them installed and copies nothing through the mount. The rest (and every
+other uv command) is uv's, unchanged; venvfs ingests what uv installs afterwards.
 
 examples:
   venvfs uv sync
   venvfs uv add jax scipy
+  venvfs uv run python -c 'import jax'
   venvfs uv pip install -r requirements.txt
+"""
+
+_PIP_EPILOG = """\
+`pip install` (with -r, -U, …) is first run as pip's own dry run (--dry-run --report -); the versions
+pip chose that the store already holds, for names the venv does not have yet, are selected from the
+store, so pip finds them installed and copies nothing through the mount. Upgrades, reinstalls and
+every other pip command are pip's, unchanged; venvfs ingests what pip installs afterwards.
+
+The venv is pip's --python if given, else $VIRTUAL_ENV, else ./.venv; the pip is the venv's own
+(VENV/bin/python -m pip), else, for a venv without pip (uv venv), venvfs's with --python VENV.
+
+examples:
+  venvfs pip install -r requirements.txt
+  venvfs pip --python .venv install -U numpy
 """
 
 _PROJECT_FLAGS = ("--project", "--directory")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    p = subparsers.add_parser(
-        "uv", parents=[common_parent()], help="run uv, serving what the store holds instead of copying it",
-        description="Run uv in a venvfs venv, first selecting from the store what uv is about to install.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("uv_args", nargs=argparse.REMAINDER, metavar="UV_ARGS", help="uv's arguments, as given to uv")
-    p.set_defaults(handler=cmd_uv)
+    for name, epilog, handler in (("uv", _EPILOG, cmd_uv), ("pip", _PIP_EPILOG, cmd_pip)):
+        # No venvfs options: every argument after the command word is the installer's (the store is
+        # the venv's own, as for every venv command).
+        p = subparsers.add_parser(
+            name, help=f"run {name}, serving what the store holds instead of copying it",
+            description=f"Run {name} in a venvfs venv, first selecting from the store what {name} is about to "
+            "install. Every argument is the installer's.",
+            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("installer_args", nargs=argparse.REMAINDER, metavar=f"{name.upper()}_ARGS",
+                       help=f"{name}'s arguments, as given to {name}")
+        p.set_defaults(handler=handler, store=None, quiet=False)
 
 
 def _project_flags(args: list[str]) -> list[str]:
@@ -53,18 +80,16 @@ def _project_flags(args: list[str]) -> list[str]:
 
 
 def cmd_uv(args: argparse.Namespace) -> int:
-    from venvfs.venv.preselect import dry_run_argv
+    from venvfs.venv.preselect import command_words, dry_run_argv
 
-    uv_args = list(args.uv_args)
-    if uv_args[:1] == ["--"]:
-        uv_args = uv_args[1:]
+    uv_args = _installer_args(args)
     uv = shutil.which("uv")
     if uv is None:
         raise UsageError("uv is not on PATH (install it: https://docs.astral.sh/uv/)")
     if not uv_args:
         raise UsageError("name a uv command, e.g. `venvfs uv sync`")
-    dry = dry_run_argv(uv, uv_args)
-    words = [a for a in uv_args if not a.startswith("-")]
+    dry = dry_run_argv(uv, uv_args, _directory(uv_args))
+    words = command_words(uv_args)
     if words[:1] == ["add"] and not {"--no-sync", "--frozen", "--dry-run"} & set(uv_args):
         # uv add has no dry run: the lock is updated first (no sync), the plan read from a dry sync,
         # and the add then run as given, which re-resolves from that lock and syncs as it would have.
@@ -74,29 +99,80 @@ def cmd_uv(args: argparse.Namespace) -> int:
         dry = [uv, "sync", "--inexact", "--dry-run", *_project_flags(uv_args)]
     if dry is not None and "--dry-run" not in uv_args:
         try:
-            _preselect(args, dry)
+            _preselect_uv(args, dry, _directory(uv_args))
         except (VenvfsError, OSError) as e:
             print(f"venvfs: not selecting from the store ({e}); uv installs everything", file=sys.stderr)
+    _exec([uv, *uv_args])
+
+
+def _installer_args(args: argparse.Namespace) -> list[str]:
+    given = list(args.installer_args)
+    return given[1:] if given[:1] == ["--"] else given
+
+
+def _exec(argv: list[str]) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(uv, [uv, *uv_args])
+    os.execv(argv[0], argv)
 
 
-def _preselect(args: argparse.Namespace, dry: list[str]) -> None:
-    from venvfs.venv.preselect import Plan, preselect, venv_of
-    from venvfs.venv.venv import Venv
+def _directory(args: list[str]) -> Path:
+    """Where uv runs: ``--directory`` changes its working directory, and the paths it prints are
+    relative to that."""
+    where = Path.cwd()
+    for i, a in enumerate(args):
+        if a == "--directory" and i + 1 < len(args):
+            where = where / args[i + 1]
+        elif a.startswith("--directory="):
+            where = where / a.partition("=")[2]
+    return where
+
+
+def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path) -> None:
+    from venvfs.venv.preselect import Plan, venv_of
 
     proc = subprocess.run(dry, capture_output=True, text=True)
     if proc.returncode != 0:
         return  # uv's own run says why, in its words
     plan = Plan.parse(proc.stderr + "\n" + proc.stdout)
-    root = venv_of(plan, Path.cwd())
-    if root is None or not (root / ".venvfs").is_dir():
+    root = venv_of(plan, where)
+    if root is not None:
+        _select(args, root, plan, "uv")
+
+
+def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str) -> None:
+    from venvfs.venv.preselect import preselect
+    from venvfs.venv.venv import Venv
+
+    if not (root / ".venvfs").is_dir():
         return
     venv = Venv.open(root)
     if not venv.is_managed:
         return
     result = preselect(venv, open_store_for(args, venv), plan)
     if result.selected and not args.quiet:
-        left = f"; uv installs {len(result.left)}" if result.left else ""
+        left = f"; {installer} installs {len(result.left)}" if result.left else ""
         print(f"venvfs: {len(result.selected)} served from the store{left}", file=sys.stderr)
+
+
+def cmd_pip(args: argparse.Namespace) -> int:
+    from venvfs.venv.pipplan import PipCommand, parse_report, pip_argv, target_venv
+    from venvfs.venv.venv import Venv
+
+    pip_args = _installer_args(args)
+    if not pip_args:
+        raise UsageError("name a pip command, e.g. `venvfs pip install -r requirements.txt`")
+    cmd = PipCommand.parse(pip_args)
+    root = target_venv(cmd, os.environ, Path.cwd())
+    pip = pip_argv(root, Venv.open(root).site_packages)
+    dry = cmd.dry_run()
+    if dry is not None:
+        try:
+            proc = subprocess.run([*pip, *dry], capture_output=True, text=True)
+            # A failed plan (a pip without --report, a requirement that cannot be met): pip's own
+            # run says why, in its words.
+            if proc.returncode == 0:
+                _select(args, root, parse_report(proc.stdout), "pip")
+        except (VenvfsError, OSError, ValueError) as e:
+            print(f"venvfs: not selecting from the store ({e}); pip installs everything", file=sys.stderr)
+    _exec([*pip, *cmd.argv()])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, HookTarget, gone_message
+from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, UV_LINK_MODE_WHY, HookTarget, gone_message
 
 
 def quote(s: str) -> str:
@@ -31,7 +31,16 @@ def render(t: HookTarget) -> str:
             print -e {q(gone_message(t))}
         }}
     }}
-    {END}
+{_uv_copy(t)}    {END}
+"""
+
+
+def _uv_copy(t: HookTarget) -> str:
+    if not t.uv_copy:
+        return ""
+    # What export-env sets belongs to the overlay: deactivate (`overlay hide`) takes it away again.
+    return f"""    # {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
+    if ('UV_LINK_MODE' not-in $env) {{ $env.UV_LINK_MODE = 'copy' }}
 """
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from venvfs.hooks.block import insert_append
-from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, HookTarget, gone_message
+from venvfs.hooks.target import BEGIN, END, OPTOUT_ENV, UV_LINK_MODE_WHY, UV_MARK_ENV, HookTarget, gone_message
 
 
 def quote(s: str) -> str:
@@ -28,7 +28,32 @@ if (-not $env:{OPTOUT_ENV} -and ((Test-Path -LiteralPath {pth}) -or
         [Console]::Error.WriteLine({q(gone_message(t))})
     }}
 }}
-{END}
+{_uv_copy(t)}{END}
+"""
+
+
+def _uv_copy(t: HookTarget) -> str:
+    if not t.uv_copy:
+        return ""
+    # Untested here (no PowerShell on the test machines): the plainest form of the other shells'
+    # wrapper. Activate.ps1's deactivate removes Function:deactivate itself, the wrapper included.
+    return f"""# {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
+if ((-not (Test-Path -LiteralPath Env:UV_LINK_MODE) -or $global:{UV_MARK_ENV}) -and
+        (Test-Path -LiteralPath Function:deactivate)) {{
+    $env:UV_LINK_MODE = 'copy'
+    $global:{UV_MARK_ENV} = $true
+    Set-Item -Path Function:global:_venvfs_orig_deactivate -Value ${{Function:deactivate}}
+    function global:deactivate([switch] $NonDestructive) {{
+        if ($global:{UV_MARK_ENV}) {{
+            Remove-Item -LiteralPath Env:UV_LINK_MODE -ErrorAction SilentlyContinue
+            Remove-Variable -Name {UV_MARK_ENV} -Scope Global -ErrorAction SilentlyContinue
+        }}
+        _venvfs_orig_deactivate -NonDestructive:$NonDestructive
+        if (-not $NonDestructive) {{
+            Remove-Item -Path Function:_venvfs_orig_deactivate -ErrorAction SilentlyContinue
+        }}
+    }}
+}}
 """
 
 

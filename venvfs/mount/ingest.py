@@ -269,7 +269,8 @@ class IngestScheduler:
         if not unseen:
             return  # the usual case: reading the selection's records is not needed
         selected = self._selected()
-        new = {name: {"sig": sig, "result": pending.SETTLED} for name, sig in unseen.items() if name in selected}
+        new = {name: {"sig": sig, "result": pending.SETTLED} for name, sig in unseen.items()
+               if name in selected and not pending.reinstalled(self.venv, name)}
         if new:
             pending.write_seen(self.venv, {**seen, **new})
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.fsutil import atomic_write_json, read_json
+from venvfs.venv.upper import OPAQUE
 from venvfs.venv.venv import Venv
 
 SEEN_FILE = "ingest-seen.json"
@@ -103,13 +104,13 @@ def pending(venv: Venv, selected_dist_infos: Collection[str]) -> list[PendingDis
 
     ``selected_dist_infos``: the dist-info names of the selection. One of those with no entry in the
     seen file is a distribution stored before this venv was ever ingested automatically (adopted,
-    committed): settled, not pending.
+    committed): settled, not pending, unless ``reinstalled``.
     """
     seen = read_seen(venv)
     out = []
     for name, sig in sorted(upper_dist_infos(venv).items()):
         entry = seen.get(name)
-        if entry is None and name in selected_dist_infos:
+        if entry is None and name in selected_dist_infos and not reinstalled(venv, name):
             continue
         if entry is not None and entry.get("sig") == sig:
             result = str(entry.get("result", ""))
@@ -120,6 +121,15 @@ def pending(venv: Venv, selected_dist_infos: Collection[str]) -> list[PendingDis
             continue
         out.append(PendingDist(name))
     return out
+
+
+def reinstalled(venv: Venv, dist_info: str) -> bool:
+    """Whether an installer replaced the whole ``dist_info`` directory over what the store served:
+    pip and uv delete a distribution's directories before they write it again, which leaves them
+    opaque in the upper layer. A distribution selected while the venv was mounted (``venvfs add``,
+    ``venvfs uv``/``pip``) has no RECORD of its own there for the seen file to know it by, so its
+    reinstall is an unseen, selected dist-info like an adopted one, told apart only by this."""
+    return os.path.lexists(venv.upper_dir / dist_info / OPAQUE)
 
 
 def mark_seen(venv: Venv, results: dict[str, tuple[list[int] | None, str]]) -> None:

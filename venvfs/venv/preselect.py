@@ -4,7 +4,9 @@ uv writes every file of every wheel through the mount (about thirteen FUSE reque
 venvfs ingests them and drops the copies: correct, and an order of magnitude slower than uv's
 hardlinks. When the store already holds a build of the very version uv has chosen, selecting it
 first makes uv find it installed and write nothing. uv says what it would do (``--dry-run``, about
-70 ms), so the plan is uv's own resolution, not a second one that might disagree.
+70 ms), so the plan is uv's own resolution, not a second one that might disagree. ``uv add`` and
+``uv run`` have no dry run; the sync each starts with has (``uv sync --dry-run``). pip's plan is its
+``--report`` (``venvfs.venv.pipplan``).
 
 Only names the venv does not hold yet are selected: an upgrade or a reinstall goes uv's way (files
 through the mount, then ingest), since a selection under an installed copy would show both. A pin
@@ -100,13 +102,92 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     return result
 
 
-def dry_run_argv(uv: str, args: Sequence[str]) -> list[str] | None:
-    """The dry run of a uv command that installs, or None for one that has none to plan."""
-    words = [a for a in args if not a.startswith("-")]
+# Options that take the next word as their value: uv's global ones (``uv --help``) and --python/-p,
+# which most commands have. Other options' values come after the command words that matter here.
+_UV_WITH_VALUE = frozenset({"--directory", "--project", "--config-file", "--cache-dir", "--color",
+                            "--allow-insecure-host", "--python", "-p"})
+
+
+def command_words(args: Sequence[str]) -> list[str]:
+    """The words of a uv command line that are no option and no option's value: ``["pip", "install",
+    …]`` for ``uv --directory proj pip install …``."""
+    words: list[str] = []
+    value = False
+    for a in args:
+        if value:
+            value = False
+        elif a in _UV_WITH_VALUE:
+            value = True
+        elif not a.startswith("-"):
+            words.append(a)
+    return words
+
+
+def dry_run_argv(uv: str, args: Sequence[str], cwd: Path | None = None) -> list[str] | None:
+    """The dry run of a uv command that installs, or None for one that has none to plan. ``cwd``:
+    where uv runs (a ``uv run`` of a script is looked at there)."""
+    words = command_words(args)
     if words[:2] in (["pip", "install"], ["pip", "sync"]) or words[:1] == ["sync"]:
         # The plan is what uv prints: a quiet dry run prints none.
         return [uv, *(a for a in args if not _QUIET.match(a)), "--dry-run"]
+    if words[:1] == ["run"]:
+        return _run_dry_run_argv(uv, args, cwd or Path.cwd())
     return None
+
+
+# `uv run`'s options that take the next word as their value (uv 0.13, `uv run --help`).
+_RUN_WITH_VALUE = _UV_WITH_VALUE | frozenset({
+    "--extra", "--no-extra", "--group", "--no-group", "--only-group", "--no-editable-package", "--env-file",
+    "-w", "--with", "--with-editable", "--with-requirements", "--package", "--python-platform", "--index",
+    "--default-index", "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--index-strategy",
+    "--keyring-provider", "-P", "--upgrade-package", "--upgrade-group", "--resolution", "--prerelease",
+    "--prerelease-package", "--fork-strategy", "--exclude-newer", "--exclude-newer-package",
+    "--no-sources-package", "--reinstall-package", "--link-mode", "-C", "--config-setting",
+    "--config-settings-package", "--no-build-isolation-package", "--no-build-package", "--no-binary-package",
+    "--refresh-package"})
+# A run that syncs no project environment, or not the way `uv sync` would plan it.
+_RUN_UNPLANNED = frozenset({"--no-sync", "--isolated", "--active", "--no-project", "-s", "--script", "--gui-script",
+                            "--reinstall", "--reinstall-package", "--dry-run"})
+# `uv run` options `uv sync` does not take: the rest carry over (extras, groups, index, lock options).
+_RUN_ONLY = frozenset({"--env-file", "--no-env-file", "-w", "--with", "--with-editable", "--with-requirements",
+                       "-m", "--module", "--exact"})
+
+
+def _run_dry_run_argv(uv: str, args: Sequence[str], cwd: Path) -> list[str] | None:
+    """``uv run`` has no dry run, but syncs the project environment first, inexactly unless
+    ``--exact``, with its own extras, groups and lock options: ``uv sync --dry-run`` with those is
+    that sync's plan. Everything after the command it runs is that command's."""
+    kept: list[str] = []
+    i, command = 0, None
+    while i < len(args):
+        a = args[i]
+        name = a.partition("=")[0]
+        takes = a in _RUN_WITH_VALUE and i + 1 < len(args)
+        if not a.startswith("-"):
+            if "sync" in kept:
+                command = a
+                break
+            kept.append("sync")  # the first word is `run` (command_words said so)
+        elif name in _RUN_UNPLANNED:
+            return None
+        elif name not in _RUN_ONLY and not _QUIET.match(a):
+            kept += [a, args[i + 1]] if takes else [a]
+        i += 2 if takes else 1
+    if "sync" not in kept or (command is not None and _is_script(cwd / command)):
+        return None
+    exact = "--exact" in args[:i]
+    return [uv, *kept, *([] if exact else ["--inexact"]), "--dry-run"]
+
+
+def _is_script(path: Path) -> bool:
+    # PEP 723: a script with inline metadata runs in an environment of its own, not the project's.
+    if path.suffix not in (".py", ".pyw"):
+        return False
+    try:
+        with path.open(errors="replace") as f:
+            return any(line.startswith("# /// script") for line in f)
+    except OSError:
+        return False
 
 
 def venv_of(plan: Plan, cwd: Path, explicit: Iterable[str] = ()) -> Path | None:

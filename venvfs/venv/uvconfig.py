@@ -3,11 +3,12 @@
 uv links packages from its cache into site-packages: a reflink, else a hardlink, else a copy with
 ``warning: Failed to hardlink files; falling back to full copy`` on every install (uv 0.13.9). Neither
 link can reach into a FUSE mount: ``link(2)`` and ``FICLONE`` between two mounts fail with EXDEV in
-the VFS, before FUSE sees them, so the copy is all there can be. The activation hooks export
-``UV_LINK_MODE=copy`` while a mounted venv is active (``venvfs.hooks.posix``, ``fish``). uv commands
-run without activating (``uv add``, ``uv sync``, ``uv run`` in a project) read only the environment
-and uv's configuration files, which are the user's: venvfs writes none of them, and says once per
-venv, for a uv project's venv (a ``pyproject.toml`` beside it), what to add instead.
+the VFS, before FUSE sees them, so the copy is all there can be. The activation hooks of every
+shell export ``UV_LINK_MODE=copy`` while a mounted venv is active (``venvfs.hooks.posix``, ``fish``,
+``csh``, ``nushell``, ``powershell``). uv commands run without activating (``uv add``, ``uv sync``,
+``uv run`` in a project) read only the environment and uv's configuration files, which are the
+user's: venvfs writes none of them, and says once per venv, for a uv project's venv (a
+``pyproject.toml`` beside it), what to add instead.
 
 uv's configuration, as discovered by uv: ``UV_LINK_MODE``; ``UV_CONFIG_FILE``; ``uv.toml`` or
 ``pyproject.toml`` (``[tool.uv]``) in the project directory or a parent (the venv's parent directory
