@@ -44,8 +44,11 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
            ) -> VerifyReport:
     """Re-hash every object referenced by a record; name the venvs that use a damaged one.
 
-    ``venv_selections`` maps venv path to the dist keys it selects.
+    ``venv_selections`` maps venv path to the dist keys it selects. Only the store's own layer is
+    checked, never its lowers: its records name only its own objects, and a shared store is verified
+    where it is, by naming it as the store (``venvfs store verify --store SHARED``), from any node.
     """
+    store = store.local_only()
     report = VerifyReport()
     users: dict[str, set[str]] = {}
     for venv, keys in venv_selections.items():
