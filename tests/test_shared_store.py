@@ -150,6 +150,7 @@ def test_two_nodes_share_one_read_only_store(require_fuse: None, tmp_path: Path,
             layers = {d["name"]: d["layer"] for d in status["distributions"]}
             assert layers == {"demo": str(ro), "other": str(ro), "mine": str(local)}, layers
             assert status["lowers"] == [str(ro)]
+            assert 0 < status["lower_bytes"] < status["store_bytes"]
             store_status = json.loads(venvfs(local, "store", "status", "--json", lower=ro).stdout)
             assert [(la["role"], la["distributions"]) for la in store_status["layers"]] == [("local", 1), ("lower", 2)]
             listed = json.loads(venvfs(local, "store", "list", "--json", lower=ro).stdout)

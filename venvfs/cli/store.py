@@ -532,6 +532,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"logical size:      {human_bytes(status.logical_bytes)} (what plain copies would take)")
     print(f"in the store:      {human_bytes(status.store_bytes)}: {human_bytes(status.shared_bytes)} shared "
           f"with other venvs, {human_bytes(status.owned_alone_bytes)} used by this venv alone")
+    if status.lower_bytes:
+        print(f"  of which below:  {human_bytes(status.lower_bytes)} in the lower (shared) stores")
     print(f"in the venv:       {human_bytes(status.venv_own_bytes)} in {status.venv_own_files} file(s) of its own")
     if status.hardlink_warning:
         print(status.hardlink_warning)

@@ -48,7 +48,7 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
     checked, never its lowers: its records name only its own objects, and a shared store is verified
     where it is, by naming it as the store (``venvfs store verify --store SHARED``), from any node.
     """
-    store = store.local_only()
+    layered, store = store, store.local_only()
     report = VerifyReport()
     users: dict[str, set[str]] = {}
     for venv, keys in venv_selections.items():
@@ -84,7 +84,8 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
     sources = {digest: venvs for (digest, _), venvs in wanted.items()}
     for pyc in sorted((store.root / "bytecode").glob("*/*/*.pyc")):
         tag, digest = pyc.parent.parent.name, pyc.name[:-4]
-        source_size = next((p.stat().st_size for p in (store.object_path(digest), store.object_path(digest, True))
+        # The source may live below (bytecode this store compiled for a lower's build).
+        source_size = next((p.stat().st_size for p in (layered.object_path(digest), layered.object_path(digest, True))
                             if p.exists()), None)
         problem = _check_bytecode(pyc, source_size, tag == sys.implementation.cache_tag)
         report.bytecode_checked += 1

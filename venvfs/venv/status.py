@@ -56,6 +56,7 @@ class VenvStatus:
     store_bytes: int = 0  # disk the selection's objects take in the store
     shared_bytes: int = 0  # of store_bytes, objects another registered venv uses too
     owned_alone_bytes: int = 0  # of store_bytes, objects only this venv uses
+    lower_bytes: int = 0  # of store_bytes, objects a lower (shared) store holds: not on this node's disk
     venv_own_bytes: int = 0  # disk in the venv itself: upper layer, copies, the venv's own files
     venv_own_files: int = 0
     store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
@@ -185,8 +186,11 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
         ))
         status.logical_bytes += record.logical_size
     store_inodes: set[tuple[int, int]] = set()
+    local_prefix = f"{store.root}/"
     for obj in mine:
         path = store.object_path(*obj)
+        if store.lowers and not str(path).startswith(local_prefix):
+            status.lower_bytes += used_by[obj]
         with contextlib.suppress(FileNotFoundError):
             st = path.stat()
             store_inodes.add((st.st_ino, st.st_dev))
