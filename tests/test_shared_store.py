@@ -394,3 +394,43 @@ def test_materializing_never_hardlinks_a_lower_object(tmp_path: Path) -> None:
     assert not {p.stat().st_ino for p in (sp / "demo").rglob("*") if p.is_file()} & lower_inodes
     assert {p.stat().st_ino for p in (sp / "mine").rglob("*") if p.is_file()} & local_inodes
     assert run_python(venv, "import demo, mine; print(demo.VERSION, mine.VERSION)").stdout.split() == ["1.0", "0.1"]
+
+
+def test_cluster_projection_is_fixed_cost_plus_the_mean_user() -> None:
+    from venvfs.bench.cluster import ClusterResult, project, rows
+    from venvfs.bench.scratch import Usage
+
+    assert project(Usage(1000, 10), [Usage(100, 3), Usage(300, 5)], 100) == Usage(1000 + 20000, 10 + 400)
+    result = ClusterResult("fs", fixed={"venvfs": Usage(1000, 10)},
+                           per_user={"venvfs": [Usage(10, 1), Usage(10, 1)], "uv-hardlink": [Usage(500, 50)]})
+    got = {(r.strategy, r.users): (r.bytes, r.measured) for r in rows(result, [1, 2, 100])}
+    assert got[("venvfs", 2)] == (1020, True) and got[("venvfs", 100)] == (2000, False)
+    assert got[("uv-hardlink", 1)] == (500, True) and got[("uv-hardlink", 2)] == (1000, False)
+
+
+def test_cluster_scenario_measures_real_users(require_fuse: None, tmp_path: Path) -> None:
+    """The bench's cluster scenario on two small wheels (a function test, not a measurement): a shared
+    store, two venvfs users over it and two uv users with caches of their own, all made for real."""
+    from venvfs.bench.cluster import markdown, measure, rows
+    from venvfs.bench.workload import Workload
+
+    wheels = demo_wheels(tmp_path / "wheelhouse")
+    wheels["mine"].unlink()
+    workload = Workload("tiny", tmp_path / "wheelhouse", ["demo", "other"], [], wheels["demo"])
+    (tmp_path / "run").mkdir()
+    result = measure(tmp_path / "run", workload, sys.executable, users=2)
+    assert not result.unavailable, result.unavailable
+    assert set(result.per_user) >= {"venvfs", "uv-hardlink"}
+    assert all(len(users) == 2 for users in result.per_user.values())
+    for user in ("venvfs-user-0", "venvfs-user-1"):
+        venv = tmp_path / "run" / user / "venv"
+        state = json.loads((venv / ".venvfs" / "state.json").read_text())
+        assert sorted(k.split("-")[0] for k in state["selection"]) == ["demo", "other"]
+        assert not os.path.ismount(site(venv))  # unmounted at the end
+        assert json.loads((tmp_path / "run" / user / "store" / "lowers.json").read_text())["lowers"] == [
+            str(tmp_path / "run" / "shared-store")]
+        assert not list((tmp_path / "run" / user / "store" / "dists").iterdir())  # nothing copied up
+    assert not (tmp_path / "run" / "admin-store").exists()
+    result.rows = rows(result, [1, 10, 100])
+    table = markdown(result, [1, 10, 100])
+    assert "| venvfs |" in table and "| uv-hardlink |" in table and "*" in table
