@@ -154,7 +154,8 @@ def test_two_nodes_share_one_read_only_store(require_fuse: None, tmp_path: Path,
             store_status = json.loads(venvfs(local, "store", "status", "--json", lower=ro).stdout)
             assert [(la["role"], la["distributions"]) for la in store_status["layers"]] == [("local", 1), ("lower", 2)]
             listed = json.loads(venvfs(local, "store", "list", "--json", lower=ro).stdout)
-            assert {r["name"]: r["venvs"] for r in listed} == {"demo": 1, "other": 1, "mine": 1}
+            assert {r["name"]: (r["venvs"], r["layer"]) for r in listed} == {
+                "demo": (1, str(ro)), "other": (1, str(ro)), "mine": (1, str(local))}
             # The bytecode this node compiled for the shared builds is its own, and live: gc keeps it.
             pycs = sorted(p.name for p in (local / "bytecode").glob("*/*/*.pyc"))
             assert pycs

@@ -248,12 +248,15 @@ def cmd_store_list(args: argparse.Namespace) -> int:
     for record in store.iter_dists():
         rows.append({"key": record.key, "name": record.name, "version": record.version,
                      "tags": list(record.tags), "files": len(record.files), "bytes": record.logical_size,
-                     "venvs": users.get(record.key, 0), "source": record.source})
+                     "venvs": users.get(record.key, 0), "source": record.source,
+                     "layer": str(store.layer_of(store.dist_path(record.key)))})
     if args.json:
         print_json(rows)
         return 0
     for r in rows:
-        print(f"{r['key']:<48} {r['files']:>6} files {human_bytes(r['bytes']):>10}  used by {r['venvs']} venv(s)")
+        below = f"  [in {r['layer']}]" if r["layer"] != str(store.root) else ""
+        print(f"{r['key']:<48} {r['files']:>6} files {human_bytes(r['bytes']):>10}  used by {r['venvs']} venv(s)"
+              f"{below}")
     return 0
 
 
@@ -334,6 +337,9 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         if report.problems and not args.repair:
             summary += " (`venvfs store verify --repair` replaces damaged objects from good copies)"
         print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: {summary}")
+        for lower in store.lowers:
+            # Its records name only its own objects; a lower is checked where it is, as its own store.
+            print(f"not checked from here: the lower store {lower} (`venvfs store verify --store {lower}`)")
     return 0 if ok else 5
 
 
