@@ -77,8 +77,12 @@ def read_only_bind(src: Path, dst: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(dst)], check=False)
 
 
+BIG = bytes(range(256)) * 2400  # 600 KiB: checked chunk by chunk as the mount reads it
+BIG_DIGEST = hashlib.sha256(BIG).hexdigest()
+
+
 def demo_wheels(directory: Path) -> dict[str, Path]:
-    big = bytes(range(256)) * 2400  # 600 KiB: checked chunk by chunk as the mount reads it
+    big = BIG
     demo = simple_package()
     demo = WheelSpec(**{**demo.__dict__, "files": {**demo.files, "demo/data/big.bin": big}})
     return {"demo": build_wheel(directory, demo), "other": build_wheel(directory, simple_package("other", "2.0")),
@@ -159,8 +163,12 @@ def test_two_nodes_share_one_read_only_store(require_fuse: None, tmp_path: Path,
             # The bytecode this node compiled for the shared builds is its own, and live: gc keeps it.
             pycs = sorted(p.name for p in (local / "bytecode").glob("*/*/*.pyc"))
             assert pycs
+            # The big shared object was read whole once, here, and got a chunk list of this node's own.
+            big_list = local / "chunks" / BIG_DIGEST[:2] / BIG_DIGEST
+            assert big_list.exists()
             venvfs(local, "store", "gc", lower=ro)
             assert sorted(p.name for p in (local / "bytecode").glob("*/*/*.pyc")) == pycs
+            assert big_list.exists()
             venvfs(local, "store", "verify", lower=ro)
             assert run_python(venv, "import demo, other, mine").returncode == 0
         finally:
@@ -328,6 +336,12 @@ def test_a_malicious_shared_store_is_never_served(require_fuse: None, tmp_path: 
         obj.chmod(0o644)
         obj.write_bytes(bad)
         obj.chmod(0o444)
+    # The admin of a malicious store rewrites the large object's chunk list to match its bytes too.
+    big_digest = hashlib.sha256(big).hexdigest()
+    listed = shared_dir / "chunks" / big_digest[:2] / big_digest
+    listed.chmod(0o644)
+    listed.write_bytes(b"".join(hashlib.sha256(flipped[i:i + 256 * 1024]).digest()
+                                for i in range(0, len(flipped), 256 * 1024)))
     out = venvfs(admin, "store", "verify", "--store", str(shared_dir), "--json", check=False)
     assert out.returncode == 5
     assert set(json.loads(out.stdout)["problems"].values()) == {"modified"}

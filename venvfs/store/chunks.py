@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from venvfs.fsutil import atomic_write_bytes
@@ -60,10 +59,8 @@ def needs_chunks(size: int) -> bool:
 class ObjectChecker:
     """What one process has checked of the store's objects, and the reads that check the rest."""
 
-    def __init__(self, store_root: Path | Sequence[Path]) -> None:
-        # A layered store's lists are looked up layer by layer, like its objects: a list is a function
-        # of the bytes, so whichever layer holds one holds the right one, unless forged with them.
-        self._roots = [store_root] if isinstance(store_root, Path) else list(store_root)
+    def __init__(self, store_root: Path) -> None:
+        self._root = store_root
         self._done: set[str] = set()
         # digest -> (its chunk list, one flag per chunk: checked)
         self._partial: dict[str, tuple[bytes, bytearray]] = {}
@@ -136,13 +133,9 @@ class ObjectChecker:
 
     def _load_chunks(self, digest: str, size: int) -> tuple[bytes, bytearray] | None:
         n = -(-size // CHUNK)
-        for root in self._roots:
-            try:
-                chunks = chunks_path(root, digest).read_bytes()
-                break
-            except OSError:
-                continue
-        else:
+        try:
+            chunks = chunks_path(self._root, digest).read_bytes()
+        except OSError:
             return None
         if len(chunks) != n * _DIGEST:
             return None

@@ -85,7 +85,8 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
         report.bytes_freed += store.disk_usage(path)
         if not dry_run:
             path.unlink()
-    live_digests = {digest for digest, _ in live_objects}
+    # Chunk lists this layer made for live builds below it (``verify.vouch_lower``) stay too.
+    live_digests = {digest for digest, _ in live_objects} | live_sources
     for listed in list((store.root / "chunks").glob("*/*")):
         if listed.name in live_digests or young(listed):
             continue

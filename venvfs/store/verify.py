@@ -5,17 +5,22 @@ name the venvs that use what is damaged (repairing is ``repairs`` and ``venvfs.v
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import marshal
+import os
 import stat
 import struct
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import StoreError
+from venvfs.fsutil import atomic_write_bytes
+from venvfs.store.chunks import CHUNK, chunks_path, needs_chunks
+from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store, check_object, digests_in_raw_record
 
 
@@ -123,3 +128,41 @@ def _check_bytecode(path: Path, source_size: int | None, loadable_here: bool) ->
         except (ValueError, EOFError, TypeError):
             return "modified"
     return None
+
+
+def vouch_lower(store: Store, records: Iterable[DistRecord]) -> int:
+    """Give each large object ``records`` take from a lower store a chunk list in the local store,
+    made from its bytes here and only if they match its name; returns how many were made.
+
+    A mount checks large objects chunk by chunk against the local store's lists alone (a lower's
+    lists could be forged along with its objects): this is the one whole read, per node and object,
+    that lets it, done when a venv selects the build rather than on the mount's first read, which
+    would hold up every other request while it hashes. A mismatching object gets no list: the mount
+    then checks it whole, and gives EIO."""
+    made = 0
+    if not store.lowers:
+        return made
+    done: set[str] = set()
+    for record in records:
+        for f in record.files:
+            digest = f.digest
+            if digest is None or not needs_chunks(f.size) or digest in done:
+                continue
+            done.add(digest)
+            listed = chunks_path(store.root, digest)
+            path = store.object_path(digest, f.executable)
+            if listed.exists() or str(path).startswith(f"{store.root}/"):
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    whole, pieces = hashlib.sha256(), bytearray()
+                    while piece := os.read(fd, CHUNK):
+                        whole.update(piece)
+                        pieces += hashlib.sha256(piece).digest()
+                finally:
+                    os.close(fd)
+                if whole.hexdigest() == digest:
+                    atomic_write_bytes(listed, bytes(pieces), mode=0o444, tmp_dir=store.root / "tmp", durable=False)
+                    made += 1
+    return made

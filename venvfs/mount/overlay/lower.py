@@ -39,7 +39,10 @@ class Lower:
         self._sealed: dict[str, bool] = {}  # bytecode digest -> immutable (may be linked)
         # Every store object is checked against its digest as it is first read (``chunks.py``): what
         # the mount serves from the store is never silently wrong, however large the file.
-        self.checker = ObjectChecker(list(store.layers))
+        # Chunk lists come from the local store alone: a lower's own lists are as trustworthy as its
+        # objects, and one forged along with an object would pass every chunk check. A lower object
+        # gets a local list when a venv selects it (``verify.vouch_lower``), else it is checked whole.
+        self.checker = ObjectChecker(store.root)
         self._objects_dirs = [f"{root}/objects" for root in store.layers]
         self._bytecode_dirs: list[str] = []
         # Layered stores: "ab/<digest>" -> the directory of the layer found to hold it. Found once
