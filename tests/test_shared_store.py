@@ -309,6 +309,9 @@ def test_a_lower_that_disappears_while_mounted(require_fuse: None, tmp_path: Pat
         # What was read (and the bytecode this node compiled, in its own store) still imports.
         assert run_python(venv, "import demo; print(demo.VERSION)").stdout.strip() == "1.0"
         assert time.monotonic() - started < 30
+        # Selecting from it says it is gone, not that nothing matches.
+        out = venvfs(local, "add", str(venv), "other", lower=ro, check=False, timeout=60)
+        assert out.returncode == 5 and "unreachable" in out.stderr, out
         assert venvfs(local, "umount", str(venv), lower=ro, timeout=60).returncode == 0
         out = venvfs(local, "mount", str(venv), lower=ro, check=False, timeout=60)
         assert out.returncode == 5 and "unreachable" in out.stderr and "Traceback" not in out.stderr, out

@@ -138,14 +138,18 @@ def find(roots: Iterable[Path], rel: str) -> Path | None:
     return None
 
 
-def dist_keys(roots: Iterable[Path]) -> list[str]:
+def dist_keys(roots: Sequence[Path]) -> list[str]:
+    """The keys of every layer (``roots``: the local store first). A lower that cannot be listed is
+    an error naming it: listing without it would answer "no such distribution" for what it holds."""
     keys: set[str] = set()
-    for root in roots:
+    for i, root in enumerate(roots):
         try:
             with os.scandir(root / "dists") as it:
                 keys.update(e.name[:-5] for e in it if e.name.endswith(".json") and not e.name.startswith("."))
         except FileNotFoundError:
-            continue
+            if i == 0:
+                continue
+            raise StoreError(f"lower store {root} is unreachable or no venvfs store (no {root / 'dists'})") from None
         except OSError as e:
             raise StoreError(f"store {root} is unreachable ({describe_oserror(e)})") from None
     return sorted(keys)
