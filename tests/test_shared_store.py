@@ -283,6 +283,10 @@ def test_publish_refuses_a_damaged_object(tmp_path: Path) -> None:
     out = venvfs(node, "store", "publish", "demo", "--to", str(tmp_path / "shared"), check=False)
     assert out.returncode == 5 and "does not match its name" in out.stderr, out
     assert not list((tmp_path / "shared" / "dists").glob("*.json"))
+    out = venvfs(node, "store", "publish", "nosuch", "--to", str(tmp_path / "shared"), check=False)
+    assert out.returncode == 8 and "nosuch" in out.stderr, out
+    out = venvfs(node, "store", "publish", "--to", str(tmp_path / "shared"), check=False)
+    assert out.returncode == 2, out
 
 
 def test_a_lower_that_disappears_while_mounted(require_fuse: None, tmp_path: Path,

@@ -19,7 +19,7 @@ def register(store_sub: argparse._SubParsersAction[Any], parents: list[argparse.
         "--to (made if missing or empty), which other machines then use read-only below their own\n"
         "(--store-lower). Safe on NFS: no locks, every file written under a temporary name and linked\n"
         "into place, records last; two nodes publishing at once end with one copy. Idempotent: says\n"
-        "what it added and what was there. Do not run `venvfs store gc` on the shared store meanwhile.",
+        "what it added and what was there. The shared store's gc leaves what is younger than a day.",
     )
     p.add_argument("dists", nargs="*", metavar="DIST", help="a key, a project name, or NAME==VERSION")
     p.add_argument("--all", action="store_true", help="every distribution of the store's own layer")

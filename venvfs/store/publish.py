@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from venvfs.errors import StoreError, UsageError
+from venvfs.errors import NoMatchingDistribution, StoreError, UsageError
 from venvfs.fsutil import io_failure
 from venvfs.store import layers
 from venvfs.store.chunks import chunk_digests, chunks_path, needs_chunks
@@ -70,7 +70,8 @@ def select_keys(source: Store, names: Iterable[str], *, everything: bool) -> lis
         found = [r.key for r in records
                  if r.name == canonicalize_name(project.strip()) and (not version or r.version == version.strip())]
         if not found:
-            raise UsageError(f"{name}: no such distribution in the store {source.root} (`venvfs store list`)")
+            raise NoMatchingDistribution(f"{name}: no such distribution in the store {source.root} "
+                                         "(`venvfs store list`)")
         keys.extend(found)
     return list(dict.fromkeys(keys))
 
