@@ -456,3 +456,41 @@ def test_cluster_scenario_measures_real_users(require_fuse: None, tmp_path: Path
     result.rows = rows(result, [1, 10, 100])
     table = markdown(result, [1, 10, 100])
     assert "| venvfs |" in table and "| uv-hardlink |" in table and "*" in table
+
+
+def test_a_writable_lower_is_never_written(require_fuse: None, require_root: None, tmp_path: Path) -> None:
+    """A lower the node could write (an admin's read-write NFS mount, or root anywhere): nothing is
+    written into it, not even what a read-only mount would have refused without a word, such as the
+    immutable flag the opt-in bytecode links set on the store's .pyc files. Its published bytecode
+    serves the node, which compiles none of its own."""
+    from venvfs.fsflags import is_immutable, set_immutable
+
+    wheels = demo_wheels(tmp_path / "wheels")
+    admin, shared_dir, local = tmp_path / "admin", tmp_path / "shared", tmp_path / "local"
+    venvfs(admin, "store", "add", str(wheels["demo"]), str(wheels["other"]))
+    admin_venv = make_uv_venv(tmp_path / "admin-venv")
+    venvfs(admin, "adopt", str(admin_venv))
+    venvfs(admin, "add", str(admin_venv), "demo", "other")  # compiles the bytecode the admin publishes
+    report = json.loads(venvfs(admin, "store", "publish", "--all", "--to", str(shared_dir), "--json").stdout)
+    assert report["bytecode_added"] > 0
+    before = tree_hashes(shared_dir)
+    venv = make_uv_venv(tmp_path / "venv")
+    links = {"VENVFS_PYC_LINKS": "1"}
+    try:
+        venvfs(local, "mount", str(venv), lower=shared_dir, **links)
+        venvfs(local, "add", str(venv), "demo", "other", lower=shared_dir, **links)
+        out = run_python(venv, "import demo, other, demo.sub.helpers as h; print(h.double(2))")
+        assert out.stdout.strip() == "4", out.stderr
+        with (site(venv) / "demo" / "__init__.py").open("a") as f:
+            f.write("EDITED = True\n")
+        assert run_python(venv, "import demo; print(demo.EDITED)").stdout.strip() == "True"
+        venvfs(local, "store", "gc", lower=shared_dir)
+        venvfs(local, "store", "verify", lower=shared_dir)
+        sealed = [p for p in shared_dir.rglob("*.pyc") if is_immutable(p)]
+        assert not sealed, sealed[:3]
+    finally:
+        stop_mount(venv)
+        for pyc in shared_dir.rglob("*.pyc"):
+            set_immutable(pyc, False)  # so that a failure here leaves a tree pytest can delete
+    assert tree_hashes(shared_dir) == before
+    assert not list((local / "bytecode").glob("*/*/*.pyc"))
