@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--quick", action="store_true",
                    help="tiny generated workload, 2 venvs and 1 pair per metric, no cold runs, no lock: "
                         "about 30 s with every strategy (a smoke test: its ratios are not shown)")
+    p.add_argument("--cluster-users", type=_counts, default=None, metavar="N,N,...",
+                   help="run only the cluster scenario: total disk and inodes of N users' venvs over one "
+                   "shared store against uv with a per-user cache (e.g. 1,10,100; two users are measured, "
+                   "more are projected from them)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold runs (no page-cache drops)")
     p.add_argument("--no-installs", action="store_true",
                    help="skip the daily-path metric: uv and pip installing the set into a new venv until "
@@ -90,6 +94,16 @@ def _strategies(spec: str | None) -> list[str]:
     return names
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of user counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"not a list of user counts: {text!r}")
+    return counts
+
+
 def _size(root: Path) -> int:
     if not root.is_dir():
         return 0
@@ -103,6 +117,23 @@ def _clean(root: Path) -> int:
     if root.exists():
         shutil.rmtree(root)
     print(f"removed {root} ({size / 1e6:.0f} MB)" if size else f"nothing to remove in {root}")
+    return 0
+
+
+def _cluster(args: argparse.Namespace, make: Any, say: Any) -> int:
+    from venvfs.bench import cluster, workload
+
+    try:
+        result = cluster.run(make, args.cluster_users, python=args.python, scratch_dir=args.scratch,
+                             loop=not args.no_loop, lock=not args.quick, say=say)
+    except workload.WorkloadError as e:
+        raise BenchError(str(e)) from e
+    table = cluster.markdown(result, args.cluster_users)
+    print(table, end="")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_json(), indent=1) + "\n")
+    if args.markdown is not None:
+        args.markdown.write_text(table)
     return 0
 
 
@@ -154,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{time.monotonic() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    if args.cluster_users is not None:
+        return _cluster(args, make, say)
     try:
         result: Report = runner.run(settings, make, say)
     except workload.WorkloadError as e:

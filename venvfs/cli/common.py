@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from venvfs.fsutil import DEFAULT_LOCK_TIMEOUT, LOCK_TIMEOUT_ENV
-from venvfs.store import STORE_ENV
+from venvfs.store import LOWER_ENV, STORE_ENV
 
 if TYPE_CHECKING:
     from venvfs.store.store import Store
@@ -26,6 +26,11 @@ def common_parent() -> argparse.ArgumentParser:
         "--store", type=Path, default=None, metavar="DIR",
         help=f"the store to use (default: ${STORE_ENV}, else the user data directory); only {CREATING} "
         "create one, in a missing or empty directory",
+    )
+    parent.add_argument(
+        "--store-lower", type=Path, action="append", default=None, metavar="DIR",
+        help=f"a read-only store below --store, looked in after it (repeatable; default: ${LOWER_ENV}, "
+        "else the config file store-lower, else those the store was last used with)",
     )
     parent.add_argument(
         "--wait", type=_seconds, default=None, metavar="SECONDS",
@@ -63,9 +68,34 @@ def add_venv_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
     """--store, else $VENVFS_STORE or the default; made there only with ``create`` (see CREATING)."""
-    from venvfs.store.store import Store
+    from venvfs.store.store import Store, default_store_path
 
-    return Store.open(getattr(args, "store", None), create=create)
+    root = getattr(args, "store", None)
+    return Store.open(root, create=create, lowers=_lowers(args, root or default_store_path(), named=root is not None))
+
+
+def _lowers(args: argparse.Namespace, root: Path, *, named: bool = False) -> list[Path] | None:
+    """The lower stores the user named for ``root``, None if none. A store named by --store that is
+    one of them (an admin running `venvfs store verify --store SHARED` where $VENVFS_STORE_LOWER
+    names SHARED for every user) is that shared store itself: it is not given itself as a lower, and
+    nothing is recorded in it. Anywhere else a lower that is the store itself is refused."""
+    from venvfs.store import layers
+
+    lowers = layers.configured(getattr(args, "store_lower", None))
+    if lowers is None or not named:
+        return lowers
+    try:
+        here = root.stat()
+    except OSError:
+        return lowers
+    for lower in lowers:
+        try:
+            st = lower.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
+            return None
+    return lowers
 
 
 def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False, damaged_ok: bool = False
@@ -83,7 +113,8 @@ def open_store_for(args: argparse.Namespace, venv: Venv, *, create: bool = False
         # file is gone but not the rest of .venvfs/ is the registry's to judge (damaged, not new).
         venv.read_state()
     named = registry.state_store(venv) if getattr(args, "store", None) is None else None
-    store = Store.open(named, create=False) if named is not None else open_store(args, create=create)
+    store = (Store.open(named, create=False, lowers=_lowers(args, named)) if named is not None
+             else open_store(args, create=create))
     registry.sync(venv, store, damaged_ok=damaged_ok)
     return store
 

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     _limit_arguments(p)
     p.set_defaults(handler=cmd_store_add)
+    from venvfs.cli import publish
+
+    publish.register(store_sub, [common, as_json])
     p = store_sub.add_parser("list", parents=[common, as_json], help="list stored distributions")
     p.set_defaults(handler=cmd_store_list)
     p = store_sub.add_parser("status", parents=[common, as_json], help="store size, dedupe ratio, venvs")
@@ -76,12 +79,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "A registered venv that is missing (moved, deleted, on an unplugged disk) or whose state is\n"
         "damaged keeps what it selected, from the store's copy of its selection, until\n"
         "--forget-missing (a moved venv re-registers itself on its next venvfs command). Wheels\n"
-        "added with `store add` and selected by no venv are removed too.", formatter_class=fmt,
+        "added with `store add` and selected by no venv are removed too.\n\n"
+        "A shared store (one `store publish` wrote to) is used by venvs on other nodes that it cannot\n"
+        "see: its gc removes only the distributions named by --retire, what no record names, and\n"
+        "nothing younger than a day (a publisher on another node may be half way).", formatter_class=fmt,
     )
     p.add_argument("--dry-run", action="store_true", help="say what would be forgotten and freed, remove nothing")
     p.add_argument("--forget-missing", action="store_true",
                    help="forget registered venvs that are no longer where they were (listed first), "
                    "and free what only they selected")
+    p.add_argument("--retire", action="append", default=[], metavar="DIST",
+                   help="in a shared store (`store publish` made it), the only distributions gc removes: "
+                   "a key, a name or NAME==VERSION (repeatable); everything else there stays")
     p.set_defaults(handler=cmd_store_gc)
 
     link_help = "reflink, hardlink or copy; auto tries them in that order (default: auto)"
@@ -239,12 +248,15 @@ def cmd_store_list(args: argparse.Namespace) -> int:
     for record in store.iter_dists():
         rows.append({"key": record.key, "name": record.name, "version": record.version,
                      "tags": list(record.tags), "files": len(record.files), "bytes": record.logical_size,
-                     "venvs": users.get(record.key, 0), "source": record.source})
+                     "venvs": users.get(record.key, 0), "source": record.source,
+                     "layer": str(store.layer_of(store.dist_path(record.key)))})
     if args.json:
         print_json(rows)
         return 0
     for r in rows:
-        print(f"{r['key']:<48} {r['files']:>6} files {human_bytes(r['bytes']):>10}  used by {r['venvs']} venv(s)")
+        below = f"  [in {r['layer']}]" if r["layer"] != str(store.root) else ""
+        print(f"{r['key']:<48} {r['files']:>6} files {human_bytes(r['bytes']):>10}  used by {r['venvs']} venv(s)"
+              f"{below}")
     return 0
 
 
@@ -257,6 +269,12 @@ def cmd_store_status(args: argparse.Namespace) -> int:
         return 0
     print(f"store:          {status.store}")
     print(f"distributions:  {status.distributions}")
+    if len(status.layers) > 1:
+        for layer in status.layers:
+            held = (f"{layer['distributions']} distribution(s)" if layer["error"] is None
+                    else f"UNREACHABLE: {layer['error']}")
+            print(f"  {layer['role']:<6} {layer['root']}: {held}")
+        print("(objects and bytes below: the local store's own)")
     print(f"objects:        {status.objects}")
     print(f"on disk:        {human_bytes(status.stored_bytes)} objects, {human_bytes(status.bytecode_bytes)} bytecode")
     print(f"venvs' logical: {human_bytes(status.logical_bytes)} in {len(status.venvs)} venv(s)")
@@ -319,6 +337,9 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         if report.problems and not args.repair:
             summary += " (`venvfs store verify --repair` replaces damaged objects from good copies)"
         print(f"checked {report.objects_checked} objects and {report.bytecode_checked} .pyc: {summary}")
+        for lower in store.lowers:
+            # Its records name only its own objects; a lower is checked where it is, as its own store.
+            print(f"not checked from here: the lower store {lower} (`venvfs store verify --store {lower}`)")
     return 0 if ok else 5
 
 
@@ -338,7 +359,12 @@ def cmd_store_gc(args: argparse.Namespace) -> int:
                        "`venvfs store gc --forget-missing` forgets it")
                 count = f"its {len(v.state.selection)} distribution(s)" if v.state else "it"
                 print(f"keeping {count} for venv {v.path}: {v.why}; {how}")
-        report = registry.collect(store, plan, dry_run=args.dry_run)
+        retire: list[str] = []
+        if args.retire:
+            from venvfs.store.publish import select_keys
+
+            retire = select_keys(store, args.retire, everything=False)
+        report = registry.collect(store, plan, dry_run=args.dry_run, retire=retire)
     if args.json:
         print_json({"dry_run": args.dry_run, "distributions": report.dists, "objects": report.objects,
                     "bytecode": report.bytecode, "views": report.views, "bytes_freed": report.bytes_freed,
@@ -493,6 +519,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"state:       DAMAGED: {status.state_problem}")
         print("             (what follows is the store's registry copy)")
     print(f"store:       {status.store}")
+    for lower in status.lowers:
+        print(f"  over:      {lower} (read-only)")
     print(f"layout:      {status.layout} (site-packages {status.mount})")
     if status.interrupted:
         print(f"interrupted: {status.interrupted}")
@@ -505,10 +533,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"distributions: {len(status.distributions)}  (size as plain files; store bytes shared with other venvs)")
     for d in status.distributions:
         shared = f"{human_bytes(d.shared_bytes)} of {human_bytes(d.store_bytes)} shared" if d.shared_bytes else "alone"
-        print(f"  {d.name:<28} {d.version:<14} {d.files:>6} files {human_bytes(d.logical_bytes):>10}  {shared}")
+        below = f"  [in {d.layer}]" if d.layer != status.store else ""
+        print(f"  {d.name:<28} {d.version:<14} {d.files:>6} files {human_bytes(d.logical_bytes):>10}  {shared}{below}")
     print(f"logical size:      {human_bytes(status.logical_bytes)} (what plain copies would take)")
     print(f"in the store:      {human_bytes(status.store_bytes)}: {human_bytes(status.shared_bytes)} shared "
           f"with other venvs, {human_bytes(status.owned_alone_bytes)} used by this venv alone")
+    if status.lower_bytes:
+        print(f"  of which below:  {human_bytes(status.lower_bytes)} in the lower (shared) stores")
     print(f"in the venv:       {human_bytes(status.venv_own_bytes)} in {status.venv_own_files} file(s) of its own")
     if status.hardlink_warning:
         print(status.hardlink_warning)

@@ -595,6 +595,9 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
     (remembered in the venv's state); None keeps the venv's choice."""
     from venvfs.venv import automount, eject, layout
 
+    # Before anything changes: a shared store that is down is one clear line (exit 5), not a mount
+    # whose every import fails.
+    store.check_lowers()
     venv = Venv.open(path)
     with venv.locked(wait=True):
         if not venv.is_managed:

@@ -90,7 +90,7 @@ class UpperAdopter(_DistAdopter):
             st = os.fstat(fd)
             executable = bool(st.st_mode & 0o111)
             want = expected[1]
-            if self.store.object_path(want, executable).exists():
+            if self.store.local_object_path(want, executable).exists():
                 put: PutResult | None = PutResult(want, st.st_size, new=False) if _hash_fd(fd) == want else None
             else:
                 put = self._put_snapshot(fd, st.st_size, want, executable)

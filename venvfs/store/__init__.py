@@ -11,3 +11,4 @@ protocol it defines.
 
 # Here rather than in ``store.py``: the CLI names it in every command's --help without loading the store.
 STORE_ENV = "VENVFS_STORE"
+LOWER_ENV = "VENVFS_STORE_LOWER"

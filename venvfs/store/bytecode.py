@@ -25,14 +25,19 @@ from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
 
-# Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin.
+# Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin. ``out`` is named by
+# the source's digest, which the bytes read are checked against (the very bytes compiled): a damaged
+# object, or one a shared store below serves with other content, must not become bytecode that every
+# venv then runs without its source ever being read.
 _COMPILER = """
-import importlib._bootstrap_external as be, json, sys
+import hashlib, importlib._bootstrap_external as be, json, os, sys
 mtime = int(sys.argv[1])
 for src, out in json.load(sys.stdin):
     try:
         with open(src, "rb") as f:
             data = f.read()
+        if hashlib.sha256(data).hexdigest() != os.path.basename(out):
+            continue
         code = compile(data, src, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError, UnicodeDecodeError):
         continue  # e.g. Python 2 test fixtures shipped as data: Python itself would not compile them either

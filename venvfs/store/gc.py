@@ -10,9 +10,11 @@ import shutil
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from venvfs import fsflags
 from venvfs.errors import StoreError
+from venvfs.store import layers
 from venvfs.store.store import Store, digests_in_raw_record
 
 
@@ -27,13 +29,33 @@ class GcReport:
 
 
 def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: bool,
-            live_views: Collection[str] = ()) -> GcReport:
+            live_views: Collection[str] = (), retire: Collection[str] = ()) -> GcReport:
     """Remove records, objects, bytecode and cached views (other than ``live_views``) no live venv
-    references. Caller holds ``store.collecting()``."""
+    references. Caller holds ``store.collecting()``.
+
+    A shared store (one ``venvfs store publish`` wrote to) is used by venvs on other nodes, which
+    register with their own stores, never with it: every record in it is live except those named in
+    ``retire``, and files younger than ``layers.SHARED_GRACE`` stay (a publisher may be between an
+    object and its record).
+
+    Only the store's own layer is collected, never a lower: the lowers are read only for the records
+    of what live venvs select from them, whose bytecode for a new Python lives in this layer."""
+    layered, store = store, store.local_only()
     report = GcReport()
     live_keys = {k for keys in live_selections.values() for k in keys}
+    shared = layers.is_shared(store.root)
+    if shared:
+        live_keys |= set(store.dist_keys()) - set(retire)
+    elif retire:
+        raise StoreError(f"{store.root} is no shared store (`venvfs store publish` makes one): its gc "
+                         "removes what no venv selects, and retires nothing by name")
+
+    def young(path: Path) -> bool:
+        with contextlib.suppress(OSError):
+            return shared and time.time() - path.lstat().st_ctime < layers.SHARED_GRACE
+        return False
     live_objects: set[tuple[str, bool]] = set()
-    live_sources: set[str] = set()
+    live_sources = _sources_below(layered, live_keys)
     for key in store.dist_keys():
         try:
             record = store.get_dist(key)
@@ -57,21 +79,22 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
             continue
         live_objects.update(digests_in_raw_record(store.dist_path(key)))
     for digest, executable, path in list(store.iter_objects()):
-        if (digest, executable) in live_objects:
+        if (digest, executable) in live_objects or young(path):
             continue
         report.objects += 1
         report.bytes_freed += store.disk_usage(path)
         if not dry_run:
             path.unlink()
-    live_digests = {digest for digest, _ in live_objects}
+    # Chunk lists this layer made for live builds below it (``verify.vouch_lower``) stay too.
+    live_digests = {digest for digest, _ in live_objects} | live_sources
     for listed in list((store.root / "chunks").glob("*/*")):
-        if listed.name in live_digests:
+        if listed.name in live_digests or young(listed):
             continue
         report.bytes_freed += store.disk_usage(listed)
         if not dry_run:
             listed.unlink(missing_ok=True)
     for pyc in list((store.root / "bytecode").glob("*/*/*.pyc")):
-        if pyc.stem in live_sources:
+        if pyc.stem in live_sources or young(pyc):
             continue
         report.bytecode += 1
         report.bytes_freed += store.disk_usage(pyc)
@@ -93,7 +116,10 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
             view.unlink(missing_ok=True)
     if not dry_run:
         for tmp in (store.root / "tmp").iterdir():
-            # Only gc holds the exclusive lock, so no writer owns these: leftovers of a crash.
+            # Only gc holds the exclusive lock, so no writer owns these: leftovers of a crash (in a
+            # shared store, publishers on other nodes take no lock: only old ones are leftovers).
+            if young(tmp):
+                continue
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -104,3 +130,17 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
                 if time.time() - tmp.lstat().st_mtime >= 86400:
                     tmp.unlink()
     return report
+
+
+def _sources_below(store: Store, live_keys: set[str]) -> set[str]:
+    """The source digests of the live builds that only a lower store holds: this layer keeps their
+    bytecode. A lower that cannot be reached stops gc, rather than taking that bytecode for garbage."""
+    sources: set[str] = set()
+    below = sorted(k for k in live_keys if not store.local_dist_path(k).exists())
+    if not store.lowers or not below:
+        return sources
+    store.check_lowers()
+    for key in below:
+        with contextlib.suppress(StoreError):  # in no layer: gone for good, nothing to keep
+            sources.update(f.digest for f in store.get_dist(key).files if f.digest is not None)
+    return sources

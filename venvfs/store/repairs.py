@@ -16,14 +16,14 @@ _CHUNK = 1 << 20
 
 def object_problem(store: Store, digest: str, executable: bool) -> str | None:
     """What is wrong with one stored object (as ``verify`` says it), None if nothing."""
-    return check_object(store.root, store.object_path(digest, executable), digest)
+    return check_object(store.root, store.local_object_path(digest, executable), digest)
 
 
 def repair_object(store: Store, digest: str, executable: bool, source: Path) -> bool:
     """Replace the damaged object ``digest`` by the content of ``source`` if that content has this
     digest; False (nothing changed) if it has not. ``source`` may be the object itself when only
     its mode or its chunk list is wrong."""
-    final = store.object_path(digest, executable)
+    final = store.local_object_path(digest, executable)
     problem = check_object(store.root, final, digest)
     if problem is None:
         return True

@@ -13,9 +13,16 @@ Layout under the store root::
                                   running mounts to drop what they cached of them (``repairlog.py``)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
+    lowers.json                   the read-only stores below this one, if any (``layers.py``)
+    shared.json                   in a store ``venvfs store publish`` wrote to: other nodes use it (gc)
 
 Every object and record appears by ``rename`` (or ``link``) of a fully written, fsynced temp file, so
 a crash leaves nothing half-visible; a record is written only after all its objects exist.
+
+A store may lie over read-only lower stores (``lowers``, see ``layers.py``): ``object_path``,
+``bytecode_path``, ``dist_path``, ``get_dist`` and ``dist_keys`` look through them; everything that
+writes uses the ``local_*`` paths, so a lower is never written, and the local store's records name only
+its own objects (its gc, verify and repair need no lower).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
@@ -35,6 +42,7 @@ from venvfs import fsflags
 from venvfs.errors import Busy, StoreError
 from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
 from venvfs.store import STORE_ENV as STORE_ENV
+from venvfs.store import layers
 from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
 from venvfs.store.records import DistRecord
 from venvfs.store.repairlog import log_repaired
@@ -96,20 +104,32 @@ class RegistryEntry:
 class Store:
     """A store rooted at ``root``. Cheap to construct; ``open`` checks or creates its format."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lowers: Sequence[Path] = ()) -> None:
         self.root = root.absolute()
+        self.lowers: tuple[Path, ...] = tuple(Path(p).absolute() for p in lowers)
         # Objects this Store object republished after finding them damaged (``_publish``,
         # ``repairs.repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
         self.repaired: list[str] = []
 
     @classmethod
-    def open(cls, root: Path | None = None, *, create: bool = True) -> Store:
+    def open(cls, root: Path | None = None, *, create: bool = True, lowers: Sequence[Path] | None = None) -> Store:
         """The store at ``root`` (default: ``$VENVFS_STORE``, else the user data directory).
 
         With ``create``, a missing or empty directory becomes a new store; never a directory that
         holds anything else (``--store ~/src`` must not scatter objects/ and dists/ among a user's
-        files), and without ``create`` nothing is ever made.
+        files), and without ``create`` nothing is ever made. ``lowers`` (named by the user) are
+        checked and recorded in the store; None: the ones it recorded (``layers.py``).
         """
+        store = cls._open(root, create)
+        if lowers is not None:
+            layers.record(store.root, lowers)
+            store.lowers = tuple(lowers)
+        else:
+            store.lowers = tuple(layers.recorded(store.root))
+        return store
+
+    @classmethod
+    def _open(cls, root: Path | None, create: bool) -> Store:
         store = cls(root if root is not None else default_store_path())
         fmt = store.root / "format.json"
         try:
@@ -124,7 +144,7 @@ class Store:
             if version != STORE_FORMAT:
                 raise StoreError(f"{store.root}: store format {version!r}, this venvfs reads {STORE_FORMAT}")
             return store
-        store._check_new_store_place(create)
+        _check_new_store_place(store, create)
         try:
             # A new store is closed to other users: what they may see of it goes through a mount its
             # owner serves. (An existing empty directory keeps the mode its owner gave it.)
@@ -135,32 +155,6 @@ class Store:
         except OSError as e:
             raise io_failure(e, f"cannot create a store at {store.root}", where=store.root.parent) from None
         return store
-
-    def _check_new_store_place(self, create: bool) -> None:
-        """Refuse to make a store where one must not be made (see ``open``)."""
-        try:
-            st = self.root.stat()
-        except FileNotFoundError:
-            if not create:
-                raise StoreError(f"no venvfs store at {self.root} (`venvfs store add` or `venvfs adopt` "
-                                 "makes one)") from None
-            return
-        except OSError as e:
-            raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise StoreError(f"{self.root} is not a directory, so not a venvfs store")
-        try:
-            names = os.listdir(self.root)
-        except OSError as e:
-            raise StoreError(f"{self.root}: not usable as a store ({describe_oserror(e)})") from None
-        # What a creation killed before format.json was written leaves behind: still ours to finish.
-        foreign = [n for n in names
-                   if n not in (*_STORE_DIRS, "views", "lock", "compile.lock") and not n.startswith(".format.json.")]
-        if foreign:
-            raise StoreError(f"{self.root} is not a venvfs store (no format.json) and not empty "
-                             f"({len(foreign)} entries, e.g. {sorted(foreign)[0]!r}): refusing to turn it into one")
-        if not create:
-            raise StoreError(f"no venvfs store at {self.root} (an empty directory)")
 
     # -- locking -----------------------------------------------------------------------------------
 
@@ -200,42 +194,11 @@ class Store:
                 yield
         except BaseException:
             if outermost:
-                self._take_back(published)
+                _take_back(self, published)
             raise
         finally:
             if outermost:
                 del _PUBLISHED[key]
-
-    def _take_back(self, published: list[Path]) -> None:
-        """Remove the objects this run published that no record refers to, after a failure.
-
-        Why this is safe against a concurrent ingest that found one of them already stored and
-        counts on it: every writer decides "already stored" and publishes the record that refers to
-        the object under the shared lock, so once this run holds the exclusive lock (as gc does)
-        each such writer has either published its record, which the scan below sees, or ended
-        without one. What no record names at that moment is referenced by nobody: the same rule gc
-        applies to every object, applied here only to this run's own, so gc is never needed after
-        a failed ingest. The shared lock is released first: flock would deadlock this process's
-        exclusive request against its own shared one.
-        """
-        if not published:
-            return
-        try:
-            with self.collecting(wait=True):
-                referenced: set[tuple[str, bool]] = set()
-                for path in (self.root / "dists").glob("*.json"):
-                    referenced |= digests_in_raw_record(path)
-                for obj in published:
-                    executable = obj.name.endswith(".x")
-                    digest = obj.name.removesuffix(".x")
-                    if (digest, executable) not in referenced:
-                        obj.unlink(missing_ok=True)
-                        if not self.object_path(digest, not executable).exists():
-                            chunks_path(self.root, digest).unlink(missing_ok=True)
-        except (OSError, Busy) as e:
-            # Unlinking frees space, so this rarely fails; what stays is what gc removes anyway.
-            log.warning("could not take back the %d object(s) this run stored in %s (%s); "
-                        "`venvfs store gc` removes them", len(published), self.root, e)
 
     @contextlib.contextmanager
     def collecting(self, *, wait: bool = False, compiles: bool = False) -> Iterator[None]:
@@ -258,12 +221,44 @@ class Store:
         objects that records name and publishes only bytecode, which no take-back touches."""
         return flock(self.root / "compile.lock", exclusive=False, what=f"store {self.root}")
 
+    # -- layers ------------------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> tuple[Path, ...]:
+        """The roots lookups search, the local store first."""
+        return (self.root, *self.lowers)
+
+    def local_only(self) -> Store:
+        """This store without its lowers: what gc, verify and repair work on."""
+        return Store(self.root) if self.lowers else self
+
+    def check_lowers(self) -> None:
+        """Raise ``StoreError`` naming a lower that is unreachable or the local store itself."""
+        for lower in self.lowers:
+            layers.check(lower, self.root)
+
+    def layer_of(self, path: Path) -> Path:
+        """The root of the layer ``path`` (found by a lookup) lies in."""
+        return next((root for root in self.lowers if path.is_relative_to(root)), self.root)
+
+    def _lookup(self, own: Path, rel: str) -> Path:
+        if not self.lowers or own.exists():
+            return own
+        return layers.find(self.lowers, rel) or own
+
     # -- objects -----------------------------------------------------------------------------------
 
-    def object_path(self, digest: str, executable: bool = False) -> Path:
+    def local_object_path(self, digest: str, executable: bool = False) -> Path:
         # One parse of one string, not three joins: adopt asks this ~6 times per file (pathlib's
         # joins were an eighth of a 24k-file adopt).
         return Path(f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}")
+
+    def object_path(self, digest: str, executable: bool = False) -> Path:
+        """Where object ``digest`` is, in whichever layer holds it (the local path if none does)."""
+        own = self.local_object_path(digest, executable)
+        if not self.lowers:
+            return own
+        return self._lookup(own, f"objects/{digest[:2]}/{digest}{'.x' if executable else ''}")
 
     def tmpfile(self) -> tuple[IO[bytes], str]:
         import tempfile
@@ -297,7 +292,7 @@ class Store:
         has verified the content against that digest.
         """
         if expected_digest is not None:
-            existing = self.object_path(expected_digest, executable)
+            existing = self.local_object_path(expected_digest, executable)
             if existing.exists():
                 return PutResult(expected_digest, existing.stat().st_size, new=False)
         with open(path, "rb") as src:
@@ -308,7 +303,7 @@ class Store:
         linker's mode: a hardlink or reflink costs no data copy (adopting a torch venv writes
         700 MB less), and a hardlink makes ``path`` itself the store object.
         """
-        if self.object_path(digest, executable).exists():
+        if self.local_object_path(digest, executable).exists():
             return PutResult(digest, size, new=False)
         import tempfile
 
@@ -322,7 +317,7 @@ class Store:
                 os.unlink(tmp)
 
     def _publish(self, tmp: str, digest: str, size: int, executable: bool) -> PutResult:
-        final = self.object_path(digest, executable)
+        final = self.local_object_path(digest, executable)
         if final.exists():
             # The caller holds these bytes under this digest (a wheel, a hashed file): the one moment a
             # damaged object can be put right for the price of one read, so the stored one is checked.
@@ -360,7 +355,7 @@ class Store:
         hardlink fallback, or how it got damaged), and writing through it would change them under a
         running program. Those names keep the damaged inode; the store's name gets a fresh one.
         """
-        final = self.object_path(digest, executable)
+        final = self.local_object_path(digest, executable)
         fd = os.open(final if tmp is None else tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if needs_chunks(size):
@@ -388,17 +383,21 @@ class Store:
 
     # -- distribution records ----------------------------------------------------------------------
 
-    def dist_path(self, key: str) -> Path:
+    def local_dist_path(self, key: str) -> Path:
         return self.root / "dists" / f"{key}.json"
 
+    def dist_path(self, key: str) -> Path:
+        return self._lookup(self.local_dist_path(key), f"dists/{key}.json")
+
     def add_dist(self, record: DistRecord) -> bool:
-        """Publish ``record``; its objects must already be stored. Returns False if it was already there."""
+        """Publish ``record``; its objects must already be stored. Returns False if it was already
+        there (in a lower store too: a build present below is never copied up)."""
         for f in record.files:
-            if f.digest is not None and not self.object_path(f.digest, f.executable).exists():
+            if f.digest is not None and not self.local_object_path(f.digest, f.executable).exists():
                 raise StoreError(f"{record.key}: object {f.digest} for {f.path} is not in the store")
-        path = self.dist_path(record.key)
-        if path.exists():
+        if self.dist_path(record.key).exists():
             return False
+        path = self.local_dist_path(record.key)
         self.sync_objects()
         # Staged in tmp/, which gc clears: a writer killed before the rename leaves nothing in dists/.
         atomic_write_json(path, record.to_json(), tmp_dir=self.root / "tmp")
@@ -409,6 +408,9 @@ class Store:
         try:
             return DistRecord.from_json(read_json(path))
         except FileNotFoundError:
+            if self.lowers:
+                raise StoreError(f"distribution {key} is in no layer of the store {self.root} (lower stores: "
+                                 f"{', '.join(map(str, self.lowers))}; is one unreachable?)") from None
             raise StoreError(f"distribution {key} is not in the store {self.root}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StoreError(f"{path}: unreadable record ({e})") from e
@@ -417,6 +419,8 @@ class Store:
         return self.dist_path(key).exists()
 
     def dist_keys(self) -> list[str]:
+        if self.lowers:
+            return layers.dist_keys(self.layers)
         return sorted(p.name[: -len(".json")] for p in (self.root / "dists").glob("*.json"))
 
     def iter_dists(self) -> Iterator[DistRecord]:
@@ -431,12 +435,18 @@ class Store:
 
     # -- bytecode ----------------------------------------------------------------------------------
 
-    def bytecode_path(self, cache_tag: str, digest: str) -> Path:
+    def local_bytecode_path(self, cache_tag: str, digest: str) -> Path:
         return Path(f"{self.root}/bytecode/{cache_tag}/{digest[:2]}/{digest}.pyc")
+
+    def bytecode_path(self, cache_tag: str, digest: str) -> Path:
+        own = self.local_bytecode_path(cache_tag, digest)
+        if not self.lowers:
+            return own
+        return self._lookup(own, f"bytecode/{cache_tag}/{digest[:2]}/{digest}.pyc")
 
     def put_bytecode(self, cache_tag: str, digest: str, pyc: Path) -> None:
         """Publish the compiled ``pyc`` (a file in ``tmp/``) for source object ``digest``."""
-        final = self.bytecode_path(cache_tag, digest)
+        final = self.local_bytecode_path(cache_tag, digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(pyc, 0o444)
         with contextlib.suppress(FileExistsError):
@@ -514,6 +524,65 @@ class Store:
                 name = obj.name
                 executable = name.endswith(".x")
                 yield (name[:-2] if executable else name), executable, obj
+
+
+def _check_new_store_place(store: Store, create: bool) -> None:
+    """Refuse to make a store where one must not be made (see ``open``)."""
+    try:
+        st = store.root.stat()
+    except FileNotFoundError:
+        if not create:
+            raise StoreError(f"no venvfs store at {store.root} (`venvfs store add` or `venvfs adopt` "
+                             "makes one)") from None
+        return
+    except OSError as e:
+        raise StoreError(f"{store.root}: not usable as a store ({describe_oserror(e)})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{store.root} is not a directory, so not a venvfs store")
+    try:
+        names = os.listdir(store.root)
+    except OSError as e:
+        raise StoreError(f"{store.root}: not usable as a store ({describe_oserror(e)})") from None
+    # What a creation killed before format.json was written leaves behind: still ours to finish.
+    foreign = [n for n in names
+               if n not in (*_STORE_DIRS, "views", "lock", "compile.lock") and not n.startswith(".format.json.")]
+    if foreign:
+        raise StoreError(f"{store.root} is not a venvfs store (no format.json) and not empty "
+                         f"({len(foreign)} entries, e.g. {sorted(foreign)[0]!r}): refusing to turn it into one")
+    if not create:
+        raise StoreError(f"no venvfs store at {store.root} (an empty directory)")
+
+
+def _take_back(store: Store, published: list[Path]) -> None:
+    """Remove the objects this run published that no record refers to, after a failure.
+
+    Why this is safe against a concurrent ingest that found one of them already stored and
+    counts on it: every writer decides "already stored" and publishes the record that refers to
+    the object under the shared lock, so once this run holds the exclusive lock (as gc does)
+    each such writer has either published its record, which the scan below sees, or ended
+    without one. What no record names at that moment is referenced by nobody: the same rule gc
+    applies to every object, applied here only to this run's own, so gc is never needed after
+    a failed ingest. The shared lock is released first: flock would deadlock this process's
+    exclusive request against its own shared one.
+    """
+    if not published:
+        return
+    try:
+        with store.collecting(wait=True):
+            referenced: set[tuple[str, bool]] = set()
+            for path in (store.root / "dists").glob("*.json"):
+                referenced |= digests_in_raw_record(path)
+            for obj in published:
+                executable = obj.name.endswith(".x")
+                digest = obj.name.removesuffix(".x")
+                if (digest, executable) not in referenced:
+                    obj.unlink(missing_ok=True)
+                    if not store.local_object_path(digest, not executable).exists():
+                        chunks_path(store.root, digest).unlink(missing_ok=True)
+    except (OSError, Busy) as e:
+        # Unlinking frees space, so this rarely fails; what stays is what gc removes anyway.
+        log.warning("could not take back the %d object(s) this run stored in %s (%s); "
+                    "`venvfs store gc` removes them", len(published), store.root, e)
 
 
 def check_object(root: Path, path: Path, digest: str) -> str | None:

@@ -5,17 +5,22 @@ name the venvs that use what is damaged (repairing is ``repairs`` and ``venvfs.v
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import marshal
+import os
 import stat
 import struct
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import StoreError
+from venvfs.fsutil import atomic_write_bytes
+from venvfs.store.chunks import CHUNK, chunks_path, needs_chunks
+from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store, check_object, digests_in_raw_record
 
 
@@ -44,8 +49,11 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
            ) -> VerifyReport:
     """Re-hash every object referenced by a record; name the venvs that use a damaged one.
 
-    ``venv_selections`` maps venv path to the dist keys it selects.
+    ``venv_selections`` maps venv path to the dist keys it selects. Only the store's own layer is
+    checked, never its lowers: its records name only its own objects, and a shared store is verified
+    where it is, by naming it as the store (``venvfs store verify --store SHARED``), from any node.
     """
+    layered, store = store, store.local_only()
     report = VerifyReport()
     users: dict[str, set[str]] = {}
     for venv, keys in venv_selections.items():
@@ -81,7 +89,8 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
     sources = {digest: venvs for (digest, _), venvs in wanted.items()}
     for pyc in sorted((store.root / "bytecode").glob("*/*/*.pyc")):
         tag, digest = pyc.parent.parent.name, pyc.name[:-4]
-        source_size = next((p.stat().st_size for p in (store.object_path(digest), store.object_path(digest, True))
+        # The source may live below (bytecode this store compiled for a lower's build).
+        source_size = next((p.stat().st_size for p in (layered.object_path(digest), layered.object_path(digest, True))
                             if p.exists()), None)
         problem = _check_bytecode(pyc, source_size, tag == sys.implementation.cache_tag)
         report.bytecode_checked += 1
@@ -119,3 +128,41 @@ def _check_bytecode(path: Path, source_size: int | None, loadable_here: bool) ->
         except (ValueError, EOFError, TypeError):
             return "modified"
     return None
+
+
+def vouch_lower(store: Store, records: Iterable[DistRecord]) -> int:
+    """Give each large object ``records`` take from a lower store a chunk list in the local store,
+    made from its bytes here and only if they match its name; returns how many were made.
+
+    A mount checks large objects chunk by chunk against the local store's lists alone (a lower's
+    lists could be forged along with its objects): this is the one whole read, per node and object,
+    that lets it, done when a venv selects the build rather than on the mount's first read, which
+    would hold up every other request while it hashes. A mismatching object gets no list: the mount
+    then checks it whole, and gives EIO."""
+    made = 0
+    if not store.lowers:
+        return made
+    done: set[str] = set()
+    for record in records:
+        for f in record.files:
+            digest = f.digest
+            if digest is None or not needs_chunks(f.size) or digest in done:
+                continue
+            done.add(digest)
+            listed = chunks_path(store.root, digest)
+            path = store.object_path(digest, f.executable)
+            if listed.exists() or str(path).startswith(f"{store.root}/"):
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    whole, pieces = hashlib.sha256(), bytearray()
+                    while piece := os.read(fd, CHUNK):
+                        whole.update(piece)
+                        pieces += hashlib.sha256(piece).digest()
+                finally:
+                    os.close(fd)
+                if whole.hexdigest() == digest:
+                    atomic_write_bytes(listed, bytes(pieces), mode=0o444, tmp_dir=store.root / "tmp", durable=False)
+                    made += 1
+    return made

@@ -220,7 +220,7 @@ class _DistAdopter:
         if expected is not None:
             algo, want = expected
             if algo == "sha256":
-                obj = self.store.object_path(want, executable)
+                obj = self.store.local_object_path(want, executable)
                 with contextlib.suppress(FileNotFoundError):
                     ost = obj.stat()
                     if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):

@@ -359,6 +359,11 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
         return
     assert f.digest is not None
     obj = store.object_path(f.digest, f.executable)
+    if store.lowers and not str(obj).startswith(f"{store.root}/"):
+        # A lower store's object never gains a name in a venv: an in-place edit through a hardlink
+        # would change the shared store under every node (where its filesystem is writable at all).
+        linker = Linker(LinkMode.AUTO if linker.requested == LinkMode.HARDLINK else linker.requested,
+                        allow_hardlink=False)
     mode_bits = 0o755 if f.executable else 0o644
     script = _venv_script(venv, obj.read_bytes()) if f.scheme == "scripts" else None
     if script is not None:

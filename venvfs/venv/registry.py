@@ -21,6 +21,7 @@ selection, whether or not the venv can be read:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -269,13 +270,13 @@ def plan_gc(store: Store, *, forget_missing: bool) -> GcPlan:
     return GcPlan(forget, kept, kept_selections([v for v in venvs if v not in forget]))
 
 
-def collect(store: Store, plan: GcPlan, *, dry_run: bool) -> GcReport:
+def collect(store: Store, plan: GcPlan, *, dry_run: bool, retire: Collection[str] = ()) -> GcReport:
     """Remove what no venv of ``plan.live`` selects, then forget ``plan.forget``. Caller holds
     ``store.collecting()``."""
     from venvfs.venv.view import view_cache_key
 
     report = gc.collect(store, {p: s.selection for p, s in plan.live.items()}, dry_run=dry_run,
-                        live_views={view_cache_key(s) for s in plan.live.values()})
+                        live_views={view_cache_key(s) for s in plan.live.values()}, retire=retire)
     if not dry_run:
         for v in plan.forget:
             store.forget_venv(v.entry)

@@ -58,7 +58,7 @@ def repair(store: Store, report: VerifyReport, states: dict[str, VenvState]) -> 
                 continue
             candidates = _candidates(store, digest, executable, uses, states)
             with contextlib.suppress(OSError):
-                damaged_inode = os.stat(store.object_path(digest, executable))
+                damaged_inode = os.stat(store.local_object_path(digest, executable))
                 for path, venv in candidates:
                     with contextlib.suppress(OSError):
                         if venv is not None and os.path.samestat(os.stat(path), damaged_inode):
@@ -85,8 +85,10 @@ def _candidates(store: Store, digest: str, executable: bool, uses: list[tuple[Di
                 states: dict[str, VenvState]) -> list[tuple[Path, str | None]]:
     """Files that may hold the object's good bytes, each with the venv it belongs to (None: the store)."""
     found: list[tuple[Path, str | None]] = [
-        (store.object_path(digest, executable), None),  # itself: a mode or chunk list fix
-        (store.object_path(digest, not executable), None),
+        (store.local_object_path(digest, executable), None),  # itself: a mode or chunk list fix
+        (store.local_object_path(digest, not executable), None),
+        # A lower store's copy: read only, like any other source.
+        *((Path(f"{lower}/objects/{digest[:2]}/{digest}{x}"), None) for lower in store.lowers for x in ("", ".x")),
     ]
     by_key: dict[str, list[tuple[Venv, VenvState]]] = {}
     for path, state in states.items():

@@ -31,6 +31,7 @@ from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
 from venvfs.store.records import INSTALLER_NAME, DistRecord, Scheme, StoredFile
 from venvfs.store.store import Store
+from venvfs.store.verify import vouch_lower
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv import layout, mountinfo
 from venvfs.venv.adopt import adopt
@@ -361,6 +362,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     state.selection = [r.key for r in kept] + [r.key for r in new]
     venv.write_state(state)
     ensure_bytecode(store, wanted, interp, venv.python)
+    vouch_lower(store, wanted)
     linker = linker_for(link_mode, state)
     crash_point("select:placing")
     # All of ``wanted``, not only what is new to the selection: an add killed after the state was

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.errors import VenvfsError
+from venvfs.store import layers
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
 from venvfs.venv.eject import EJECTING
@@ -36,6 +37,7 @@ class DistSummary:
     shared_with_other_venvs: bool  # any object of it is used by another venv too
     store_bytes: int = 0  # disk its objects take in the store
     shared_bytes: int = 0  # of store_bytes, objects another registered venv uses too
+    layer: str = ""  # the root of the store layer its record is in: the local store or a lower one
 
 
 @dataclass
@@ -44,6 +46,7 @@ class VenvStatus:
     store: str
     layout: str
     mount: str
+    lowers: list[str]
     link_mode: str | None
     python: str | None
     interrupted: str | None = None  # a layout switch left half done, and what will finish it
@@ -53,6 +56,7 @@ class VenvStatus:
     store_bytes: int = 0  # disk the selection's objects take in the store
     shared_bytes: int = 0  # of store_bytes, objects another registered venv uses too
     owned_alone_bytes: int = 0  # of store_bytes, objects only this venv uses
+    lower_bytes: int = 0  # of store_bytes, objects a lower (shared) store holds: not on this node's disk
     venv_own_bytes: int = 0  # disk in the venv itself: upper layer, copies, the venv's own files
     venv_own_files: int = 0
     store_hardlinks: int = 0  # files of the venv that are store objects' own inodes (the hardlink fallback)
@@ -79,6 +83,9 @@ class StoreStatus:
     logical_bytes: int = 0  # sum over registered venvs of what their selection takes as plain copies
     dedupe_ratio: float | None = None
     venvs: list[dict[str, Any]] = field(default_factory=list)
+    # The local store and each lower below it: {"root", "role", "distributions", "error"}; objects and
+    # bytes above count the local store alone (a lower is an admin's, verified where it is).
+    layers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +162,7 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
                 other_objects |= _objects(store.get_dist(key))
     status = VenvStatus(
         venv=str(venv.root), store=state.store, layout=state.layout, mount=mount_state(venv),
+        lowers=[str(p) for p in store.lowers],
         link_mode=state.link_mode, python=state.interpreter.version if state.interpreter else None,
         interrupted=_interrupted(venv, state),
     )
@@ -174,11 +182,15 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
             logical_bytes=record.logical_size, shared_with_other_venvs=bool(objs & other_objects),
             store_bytes=sum(used_by[o] for o in objs),
             shared_bytes=sum(used_by[o] for o in objs & other_objects),
+            layer=str(store.layer_of(store.dist_path(key))),
         ))
         status.logical_bytes += record.logical_size
     store_inodes: set[tuple[int, int]] = set()
+    local_prefix = f"{store.root}/"
     for obj in mine:
         path = store.object_path(*obj)
+        if store.lowers and not str(path).startswith(local_prefix):
+            status.lower_bytes += used_by[obj]
         with contextlib.suppress(FileNotFoundError):
             st = path.stat()
             store_inodes.add((st.st_ino, st.st_dev))
@@ -240,7 +252,17 @@ def _pending_ingest(venv: Venv, store: Store, state: VenvState) -> dict[str, str
 
 def store_status(store: Store) -> StoreStatus:
     status = StoreStatus(store=str(store.root))
-    status.distributions = len(store.dist_keys())
+    with contextlib.suppress(VenvfsError):  # an unreachable lower: its layer below says so
+        status.distributions = len(store.dist_keys())
+    for role, root in [("local", store.root), *(("lower", p) for p in store.lowers)]:
+        layer: dict[str, Any] = {"root": str(root), "role": role, "distributions": None, "error": None}
+        try:
+            if role == "lower":
+                layers.check(root, store.root)
+            layer["distributions"] = len(Store(root).dist_keys())
+        except (VenvfsError, OSError) as e:
+            layer["error"] = str(e)
+        status.layers.append(layer)
     for _digest, _exe, path in store.iter_objects():
         status.objects += 1
         with contextlib.suppress(FileNotFoundError):

@@ -12,7 +12,7 @@ import logging
 import marshal
 import os
 import posixpath
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,25 +187,26 @@ class View:
                 del parent.children[posixpath.basename(relpath)]
 
 
-def available_bytecode(store_root: Path, cache_tag: str) -> set[str]:
-    """Digests of the .py objects the store holds bytecode for: one scandir per fan-out directory,
-    far cheaper than one stat per .py file of a large venv."""
+def available_bytecode(store_root: Path | Sequence[Path], cache_tag: str) -> set[str]:
+    """Digests of the .py objects the store (each of its layers) holds bytecode for: one scandir per
+    fan-out directory, far cheaper than one stat per .py file of a large venv."""
     digests: set[str] = set()
-    base = store_root / "bytecode" / cache_tag
-    try:
-        subdirs = list(os.scandir(base))
-    except FileNotFoundError:
-        return digests
-    for sub in subdirs:
+    for root in [store_root] if isinstance(store_root, Path) else store_root:
+        base = root / "bytecode" / cache_tag
         try:
-            with os.scandir(sub.path) as it:
-                digests.update(e.name[:-4] for e in it if e.name.endswith(".pyc"))
-        except NotADirectoryError:
+            subdirs = list(os.scandir(base))
+        except FileNotFoundError:
             continue
+        for sub in subdirs:
+            try:
+                with os.scandir(sub.path) as it:
+                    digests.update(e.name[:-4] for e in it if e.name.endswith(".pyc"))
+            except NotADirectoryError:
+                continue
     return digests
 
 
-def build_view(records: Iterable[DistRecord], *, cache_tag: str | None, store_root: Path | None = None,
+def build_view(records: Iterable[DistRecord], *, cache_tag: str | None, store_root: Path | Sequence[Path] | None = None,
                record_files: dict[str, bytes] | None = None,
                record_renderers: dict[str, tuple[Callable[[], bytes], Hashable]] | None = None) -> View:
     """The lower tree of a selection: site-packages files, bytecode where the store has it, and the
@@ -313,7 +314,7 @@ def _load_cached_view(path: Path, key: str, store: Store, cache_tag: str | None)
         if len(missing) <= 64:
             if any(store.bytecode_path(cache_tag, d).exists() for d in missing):
                 return None
-        elif not available_bytecode(store.root, cache_tag).isdisjoint(missing):
+        elif not available_bytecode(store.layers, cache_tag).isdisjoint(missing):
             return None
     return View(LowerDir.from_raw(raw), cache_tag=cache_tag), records
 
@@ -345,7 +346,7 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
     records = [store.get_dist(key) for key in state.selection]
     view = _view_for_records(venv, store, state, records, cache_tag)
     if cache:
-        pycs = available_bytecode(store.root, cache_tag) if cache_tag else set()
+        pycs = available_bytecode(store.layers, cache_tag) if cache_tag else set()
         missing = sorted({f.digest for r in records for f in r.site_files() if f.symlink is None
                           and f.digest is not None and f.path.endswith(".py") and f.digest not in pycs}
                          ) if cache_tag else []
@@ -384,4 +385,4 @@ def _view_for_records(venv: Venv, store: Store, state: VenvState, records: list[
         # (The selection's keys, not ``DistRecord.key``, which hashes the whole manifest.)
         renderers = {r.dist_info: (renderer(r), (key, str(venv.root), info.cache_tag))
                      for key, r in zip(state.selection, records, strict=True)}
-    return build_view(records, cache_tag=cache_tag, store_root=store.root, record_renderers=renderers)
+    return build_view(records, cache_tag=cache_tag, store_root=store.layers, record_renderers=renderers)

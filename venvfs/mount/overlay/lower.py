@@ -11,6 +11,7 @@ from pathlib import Path
 from venvfs.fsflags import set_immutable
 from venvfs.mount.overlay.inodes import Node, OverlayError, relpath
 from venvfs.store.chunks import CorruptObject, ObjectChecker
+from venvfs.store.layers import exists
 from venvfs.store.store import SOURCE_EPOCH, Store
 from venvfs.venv.upper import DIR, LNK, REG
 from venvfs.venv.view import OBJECT, PYC, SYMLINK, LowerDir, LowerEntry, LowerFile, View
@@ -38,14 +39,21 @@ class Lower:
         self._sealed: dict[str, bool] = {}  # bytecode digest -> immutable (may be linked)
         # Every store object is checked against its digest as it is first read (``chunks.py``): what
         # the mount serves from the store is never silently wrong, however large the file.
+        # Chunk lists come from the local store alone: a lower's own lists are as trustworthy as its
+        # objects, and one forged along with an object would pass every chunk check. A lower object
+        # gets a local list when a venv selects it (``verify.vouch_lower``), else it is checked whole.
         self.checker = ObjectChecker(store.root)
-        self._objects_dir = str(store.object_path("00").parent.parent)
-        self._bytecode_dir = ""
+        self._objects_dirs = [f"{root}/objects" for root in store.layers]
+        self._bytecode_dirs: list[str] = []
+        # Layered stores: "ab/<digest>" -> the directory of the layer found to hold it. Found once
+        # (one stat a layer) and kept: store files never move between layers while they exist.
+        self._where: dict[str, str] = {}
         self.set_view(view)
 
     def set_view(self, view: View) -> None:
         self.view = view
-        self._bytecode_dir = str(self.store.bytecode_path(view.cache_tag or "none", "00").parent.parent)
+        self._where.clear()
+        self._bytecode_dirs = [f"{root}/bytecode/{view.cache_tag or 'none'}" for root in self.store.layers]
 
     def kind_of(self, entry: LowerEntry) -> int:
         """The file type the mount shows for a lower entry."""
@@ -60,7 +68,9 @@ class Lower:
         assert digest is not None
         sealed = self._sealed.get(digest)
         if sealed is None:
-            sealed = self._sealed[digest] = set_immutable(self.path_str(entry))
+            path = self.path_str(entry)
+            # A lower store's file is never sealed, or written in any way: it is shown as a file.
+            sealed = self._sealed[digest] = path.startswith(self._bytecode_dirs[0] + "/") and set_immutable(path)
         return sealed
 
     def path(self, entry: LowerFile) -> Path:
@@ -75,8 +85,20 @@ class Lower:
         digest = entry.digest
         assert digest is not None
         if entry.kind == PYC:
-            return f"{self._bytecode_dir}/{digest[:2]}/{digest}.pyc"
-        return f"{self._objects_dir}/{digest[:2]}/{digest}{'.x' if entry.executable else ''}"
+            rel, dirs = f"{digest[:2]}/{digest}.pyc", self._bytecode_dirs
+        else:
+            rel, dirs = f"{digest[:2]}/{digest}{'.x' if entry.executable else ''}", self._objects_dirs
+        if len(dirs) == 1:
+            return f"{dirs[0]}/{rel}"
+        where = self._where.get(rel)
+        if where is None:
+            # An unreachable lower (a dead NFS server with a soft mount) fails this stat with EIO,
+            # and the open below then names the local path and fails: EIO to the reader, no hang.
+            where = next((d for d in dirs if exists(f"{d}/{rel}")), None)
+            if where is None:
+                return f"{dirs[0]}/{rel}"
+            self._where[rel] = where
+        return f"{where}/{rel}"
 
     def link_target(self, entry: LowerFile) -> str:
         """What a lower entry shown as a symlink points to."""
