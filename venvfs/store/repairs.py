@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from venvfs.store.store import Store, check_object
+from venvfs.store.store import Store, check_object, replace_object
 
 _CHUNK = 1 << 20
 
@@ -28,7 +28,7 @@ def repair_object(store: Store, digest: str, executable: bool, source: Path) -> 
     if problem is None:
         return True
     if problem == "chunk list damaged":
-        store.replace_object(None, digest, final.stat().st_size, executable, problem)
+        replace_object(store, None, digest, final.stat().st_size, executable, problem)
         return True
     with contextlib.suppress(OSError):
         if os.path.samestat(os.stat(source), os.stat(final)) and problem != "writable":
@@ -45,7 +45,7 @@ def repair_object(store: Store, digest: str, executable: bool, source: Path) -> 
         if h.hexdigest() != digest:
             return False
         final.parent.mkdir(exist_ok=True)
-        store.replace_object(tmp, digest, size, executable, problem)
+        replace_object(store, tmp, digest, size, executable, problem)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -324,7 +324,7 @@ class Store:
             problem = check_object(self.root, final, digest)
             if problem is None:
                 return PutResult(digest, size, new=False)
-            self.replace_object(None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
+            replace_object(self, None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
             return PutResult(digest, size, new=False, repaired=True)
         if needs_chunks(size) and not chunks_path(self.root, digest).exists():
             # Before the object: a mount never meets a large object it cannot check as it reads.
@@ -346,35 +346,6 @@ class Store:
         with contextlib.suppress(KeyError):
             _PUBLISHED[self._key].append(final)
         return PutResult(digest, size, new=True)
-
-    def replace_object(self, tmp: str | None, digest: str, size: int, executable: bool, problem: str) -> None:
-        """Publish the good bytes in ``tmp`` as object ``digest`` in place of a damaged one (``tmp``
-        None: the object is right and only its chunk list is not).
-
-        By rename, never by writing into the damaged file: its inode may be hardlinked into venvs (the
-        hardlink fallback, or how it got damaged), and writing through it would change them under a
-        running program. Those names keep the damaged inode; the store's name gets a fresh one.
-        """
-        final = self.local_object_path(digest, executable)
-        fd = os.open(final if tmp is None else tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if needs_chunks(size):
-                atomic_write_bytes(chunks_path(self.root, digest), chunk_digests(fd, size), mode=0o444,
-                                   tmp_dir=self.root / "tmp", durable=False)
-            if tmp is not None:
-                # Renamed over a name records already use: never an empty object after a crash.
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if tmp is not None:
-            os.chmod(tmp, 0o555 if executable else 0o444)
-            os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
-            # A damaged immutable object (a disk error) cannot be renamed over until the flag is off.
-            fsflags.set_immutable(final, False)
-            os.replace(tmp, final)
-        log.info("repaired object %s (%s)", digest, problem)
-        self.repaired.append(digest)
-        log_repaired(self.root, [digest])
 
     def sync_objects(self) -> None:
         """Make objects written without fsync (content and names) durable before a record refers to
@@ -625,3 +596,33 @@ def digests_in_raw_record(path: Path) -> set[tuple[str, bool]]:
         return {(f["digest"], bool(f.get("executable"))) for f in data.get("files", []) if "digest" in f}
     except (OSError, ValueError, TypeError, KeyError):
         return set()
+
+
+def replace_object(store: Store, tmp: str | None, digest: str, size: int, executable: bool, problem: str) -> None:
+    """Publish the good bytes in ``tmp`` as object ``digest`` in place of a damaged one (``tmp``
+    None: the object is right and only its chunk list is not).
+
+    By rename, never by writing into the damaged file: its inode may be hardlinked into venvs (the
+    hardlink fallback, or how it got damaged), and writing through it would change them under a
+    running program. Those names keep the damaged inode; the store's name gets a fresh one.
+    """
+    final = store.local_object_path(digest, executable)
+    fd = os.open(final if tmp is None else tmp, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if needs_chunks(size):
+            atomic_write_bytes(chunks_path(store.root, digest), chunk_digests(fd, size), mode=0o444,
+                               tmp_dir=store.root / "tmp", durable=False)
+        if tmp is not None:
+            # Renamed over a name records already use: never an empty object after a crash.
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if tmp is not None:
+        os.chmod(tmp, 0o555 if executable else 0o444)
+        os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
+        # A damaged immutable object (a disk error) cannot be renamed over until the flag is off.
+        fsflags.set_immutable(final, False)
+        os.replace(tmp, final)
+    log.info("repaired object %s (%s)", digest, problem)
+    store.repaired.append(digest)
+    log_repaired(store.root, [digest])
