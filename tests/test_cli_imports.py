@@ -78,7 +78,7 @@ def test_list_and_mount_of_a_mounted_venv_import_only_their_own(
         modules, proc = _imports(store.root, "list")
         assert str(path) in proc.stdout
         # What is mounted is read in the venv layer (venv/mountinfo.py): listing imports no mount machinery.
-        never = NEVER | other_commands | {"venvfs.mount", "venvfs.hooks", "venvfs.venv.registry"}
+        never = NEVER | other_commands | {"venvfs.mount", "venvfs.hooks", "venvfs.venv.registry", "platformdirs"}
         assert not _loaded(modules, never), sorted(_loaded(modules, never))
         modules, proc = _imports(store.root, "mount", str(path))
         assert "already mounted" in proc.stdout

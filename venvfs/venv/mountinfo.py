@@ -187,13 +187,17 @@ def status(venv: Venv) -> dict[str, object]:
     info: dict[str, object] = {"venv": str(venv.root), "mountpoint": str(venv.site_packages), "state": state}
     if state == "mounted":
         info["pid"] = daemon_pid(venv)
-        info["log"] = str(log_path(venv))
+        written: dict[str, object] = {}
         with contextlib.suppress(OSError, ValueError):
             written = read_json(info_path(venv))
             # "no open": the kernel sends no request per file opened; "pyc links": store bytecode is
             # shown as symlinks into the store (see docs/mount.md).
             info["no_open"] = bool(written.get("no_open", False))
             info["pyc_links"] = bool(written.get("pyc_links", False))
+        # The log the daemon writes, as it named it (it may run with other XDG directories than this
+        # command); computing it here would import platformdirs into every `venvfs list`.
+        log = written.get("log")
+        info["log"] = log if isinstance(log, str) else str(log_path(venv))
     return info
 
 
