@@ -191,9 +191,9 @@ def cmd_mount(n: int) -> None:
                 os.stat(probe)
                 break
         times.append(time.perf_counter() - t)
-    # Once more without the cached view (STORE/views/): a first mount after the selection changed.
+    # Once more without the view index (STORE/views/): a first mount after the selection changed.
     venvfs("umount", str(venv))
-    for view in (DIR / "store/views").glob("*.marshal"):
+    for view in (DIR / "store/views").glob("*.index"):
         view.unlink()
     t = time.perf_counter()
     venvfs("mount", "--mode", "fuse", str(venv))

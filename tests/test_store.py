@@ -182,9 +182,9 @@ def test_venvs_of_one_selection_share_one_cached_view_and_gc_drops_unused_ones(t
     for v in (a, b):
         venv = Venv(v)
         assert view_for(venv, store, venv.read_state()).lookup("viewed/__init__.py") is not None
-    (live,) = (store_root / "views").glob("*.marshal")
+    (live,) = (store_root / "views").glob("*.index")
     assert not (a / ".venvfs/view.marshal").exists()
-    stale = store_root / "views" / ("0" * 64 + ".marshal")  # the tree of a selection nobody has now
+    stale = store_root / "views" / ("0" * 64 + ".index")  # the tree of a selection nobody has now
     stale.write_bytes(b"stale")
     dry = json.loads(run_cli(store_root, "store", "gc", "--dry-run", "--json").stdout)
     assert dry["views"] == 1 and stale.exists()

@@ -289,9 +289,10 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from venvfs.mount import daemon
+    # Not the mount layer: what is mounted is the venv layer's to read (``venv/mountinfo.py``).
+    from venvfs.venv.mountinfo import list_mounts
 
-    mounts = daemon.list_mounts(open_store(args))
+    mounts = list_mounts(open_store(args))
     if args.json:
         print_json(mounts)
     else:

@@ -16,21 +16,13 @@ when the daemon started with ``VENVFS_FUSE_STATS`` set; see scripts/perf_mount.p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import functools
-import importlib
-import importlib.util
-import json
 import logging
 import os
-import resource
-import select
 import shutil
 import signal
-import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,23 +32,24 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, crash_point, importable_env, open_lock, read_json, spawn_detached
-from venvfs.mount.loop import DirectLoop, import_pyfuse3
-from venvfs.store.repairlog import repaired_entries
 from venvfs.store.store import Store
 
 # Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
 from venvfs.venv.mountinfo import MountState as MountState
 from venvfs.venv.mountinfo import daemon_pid as daemon_pid
 from venvfs.venv.mountinfo import drop_path, info_path, lock_path, venvfs_mounts_below
+from venvfs.venv.mountinfo import list_mounts as list_mounts
 from venvfs.venv.mountinfo import log_path as log_path
 from venvfs.venv.mountinfo import mount_state as mount_state
 from venvfs.venv.mountinfo import mounted_fstype as mounted_fstype
 from venvfs.venv.mountinfo import queue_drop_upper as queue_drop_upper
 from venvfs.venv.mountinfo import reload as reload
+from venvfs.venv.mountinfo import status as status
 from venvfs.venv.venv import Venv, VenvState
 
 if TYPE_CHECKING:
     from venvfs.mount.keeper import Connection
+    from venvfs.mount.loop import DirectLoop
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +91,16 @@ def fuse_problem() -> str | None:
         # a missing CAP_SYS_ADMIN for mount(2), not around this. It fails with just
         # "fuse_session_mount failed" (the cause goes to the daemon's log).
         st = os.stat("/dev/fuse")
+        import stat
+
         return (f"no read/write permission on /dev/fuse (mode {stat.filemode(st.st_mode)}, "
                 f"owner {_owner(st.st_uid)}, group {_group(st.st_gid)}; it is usually 0666)")
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (apt-get install fuse3)"
     # Found, not imported: importing trio and pyfuse3 costs ~0.15 s of every `venvfs mount`, and the daemon
     # imports them anyway and reports an import failure through the ready pipe (then we fall back).
+    import importlib.util
+
     for module in ("pyfuse3", "trio"):
         if importlib.util.find_spec(module) is None:
             return f"{_NOT_IMPORTABLE} (no module named {module!r}); pip install 'venvfs[fuse]'"
@@ -134,6 +131,8 @@ def _fusermount_unmount(mp: Path) -> None:
     # -z (lazy): detach now even if files are open; they get ENOTCONN, the mount point is free.
     tool = shutil.which("fusermount3")
     cmd = [tool, "-u", "-z", str(mp)] if tool else ["umount", "-l", str(mp)]
+    import subprocess
+
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and mounted_fstype(mp) is not None:
         raise MountError(f"cannot unmount {mp}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -164,6 +163,8 @@ def raise_fd_limit() -> None:
     """Lift the soft limit on open files to the hard one. The daemon holds an fd per open upper
     file and per file unlinked while still open, on behalf of every process using the venv: a
     user's shell limit (often 1024) is sized for one program, not for a filesystem serving many."""
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
@@ -182,6 +183,10 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
                 os.write(ready_fd, message.encode() + b"\n")
                 os.close(ready_fd)
             ready_fd = None
+
+    import importlib
+
+    from venvfs.mount.loop import DirectLoop, import_pyfuse3
 
     raise_fd_limit()
     use_trio = os.environ.get(LOOP_ENV) != "direct"
@@ -271,6 +276,7 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
     from venvfs.mount.overlay import InodeJournal, Overlay
     from venvfs.mount.serviceclient import identity
     from venvfs.mount.watch import Watcher, detach, watch_removal
+    from venvfs.store.repairlog import repaired_entries
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
     try:
@@ -520,6 +526,8 @@ def _libfuse_cause(logfile: Path) -> str:
 
 
 def _read_ready(fd: int, timeout: float) -> str:
+    import select
+
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
@@ -756,35 +764,10 @@ def invalidate_repaired(store: Store) -> list[str]:
     return told
 
 
-def status(venv: Venv) -> dict[str, object]:
-    state = mount_state(venv)
-    info: dict[str, object] = {"venv": str(venv.root), "mountpoint": str(venv.site_packages), "state": state}
-    if state == "mounted":
-        info["pid"] = daemon_pid(venv)
-        info["log"] = str(log_path(venv))
-        with contextlib.suppress(OSError, ValueError):
-            written = read_json(info_path(venv))
-            # "no open": the kernel sends no request per file opened; "pyc links": store bytecode is
-            # shown as symlinks into the store (see docs/mount.md).
-            info["no_open"] = bool(written.get("no_open", False))
-            info["pyc_links"] = bool(written.get("pyc_links", False))
-    return info
-
-
-def list_mounts(store: Store) -> list[dict[str, object]]:
-    out = []
-    for root in store.registered_venvs():
-        try:
-            venv = Venv.open(root)
-            info = status(venv)
-        except (VenvError, MountError, OSError):
-            continue
-        if info["state"] != "unmounted":
-            out.append(info)
-    return out
-
-
 def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+
     parser = argparse.ArgumentParser(prog="python -m venvfs.mount.daemon")
     parser.add_argument("--venv", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True)

@@ -398,11 +398,9 @@ class Store:
         for key in self.dist_keys():
             yield self.get_dist(key)
 
-    # -- cached views ------------------------------------------------------------------------------
-
     def view_cache_path(self, key: str) -> Path:
-        """The cached tree of one selection (``venvfs.venv.view``): a cache, rebuilt when missing."""
-        return self.root / "views" / f"{key}.marshal"
+        """The index of one selection's tree (``venvfs.venv.viewindex``): a cache, rebuilt when missing."""
+        return self.root / "views" / f"{key}.index"
 
     # -- bytecode ----------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from venvfs.errors import MountError
+from venvfs.errors import MountError, VenvError
 from venvfs.fsutil import atomic_write_json, lock_holders, read_json
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
@@ -180,3 +180,35 @@ def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: floa
             raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
         time.sleep(0.01)
     raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
+
+
+def status(venv: Venv) -> dict[str, object]:
+    state = mount_state(venv)
+    info: dict[str, object] = {"venv": str(venv.root), "mountpoint": str(venv.site_packages), "state": state}
+    if state == "mounted":
+        info["pid"] = daemon_pid(venv)
+        written: dict[str, object] = {}
+        with contextlib.suppress(OSError, ValueError):
+            written = read_json(info_path(venv))
+            # "no open": the kernel sends no request per file opened; "pyc links": store bytecode is
+            # shown as symlinks into the store (see docs/mount.md).
+            info["no_open"] = bool(written.get("no_open", False))
+            info["pyc_links"] = bool(written.get("pyc_links", False))
+        # The log the daemon writes, as it named it (it may run with other XDG directories than this
+        # command); computing it here would import platformdirs into every `venvfs list`.
+        log = written.get("log")
+        info["log"] = log if isinstance(log, str) else str(log_path(venv))
+    return info
+
+
+def list_mounts(store: Store) -> list[dict[str, object]]:
+    out = []
+    for root in store.registered_venvs():
+        try:
+            venv = Venv.open(root)
+            info = status(venv)
+        except (VenvError, MountError, OSError):
+            continue
+        if info["state"] != "unmounted":
+            out.append(info)
+    return out

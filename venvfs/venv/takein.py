@@ -41,8 +41,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from packaging.utils import canonicalize_name
+from typing import TYPE_CHECKING
 
 from venvfs.errors import VenvError
 from venvfs.fsutil import atomic_write_json, crash_point, fsync_dir, read_json
@@ -50,7 +49,9 @@ from venvfs.store.store import Store
 from venvfs.venv.layout import AUTOMOUNT_PTH, served_by_view
 from venvfs.venv.upper import OPAQUE, WHITEOUT_PREFIX, whiteout_name
 from venvfs.venv.venv import Venv, VenvState
-from venvfs.venv.view import LowerDir, View, view_for
+
+if TYPE_CHECKING:
+    from venvfs.venv.view import View
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class TakeIn:
 def _dist_name(dist_info: str) -> str | None:
     stem = dist_info.removesuffix(".dist-info")
     name, sep, _version = stem.partition("-")
+    from packaging.utils import canonicalize_name
+
     return canonicalize_name(name) if sep and name else None
 
 
@@ -102,6 +105,8 @@ def _replaced_keys(venv: Venv, store: Store, state: VenvState) -> list[str]:
             dist = _dist_name(name)
             if dist is not None:
                 new[dist] = name
+    from packaging.utils import canonicalize_name
+
     keys = []
     for key in state.selection:
         record = store.get_dist(key)
@@ -132,6 +137,9 @@ def take_in(venv: Venv, store: Store, state: VenvState) -> TakeIn:
             state.selection = [k for k in state.selection if k != key]
             venv.write_state(state)
     result.replaced = replaced
+    # Imported here: every `venvfs mount` asks, and almost always nothing is hidden.
+    from venvfs.venv.view import view_for
+
     view = view_for(venv, store, state)
     _merge_dir(venv, store, view, "", lower_visible=True, result=result)
     fsync_dir(venv.site_packages)
@@ -195,6 +203,8 @@ def _check_conflicts(venv: Venv) -> None:
 
 
 def _merge_dir(venv: Venv, store: Store, view: View, rel_dir: str, *, lower_visible: bool, result: TakeIn) -> None:
+    from venvfs.venv.view import LowerDir
+
     sp_dir = venv.site_packages / rel_dir if rel_dir else venv.site_packages
     up_dir = venv.upper_dir / rel_dir if rel_dir else venv.upper_dir
     for name in sorted(os.listdir(sp_dir)):

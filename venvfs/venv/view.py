@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import marshal
 import os
 import posixpath
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from venvfs.fsutil import UnsafePath, atomic_write_bytes, safe_relpath
 from venvfs.store.records import DistRecord
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv, VenvState
+from venvfs.venv.viewindex import DIR_KIND, BadIndex, ViewIndex, encode
 
 log = logging.getLogger(__name__)
 
@@ -81,40 +81,47 @@ class LowerFile:
 
 
 class LowerDir:
-    """A directory below. One loaded from a cached view (``from_raw``) turns its raw entries into
-    ``LowerFile``/``LowerDir`` objects on first use, so a mount builds only the directories it visits."""
+    """A directory below. One loaded from a selection's index (``from_index``, ``viewindex.py``) turns
+    its entries into ``LowerFile``/``LowerDir`` objects on first use, so a mount builds only the
+    directories it visits."""
 
-    __slots__ = ("_children", "_raw")
+    __slots__ = ("_at", "_children", "_index")
 
     def __init__(self) -> None:
         self._children: dict[str, LowerEntry] | None = {}
-        self._raw: dict[str, Any] | None = None
+        self._index: ViewIndex | None = None
+        self._at = 0
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any]) -> LowerDir:
+    def from_index(cls, index: ViewIndex, at: int) -> LowerDir:
         d = cls.__new__(cls)
         d._children = None
-        d._raw = raw
+        d._index = index
+        d._at = at
         return d
 
     @property
     def children(self) -> dict[str, LowerEntry]:
         children = self._children
         if children is None:
-            raw = self._raw
-            assert raw is not None
-            children = self._children = {
-                name: LowerDir.from_raw(v) if type(v) is dict else LowerFile(*v) for name, v in raw.items()}
-            self._raw = None
+            index = self._index
+            assert index is not None
+            children = {}
+            for name, kind, flags, value, digest, target in index.entries(self._at):
+                if kind == DIR_KIND:
+                    children[name] = LowerDir.from_index(index, value)
+                elif kind == SYMLINK:
+                    children[name] = LowerFile(SYMLINK, None, value, target=target)
+                else:
+                    children[name] = LowerFile(kind, digest.hex(), value, executable=bool(flags & 1))
+            self._children = children
+            self._index = None  # the mapping goes with the last directory not yet built
         return children
 
     def to_raw(self) -> dict[str, Any]:
-        """Marshal-able nested dicts and tuples (see ``from_raw``); INLINE files are left out."""
-        if self._children is None:
-            assert self._raw is not None
-            return self._raw
+        """Nested dicts and tuples, what ``viewindex.encode`` stores; INLINE files are left out."""
         out: dict[str, Any] = {}
-        for name, entry in self._children.items():
+        for name, entry in self.children.items():
             if isinstance(entry, LowerDir):
                 out[name] = entry.to_raw()
             elif entry.kind != INLINE:
@@ -285,7 +292,7 @@ def _makedirs(view: View, dirs: dict[str, LowerDir], dirpath: str) -> LowerDir |
     return child
 
 
-VIEW_CACHE_FORMAT = 2
+VIEW_CACHE_FORMAT = 3
 
 
 def view_cache_key(state: VenvState) -> str:
@@ -301,14 +308,10 @@ def view_cache_key(state: VenvState) -> str:
 
 def _load_cached_view(path: Path, key: str, store: Store, cache_tag: str | None) -> tuple[View, dict[str, str]] | None:
     try:
-        data = marshal.loads(path.read_bytes())
-        if not (isinstance(data, dict) and data.get("key") == key):
-            return None
-        missing: list[str] = data["missing"]
-        raw: dict[str, Any] = data["tree"]
-        records: dict[str, str] = data["records"]
-    except (OSError, ValueError, EOFError, TypeError, KeyError):
+        index = ViewIndex(path, key)
+    except (OSError, BadIndex):
         return None
+    missing = index.missing
     if missing and cache_tag:
         # .py files that had no bytecode when the view was built: compiled since, the view must show it.
         if len(missing) <= 64:
@@ -316,7 +319,7 @@ def _load_cached_view(path: Path, key: str, store: Store, cache_tag: str | None)
                 return None
         elif not available_bytecode(store.layers, cache_tag).isdisjoint(missing):
             return None
-    return View(LowerDir.from_raw(raw), cache_tag=cache_tag), records
+    return View(LowerDir.from_index(index, 0), cache_tag=cache_tag), index.records
 
 
 def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) -> View:
@@ -350,10 +353,10 @@ def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) 
         missing = sorted({f.digest for r in records for f in r.site_files() if f.symlink is None
                           and f.digest is not None and f.path.endswith(".py") and f.digest not in pycs}
                          ) if cache_tag else []
-        data = {"key": key, "missing": missing, "tree": view.root.to_raw(),
-                "records": {r.dist_info: k for k, r in zip(state.selection, records, strict=True)}}
         try:
-            atomic_write_bytes(cache_path, marshal.dumps(data), durable=False)
+            data = encode(view.root.to_raw(), key=key, missing=missing,
+                          records={r.dist_info: k for k, r in zip(state.selection, records, strict=True)})
+            atomic_write_bytes(cache_path, data, durable=False)
         except (OSError, ValueError) as e:
             log.warning("cannot cache the view in %s: %s", cache_path, e)
     return view

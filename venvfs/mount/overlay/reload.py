@@ -71,7 +71,11 @@ class ViewReload:
                 self._reconcile(node, entry)
                 continue
             if isinstance(entry, LowerFile) and isinstance(node.lower, LowerFile) and entry.same_as(node.lower):
-                node.lower = entry
+                # The node keeps its entry and the new view takes it too: the new one is freed at once,
+                # so a reload does not leave a second copy of the tree's entries with the allocator
+                # (which keeps the pages of freed objects), and a .pyc keeps the size it was stat'ed at.
+                assert new_lower is not None
+                new_lower.children[name] = node.lower
                 continue
             del children[name]
             self.inodes.detach(d, name, node)
