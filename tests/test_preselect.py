@@ -226,3 +226,4 @@ def test_uv_run_through_venvfs_serves_what_its_sync_installs(require_fuse: None,
                                   placed_by_venvfs=["needs-1.0.dist-info", "tools-2.0.dist-info"])
     finally:
         stop_mount(ours / ".venv")
+

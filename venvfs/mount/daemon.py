@@ -622,7 +622,13 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
             state.hooks = hooks
             venv.write_state(state)
         problem = "--mode materialize was given" if mode == "materialize" else fuse_problem()
-        current = mount_state(venv) if problem is None or mode == "materialize" else "unmounted"
+        # Looked at whatever this process can do: a venv another venvfs mounted (one with pyfuse3,
+        # or a user who may open /dev/fuse) is served by that mount, and falling back here would
+        # take in and materialize files through it, and its ingest would deselect them all.
+        current = mount_state(venv)
+        if problem is not None and mode != "materialize" and current == "mounted":
+            automount.install(venv)
+            return MountResult(venv.root, "already", f"{venv.site_packages} is already mounted")
         if problem is not None:
             if mode == "fuse":
                 raise MountError(f"cannot mount {venv.root}: {problem}")
