@@ -153,7 +153,7 @@ def reflink(src: Path, dst: Path) -> None:
         os.close(dir_fd)
 
 
-def reflink_at(src: Path, dir_fd: int, name: str) -> None:
+def reflink_at(src: str | Path, dir_fd: int, name: str) -> None:
     """``reflink`` into a new file ``name`` of the directory ``dir_fd``."""
     if sys.platform == "darwin":  # pragma: no cover - not testable on the Linux CI
         import ctypes
@@ -186,7 +186,7 @@ def hardlink_warning(files: int | None, why: str) -> str:
             "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
 
 
-def copy_at(src: Path, dir_fd: int, name: str) -> None:
+def copy_at(src: str | Path, dir_fd: int, name: str) -> None:
     """Copy ``src`` into a new file ``name`` of the directory ``dir_fd``."""
     with open(src, "rb") as s:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
@@ -226,6 +226,10 @@ class Linker:
             return None
         return max(self.counts, key=lambda m: self.counts[m])
 
+    def settled_mode(self, src_dev: int, dst_dev: int) -> LinkMode | None:
+        """The mode files from ``src_dev`` to ``dst_dev`` are placed by, once a first file settled it."""
+        return self._mode_by_devices.get((src_dev, dst_dev))
+
     def _start_mode(self) -> LinkMode:
         if self.requested != LinkMode.AUTO:
             if self.requested == LinkMode.HARDLINK and not self.allow_hardlink:
@@ -247,7 +251,7 @@ class Linker:
         finally:
             os.close(dir_fd)
 
-    def place_at(self, src: Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
+    def place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
                  ) -> LinkMode:
         """``place`` into the directory ``dir_fd`` (which is ``where``, named in errors): every step
         is relative to it, so no symlink on the way there is resolved again."""
@@ -256,7 +260,7 @@ class Linker:
         except OSError as e:
             raise name_in_error(e, where, name) from None
 
-    def _place_at(self, src: Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
+    def _place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
         devices = (os.stat(src).st_dev, os.fstat(dir_fd).st_dev)
         mode = self._mode_by_devices.get(devices) or self._start_mode()
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
@@ -286,7 +290,7 @@ class Linker:
                 if self.requested != LinkMode.AUTO or nxt is None or e.errno not in unsupported:
                     if self.requested != LinkMode.AUTO and mode != LinkMode.COPY:
                         raise LinkModeUnavailable(
-                            f"--link-mode {mode.value} cannot work from {src.parent} to {where}: "
+                            f"--link-mode {mode.value} cannot work from {Path(src).parent} to {where}: "
                             f"{e.strerror}"
                         ) from None
                     raise
@@ -314,7 +318,7 @@ class Linker:
         return mode
 
     @staticmethod
-    def _place_one(mode: LinkMode, src: Path, dir_fd: int, tmp: str) -> None:
+    def _place_one(mode: LinkMode, src: str | Path, dir_fd: int, tmp: str) -> None:
         try:
             if mode == LinkMode.REFLINK:
                 reflink_at(src, dir_fd, tmp)
