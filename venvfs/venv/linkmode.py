@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -218,6 +219,8 @@ class Linker:
     _mode_by_devices: dict[tuple[int, int], LinkMode] = field(default_factory=dict)
     _fallbacks: list[str] = field(default_factory=list)
     link_limit_copies: int = 0  # files copied because their object had too many hardlinks already
+    # Threads may place files with one linker (eject): its counts and fallbacks change under this.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def used(self) -> LinkMode | None:
@@ -267,13 +270,16 @@ class Linker:
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
         tmp = f".{name}.venvfs.tmp"
         placed: LinkMode | None = None
+        leftover = True  # one killed run's temporary may be in the way: _place_one removes it
         while placed is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
             try:
                 self._place_one(mode, src, dir_fd, tmp)
                 placed = mode
                 break
+            except FileExistsError:
+                if not leftover:
+                    raise
+                leftover = False
             except OSError as e:
                 if mode == LinkMode.HARDLINK and (e.errno == errno.EMLINK
                                                   or (e.errno == errno.EPERM and is_immutable(src))):
@@ -283,7 +289,8 @@ class Linker:
                     # hardlinking.
                     copy_at(src, dir_fd, tmp)
                     placed = LinkMode.COPY
-                    self.link_limit_copies += 1
+                    with self._lock:
+                        self.link_limit_copies += 1
                     break
                 unsupported = _REFLINK_UNSUPPORTED if mode == LinkMode.REFLINK else _HARDLINK_UNSUPPORTED
                 nxt = self._next(mode)
@@ -295,11 +302,12 @@ class Linker:
                         ) from None
                     raise
                 step = f"{mode.value} unavailable ({e.strerror})"
-                if step not in self._fallbacks:
-                    # The whole chain, so "using X" names the mode really used (reflink -> hardlink -> copy).
-                    self._fallbacks.append(step)
-                    self.fallback_reason = f"{', '.join(self._fallbacks)}, using {nxt.value}"
-                    log.info("%s", self.fallback_reason)
+                with self._lock:
+                    if step not in self._fallbacks:
+                        # The whole chain, so "using X" names the mode really used (reflink -> hardlink -> copy).
+                        self._fallbacks.append(step)
+                        self.fallback_reason = f"{', '.join(self._fallbacks)}, using {nxt.value}"
+                        log.info("%s", self.fallback_reason)
                 mode = nxt
         self._mode_by_devices[devices] = mode
         mode = placed
@@ -314,7 +322,8 @@ class Linker:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
-        self.counts[mode] = self.counts.get(mode, 0) + 1
+        with self._lock:
+            self.counts[mode] = self.counts.get(mode, 0) + 1
         return mode
 
     @staticmethod
