@@ -14,8 +14,10 @@ Layout under the store root::
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
 
-Every object and record appears by ``rename`` (or ``link``) of a fully written, fsynced temp file, so
-a crash leaves nothing half-visible; a record is written only after all its objects exist.
+Every object and record appears by ``rename`` (or ``link``) of a fully written file (a temp file,
+or a venv's own file that adopt hands over: ``take_inode``), so a crash leaves nothing half-visible;
+a record is written only after all its objects exist and one syncfs has made them durable, and is
+itself durable before anything names it.
 """
 
 from __future__ import annotations

@@ -154,8 +154,9 @@ def reflink(src: Path, dst: Path) -> None:
         os.close(dir_fd)
 
 
-def reflink_at(src: str | Path, dir_fd: int, name: str) -> None:
-    """``reflink`` into a new file ``name`` of the directory ``dir_fd``."""
+def reflink_at(src: str | Path, dir_fd: int, name: str, *, stamp: int | None = None) -> None:
+    """``reflink`` into a new file ``name`` of the directory ``dir_fd``; with ``stamp``, the new file
+    gets that mode and the store's mtime (``SOURCE_EPOCH``)."""
     if sys.platform == "darwin":  # pragma: no cover - not testable on the Linux CI
         import ctypes
 
@@ -164,16 +165,31 @@ def reflink_at(src: str | Path, dir_fd: int, name: str) -> None:
         if libc.clonefileat(-2, os.fsencode(src), dir_fd, os.fsencode(name), 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), name)
+        if stamp is not None:
+            os.chmod(name, stamp, dir_fd=dir_fd)
+            os.utime(name, (SOURCE_EPOCH, SOURCE_EPOCH), dir_fd=dir_fd)
         return
-    with open(src, "rb") as s:
+    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
-            fcntl.ioctl(fd, FICLONE, s.fileno())
+            fcntl.ioctl(fd, FICLONE, sfd)
+            _stamp(fd, stamp)
         except BaseException:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)
             raise
         os.close(fd)
+    finally:
+        os.close(sfd)
+
+
+def _stamp(fd: int, mode: int | None) -> None:
+    # Through the open file: no second lookup of its name, and no window in which a name shows
+    # the store's content with another mode.
+    if mode is not None:
+        os.fchmod(fd, mode)
+        os.utime(fd, (SOURCE_EPOCH, SOURCE_EPOCH))
 
 
 def copy(src: Path, dst: Path) -> None:
@@ -187,25 +203,37 @@ def hardlink_warning(files: int | None, why: str) -> str:
             "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
 
 
-def copy_at(src: str | Path, dir_fd: int, name: str) -> None:
-    """Copy ``src`` into a new file ``name`` of the directory ``dir_fd``."""
-    with open(src, "rb") as s:
+def copy_at(src: str | Path, dir_fd: int, name: str, *, stamp: int | None = None) -> None:
+    """Copy ``src`` into a new file ``name`` of the directory ``dir_fd`` (``stamp``: as ``reflink_at``).
+    Raw descriptors, not file objects: eject copies thousands of files, and each file object costs
+    an fstat, an ioctl and an lseek more."""
+    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(sfd).st_size
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-        with open(fd, "wb") as d:
-            size = os.fstat(s.fileno()).st_size
+        try:
             offset = 0
             try:
                 # In the kernel, as shutil.copyfile does on Linux (sendfile, not copy_file_range,
                 # which may share extents on XFS and btrfs: a copy must be one).
                 while offset < size:
-                    sent = os.sendfile(d.fileno(), s.fileno(), offset, min(size - offset, 1 << 30))
+                    sent = os.sendfile(fd, sfd, offset, min(size - offset, 1 << 30))
                     if sent == 0:
                         break
                     offset += sent
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP) or offset:
                     raise
-                shutil.copyfileobj(s, d, 1 << 20)
+                while chunk := os.pread(sfd, 1 << 20, offset):
+                    offset += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            _stamp(fd, stamp)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(sfd)
 
 
 @dataclass
@@ -264,7 +292,9 @@ class Linker:
             raise name_in_error(e, where, name) from None
 
     def _place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
-        devices = (os.stat(src).st_dev, os.fstat(dir_fd).st_dev)
+        src_st = os.stat(src)
+        devices = (src_st.st_dev, os.fstat(dir_fd).st_dev)
+        bits = mode_bits if mode_bits is not None else (src_st.st_mode & 0o777) | 0o200
         mode = self._mode_by_devices.get(devices) or self._start_mode()
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
@@ -273,7 +303,7 @@ class Linker:
         leftover = True  # one killed run's temporary may be in the way: _place_one removes it
         while placed is None:
             try:
-                self._place_one(mode, src, dir_fd, tmp)
+                self._place_one(mode, src, dir_fd, tmp, bits)
                 placed = mode
                 break
             except FileExistsError:
@@ -287,7 +317,7 @@ class Linker:
                     # immutable (bytecode a mount links to, which must not gain a writable name): a
                     # limit of that one inode, not of the filesystems, so copy this file and keep
                     # hardlinking.
-                    copy_at(src, dir_fd, tmp)
+                    copy_at(src, dir_fd, tmp, stamp=bits)
                     placed = LinkMode.COPY
                     with self._lock:
                         self.link_limit_copies += 1
@@ -312,11 +342,7 @@ class Linker:
         self._mode_by_devices[devices] = mode
         mode = placed
         try:
-            if mode != LinkMode.HARDLINK:
-                # A hardlink shares the object's inode and already has its mode and mtime.
-                os.chmod(tmp, mode_bits if mode_bits is not None else (os.stat(src).st_mode & 0o777) | 0o200,
-                         dir_fd=dir_fd)
-                os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH), dir_fd=dir_fd)
+            # A copy or reflink got its mode and mtime as it was made; a hardlink shares the object's.
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -327,14 +353,14 @@ class Linker:
         return mode
 
     @staticmethod
-    def _place_one(mode: LinkMode, src: str | Path, dir_fd: int, tmp: str) -> None:
+    def _place_one(mode: LinkMode, src: str | Path, dir_fd: int, tmp: str, bits: int) -> None:
         try:
             if mode == LinkMode.REFLINK:
-                reflink_at(src, dir_fd, tmp)
+                reflink_at(src, dir_fd, tmp, stamp=bits)
             elif mode == LinkMode.HARDLINK:
                 os.link(src, tmp, dst_dir_fd=dir_fd)
             else:
-                copy_at(src, dir_fd, tmp)
+                copy_at(src, dir_fd, tmp, stamp=bits)
         except BaseException:
             # A copy that ran out of space leaves a partial file (in the store's tmp/ or in the venv).
             with contextlib.suppress(FileNotFoundError):
