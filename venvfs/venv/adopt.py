@@ -335,6 +335,9 @@ class _DistAdopter:
             put = self._put(p.scheme, p.path, read.fd, read.st, digests, p.executable, stored=stored)
         finally:
             os.close(read.fd)
+        if put.digest != digests.sha256:
+            self.kept.append(p.rel)  # written to while it was being stored: the venv's own, unshared
+            return
         self._add(p.scheme, p.rel, put.digest, put.size, p.executable, new=put.new)
 
     def _discard_pending(self) -> None:
@@ -360,6 +363,11 @@ class _DistAdopter:
             put = self.store.take_inode(fd, digest, size, executable, chunk_list=digests.chunk_list)
             if put is not None:
                 return put
+            # Not linkable (the file was deleted or replaced meanwhile): a copy of the bytes the fd
+            # reads, never of whatever the path names now.
+            os.lseek(fd, 0, os.SEEK_SET)
+            with open(os.dup(fd), "rb") as f:
+                return self.store.put_stream(f, executable=executable, durable=False)
         copies_before = linker.counts.get(LinkMode.COPY, 0)
         put = self.store.put_placed(Path(path), digest, size, executable, linker, chunk_list=digests.chunk_list)
         if shared and put.new:
