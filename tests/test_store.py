@@ -3,6 +3,7 @@ remove what a live venv references, and change nothing with --dry-run)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -16,8 +17,9 @@ import pytest
 from tests.conftest import create_venv, run_cli, tree_snapshot
 from tests.wheelbuilder import build_wheel, data_package, simple_package
 from venvfs.errors import StoreError
+from venvfs.store.chunks import CHUNK, chunk_digests, digest_fd, needs_chunks
 from venvfs.store.records import DistRecord, StoredFile
-from venvfs.store.store import SOURCE_EPOCH, STORE_FORMAT, Store
+from venvfs.store.store import SOURCE_EPOCH, STORE_FORMAT, Store, take_inode
 from venvfs.store.verify import verify
 from venvfs.venv.venv import Venv
 from venvfs.venv.view import view_for
@@ -53,6 +55,61 @@ def test_put_is_content_addressed_read_only_and_idempotent(store: Store) -> None
     assert stat.S_IMODE(plain.stat().st_mode) == 0o444 and stat.S_IMODE(exe.stat().st_mode) == 0o555
     assert int(plain.stat().st_mtime) == SOURCE_EPOCH
     assert list((store.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [0, 5, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 17])
+def test_one_read_gives_the_digest_and_the_chunk_list(tmp_path: Path, size: int) -> None:
+    # Issue 17: adopt reads each file once, for its sha256, RECORD's algorithm and its chunk list.
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = digest_fd(fd, size, "sha384")
+        assert (got.sha256, got.size, got.other) == (hashlib.sha256(data).hexdigest(), size,
+                                                     hashlib.sha384(data).hexdigest())
+        assert got.chunk_list == (chunk_digests(fd, size) if needs_chunks(size) else None)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:  # a stat that is out of date (the file grew or shrank since) still hashes all of it
+        assert digest_fd(fd, max(size - CHUNK, 0), "sha256").sha256 == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_the_store_takes_the_inode_it_was_handed_and_leaves_a_known_one(store: Store, tmp_path: Path) -> None:
+    # Issue 17: adopt gives the store a venv's own file through the fd it hashed. The object is that
+    # inode even if the path names another file by then; bytes the store already has leave the file
+    # untouched (its mode and mtime too: a 1980 mtime would pass for a placed copy, never to be linked).
+    venv_file = tmp_path / "mod.py"
+    venv_file.write_bytes(b"print(1)\n")
+    fd = os.open(venv_file, os.O_RDONLY)
+    try:
+        digests = digest_fd(fd, os.fstat(fd).st_size)
+        inode = os.fstat(fd).st_ino
+        venv_file.rename(tmp_path / "mod.py.orig")
+        venv_file.write_bytes(b"print(2)\n")  # the path now names another file
+        put = take_inode(store, fd, digests.sha256, digests.size, False, chunk_list=digests.chunk_list)
+    finally:
+        os.close(fd)
+    assert put is not None and put.new
+    obj = store.object_path(digests.sha256)
+    assert obj.stat().st_ino == inode and obj.read_bytes() == b"print(1)\n"
+    assert stat.S_IMODE(obj.stat().st_mode) == 0o444 and int(obj.stat().st_mtime) == SOURCE_EPOCH
+    assert venv_file.read_bytes() == b"print(2)\n"
+
+    twin = tmp_path / "twin.py"
+    twin.write_bytes(b"print(1)\n")
+    before = twin.stat()
+    fd = os.open(twin, os.O_RDONLY)
+    try:
+        again = take_inode(store, fd, digests.sha256, digests.size, False)
+    finally:
+        os.close(fd)
+    after = twin.stat()
+    assert again is not None and not again.new
+    assert (after.st_mode, after.st_mtime_ns, after.st_nlink) == (before.st_mode, before.st_mtime_ns, 1)
 
 
 def test_record_needs_its_objects_and_round_trips(store: Store) -> None:
@@ -237,6 +294,7 @@ _KILLED_WRITING_RECORD = """
 import io, os, sys
 from pathlib import Path
 from venvfs import fsutil
+from venvfs.store.chunks import CHUNK, chunk_digests, digest_fd, needs_chunks
 from venvfs.store.records import DistRecord, StoredFile
 from venvfs.store.store import Store
 store = Store.open(Path(sys.argv[1]))

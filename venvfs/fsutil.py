@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import posixpath
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +54,39 @@ def syncfs(path: Path) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _linkat() -> Any:
+    import ctypes
+
+    if sys.platform != "linux" or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).linkat
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    return fn
+
+
+_AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
+
+
+def link_fd(fd: int, dst: str | Path) -> None:
+    """Give the open file ``fd`` the new name ``dst`` (Linux: linkat(2) of ``/proc/self/fd/N`` with
+    ``AT_SYMLINK_FOLLOW``, as open(2) describes for ``O_TMPFILE``). Python's ``os.link`` cannot: it
+    calls link(2) for that case, which links the magic symlink itself and fails with EXDEV.
+    ENOSYS where there is no such call or no ``/proc``."""
+    fn = _linkat()
+    if fn is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), str(dst))
+    if fn(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(dst), _AT_SYMLINK_FOLLOW) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(dst))
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True,

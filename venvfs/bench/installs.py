@@ -31,6 +31,7 @@ from venvfs.bench import trees
 from venvfs.bench.model import StrategyResult
 from venvfs.bench.scratch import usage
 from venvfs.bench.strategies import Site, venvfs_argv, venvfs_env
+from venvfs.fsutil import syncfs
 
 Say = Callable[[str], None]
 INSTALLERS = ("uv", "pip")
@@ -130,7 +131,8 @@ def measure_adopt(site: Site, native: StrategyResult, venvfs: StrategyResult, re
     """A user's first step: ``venvfs adopt`` of a pip-installed venv, against ``cp -a`` of the same
     venv on the same filesystem (the cost of one more copy), interleaved. The store is fresh each
     time, as on a new machine; bytecode is compiled in the background (adopt's default), which the
-    next pair waits for, so it never runs under a measurement."""
+    next pair waits for, so it never runs under a measurement; the filesystem is flushed before each
+    timed command, so neither waits for the other's writeback."""
     work = site.fs.root / "adopts"
     work.mkdir(exist_ok=True)
     source = work / "pip-venv"
@@ -143,12 +145,16 @@ def measure_adopt(site: Site, native: StrategyResult, venvfs: StrategyResult, re
             took: dict[bool, float] = {}
             for adopting in ((False, True) if rep % 2 == 0 else (True, False)):
                 copy = work / f"copy-{rep}-{int(adopting)}"
+                # Neither pays for the other's writeback: cp -a leaves ~the venv's size dirty, and
+                # adopt's syncfs (before its records) would wait for all of it.
+                syncfs(work)
                 if not adopting:
                     start = time.perf_counter()
                     _run(["cp", "-a", str(source), str(copy)], env, "cp -a")
                     took[False] = time.perf_counter() - start
                     continue
                 _run(["cp", "-a", str(source), str(copy)], env, "cp -a")
+                syncfs(work)
                 store = work / f"store-{rep}"
                 start = time.perf_counter()
                 out = _run_stdout([*venvfs_argv(), "adopt", "--no-hooks", "--json", "--store", str(store), str(copy)],

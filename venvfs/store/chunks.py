@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from venvfs.fsutil import atomic_write_bytes
@@ -54,6 +55,52 @@ def chunk_digests(fd: int, size: int) -> bytes:
 
 def needs_chunks(size: int) -> bool:
     return size > CHUNK
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """What the store needs of a file's bytes, from one read of them (``digest_fd``)."""
+
+    sha256: str
+    size: int
+    chunk_list: bytes | None  # for a file of more than one chunk (``needs_chunks``)
+    other: str | None = None  # the hex digest by the algorithm asked for, when that is not sha256
+
+
+def digest_fd(fd: int, size_hint: int, algo: str = "sha256") -> FileDigests:
+    """Hash what ``fd`` reads from its offset to its end: sha256, the chunk list, and ``algo``'s digest
+    if that is another (a RECORD may name any hashlib algorithm; ValueError for one hashlib lacks).
+
+    ``size_hint`` is the file's length from a stat: a read that returns less than it asked for once
+    that many bytes are in is the end of a regular file, so a small file costs one read, not two.
+    """
+    whole = hashlib.sha256()
+    other = None if algo == "sha256" else hashlib.new(algo)
+    pieces = bytearray() if needs_chunks(size_hint) else None
+    size = 0
+    while True:
+        want = CHUNK if pieces is not None else max(size_hint - size + 1, 1 << 16)
+        data = os.read(fd, want)
+        while pieces is not None and 0 < len(data) < want:
+            # Chunks are CHUNK bytes each: a short read in the middle is completed first.
+            more = os.read(fd, want - len(data))
+            if not more:
+                break
+            data += more
+        if not data:
+            break
+        whole.update(data)
+        if other is not None:
+            other.update(data)
+        if pieces is not None:
+            pieces += hashlib.sha256(data).digest()
+        size += len(data)
+        if len(data) < want and size >= size_hint:
+            break
+    if pieces is not None and not needs_chunks(size):
+        pieces = None  # shrank since the stat: its own chunk (one that grew gets its list when published)
+    return FileDigests(whole.hexdigest(), size, bytes(pieces) if pieces is not None else None,
+                       other.hexdigest() if other is not None else None)
 
 
 class ObjectChecker:

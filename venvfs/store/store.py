@@ -16,8 +16,10 @@ Layout under the store root::
     lowers.json                   the read-only stores below this one, if any (``layers.py``)
     shared.json                   in a store ``venvfs store publish`` wrote to: other nodes use it (gc)
 
-Every object and record appears by ``rename`` (or ``link``) of a fully written, fsynced temp file, so
-a crash leaves nothing half-visible; a record is written only after all its objects exist.
+Every object and record appears by ``rename`` (or ``link``) of a fully written file (a temp file,
+or a venv's own file that adopt hands over: ``take_inode``), so a crash leaves nothing half-visible;
+a record is written only after all its objects exist and one syncfs has made them durable, and is
+itself durable before anything names it.
 
 A store may lie over read-only lower stores (``lowers``, see ``layers.py``): ``object_path``,
 ``bytecode_path``, ``dist_path``, ``get_dist`` and ``dist_keys`` look through them; everything that
@@ -28,6 +30,7 @@ its own objects (its gc, verify and repair need no lower).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -40,7 +43,16 @@ from typing import IO, Any, BinaryIO, Protocol
 
 from venvfs import fsflags
 from venvfs.errors import Busy, StoreError
-from venvfs.fsutil import atomic_write_bytes, atomic_write_json, describe_oserror, flock, io_failure, read_json, syncfs
+from venvfs.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    describe_oserror,
+    flock,
+    io_failure,
+    link_fd,
+    read_json,
+    syncfs,
+)
 from venvfs.store import STORE_ENV as STORE_ENV
 from venvfs.store import layers
 from venvfs.store.chunks import CHUNK, chunk_digests, chunks_path, needs_chunks, write_chunks
@@ -66,7 +78,7 @@ class Placer(Protocol):
 log = logging.getLogger(__name__)
 
 # Store root -> the objects this process published inside its outermost ``writing()`` block so far.
-_PUBLISHED: dict[str, list[Path]] = {}
+_PUBLISHED: dict[str, list[str]] = {}
 
 _CHUNK = 1 << 20
 
@@ -253,6 +265,14 @@ class Store:
         # joins were an eighth of a 24k-file adopt).
         return Path(f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}")
 
+    def local_object_name(self, digest: str, executable: bool = False) -> str:
+        """``local_object_path`` as a string, for loops over every file of a venv: building a Path
+        costs more than the stat it is made for (pathlib was a sixth of a first adopt)."""
+        return f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}"
+
+    def has_local_object(self, digest: str, executable: bool = False) -> bool:
+        return _exists(self.local_object_name(digest, executable))
+
     def object_path(self, digest: str, executable: bool = False) -> Path:
         """Where object ``digest`` is, in whichever layer holds it (the local path if none does)."""
         own = self.local_object_path(digest, executable)
@@ -298,10 +318,12 @@ class Store:
         with open(path, "rb") as src:
             return self.put_stream(src, executable=executable)
 
-    def put_placed(self, path: Path, digest: str, size: int, executable: bool, linker: Placer) -> PutResult:
+    def put_placed(self, path: Path, digest: str, size: int, executable: bool, linker: Placer, *,
+                   chunk_list: bytes | None = None) -> PutResult:
         """Store the file at ``path``, whose content the caller has hashed to ``digest``, by the
         linker's mode: a hardlink or reflink costs no data copy (adopting a torch venv writes
-        700 MB less), and a hardlink makes ``path`` itself the store object.
+        700 MB less), and a hardlink makes ``path`` itself the store object. ``chunk_list``: what
+        ``hash_fd`` gave for it, so a large file is not read again for its chunk list.
         """
         if self.local_object_path(digest, executable).exists():
             return PutResult(digest, size, new=False)
@@ -311,12 +333,13 @@ class Store:
         os.close(fd)
         try:
             linker.place(path, Path(tmp), mode_bits=0o555 if executable else 0o444)
-            return self._publish(tmp, digest, size, executable)
+            return self._publish(tmp, digest, size, executable, chunk_list=chunk_list)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def _publish(self, tmp: str, digest: str, size: int, executable: bool) -> PutResult:
+    def _publish(self, tmp: str, digest: str, size: int, executable: bool, *,
+                 chunk_list: bytes | None = None) -> PutResult:
         final = self.local_object_path(digest, executable)
         if final.exists():
             # The caller holds these bytes under this digest (a wheel, a hashed file): the one moment a
@@ -326,25 +349,20 @@ class Store:
                 return PutResult(digest, size, new=False)
             replace_object(self, None if problem == "chunk list damaged" else tmp, digest, size, executable, problem)
             return PutResult(digest, size, new=False, repaired=True)
-        if needs_chunks(size) and not chunks_path(self.root, digest).exists():
-            # Before the object: a mount never meets a large object it cannot check as it reads.
-            # (An object stored before chunk lists existed gets its list when it is added again.)
+        if needs_chunks(size):
             fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                write_chunks(self.root, digest, fd, size, self.root / "tmp")
+                _write_chunk_list(self, digest, fd, size, chunk_list)
             finally:
                 os.close(fd)
         os.chmod(tmp, 0o555 if executable else 0o444)
         os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
-        final.parent.mkdir(exist_ok=True)
         try:
-            # link, unlike rename, fails when a racing writer already published the same object,
-            # which leaves that object's inode (perhaps already hardlinked into a venv) untouched.
-            os.link(tmp, final)
+            _link_object(self, tmp, final)
         except FileExistsError:
             return PutResult(digest, size, new=False)
         with contextlib.suppress(KeyError):
-            _PUBLISHED[self._key].append(final)
+            _PUBLISHED[self._key].append(os.fspath(final))
         return PutResult(digest, size, new=True)
 
     def sync_objects(self) -> None:
@@ -363,16 +381,29 @@ class Store:
     def add_dist(self, record: DistRecord) -> bool:
         """Publish ``record``; its objects must already be stored. Returns False if it was already
         there (in a lower store too: a build present below is never copied up)."""
-        for f in record.files:
-            if f.digest is not None and not self.local_object_path(f.digest, f.executable).exists():
-                raise StoreError(f"{record.key}: object {f.digest} for {f.path} is not in the store")
-        if self.dist_path(record.key).exists():
-            return False
-        path = self.local_dist_path(record.key)
+        return self.add_dists([record])[0]
+
+    def add_dists(self, records: list[DistRecord]) -> list[bool]:
+        """Publish each of ``records`` (False for one already there): one flush of the filesystem
+        for them all, before and after, instead of one syncfs and two fsyncs per record (adopt
+        publishes dozens at once, and each syncfs also waits for every other writer's data)."""
+        todo = []
+        for record in records:
+            for f in record.files:
+                if f.digest is not None and not _exists(self.local_object_name(f.digest, f.executable)):
+                    raise StoreError(f"{record.key}: object {f.digest} for {f.path} is not in the store")
+            todo.append(not self.dist_path(record.key).exists())
+        if not any(todo):
+            return todo
         self.sync_objects()
-        # Staged in tmp/, which gc clears: a writer killed before the rename leaves nothing in dists/.
-        atomic_write_json(path, record.to_json(), tmp_dir=self.root / "tmp")
-        return True
+        for record, new in zip(records, todo, strict=True):
+            if new:
+                # Staged in tmp/, which gc clears: a writer killed before the rename leaves nothing in dists/.
+                atomic_write_json(self.local_dist_path(record.key), record.to_json(), tmp_dir=self.root / "tmp",
+                                  durable=False)
+        # Before the caller writes what names them (a venv's state): a record is never lost once named.
+        syncfs(self.root / "dists")
+        return todo
 
     def get_dist(self, key: str) -> DistRecord:
         path = self.dist_path(key)
@@ -522,7 +553,7 @@ def _check_new_store_place(store: Store, create: bool) -> None:
         raise StoreError(f"no venvfs store at {store.root} (an empty directory)")
 
 
-def _take_back(store: Store, published: list[Path]) -> None:
+def _take_back(store: Store, published: list[str]) -> None:
     """Remove the objects this run published that no record refers to, after a failure.
 
     Why this is safe against a concurrent ingest that found one of them already stored and
@@ -541,7 +572,8 @@ def _take_back(store: Store, published: list[Path]) -> None:
             referenced: set[tuple[str, bool]] = set()
             for path in (store.root / "dists").glob("*.json"):
                 referenced |= digests_in_raw_record(path)
-            for obj in published:
+            for name in published:
+                obj = Path(name)
                 executable = obj.name.endswith(".x")
                 digest = obj.name.removesuffix(".x")
                 if (digest, executable) not in referenced:
@@ -552,6 +584,15 @@ def _take_back(store: Store, published: list[Path]) -> None:
         # Unlinking frees space, so this rarely fails; what stays is what gc removes anyway.
         log.warning("could not take back the %d object(s) this run stored in %s (%s); "
                     "`venvfs store gc` removes them", len(published), store.root, e)
+
+
+def _exists(name: str) -> bool:
+    """``Path(name).exists()`` without building a Path (for loops over every object of a venv)."""
+    try:
+        os.stat(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def check_object(root: Path, path: Path, digest: str) -> str | None:
@@ -624,3 +665,73 @@ def replace_object(store: Store, tmp: str | None, digest: str, size: int, execut
     log.info("repaired object %s (%s)", digest, problem)
     store.repaired.append(digest)
     log_repaired(store.root, [digest])
+
+
+def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, *,
+               chunk_list: bytes | None = None) -> PutResult | None:
+    """Publish the open file ``fd`` itself (its inode: no data copied, no temporary name) as the
+    object ``digest``, which the caller read from that fd; None where the kernel cannot link it
+    here (no ``/proc``, another filesystem, the file unlinked meanwhile): the caller then stores
+    it another way, and the file may already show the store's mode and mtime.
+
+    Only for a file every name of which the caller owns and gives up to the store (adopt's
+    hardlink mode, see docs/design.md "Whose inodes the store may take"): it becomes mode 0444
+    (0555) and mtime ``SOURCE_EPOCH`` before it gets the store's name. The name is made from
+    the fd, not from a path, so the inode published is the one that was hashed and chmodded
+    even if the caller's path now names another file.
+    """
+    final = store.local_object_name(digest, executable)
+    if _exists(final):
+        # Checked first: the file must keep its mode and mtime (and so not pass for a placed copy)
+        # when the store already has these bytes in another inode.
+        return PutResult(digest, size, new=False)
+    if needs_chunks(size):
+        _write_chunk_list(store, digest, fd, size, chunk_list)
+    os.fchmod(fd, 0o555 if executable else 0o444)
+    os.utime(fd, (SOURCE_EPOCH, SOURCE_EPOCH))
+    try:
+        _link_object(store, fd, final)
+    except FileExistsError:
+        return PutResult(digest, size, new=False)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP,
+                       errno.ENOENT):
+            return None
+        raise
+    with contextlib.suppress(KeyError):
+        _PUBLISHED[store._key].append(os.fspath(final))
+    return PutResult(digest, size, new=True)
+
+
+def _link_object(store: Store, src: str | int, final: str | Path) -> None:
+    """Name the file ``src`` (a path, or an open fd) ``final``.
+
+    link, unlike rename, fails when a racing writer already published the same object, which
+    leaves that object's inode (perhaps already hardlinked into a venv) untouched. The 256
+    fan-out directories are made on the first ENOENT instead of by a mkdir per object."""
+    for attempt in range(2):
+        try:
+            if isinstance(src, int):
+                link_fd(src, final)
+            else:
+                os.link(src, final)
+            return
+        except FileNotFoundError:
+            parent = os.path.dirname(final)
+            if attempt or os.path.isdir(parent):
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent)
+
+
+def _write_chunk_list(store: Store, digest: str, fd: int, size: int, chunk_list: bytes | None) -> None:
+    # Before the object: a mount never meets a large object it cannot check as it reads.
+    # (An object stored before chunk lists existed gets its list when it is added again.)
+    path = chunks_path(store.root, digest)
+    if path.exists():
+        return
+    if chunk_list is None:
+        write_chunks(store.root, digest, fd, size, store.root / "tmp")
+    else:
+        # Not fsynced here: the store's syncfs before a record is published covers it.
+        atomic_write_bytes(path, chunk_list, mode=0o444, tmp_dir=store.root / "tmp", durable=False)

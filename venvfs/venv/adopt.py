@@ -20,16 +20,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import logging
 import os
 import re
 import stat
+from collections import deque
 from dataclasses import dataclass, field
 from email.parser import Parser
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from installer.utils import parse_entrypoints
 from packaging.utils import canonicalize_name
@@ -38,6 +40,7 @@ from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.progress import Progress
 from venvfs.store.bytecode import compile_in_background, ensure_bytecode
+from venvfs.store.chunks import FileDigests, digest_fd
 from venvfs.store.records import (
     INSTALLER_NAME,
     SITE_SCHEMES,
@@ -47,14 +50,17 @@ from venvfs.store.records import (
     StoredFile,
     is_install_metadata,
 )
-from venvfs.store.store import Store
+from venvfs.store.store import PutResult, Store, take_inode
 from venvfs.venv import automount as hooks
 from venvfs.venv import layout
 from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
-from venvfs.venv.materialize import count_store_inodes, materialize, store_inodes
+from venvfs.venv.materialize import materialize
 from venvfs.venv.ownpyc import Stamp, restamp, valid_stamps
 from venvfs.venv.pending import is_editable
 from venvfs.venv.venv import Venv, VenvState
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
 
 log = logging.getLogger(__name__)
 
@@ -92,27 +98,86 @@ def _record_digest(hash_field: str) -> tuple[str, str] | None:
     return algo, raw.hex()
 
 
-def _hash_file(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+_PARALLEL_MIN = 64 * 1024  # smaller files are read here: a worker's hand-over costs more than their read
+_MAX_PENDING = 16  # files open at once for the workers
+
+
+@functools.cache
+def _known_algorithm(algo: str) -> bool:
+    try:
+        hashlib.new(algo)
+    except ValueError:
+        return False
+    return True
+
+
+class _Read(NamedTuple):
+    fd: int  # open on the file that was read: the inode the store may take
+    st: os.stat_result
+    digests: FileDigests
+
+
+def _read_file(path: str, algo: str) -> _Read | None:
+    """Open, stat and hash one file; None if it is gone or no regular file (any more)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        # What is read, hashed and perhaps taken by the store is this inode, whatever the path names
+        # by then: every later check is of it, not of an earlier lstat.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        return _Read(fd, st, digest_fd(fd, st.st_size, algo))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@dataclass
+class _Pending:
+    """A file being read, and what storing it needs once it is."""
+
+    scheme: Scheme
+    rel: str
+    path: str
+    want: str | None  # RECORD's digest
+    executable: bool
+    stored: bool | None  # the store has the object (None: not known until the sha256 is)
+    read: Future[_Read | None] | None = None
+
+    def done(self) -> bool:
+        return self.read is None or self.read.done()
+
+    def result(self) -> _Read | None:
+        assert self.read is not None
+        return self.read.result()
 
 
 class _DistAdopter:
     """Reads one .dist-info and stores what its RECORD vouches for."""
 
     def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, linker: Linker,
-                 *, safe_linker: Linker | None = None, venv_links: dict[tuple[int, int], int] | None = None) -> None:
+                 *, safe_linker: Linker | None = None, venv_links: VenvLinks | None = None,
+                 pool: Executor | None = None) -> None:
         self.venv = venv
         self.store = store
+        self.pool = pool  # reads and hashes large files while this thread stores the rest
+        self._pending: deque[_Pending] = deque()
         self.linker = linker  # venv file -> store: by hardlink or reflink, adopting copies no data
         # For files the store must not share an inode with: reflink, else copy.
         self.safe_linker = safe_linker or Linker(LinkMode.AUTO, allow_hardlink=False)
-        self.venv_links = venv_links if venv_links is not None else {}  # (dev, ino) -> names in the venv
+        self.venv_links = venv_links or VenvLinks(None)
+        self._store_dev: int | None = None
+        # classify() runs for every RECORD row: plain strings, not pathlib (a sixth of a first adopt).
+        roots: tuple[tuple[Scheme, Path], ...] = (
+            ("purelib", venv.site_packages), ("scripts", venv.bin_dir), ("data", venv.root))
+        self._roots = tuple((scheme, str(root), str(root).rstrip("/") + "/") for scheme, root in roots)
         self.shared_inode_files = 0
         self.shared_inode_copied_bytes = 0
+        self.store_inodes_outside = 0  # files outside site-packages that are store objects' inodes
         self.dist_info = dist_info
         self.progress = progress
         self.files: list[StoredFile] = []
@@ -148,18 +213,17 @@ class _DistAdopter:
         return canonicalize_name(name), version, tags, tuple(sorted(eps, key=lambda e: e.name))
 
     def classify(self, record_path: str, name: str = "") -> tuple[Scheme, str] | None:
-        absolute = Path(os.path.normpath(self.venv.site_packages / record_path))
-        for scheme, root in (("purelib", self.venv.site_packages), ("scripts", self.venv.bin_dir),
-                             ("data", self.venv.root)):
-            if absolute == root or root in absolute.parents:
-                rel = absolute.relative_to(root).as_posix()
+        absolute = os.path.normpath(f"{self._roots[0][1]}/{record_path}")
+        for scheme, root, prefix in self._roots:
+            if absolute == root or absolute.startswith(prefix):
+                rel = "." if absolute == root else absolute[len(prefix):]
                 parts = rel.split("/")
                 # include/site/pythonX.Y/<name>/... is the headers scheme (as materialize writes it), so a
                 # materialized venv adopted again gives the same record as the wheel it came from.
                 if (scheme == "data" and len(parts) > 4 and parts[:2] == ["include", "site"]
                         and parts[2].startswith("python") and canonicalize_name(parts[3]) == name):
                     return "headers", "/".join(parts[4:])
-                return scheme, rel  # type: ignore[return-value]
+                return scheme, rel
         return None  # outside the venv: not ours to share
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -173,23 +237,27 @@ class _DistAdopter:
         name, version, tags, entry_points = self.metadata()
         script_names = {ep.name for ep in entry_points}
         record_file = f"{self.dist_info.name}/RECORD"
-        for path_field, hash_field, _size in self.rows():
-            self.progress.advance(note=path_field)
-            where = self.classify(path_field, name)
-            if where is None:
-                continue
-            scheme, rel = where
-            parts = rel.split("/")
-            if rel == record_file or (parts[-1].endswith(".pyc") and "__pycache__" in parts):
-                continue  # RECORD stays the venv's own; bytecode is compiled per Python version
-            if scheme == "scripts" and rel in script_names:
-                continue  # generated from the entry point for each venv's interpreter
-            if scheme == "purelib" and is_install_metadata(self.dist_info.name, rel):
-                # About this install, not the build (records.INSTALLER_NAME): it stays the venv's own.
-                continue
-            if scheme == "purelib":
-                scheme = self.site_scheme
-            self._adopt_file(scheme, rel, self.venv.site_packages / path_field, _record_digest(hash_field))
+        try:
+            for path_field, hash_field, _size in self.rows():
+                self.progress.advance(note=path_field)
+                where = self.classify(path_field, name)
+                if where is None:
+                    continue
+                scheme, rel = where
+                parts = rel.split("/")
+                if rel == record_file or (parts[-1].endswith(".pyc") and "__pycache__" in parts):
+                    continue  # RECORD stays the venv's own; bytecode is compiled per Python version
+                if scheme == "scripts" and rel in script_names:
+                    continue  # generated from the entry point for each venv's interpreter
+                if scheme == "purelib" and is_install_metadata(self.dist_info.name, rel):
+                    # About this install, not the build (records.INSTALLER_NAME): it stays the venv's own.
+                    continue
+                if scheme == "purelib":
+                    scheme = self.site_scheme
+                self._adopt_file(scheme, rel, f"{self._roots[0][1]}/{path_field}", _record_digest(hash_field))
+            self._settle(block=True)
+        finally:
+            self._discard_pending()
         put = self.store.put_stream(io.BytesIO(INSTALLER_NAME), durable=False)
         self._add(self.site_scheme, f"{self.dist_info.name}/INSTALLER", put.digest, put.size, False, new=put.new)
         return DistRecord(
@@ -199,9 +267,9 @@ class _DistAdopter:
             omitted=tuple(sorted(self.kept)),
         )
 
-    def _adopt_file(self, scheme: Scheme, rel: str, path: Path, expected: tuple[str, str] | None) -> None:
+    def _adopt_file(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None) -> None:
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except FileNotFoundError:
             self.kept.append(rel)
             return
@@ -216,51 +284,139 @@ class _DistAdopter:
             self.kept.append(rel)
             return
         executable = bool(st.st_mode & 0o111)
-        verified: str | None = None  # the file's sha256, once read
+        algo, want = expected if expected is not None else ("sha256", None)
+        stored: bool | None = None  # whether the store has the object: known here only by RECORD's sha256
+        if algo == "sha256" and want is not None:
+            try:
+                ost = os.stat(self.store.local_object_name(want, executable))
+            except FileNotFoundError:
+                stored = False
+            else:
+                if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
+                    # Already hardlinked by an earlier (perhaps interrupted) adopt.
+                    self._add(scheme, rel, want, st.st_size, executable, new=False)
+                    if scheme not in SITE_SCHEMES:
+                        self.store_inodes_outside += 1  # materialize, which counts the rest, leaves these
+                    return
+                stored = True
+        if scheme == "scripts":
+            self._adopt_script(rel, path, expected, executable)
+            return
+        if not _known_algorithm(algo):
+            self.kept.append(rel)  # unknown hash algorithm in RECORD: nothing can vouch for the file
+            return
+        pending = _Pending(scheme, rel, path, want, executable, stored)
+        if self.pool is not None and st.st_size >= _PARALLEL_MIN:
+            # Reading and hashing a large file (most of the bytes) runs in a worker thread: hashlib and
+            # read(2) release the GIL, so both cores work while this thread stores the small files.
+            pending.read = self.pool.submit(_read_file, path, algo)
+            self._pending.append(pending)
+            self._settle(block=len(self._pending) > _MAX_PENDING)
+        else:
+            self._complete(pending, _read_file(path, algo))
+
+    def _settle(self, *, block: bool) -> None:
+        """Store the files whose reads are done, in the order they were read (waiting for the oldest
+        while too many are open); with ``block``, all of them."""
+        while self._pending and (block or self._pending[0].done() or len(self._pending) > _MAX_PENDING):
+            pending = self._pending.popleft()
+            self._complete(pending, pending.result())
+
+    def _complete(self, p: _Pending, read: _Read | None) -> None:
+        if read is None:
+            self.kept.append(p.rel)  # gone, or no regular file any more
+            return
+        try:
+            digests = read.digests
+            if p.want is not None and (digests.other or digests.sha256) != p.want:
+                self.kept.append(p.rel)  # edited since install: the user's version stays, unshared
+                return
+            stored = p.stored if p.stored is not None else self.store.has_local_object(digests.sha256, p.executable)
+            put = self._put(p.scheme, p.path, read.fd, read.st, digests, p.executable, stored=stored)
+        finally:
+            os.close(read.fd)
+        if put.digest != digests.sha256:
+            self.kept.append(p.rel)  # written to while it was being stored: the venv's own, unshared
+            return
+        self._add(p.scheme, p.rel, put.digest, put.size, p.executable, new=put.new)
+
+    def _discard_pending(self) -> None:
+        """After an error: wait for the reads still running and close what they opened."""
+        while self._pending:
+            with contextlib.suppress(Exception):
+                read = self._pending.popleft().result()
+                if read is not None:
+                    os.close(read.fd)
+
+    def _put(self, scheme: Scheme, path: str, fd: int, st: os.stat_result, digests: FileDigests, executable: bool,
+             *, stored: bool) -> PutResult:
+        digest, size = digests.sha256, digests.size
+        if stored:
+            return PutResult(digest, size, new=False)  # materialize links the venv's name to it
+        shared = self._shared_inode(st)
+        # A file outside site-packages stays the venv's own after adopt (materialize leaves it), so
+        # making it the store object would leave a writable name of the store in bin/ or share/.
+        linker = self.safe_linker if shared or scheme not in SITE_SCHEMES else self.linker
+        if linker is self.linker and self.linker.settled_mode(st.st_dev, self._store_device()) == LinkMode.HARDLINK:
+            # The mode is settled to be hardlink (the first file probed it): the store takes the inode
+            # through the fd that was hashed, without a temporary name or a second path lookup.
+            put = take_inode(self.store, fd, digest, size, executable, chunk_list=digests.chunk_list)
+            if put is not None:
+                return put
+            # Not linkable (the file was deleted or replaced meanwhile): a copy of the bytes the fd
+            # reads, never of whatever the path names now.
+            os.lseek(fd, 0, os.SEEK_SET)
+            with open(os.dup(fd), "rb") as f:
+                return self.store.put_stream(f, executable=executable, durable=False)
+        copies_before = linker.counts.get(LinkMode.COPY, 0)
+        put = self.store.put_placed(Path(path), digest, size, executable, linker, chunk_list=digests.chunk_list)
+        if shared and put.new:
+            self.shared_inode_files += 1
+            if linker.counts.get(LinkMode.COPY, 0) > copies_before:
+                self.shared_inode_copied_bytes += size
+        return put
+
+    def _store_device(self) -> int:
+        if self._store_dev is None:
+            self._store_dev = os.stat(self.store.root / "tmp").st_dev  # where put_placed links to
+        return self._store_dev
+
+    def _adopt_script(self, rel: str, path: str, expected: tuple[str, str] | None, executable: bool) -> None:
+        """A file of bin/: stored with ``#!python`` for the venv's own interpreter line, so one
+        object serves every venv; it stays the venv's own real file (never a store inode)."""
+        with open(path, "rb") as f:
+            head = f.read()
         if expected is not None:
             algo, want = expected
-            if algo == "sha256":
-                obj = self.store.local_object_path(want, executable)
-                with contextlib.suppress(FileNotFoundError):
-                    ost = obj.stat()
-                    if (ost.st_ino, ost.st_dev) == (st.st_ino, st.st_dev):
-                        # Already hardlinked by an earlier (perhaps interrupted) adopt.
-                        self._add(scheme, rel, want, st.st_size, executable, new=False)
-                        return
             try:
-                if _hash_file(path, algo) != want:
+                if hashlib.new(algo, head).hexdigest() != want:
                     self.kept.append(rel)  # edited since install: the user's version stays, unshared
                     return
             except ValueError:  # unknown hash algorithm in RECORD
                 self.kept.append(rel)
                 return
-            if algo == "sha256":
-                verified = want
-        data_override: bytes | None = None
-        if scheme == "scripts":
-            head = path.read_bytes()
-            normalized = self._shebang.sub(b"#!python", head, count=1)
-            if normalized != head:
-                data_override = normalized
-        if data_override is not None:
-            put = self.store.put_stream(io.BytesIO(data_override), executable=executable, durable=False)
+        normalized = self._shebang.sub(b"#!python", head, count=1)
+        if normalized != head:
+            put = self.store.put_stream(io.BytesIO(normalized), executable=executable, durable=False)
         else:
-            digest = verified or _hash_file(path, "sha256")
-            shared = self._shared_inode(st)
-            # A file outside site-packages stays the venv's own after adopt (materialize leaves it), so
-            # making it the store object would leave a writable name of the store in bin/ or share/.
-            linker = self.safe_linker if shared or scheme not in SITE_SCHEMES else self.linker
-            copies_before = linker.counts.get(LinkMode.COPY, 0)
-            put = self.store.put_placed(path, digest, st.st_size, executable, linker)
-            if shared and put.new:
-                self.shared_inode_files += 1
-                if linker.counts.get(LinkMode.COPY, 0) > copies_before:
-                    self.shared_inode_copied_bytes += st.st_size
-        self._add(scheme, rel, put.digest, put.size, executable, new=put.new)
+            st = os.lstat(path)
+            put = self._put_copy_of_script(path, st, head, executable)
+        self._add("scripts", rel, put.digest, put.size, executable, new=put.new)
+
+    def _put_copy_of_script(self, path: str, st: os.stat_result, data: bytes, executable: bool) -> PutResult:
+        digest = hashlib.sha256(data).hexdigest()
+        shared = self._shared_inode(st)
+        copies_before = self.safe_linker.counts.get(LinkMode.COPY, 0)
+        put = self.store.put_placed(Path(path), digest, len(data), executable, self.safe_linker)
+        if shared and put.new:
+            self.shared_inode_files += 1
+            if self.safe_linker.counts.get(LinkMode.COPY, 0) > copies_before:
+                self.shared_inode_copied_bytes += len(data)
+        return put
 
     def _shared_inode(self, st: os.stat_result) -> bool:
         """Whether the file's inode has names outside the venv (a cache, another venv, a backup)."""
-        return st.st_nlink > 1 and st.st_nlink > self.venv_links.get((st.st_dev, st.st_ino), 0)
+        return st.st_nlink > 1 and st.st_nlink > self.venv_links.names(st.st_dev, st.st_ino)
 
     def _add(self, scheme: Scheme, rel: str, digest: str, size: int, executable: bool, *, new: bool) -> None:
         self.files.append(StoredFile(rel, scheme, digest, size, executable=executable))
@@ -319,42 +475,49 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
     records: list[DistRecord] = []
     ingest_linker = Linker(link_mode)
     safe_linker = Linker(LinkMode.COPY if link_mode == LinkMode.COPY else LinkMode.AUTO, allow_hardlink=False)
-    venv_links = _venv_link_counts(venv.root)
+    venv_links = VenvLinks(venv.root)
     stamps: list[Stamp] = []
+    store_inodes_outside = 0
+    from concurrent.futures import ThreadPoolExecutor
+
     with store.writing():
-        for dist_info in dist_infos:
-            if is_editable(dist_info):
-                # Its files point at a source tree of this machine: nothing another venv could share.
-                report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
-                continue
-            # Before the sources become store files (and show the store's mtime).
-            stamps += valid_stamps(venv.site_packages, _record_paths(dist_info), state.interpreter.cache_tag,
-                                   bytes.fromhex(state.interpreter.magic))
-            adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker, safe_linker=safe_linker,
-                                   venv_links=venv_links)
-            try:
-                record = adopter.adopt()
-            except VenvError as e:
-                report.skipped[dist_info.name] = str(e)
-                continue
-            if store.add_dist(record):
-                report.new_dists.append(record.key)
-            records.append(record)
-            report.new_objects += adopter.new_objects
-            report.new_bytes += adopter.new_bytes
-            report.shared_bytes += adopter.shared_bytes
-            report.shared_inode_files += adopter.shared_inode_files
-            report.shared_inode_copied_bytes += adopter.shared_inode_copied_bytes
-            if adopter.kept:
-                report.kept_in_venv[record.name] = adopter.kept
+        # Reading and hashing large files is shared out to threads; the rest stays in this one.
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), "venvfs-adopt") as pool:
+            for dist_info in dist_infos:
+                if is_editable(dist_info):
+                    # Its files point at a source tree of this machine: nothing another venv could share.
+                    report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
+                    continue
+                # Before the sources become store files (and show the store's mtime).
+                stamps += valid_stamps(venv.site_packages, _record_paths(dist_info), state.interpreter.cache_tag,
+                                       bytes.fromhex(state.interpreter.magic))
+                adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker, safe_linker=safe_linker,
+                                       venv_links=venv_links, pool=pool)
+                try:
+                    record = adopter.adopt()
+                except VenvError as e:
+                    report.skipped[dist_info.name] = str(e)
+                    continue
+                records.append(record)
+                report.new_objects += adopter.new_objects
+                report.new_bytes += adopter.new_bytes
+                report.shared_bytes += adopter.shared_bytes
+                report.shared_inode_files += adopter.shared_inode_files
+                report.shared_inode_copied_bytes += adopter.shared_inode_copied_bytes
+                store_inodes_outside += adopter.store_inodes_outside
+                if adopter.kept:
+                    report.kept_in_venv[record.name] = adopter.kept
         progress.close()
+        for record, new in zip(records, store.add_dists(records), strict=True):
+            if new:
+                report.new_dists.append(record.key)
         state.selection = [r.key for r in records]
         # The state is written before the venv is touched: from here on a rerun knows the venv is managed.
         venv.write_state(state)  # and its copy in the store's registry
         if bytecode == "now":
             report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
         linker = Linker(link_mode)
-        materialize(venv, store, state, linker, records=records, outside_site_packages=False)
+        placed = materialize(venv, store, state, linker, records=records, outside_site_packages=False)
         report.restamped = restamp(stamps)
     if bytecode == "background":
         report.compiling_pid = compile_in_background(store, [r.key for r in records], state.interpreter.cache_tag,
@@ -366,18 +529,31 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
     report.selection = state.selection
     report.link_summary = linker.summary()
     report.link_mode = state.link_mode
-    # Counted in the venv, not from the linkers: a file hardlinked while ingesting became the store object
-    # in place (materialize then leaves it), and some of those are replaced by copies afterwards.
-    hardlinked = count_store_inodes(venv.root, store_inodes(store, records, state.interpreter.cache_tag), skip=None)
+    # Counted by materialize, not from the linkers: a file hardlinked while ingesting became the store
+    # object in place (materialize then finds it there), and some of those are replaced by copies.
+    hardlinked = placed.store_inodes + store_inodes_outside
     if hardlinked:
         why = "as asked" if link_mode == LinkMode.HARDLINK else "this filesystem cannot reflink"
         report.hardlink_warning = hardlink_warning(hardlinked, why)
     return report
 
 
-def _venv_link_counts(root: Path) -> dict[tuple[int, int], int]:
+class VenvLinks:
     """Names each multiply linked regular file has inside the venv: an inode whose link count is
-    higher has names elsewhere, which adopt must leave alone."""
+    higher has names elsewhere, which adopt must leave alone. Counted by one walk of the venv when
+    the first such file turns up (a venv pip installed has none: no walk)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._counts: dict[tuple[int, int], int] | None = None
+
+    def names(self, dev: int, ino: int) -> int:
+        if self._counts is None:
+            self._counts = _venv_link_counts(self.root) if self.root is not None else {}
+        return self._counts.get((dev, ino), 0)
+
+
+def _venv_link_counts(root: Path) -> dict[tuple[int, int], int]:
     counts: dict[tuple[int, int], int] = {}
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:

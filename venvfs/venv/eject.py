@@ -8,10 +8,12 @@ state and the registration. A killed eject is finished by the next one (``finish
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from venvfs.venv.automount import _site_packages_access, uninstall
 from venvfs.venv.venv import Venv, VenvState
 
 if TYPE_CHECKING:
-    from venvfs.venv.linkmode import LinkMode
+    from venvfs.venv.linkmode import Linker, LinkMode
 
 # The linker and the materializer are imported by eject itself: `venvfs mount` imports this module
 # for ``abandon_eject`` alone.
@@ -75,21 +77,82 @@ def _store_inodes(store_root: Path) -> set[tuple[int, int]]:
     return found
 
 
-def _store_hardlinks(venv: Venv, store_root: Path) -> list[Path]:
-    """Files of the venv (its venvfs state excluded) that share an inode with a store file."""
-    candidates: list[tuple[Path, os.stat_result]] = []
-    for dirpath, dirnames, filenames in os.walk(venv.root):
-        if Path(dirpath) == venv.root and ".venvfs" in dirnames:
+def _store_hardlinks(venv: Venv, store_root: Path, inodes: set[tuple[int, int]] | None = None
+                     ) -> tuple[list[tuple[str, str, os.stat_result]], set[tuple[int, int]]]:
+    """Files of the venv (its venvfs state excluded) that share an inode with a store file, as
+    (directory relative to the venv, name, lstat), and the store's inodes (``inodes``, if given)."""
+    candidates: list[tuple[str, str, os.stat_result]] = []
+    root = str(venv.root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root and ".venvfs" in dirnames:
             dirnames.remove(".venvfs")
+        rel_dir = dirpath[len(root) + 1:]
         for name in filenames:
-            path = Path(dirpath, name)
-            st = path.lstat()
+            st = os.lstat(f"{dirpath}/{name}")
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                candidates.append((path, st))
+                candidates.append((rel_dir, name, st))
     if not candidates:
-        return []
-    inodes = _store_inodes(store_root)
-    return [p for p, st in candidates if (st.st_dev, st.st_ino) in inodes]
+        return [], inodes or set()
+    if inodes is None:
+        inodes = _store_inodes(store_root)
+    return [c for c in candidates if (c[2].st_dev, c[2].st_ino) in inodes], inodes
+
+
+def _unshare(venv: Venv, linker: Linker, hardlinks: list[tuple[str, str, os.stat_result]]) -> int:
+    """Give each of ``hardlinks`` a copy (or reflink) of its own in place; returns how many.
+
+    The files of one directory are a task for a thread pool: open(2), sendfile(2), rename(2) and
+    the rest release the GIL, so both cores copy (cp -a uses one). The first file settles the link
+    mode before the threads start, so they never probe it at once. Directories are reached without
+    following a symlink (``DirWalker``), each task holding its own duplicate of the directory's fd:
+    one swapped in for a directory since the walk must not redirect a new file elsewhere.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from venvfs.venv.linkmode import DirWalker
+
+    by_dir: dict[str, list[tuple[str, int]]] = {}
+    for rel_dir, name, st in hardlinks:
+        by_dir.setdefault(rel_dir, []).append((name, 0o755 if st.st_mode & 0o111 else 0o644))
+
+    def place(dir_fd: int, rel_dir: str, files: list[tuple[str, int]]) -> int:
+        where = venv.root / rel_dir
+        try:
+            for name, mode_bits in files:
+                linker.place_at(f"{where}/{name}", dir_fd, name, where, mode_bits=mode_bits)
+        finally:
+            os.close(dir_fd)
+        return len(files)
+
+    done = 0
+    pending: deque[tuple[Future[int], int]] = deque()
+    with DirWalker(venv.root, create=False) as walker, ThreadPoolExecutor(_threads(), "venvfs-eject") as pool:
+        try:
+            for rel_dir, files in by_dir.items():
+                if not done:
+                    done = place(os.dup(walker.open(rel_dir)), rel_dir, files[:1])
+                    files = files[1:]
+                dir_fd = os.dup(walker.open(rel_dir))
+                pending.append((pool.submit(place, dir_fd, rel_dir, files), dir_fd))
+                while pending and (len(pending) > _MAX_PENDING or pending[0][0].done()):
+                    done += pending.popleft()[0].result()
+            while pending:
+                done += pending.popleft()[0].result()
+        finally:
+            for future, dir_fd in pending:
+                if future.cancel():
+                    os.close(dir_fd)  # never ran: its task would have closed it
+            for future, _ in pending:
+                with contextlib.suppress(Exception):
+                    future.result()
+    return done
+
+
+_MAX_PENDING = 32  # directories queued for the threads (each holds an fd until its task ends)
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _upper_leftovers(venv: Venv) -> list[Path]:
@@ -110,7 +173,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
     brought back. ``unmount`` unmounts a mounted venv (the CLI passes the mount layer's); without
     it a mounted venv is refused.
     """
-    from venvfs.venv.linkmode import DirWalker, Linker, LinkMode
+    from venvfs.venv.linkmode import Linker, LinkMode
 
     mode = LinkMode(link_mode)
     if mode == LinkMode.HARDLINK:
@@ -151,18 +214,11 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
         if leftovers:
             raise VenvError(f"{venv.root}: {len(leftovers)} file(s) still in the upper layer "
                             f"(first: {leftovers[0]}); nothing removed")
-        # Replaced in directories reached without following a symlink (see linkmode.DirWalker): one
-        # swapped in for a directory since the walk above must not redirect the new file elsewhere.
-        with DirWalker(venv.root, create=False) as walker:
-            for path in _store_hardlinks(venv, store_root):
-                parent, _, name = path.relative_to(venv.root).as_posix().rpartition("/")
-                dir_fd = walker.open(parent)
-                exec_bits = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode & 0o111
-                linker.place_at(path, dir_fd, name, path.parent, mode_bits=0o755 if exec_bits else 0o644)
-                report.unlinked += 1
-        left = _store_hardlinks(venv, store_root)
+        hardlinks, inodes = _store_hardlinks(venv, store_root)
+        report.unlinked = _unshare(venv, linker, hardlinks)
+        left, _ = _store_hardlinks(venv, store_root, inodes)
         if left:
-            raise VenvError(f"{venv.root}: {left[0]} is still a hardlink into the store")
+            raise VenvError(f"{venv.root}: {venv.root / left[0][0] / left[0][1]} is still a hardlink into the store")
         (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
         # One rename makes the venv unmanaged at once (rmtree deletes state.json at some point of its
         # own choosing); a crash after it leaves only EJECTED_DIR, which the next eject removes. The

@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -153,8 +154,9 @@ def reflink(src: Path, dst: Path) -> None:
         os.close(dir_fd)
 
 
-def reflink_at(src: Path, dir_fd: int, name: str) -> None:
-    """``reflink`` into a new file ``name`` of the directory ``dir_fd``."""
+def reflink_at(src: str | Path, dir_fd: int, name: str, *, stamp: int | None = None) -> None:
+    """``reflink`` into a new file ``name`` of the directory ``dir_fd``; with ``stamp``, the new file
+    gets that mode and the store's mtime (``SOURCE_EPOCH``)."""
     if sys.platform == "darwin":  # pragma: no cover - not testable on the Linux CI
         import ctypes
 
@@ -163,16 +165,31 @@ def reflink_at(src: Path, dir_fd: int, name: str) -> None:
         if libc.clonefileat(-2, os.fsencode(src), dir_fd, os.fsencode(name), 0) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), name)
+        if stamp is not None:
+            os.chmod(name, stamp, dir_fd=dir_fd)
+            os.utime(name, (SOURCE_EPOCH, SOURCE_EPOCH), dir_fd=dir_fd)
         return
-    with open(src, "rb") as s:
+    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
-            fcntl.ioctl(fd, FICLONE, s.fileno())
+            fcntl.ioctl(fd, FICLONE, sfd)
+            _stamp(fd, stamp)
         except BaseException:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)
             raise
         os.close(fd)
+    finally:
+        os.close(sfd)
+
+
+def _stamp(fd: int, mode: int | None) -> None:
+    # Through the open file: no second lookup of its name, and no window in which a name shows
+    # the store's content with another mode.
+    if mode is not None:
+        os.fchmod(fd, mode)
+        os.utime(fd, (SOURCE_EPOCH, SOURCE_EPOCH))
 
 
 def copy(src: Path, dst: Path) -> None:
@@ -186,25 +203,37 @@ def hardlink_warning(files: int | None, why: str) -> str:
             "after chmod +w) changes it for every venv (`venvfs store verify` finds that, `--repair` fixes it)")
 
 
-def copy_at(src: Path, dir_fd: int, name: str) -> None:
-    """Copy ``src`` into a new file ``name`` of the directory ``dir_fd``."""
-    with open(src, "rb") as s:
+def copy_at(src: str | Path, dir_fd: int, name: str, *, stamp: int | None = None) -> None:
+    """Copy ``src`` into a new file ``name`` of the directory ``dir_fd`` (``stamp``: as ``reflink_at``).
+    Raw descriptors, not file objects: eject copies thousands of files, and each file object costs
+    an fstat, an ioctl and an lseek more."""
+    sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(sfd).st_size
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-        with open(fd, "wb") as d:
-            size = os.fstat(s.fileno()).st_size
+        try:
             offset = 0
             try:
                 # In the kernel, as shutil.copyfile does on Linux (sendfile, not copy_file_range,
                 # which may share extents on XFS and btrfs: a copy must be one).
                 while offset < size:
-                    sent = os.sendfile(d.fileno(), s.fileno(), offset, min(size - offset, 1 << 30))
+                    sent = os.sendfile(fd, sfd, offset, min(size - offset, 1 << 30))
                     if sent == 0:
                         break
                     offset += sent
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP) or offset:
                     raise
-                shutil.copyfileobj(s, d, 1 << 20)
+                while chunk := os.pread(sfd, 1 << 20, offset):
+                    offset += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            _stamp(fd, stamp)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(sfd)
 
 
 @dataclass
@@ -218,6 +247,8 @@ class Linker:
     _mode_by_devices: dict[tuple[int, int], LinkMode] = field(default_factory=dict)
     _fallbacks: list[str] = field(default_factory=list)
     link_limit_copies: int = 0  # files copied because their object had too many hardlinks already
+    # Threads may place files with one linker (eject): its counts and fallbacks change under this.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def used(self) -> LinkMode | None:
@@ -225,6 +256,10 @@ class Linker:
         if not self.counts:
             return None
         return max(self.counts, key=lambda m: self.counts[m])
+
+    def settled_mode(self, src_dev: int, dst_dev: int) -> LinkMode | None:
+        """The mode files from ``src_dev`` to ``dst_dev`` are placed by, once a first file settled it."""
+        return self._mode_by_devices.get((src_dev, dst_dev))
 
     def _start_mode(self) -> LinkMode:
         if self.requested != LinkMode.AUTO:
@@ -247,7 +282,7 @@ class Linker:
         finally:
             os.close(dir_fd)
 
-    def place_at(self, src: Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
+    def place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
                  ) -> LinkMode:
         """``place`` into the directory ``dir_fd`` (which is ``where``, named in errors): every step
         is relative to it, so no symlink on the way there is resolved again."""
@@ -256,20 +291,25 @@ class Linker:
         except OSError as e:
             raise name_in_error(e, where, name) from None
 
-    def _place_at(self, src: Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
-        devices = (os.stat(src).st_dev, os.fstat(dir_fd).st_dev)
+    def _place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
+        src_st = os.stat(src)
+        devices = (src_st.st_dev, os.fstat(dir_fd).st_dev)
+        bits = mode_bits if mode_bits is not None else (src_st.st_mode & 0o777) | 0o200
         mode = self._mode_by_devices.get(devices) or self._start_mode()
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
         tmp = f".{name}.venvfs.tmp"
         placed: LinkMode | None = None
+        leftover = True  # one killed run's temporary may be in the way: _place_one removes it
         while placed is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
             try:
-                self._place_one(mode, src, dir_fd, tmp)
+                self._place_one(mode, src, dir_fd, tmp, bits)
                 placed = mode
                 break
+            except FileExistsError:
+                if not leftover:
+                    raise
+                leftover = False
             except OSError as e:
                 if mode == LinkMode.HARDLINK and (e.errno == errno.EMLINK
                                                   or (e.errno == errno.EPERM and is_immutable(src))):
@@ -277,51 +317,50 @@ class Linker:
                     # immutable (bytecode a mount links to, which must not gain a writable name): a
                     # limit of that one inode, not of the filesystems, so copy this file and keep
                     # hardlinking.
-                    copy_at(src, dir_fd, tmp)
+                    copy_at(src, dir_fd, tmp, stamp=bits)
                     placed = LinkMode.COPY
-                    self.link_limit_copies += 1
+                    with self._lock:
+                        self.link_limit_copies += 1
                     break
                 unsupported = _REFLINK_UNSUPPORTED if mode == LinkMode.REFLINK else _HARDLINK_UNSUPPORTED
                 nxt = self._next(mode)
                 if self.requested != LinkMode.AUTO or nxt is None or e.errno not in unsupported:
                     if self.requested != LinkMode.AUTO and mode != LinkMode.COPY:
                         raise LinkModeUnavailable(
-                            f"--link-mode {mode.value} cannot work from {src.parent} to {where}: "
+                            f"--link-mode {mode.value} cannot work from {Path(src).parent} to {where}: "
                             f"{e.strerror}"
                         ) from None
                     raise
                 step = f"{mode.value} unavailable ({e.strerror})"
-                if step not in self._fallbacks:
-                    # The whole chain, so "using X" names the mode really used (reflink -> hardlink -> copy).
-                    self._fallbacks.append(step)
-                    self.fallback_reason = f"{', '.join(self._fallbacks)}, using {nxt.value}"
-                    log.info("%s", self.fallback_reason)
+                with self._lock:
+                    if step not in self._fallbacks:
+                        # The whole chain, so "using X" names the mode really used (reflink -> hardlink -> copy).
+                        self._fallbacks.append(step)
+                        self.fallback_reason = f"{', '.join(self._fallbacks)}, using {nxt.value}"
+                        log.info("%s", self.fallback_reason)
                 mode = nxt
         self._mode_by_devices[devices] = mode
         mode = placed
         try:
-            if mode != LinkMode.HARDLINK:
-                # A hardlink shares the object's inode and already has its mode and mtime.
-                os.chmod(tmp, mode_bits if mode_bits is not None else (os.stat(src).st_mode & 0o777) | 0o200,
-                         dir_fd=dir_fd)
-                os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH), dir_fd=dir_fd)
+            # A copy or reflink got its mode and mtime as it was made; a hardlink shares the object's.
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
-        self.counts[mode] = self.counts.get(mode, 0) + 1
+        with self._lock:
+            self.counts[mode] = self.counts.get(mode, 0) + 1
         return mode
 
     @staticmethod
-    def _place_one(mode: LinkMode, src: Path, dir_fd: int, tmp: str) -> None:
+    def _place_one(mode: LinkMode, src: str | Path, dir_fd: int, tmp: str, bits: int) -> None:
         try:
             if mode == LinkMode.REFLINK:
-                reflink_at(src, dir_fd, tmp)
+                reflink_at(src, dir_fd, tmp, stamp=bits)
             elif mode == LinkMode.HARDLINK:
                 os.link(src, tmp, dst_dir_fd=dir_fd)
             else:
-                copy_at(src, dir_fd, tmp)
+                copy_at(src, dir_fd, tmp, stamp=bits)
         except BaseException:
             # A copy that ran out of space leaves a partial file (in the store's tmp/ or in the venv).
             with contextlib.suppress(FileNotFoundError):

@@ -36,6 +36,7 @@ class MaterializeReport:
     placed: int = 0
     unchanged: int = 0
     scripts: int = 0
+    store_inodes: int = 0  # files (bytecode too) that are now a store object's own inode: hardlinks
 
 
 def placement(venv: Venv, interp: InterpreterInfo, record: DistRecord, f: StoredFile) -> tuple[Path, str]:
@@ -119,36 +120,38 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _already_placed(dir_fd: int, name: str, obj: Path, f: StoredFile) -> bool:
+def _placed_state(dir_fd: int, name: str, obj: str, size: int) -> tuple[bool, bool]:
+    """Whether the venv's ``name`` already holds the stored file ``obj`` (of ``size`` bytes), and
+    whether as the object's own inode (a hardlink)."""
     st = _lstat_at(dir_fd, name)
     if st is None or not stat.S_ISREG(st.st_mode):
-        return False
-    obj_st = obj.stat()
+        return False, False
+    obj_st = os.stat(obj)
     if (st.st_ino, st.st_dev) == (obj_st.st_ino, obj_st.st_dev):
-        return True
+        return True, True
     # Placed copies and reflinks get SOURCE_EPOCH as mtime; any edit since moved it. One with other
     # names is no copy of ours: a tool's hardlink (uv's cache keeps wheels' 1980 mtimes), to be replaced.
-    return st.st_size == f.size and int(st.st_mtime) == SOURCE_EPOCH and st.st_nlink == 1
+    return st.st_size == size and int(st.st_mtime) == SOURCE_EPOCH and st.st_nlink == 1, False
 
 
-def _same_inode(dir_fd: int, name: str, obj: Path) -> bool:
-    sa, sb = _lstat_at(dir_fd, name), obj.stat()
+def _same_inode(dir_fd: int, name: str, obj: str | Path) -> bool:
+    sa, sb = _lstat_at(dir_fd, name), os.stat(obj)
     return sa is not None and (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
-def _other_mode(linker: Linker, dir_fd: int, name: str, obj: Path) -> bool:
-    """Whether a correctly placed file must still be placed again because another mode is asked for.
+def _other_mode(linker: Linker, same_inode: bool) -> bool:
+    """Whether a correctly placed file (``same_inode``: as the object's hardlink) must still be placed
+    again because another mode is asked for.
 
     A hardlink is recognisable (the object's inode); a reflink and a copy are not, so a forced
     reflink places every file that is not a hardlink again (cheap where reflinks work, and a clear
     failure where they do not).
     """
-    same = _same_inode(dir_fd, name, obj)
     if linker.requested == LinkMode.HARDLINK:
-        return not same
+        return not same_inode
     if linker.requested == LinkMode.REFLINK:
         return True
-    return same and (linker.requested == LinkMode.COPY or not linker.allow_hardlink)
+    return same_inode and (linker.requested == LinkMode.COPY or not linker.allow_hardlink)
 
 
 def _tmp_name(name: str) -> str:
@@ -358,14 +361,14 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
         report.placed += 1
         return
     assert f.digest is not None
-    obj = store.object_path(f.digest, f.executable)
-    if store.lowers and not str(obj).startswith(f"{store.root}/"):
+    obj = os.fspath(store.object_path(f.digest, f.executable))
+    if store.lowers and not obj.startswith(f"{store.root}/"):
         # A lower store's object never gains a name in a venv: an in-place edit through a hardlink
         # would change the shared store under every node (where its filesystem is writable at all).
         linker = Linker(LinkMode.AUTO if linker.requested == LinkMode.HARDLINK else linker.requested,
                         allow_hardlink=False)
     mode_bits = 0o755 if f.executable else 0o644
-    script = _venv_script(venv, obj.read_bytes()) if f.scheme == "scripts" else None
+    script = _venv_script(venv, Path(obj).read_bytes()) if f.scheme == "scripts" else None
     if script is not None:
         _write(dir_fd, name, script, 0o755)
         report.scripts += 1
@@ -374,23 +377,36 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
         # Installers rewrite these in place: a link would carry the rewrite into the store. One the
         # venv holds already is what its installer wrote about this install (pip's, uv's), and stays.
         if _lstat_at(dir_fd, name) is None or _same_inode(dir_fd, name, obj):
-            _write(dir_fd, name, obj.read_bytes(), 0o644, mtime=SOURCE_EPOCH)
+            _write(dir_fd, name, Path(obj).read_bytes(), 0o644, mtime=SOURCE_EPOCH)
             report.placed += 1
         return
-    if _already_placed(dir_fd, name, obj, f) and not _other_mode(linker, dir_fd, name, obj):
-        report.unchanged += 1
-    else:
-        linker.place_at(obj, dir_fd, name, root / posixpath.dirname(rel), mode_bits=mode_bits)
-        report.placed += 1
+    _place_one(linker, report, obj, f.size, dir_fd, name, root, rel, mode_bits)
     if f.in_site_packages and compilable(f.path):
-        pyc = store.bytecode_path(interp.cache_tag, f.digest)
-        if pyc.exists():
-            pyc_rel = pyc_relpath(f.path, interp.cache_tag)
-            pyc_fd, pyc_name = dirs.parent(venv.site_packages, pyc_rel)
-            if (not _already_placed(pyc_fd, pyc_name, pyc, StoredFile("", "purelib", None, pyc.stat().st_size))
-                    or _other_mode(linker, pyc_fd, pyc_name, pyc)):
-                linker.place_at(pyc, pyc_fd, pyc_name, venv.site_packages / posixpath.dirname(pyc_rel),
-                                mode_bits=0o644)
+        pyc = os.fspath(store.bytecode_path(interp.cache_tag, f.digest))
+        try:
+            pyc_size = os.stat(pyc).st_size
+        except FileNotFoundError:
+            return  # not compiled (yet): Python compiles it into the venv's own __pycache__ meanwhile
+        pyc_rel = pyc_relpath(f.path, interp.cache_tag)
+        pyc_fd, pyc_name = dirs.parent(venv.site_packages, pyc_rel)
+        _place_one(linker, report, pyc, pyc_size, pyc_fd, pyc_name, venv.site_packages, pyc_rel, 0o644, counted=False)
+
+
+def _place_one(linker: Linker, report: MaterializeReport, obj: str, size: int, dir_fd: int, name: str, root: Path,
+               rel: str, mode_bits: int, *, counted: bool = True) -> None:
+    """Place the store file ``obj`` as ``name`` (``root/rel``, in ``dir_fd``) unless it is there
+    already, by the mode asked for."""
+    placed, same_inode = _placed_state(dir_fd, name, obj, size)
+    if placed and not _other_mode(linker, same_inode):
+        if counted:
+            report.unchanged += 1
+    else:
+        where = root / posixpath.dirname(rel)
+        same_inode = linker.place_at(obj, dir_fd, name, where, mode_bits=mode_bits) == LinkMode.HARDLINK
+        if counted:
+            report.placed += 1
+    if same_inode:
+        report.store_inodes += 1
 
 
 def remove_files(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, site_packages: bool = True) -> int:
@@ -491,21 +507,4 @@ def count_store_inodes(root: Path, store_inodes: set[tuple[int, int]], *, skip: 
                 st = os.lstat(os.path.join(dirpath, name))
                 if st.st_nlink > 1 and (st.st_ino, st.st_dev) in store_inodes:
                     found += 1
-    return found
-
-
-def store_inodes(store: Store, records: Iterable[DistRecord], cache_tag: str | None) -> set[tuple[int, int]]:
-    """The (inode, device) of every object of ``records``, and of their bytecode for ``cache_tag``."""
-    found: set[tuple[int, int]] = set()
-    for record in records:
-        for f in record.files:
-            if f.digest is None:
-                continue
-            paths = [store.object_path(f.digest, f.executable)]
-            if cache_tag is not None and compilable(f.path):
-                paths.append(store.bytecode_path(cache_tag, f.digest))
-            for path in paths:
-                with contextlib.suppress(OSError):
-                    st = path.stat()
-                    found.add((st.st_ino, st.st_dev))
     return found

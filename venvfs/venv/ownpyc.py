@@ -27,13 +27,13 @@ _HEADER = struct.Struct("<4sIII")  # magic, flags, mtime, source size (PEP 552, 
 
 @dataclass(frozen=True)
 class Stamp:
-    source: Path
-    pyc: Path
+    source: str  # paths as strings: a venv has thousands of modules, and a Path costs more than a stat
+    pyc: str
     mtime: int
     size: int
 
 
-def _header(path: Path) -> tuple[bytes, int, int, int] | None:
+def _header(path: str) -> tuple[bytes, int, int, int] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -55,8 +55,8 @@ def valid_stamps(site_packages: Path, py_relpaths: list[str], cache_tag: str, ma
     for rel in py_relpaths:
         if not compilable(rel):
             continue
-        source = site_packages / rel
-        pyc = site_packages / pyc_relpath(rel, cache_tag)
+        source = f"{site_packages}/{rel}"
+        pyc = f"{site_packages}/{pyc_relpath(rel, cache_tag)}"
         head = _header(pyc)
         if head is None or head[0] != magic or head[1] != 0:
             continue  # absent, another Python's, or hash-based (valid whatever the mtime)
