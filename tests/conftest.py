@@ -332,3 +332,16 @@ def stop_mount(venv: Path) -> None:
     for sp in v.root.glob("lib/python*/site-packages"):
         if daemon.mounted_fstype(sp) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(sp)], check=False)
+
+
+@pytest.fixture
+def service_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A runtime directory of the test's own, where the mount service's socket goes, and the service
+    allowed (the suite's default is without it)."""
+    from venvfs.mount import serviceclient
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv(serviceclient.DISABLE_ENV, raising=False)
+    return runtime

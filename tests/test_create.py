@@ -19,22 +19,12 @@ import pytest
 
 from tests.conftest import missing_tool
 from tests.wheelbuilder import WheelSpec, build_wheel, simple_package
-from venvfs.mount import serviceclient
 from venvfs.store.store import Store
 from venvfs.venv.mountinfo import mount_state, venvfs_mounts_below
 from venvfs.venv.venv import Venv
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-@pytest.fixture
-def service_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv(serviceclient.DISABLE_ENV, raising=False)
-    return runtime
 
 
 @pytest.fixture

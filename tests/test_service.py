@@ -51,15 +51,6 @@ def _answers(venv: Path) -> bool:
         return False
 
 
-@pytest.fixture
-def service_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv(serviceclient.DISABLE_ENV, raising=False)
-    return runtime
-
-
 def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, service_env: Path, store: Store,
                                                       make_venv: Callable[..., Path], run_venvfs: Run) -> None:
     one, two = make_venv("one", "uv"), make_venv("two", "uv")

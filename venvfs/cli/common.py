@@ -66,11 +66,15 @@ def add_venv_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_store(args: argparse.Namespace, *, create: bool = False) -> Store:
-    """--store, else $VENVFS_STORE or the default; made there only with ``create`` (see CREATING)."""
+def open_store(args: argparse.Namespace, *, create: bool = False, named_lowers: bool = True) -> Store:
+    """--store, else $VENVFS_STORE or the default; made there only with ``create`` (see CREATING).
+    ``named_lowers`` False: only the lowers the store recorded (no config file read: ``venvfs list``
+    reads no object and starts without platformdirs)."""
     from venvfs.store.store import Store, default_store_path
 
     root = getattr(args, "store", None)
+    if not named_lowers:
+        return Store.open(root, create=create)
     return Store.open(root, create=create, lowers=_lowers(args, root or default_store_path(), named=root is not None))
 
 

@@ -292,7 +292,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     # Not the mount layer: what is mounted is the venv layer's to read (``venv/mountinfo.py``).
     from venvfs.venv.mountinfo import list_mounts
 
-    mounts = list_mounts(open_store(args))
+    mounts = list_mounts(open_store(args, named_lowers=False))
     if args.json:
         print_json(mounts)
     else:

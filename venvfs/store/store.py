@@ -355,15 +355,10 @@ class Store:
                 _write_chunk_list(self, digest, fd, size, chunk_list)
             finally:
                 os.close(fd)
-        os.chmod(tmp, 0o555 if executable else 0o444)
-        os.utime(tmp, (SOURCE_EPOCH, SOURCE_EPOCH))
         try:
-            _link_object(self, tmp, final)
+            return _seal_and_link(self, tmp, final, digest, size, executable)
         except FileExistsError:
             return PutResult(digest, size, new=False)
-        with contextlib.suppress(KeyError):
-            _PUBLISHED[self._key].append(os.fspath(final))
-        return PutResult(digest, size, new=True)
 
     def sync_objects(self) -> None:
         """Make objects written without fsync (content and names) durable before a record refers to
@@ -687,10 +682,8 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
         return PutResult(digest, size, new=False)
     if needs_chunks(size):
         _write_chunk_list(store, digest, fd, size, chunk_list)
-    os.fchmod(fd, 0o555 if executable else 0o444)
-    os.utime(fd, (SOURCE_EPOCH, SOURCE_EPOCH))
     try:
-        _link_object(store, fd, final)
+        put = _seal_and_link(store, fd, final, digest, size, executable)
     except FileExistsError:
         return PutResult(digest, size, new=False)
     except OSError as e:
@@ -698,6 +691,17 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
                        errno.ENOENT):
             return None
         raise
+    return put
+
+
+def _seal_and_link(store: Store, src: str | int, final: str | Path, digest: str, size: int,
+                   executable: bool) -> PutResult:
+    """Give ``src`` (a temp file's path, or the fd of a file adopt hands over) the store's mode and
+    mtime, then its name (FileExistsError: a racing writer published it first); the object counts as
+    this run's own for a take-back after a failure."""
+    os.chmod(src, 0o555 if executable else 0o444)
+    os.utime(src, (SOURCE_EPOCH, SOURCE_EPOCH))
+    _link_object(store, src, final)
     with contextlib.suppress(KeyError):
         _PUBLISHED[store._key].append(os.fspath(final))
     return PutResult(digest, size, new=True)
