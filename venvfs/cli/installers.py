@@ -88,7 +88,8 @@ def cmd_uv(args: argparse.Namespace) -> int:
         raise UsageError("uv is not on PATH (install it: https://docs.astral.sh/uv/)")
     if not uv_args:
         raise UsageError("name a uv command, e.g. `venvfs uv sync`")
-    dry = dry_run_argv(uv, uv_args, _directory(uv_args))
+    where = _directory(uv_args)
+    dry = dry_run_argv(uv, uv_args, where)
     words = command_words(uv_args)
     if words[:1] == ["add"] and not {"--no-sync", "--frozen", "--dry-run"} & set(uv_args):
         # uv add has no dry run: the lock is updated first (no sync), the plan read from a dry sync,
@@ -99,7 +100,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
         dry = [uv, "sync", "--inexact", "--dry-run", *_project_flags(uv_args)]
     if dry is not None and "--dry-run" not in uv_args:
         try:
-            _preselect_uv(args, dry, _directory(uv_args))
+            _preselect_uv(args, dry, where)
         except (VenvfsError, OSError) as e:
             print(f"venvfs: not selecting from the store ({e}); uv installs everything", file=sys.stderr)
     _exec([uv, *uv_args])
@@ -164,7 +165,7 @@ def cmd_pip(args: argparse.Namespace) -> int:
         raise UsageError("name a pip command, e.g. `venvfs pip install -r requirements.txt`")
     cmd = PipCommand.parse(pip_args)
     root = target_venv(cmd, os.environ, Path.cwd())
-    pip = pip_argv(root, Venv.open(root).site_packages)
+    pip = pip_argv(Venv.open(root))
     dry = cmd.dry_run()
     if dry is not None:
         try:

@@ -34,6 +34,7 @@ from packaging.version import InvalidVersion, Version
 
 from venvfs.errors import UsageError
 from venvfs.venv.preselect import Plan, installed_names
+from venvfs.venv.venv import Venv
 
 # pip's general options that take a value (pip 22 to 25, ``pip --help``), spelled out: optparse
 # accepts unambiguous prefixes too, which only change which word is the command in odd cases.
@@ -120,10 +121,10 @@ def target_venv(cmd: PipCommand, environ: Mapping[str, str], cwd: Path) -> Path:
     raise UsageError("no virtual environment: activate one, make ./.venv, or give pip --python VENV")
 
 
-def pip_argv(venv: Path, site_packages: Path) -> list[str]:
+def pip_argv(venv: Venv) -> list[str]:
     """The pip that installs into ``venv``: its own, else this interpreter's through --python."""
-    python = str(venv / "bin" / "python")
-    if "pip" in installed_names(site_packages) or _imports_pip(python, site_packages):
+    python = str(venv.root / "bin" / "python")
+    if "pip" in installed_names(venv) or _imports_pip(python, venv.site_packages):
         return [python, "-m", "pip"]
     try:
         version = Version(metadata.version("pip"))
@@ -131,7 +132,7 @@ def pip_argv(venv: Path, site_packages: Path) -> list[str]:
         version = None
     if version is None or version < PIP_WITH_PYTHON:
         have = f"pip {version}" if version else "no pip"
-        raise UsageError(f"{venv} has no pip, and venvfs's interpreter {sys.executable} has {have} to install "
+        raise UsageError(f"{venv.root} has no pip, and venvfs's interpreter {sys.executable} has {have} to install "
                          f"into it with --python (needs pip >= {PIP_WITH_PYTHON}): run {python} -m ensurepip")
     return [sys.executable, "-m", "pip", "--python", python]
 

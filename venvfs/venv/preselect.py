@@ -16,7 +16,7 @@ the store lacks, or holds no build of that fits the venv, is left to uv.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,11 +68,8 @@ class Preselected:
     left: list[str] = field(default_factory=list)  # what uv still installs itself
 
 
-def installed_names(site_packages: Path) -> set[str]:
-    names: set[str] = set()
-    for entry in site_packages.glob("*.dist-info"):
-        names.add(canonicalize_name(entry.name[: -len(".dist-info")].rsplit("-", 1)[0]))
-    return names
+def installed_names(venv: Venv) -> set[str]:
+    return {canonicalize_name(d.name.removesuffix(".dist-info").rsplit("-", 1)[0]) for d in venv.dist_info_dirs()}
 
 
 def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
@@ -82,23 +79,23 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     result = Preselected()
     state = venv.read_state()
     interp = state.interpreter or venv.probe_interpreter()
-    held = installed_names(venv.site_packages) | plan.remove
-    specs: list[str] = []
+    held = installed_names(venv) | plan.remove
+    keys: list[str] = []
     for name, version in plan.install:
         spec = f"{name}=={version}"
         if name in held:
             result.left.append(spec)
             continue
         try:
-            resolve(store, interp, spec, selected=state.selection, venv=venv.root)
+            keys.append(resolve(store, interp, spec, selected=state.selection, venv=venv.root).key)
         except (NoMatchingDistribution, AmbiguousBuild):
             result.left.append(spec)
             continue
-        specs.append(spec)
-    if specs:
-        # Each pin is exact and uv's plan already holds its dependencies: no resolution of our own.
-        change_selection(venv, store, add=specs, dependencies=False)
-        result.selected = specs
+        result.selected.append(spec)
+    if keys:
+        # Each pin is exact and the installer's plan already holds its dependencies: the builds
+        # resolved above are selected by key, with no resolution of our own.
+        change_selection(venv, store, add=keys, dependencies=False)
     return result
 
 
@@ -190,9 +187,8 @@ def _is_script(path: Path) -> bool:
         return False
 
 
-def venv_of(plan: Plan, cwd: Path, explicit: Iterable[str] = ()) -> Path | None:
-    for candidate in (*explicit, plan.environment):
-        if candidate:
-            path = (cwd / candidate).resolve()
-            return path.parent.parent if path.name.startswith("python") and path.parent.name == "bin" else path
-    return None
+def venv_of(plan: Plan, cwd: Path) -> Path | None:
+    if not plan.environment:
+        return None
+    path = (cwd / plan.environment).resolve()
+    return path.parent.parent if path.name.startswith("python") and path.parent.name == "bin" else path
