@@ -63,7 +63,7 @@ def _ensure_account() -> pwd.struct_passwd:
 
 
 # What a second user needs importable to run venvfs, its mount daemon and service, and the tests' probes.
-_NEEDED = ("venvfs.cli.app", "venvfs.mount.daemon", "venvfs.mount.service", "venvfs.mount.fuse",
+_NEEDED = ("venvfs.cli.app", "venvfs.mount.daemon", "venvfs.mount.service", "venvfs.cli.service", "venvfs.mount.fuse",
            "venvfs.mount.overlay", "venvfs.venv.view", "pyfuse3", "trio", "setproctitle", "installer", "packaging",
            "platformdirs")
 PORTABLE_ENV = "VENVFS_TEST_PORTABLE_PYTHON"  # "1": always use the copy (to test that path)

@@ -339,7 +339,7 @@ def test_no_mount_service_outlives_the_run(quick_run: tuple[dict[str, Any], Path
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"venvfs.mount.service" in cmdline and scratch in cmdline:
+            if b"venvfs.cli.service" in cmdline and scratch in cmdline:
                 left.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
     assert not left
 

@@ -30,14 +30,18 @@ NEVER = {"trio", "pyfuse3", "packaging.tags", "installer", "email", "concurrent.
          "venvfs.venv.materialize", "venvfs.venv.linkmode", "venvfs.store.bytecode"}
 
 
-def _imports(store: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+def _imports(store: Path, *args: str, service: bool = False) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The modules ``venvfs ARGS`` loads, run where it is typed (``service``: in the store's mount
+    service where it answers, as a user's command line does)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store)}
+    if not service:
+        env["VENVFS_SERVICE"] = "0"
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "venvfs", *args], capture_output=True,
-                          text=True, timeout=120, cwd="/",
-                          env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store)})
+                          text=True, timeout=120, cwd="/", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     modules = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
                if line.startswith("import time:")}
-    assert "venvfs.cli.app" in modules, "no -X importtime output to judge"
+    assert ("venvfs.cli.thin" if service else "venvfs.cli.app") in modules, "no -X importtime output to judge"
     return modules, proc
 
 
@@ -86,5 +90,13 @@ def test_list_and_mount_of_a_mounted_venv_import_only_their_own(
         never = NEVER | other_commands | {"venvfs.mount.loop", "venvfs.mount.keeper", "venvfs.mount.watch",
                                           "venvfs.mount.serviceclient", "resource"}
         assert not _loaded(modules, never), sorted(_loaded(modules, never))
+        # Handed to the store's mount service (the mount above started it): the client loads the socket's
+        # path and nothing of the command line, the store or the venv (cli/thin.py).
+        for args in (("list",), ("mount", str(path))):
+            modules, proc = _imports(store.root, *args, service=True)
+            assert str(path) in proc.stdout
+            client = NEVER | {"argparse", "logging", "venvfs.cli.app", "venvfs.cli.common", "venvfs.store",
+                              "venvfs.venv", "venvfs.mount.serviceclient", "venvfs.mount.daemon", "platformdirs"}
+            assert not _loaded(modules, client), sorted(_loaded(modules, client))
     finally:
         stop_mount(path)

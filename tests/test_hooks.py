@@ -461,7 +461,7 @@ def test_systemd_units_are_shipped_and_valid(tmp_path: Path, monkeypatch: pytest
     assert 'Environment="VENVFS_STORE=' + str(store).replace("$", "$$").replace("%", "%%") + '"' in text
     service = systemd.render_unit(store, systemd.SERVICE_UNIT_NAME)
     assert "@SERVICE@" not in service and "@ENVIRONMENT@" not in service
-    assert "venvfs.mount.service" in service and "--systemd" in service
+    assert "venvfs.cli.service" in service and "--systemd" in service
     # The mounts outlive the service: a stop or restart must not kill its cgroup.
     assert "\nKillMode=process\n" in service and "\nRestart=on-failure\n" in service
     assert "\nType=notify\n" in service and 'Environment="VENVFS_STORE=' in service

@@ -69,7 +69,7 @@ def _stop_everything_of(u: OtherUser) -> None:
         if point.startswith(f"{u.home}/"):
             subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)
     for pid in _processes_of(u.uid):
-        if "venvfs.mount.service" in _cmdline(pid) and f"--store {u.home}/" in _cmdline(pid):
+        if "venvfs.cli.service" in _cmdline(pid) and f"--store {u.home}/" in _cmdline(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -181,7 +181,7 @@ def test_a_normal_user_mounts_imports_writes_and_unmounts(user: OtherUser) -> No
     daemon = _daemon_pid(one)
     service = int(_status(daemon, "PPid"))
     assert _status(daemon, "Uid") == str(user.uid) and _status(service, "Uid") == str(user.uid)
-    assert "venvfs.mount.service" in _cmdline(service)
+    assert "venvfs.cli.service" in _cmdline(service)
     runtime = user_runtime(user)
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o700 and runtime.stat().st_uid == user.uid
 
@@ -283,7 +283,7 @@ def test_closed_dev_fuse_falls_back_to_real_files_in_one_line(user: OtherUser) -
     assert imported.stdout.strip() == "1.0"
     assert json.loads((venv / ".venvfs" / "state.json").read_text())["layout"] == "materialized"
     deadline = time.monotonic() + 5
-    while any("venvfs.mount.service" in _cmdline(p) and f"--store {user.home}/" in _cmdline(p)
+    while any("venvfs.cli.service" in _cmdline(p) and f"--store {user.home}/" in _cmdline(p)
               for p in _processes_of(user.uid)):
         # Nothing to fork: a service started for nothing would linger for its idle time.
         assert time.monotonic() < deadline, "a mount service was started although FUSE is closed"

@@ -64,8 +64,8 @@ def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, servi
     parents = {_ppid(p) for p in pids}
     assert len(parents) == 1 and pids[0] != pids[1], "each mount is its own process, forked by one service"
     (service_pid,) = parents
-    assert "venvfs.mount.service" in _cmdline(service_pid)
-    # A forked daemon would show the service's command line (and die by `pkill -f venvfs.mount.service`).
+    assert "venvfs.cli.service" in _cmdline(service_pid)
+    # A forked daemon would show the service's command line (and die by `pkill -f venvfs.cli.service`).
     for venv, pid in zip((one, two), pids, strict=True):
         sp = next(venv.glob("lib/python*/site-packages"))
         assert _cmdline(pid).rstrip() == f"venvfs-mount {sp}", _cmdline(pid)
@@ -114,7 +114,7 @@ def test_a_stale_socket_file_is_replaced(require_fuse: None, service_env: Path, 
     run_venvfs("mount", "--mode", "fuse", str(venv))
     try:
         service_pid = _ppid(_daemon_pid(venv))
-        assert "venvfs.mount.service" in _cmdline(service_pid)
+        assert "venvfs.cli.service" in _cmdline(service_pid)
         live = serviceclient.connect(sock)
         assert live is not None, "the stale socket file was not replaced"
         live.close()
@@ -175,7 +175,7 @@ def test_another_user_cannot_use_my_service(require_fuse: None, tmp_path: Path) 
         sock = Path(sock_name.stdout.strip())
         started = subprocess.Popen([*user.prefix(), "env", f"HOME={user.home}",
                                     *[f"{k}={v}" for k, v in env.items()], user.python, "-m",
-                                    "venvfs.mount.service", "--store", str(store)], cwd="/")
+                                    "venvfs.cli.service", "--store", str(store)], cwd="/")
         try:
             deadline = time.monotonic() + 20
             while not sock.exists():
@@ -288,7 +288,7 @@ def test_the_service_under_systemd_takes_over_and_restarts_for_upgrades(
         with _as_systemd(store.root, service_env, tmp_path) as start:
             service = start()
             deadline = time.monotonic() + 10
-            while Path(f"/proc/{theirs}").exists() and "venvfs.mount.service" in _cmdline(theirs):
+            while Path(f"/proc/{theirs}").exists() and "venvfs.cli.service" in _cmdline(theirs):
                 assert time.monotonic() < deadline, "the service a command started did not hand over"
                 time.sleep(0.02)
             assert _answers(one)

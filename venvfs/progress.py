@@ -1,5 +1,5 @@
 """Progress for long work (adopting a torch venv takes seconds): a single updating line on a terminal;
-elsewhere (a pipe, a CI log) one plain line every ``LOG_INTERVAL`` seconds once the work has taken
+elsewhere (a pipe, a CI log) one plain line every ``log_interval()`` seconds once the work has taken
 that long, so a long silent command is never mistaken for a hung one and short ones stay quiet."""
 
 from __future__ import annotations
@@ -9,7 +9,13 @@ import sys
 import time
 from typing import TextIO
 
-LOG_INTERVAL = float(os.environ.get("VENVFS_PROGRESS_INTERVAL", "10"))
+INTERVAL_ENV = "VENVFS_PROGRESS_INTERVAL"
+
+
+def log_interval() -> float:
+    """Seconds between plain progress lines; read per command, as a command may run in a long-lived
+    fork of the mount service (``cli/thin.py``) whose import-time environment is not the caller's."""
+    return float(os.environ.get(INTERVAL_ENV, "10"))
 
 
 class Progress:
@@ -36,7 +42,7 @@ class Progress:
         if not self.enabled:
             if self._lines:
                 now = time.monotonic()
-                if now - self._logged >= LOG_INTERVAL:
+                if now - self._logged >= log_interval():
                     self._logged = now
                     amount = _fmt(self.done, self.unit) + (f" of {_fmt(self.total, self.unit)}" if self.total else "")
                     self.stream.write(f"{self.label}: {amount} after {now - self._start:.0f} s\n")

@@ -419,7 +419,7 @@ class VenvfsMount(_Venvfs):
         # The mount services of the run's store (venvfs's and venvfs-stock's) would wait half an hour
         # for another request; venvfs-stock's maps its pyfuse3 from the scratch filesystem, whose
         # loop device would stay attached (its image deleted but not freed) until then.
-        while (pid := find_process([b"venvfs.mount.service", os.fsencode(site.store)])) is not None:
+        while (pid := find_process([b"venvfs.cli.service", os.fsencode(site.store)])) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 5

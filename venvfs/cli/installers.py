@@ -112,9 +112,9 @@ def _installer_args(args: argparse.Namespace) -> list[str]:
 
 
 def _exec(argv: list[str]) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(argv[0], argv)
+    from venvfs.cli.app import ExecInstead
+
+    raise ExecInstead(argv)
 
 
 def _directory(args: list[str]) -> Path:

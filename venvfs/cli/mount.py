@@ -256,8 +256,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def _progress_line(args: argparse.Namespace) -> Callable[[str], None]:
     """Each step on stderr: on a terminal as it starts; elsewhere only once the work has taken a
-    while (progress.LOG_INTERVAL), as for every long command, so a quick create prints one line."""
-    from venvfs.progress import LOG_INTERVAL
+    while (progress.log_interval()), as for every long command, so a quick create prints one line."""
+    from venvfs.progress import log_interval
 
     started = time.monotonic()
     tty = sys.stderr.isatty()
@@ -265,7 +265,7 @@ def _progress_line(args: argparse.Namespace) -> Callable[[str], None]:
     def say(line: str) -> None:
         if args.quiet:
             return
-        if tty or time.monotonic() - started >= LOG_INTERVAL:
+        if tty or time.monotonic() - started >= log_interval():
             print(f"venvfs: {line}", file=sys.stderr, flush=True)
 
     return say

@@ -1,6 +1,6 @@
 """The systemd user units, from the templates packaged in ``venvfs/data/``, with this venvfs
 installation's interpreter: ``venvfs-service.service`` runs the mount service
-(``venvfs/mount/service.py``) for the whole session, and ``venvfs-mount-all.service`` runs
+(``venvfs/cli/service.py``) for the whole session, and ``venvfs-mount-all.service`` runs
 ``venvfs mount --all`` at login."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from venvfs.hooks.target import module_argv, venvfs_argv
+from venvfs.mount.serviceclient import SERVICE_MODULE
 
 UNIT_NAME = "venvfs-mount-all.service"
 SERVICE_UNIT_NAME = "venvfs-service.service"
@@ -30,7 +31,7 @@ def render_unit(store: Path | None = None, name: str = UNIT_NAME) -> str:
         raise ValueError(f"no unit {name!r}")
     template = files("venvfs").joinpath("data", name).read_text()
     command = " ".join(_q_systemd(a) for a in venvfs_argv())
-    service = " ".join(_q_systemd(a) for a in module_argv("venvfs.mount.service"))
+    service = " ".join(_q_systemd(a) for a in module_argv(SERVICE_MODULE))
     environment = f"Environment={_q_systemd('VENVFS_STORE=' + str(store))}" if store is not None else ""
     return (template.replace("@PYTHON@ -m venvfs", command).replace("@SERVICE@", service)
             .replace("@ENVIRONMENT@\n", environment + "\n" if environment else ""))

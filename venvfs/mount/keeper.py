@@ -147,9 +147,9 @@ def _hup_when_orphaned() -> None:
     """A daemon whose keeper is killed goes on serving (its programs see nothing) and from then on
     takes the signals itself: the kernel sends it SIGHUP, a reload, which rewrites ``daemon.json``
     with its own pid (``daemon.write_info`` checks its parent)."""
-    from venvfs.mount.watch import _libc
+    from venvfs.mount.watch import libc as load_libc
 
-    libc = _libc()
+    libc = load_libc()
     if libc is not None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
 

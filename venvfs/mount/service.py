@@ -25,7 +25,7 @@ starts the new code; a client of another installation is answered "stale" and mo
 
 Each forked daemon takes the title ``venvfs-mount SITE-PACKAGES`` (``/proc/PID/cmdline``, what
 ``ps`` and ``pkill -f`` read): a fork without exec would otherwise show the service's command line,
-and ``pkill -f venvfs.mount.service`` would kill every mount with the service.
+and ``pkill -f venvfs.cli.service`` would kill every mount with the service.
 
 Fork safety: the service process has no threads (nothing it imports starts one, and it serves
 connections one at a time from one loop), so the child inherits no lock held by a thread that does
@@ -45,14 +45,13 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from venvfs.fsutil import importable_env
-from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity, socket_path
-from venvfs.store.store import default_store_path
+from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +161,57 @@ def _set_title(venv_root: Path) -> None:  # pragma: no cover - forked child
     setproctitle.setproctitle(title)
 
 
-def _handle(conn: socket.socket, mine: str, *, systemd: bool = False) -> bool:
+# A command run in a fork of the service (``op: run``): the forked child gets the connection, the
+# request and the client's descriptors, and never returns (``venvfs/cli/thin.py`` is the one runner).
+Runner = Callable[[socket.socket, dict[str, object], list[int]], NoReturn]
+MAX_FDS = 8
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+    """One request: a JSON line, and the descriptors sent with it (``SCM_RIGHTS``; ``run`` only)."""
+    data = b""
+    fds: list[int] = []
+    while b"\n" not in data and len(data) < MAX_REQUEST:
+        chunk, got, flags, _ = socket.recv_fds(conn, 65536, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        fds += got
+        if flags & socket.MSG_CTRUNC:
+            _close(fds)
+            raise ValueError("too many descriptors in a request")
+        if not chunk:
+            break
+        data += chunk
+    try:
+        request = json.loads(data.partition(b"\n")[0].decode())
+        if not isinstance(request, dict):
+            raise ValueError("a request is a JSON object")
+    except ValueError:
+        _close(fds)
+        raise
+    return request, fds
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _handle(conn: socket.socket, mine: str, *, systemd: bool = False, runner: Runner | None = None) -> bool:
     """Serve one connection; False when this service should exit (it is stale, or hands over)."""
     if _peer_uid(conn) != os.getuid():
         log.warning("refused a connection from uid %d", _peer_uid(conn))
         conn.sendall(b"refused\n")
         return True
     conn.settimeout(5.0)
-    data = b""
-    while len(data) < MAX_REQUEST:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    request = json.loads(data.decode())
+    request, fds = _read_request(conn)
+    try:
+        return _answer(conn, request, fds, mine, systemd=systemd, runner=runner)
+    finally:
+        _close(fds)  # the forked child has its own copies
+
+
+def _answer(conn: socket.socket, request: dict[str, object], fds: list[int], mine: str, *, systemd: bool,
+            runner: Runner | None) -> bool:
     if request.get("op") == "handover":
         if systemd:  # systemd's service stays; a second one under systemd is a misconfiguration
             conn.sendall(b"refused\n")
@@ -194,19 +230,30 @@ def _handle(conn: socket.socket, mine: str, *, systemd: bool = False) -> bool:
         if systemd:
             raise SystemExit(RESTART_EXIT)
         return False
-    if request.get("op") != "mount":
+    op = request.get("op")
+    if op == "run" and runner is not None:
+        child = _fork(lambda: runner(conn, request, fds))
+        log.debug("command %s: pid %d", request.get("argv"), child)
+        return True
+    if op != "mount":
         conn.sendall(b"error: unknown request\n")
         return True
+    child = _fork(lambda: _child(conn, request))
+    log.info("mount of %s: daemon pid %d", request.get("venv"), child)
+    return True
+
+
+def _fork(body: Callable[[], int]) -> int:
     gc.freeze()  # what this request allocated too (the same reason as in serve_forever)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            code = _child(conn, request)
+            code = body()
         finally:
+            # Never back into the service's loop (nor its finally, which removes the socket).
             os._exit(code)
-    log.info("mount of %s: daemon pid %d", request.get("venv"), pid)
-    return True
+    return pid
 
 
 def _notify_ready() -> None:
@@ -221,9 +268,10 @@ def _notify_ready() -> None:
         s.sendall(b"READY=1")
 
 
-def serve_forever(store_root: Path, path: Path, *, systemd: bool = False) -> int:
+def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner: Runner | None = None) -> int:
+    """Serve mounts (and, given a ``runner``, whole commands) on ``path`` until idle, stale or handed over."""
     # Everything a daemon imports, once, before the first fork (what a child imports is its own memory;
-    # `python -X importtime -m venvfs.mount.service` shows the children's imports in their logs).
+    # `python -X importtime -m venvfs.cli.service` shows the children's imports in their logs).
     import platformdirs  # noqa: F401
 
     from venvfs.hooks import target  # noqa: F401
@@ -236,6 +284,7 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False) -> int
 
     with contextlib.suppress(ImportError):
         import_pyfuse3(None)
+    watch.libc()  # once here rather than in every forked daemon
     # A forked daemon shares these pages until either process writes to them, and a cyclic collection
     # writes to every object it visits (gc_refs in each header): in the child it copies the service's
     # heap into each mount (about 8 MB of unique memory per daemon, measured), in the service it splits
@@ -271,7 +320,7 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False) -> int
                 raise
             with conn:
                 try:
-                    if not _handle(conn, mine, systemd=systemd):
+                    if not _handle(conn, mine, systemd=systemd, runner=runner):
                         return 0
                 except (OSError, ValueError) as e:
                     log.warning("a request failed: %s", e)
@@ -281,26 +330,3 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False) -> int
             if os.stat(path).st_ino == bound:
                 path.unlink()
         listener.close()
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m venvfs.mount.service")
-    parser.add_argument("--store", type=Path, help="the store (default: $VENVFS_STORE, else the user data directory)")
-    parser.add_argument("--socket", type=Path)
-    parser.add_argument("--systemd", action="store_true",
-                        help="run under systemd: notify readiness, never exit when idle, take the socket over")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
-    # The same default the CLI computes, so that both name the same socket.
-    store = (args.store or default_store_path()).expanduser().absolute()
-    path = args.socket or socket_path(store)
-    if path is None:
-        log.error("no safe runtime directory for the socket")
-        return 1
-    return serve_forever(store, path, systemd=args.systemd)
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -6,74 +6,42 @@ daemon, so the two halves live apart (no import circle).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
 
-import venvfs
 from venvfs.fsutil import importable_env, spawn_detached
+from venvfs.mount import socketpath
+from venvfs.mount.socketpath import RUNTIME_ENV as RUNTIME_ENV
+from venvfs.mount.socketpath import identity as identity
 
 log = logging.getLogger(__name__)
 
 DISABLE_ENV = "VENVFS_SERVICE"  # "0": never use or start the service
-RUNTIME_ENV = "VENVFS_RUNTIME_DIR"
 IDLE_ENV = "VENVFS_SERVICE_IDLE"  # seconds without a request before the service exits (default 1800)
 START_TIMEOUT = 5.0
+# The service's program: it lives in the CLI layer, as it also runs whole commands (``cli/service.py``);
+# this layer only names it, to start it.
+SERVICE_MODULE = "venvfs.cli.service"
 MAX_REQUEST = 1 << 20  # bytes of one request (the client sends its environment)
-
-
-def identity() -> str:
-    """What a request must match: the service runs this very venvfs, or it is stale (an upgrade)."""
-    return f"{venvfs.__version__}:{Path(venvfs.__file__).resolve().parent}"
 
 
 def runtime_dir() -> Path | None:
     """The user's own runtime directory for venvfs (created 0700), or None if none is safe to use."""
-    if os.environ.get(RUNTIME_ENV):
-        chain = [Path(os.environ[RUNTIME_ENV])]
-    else:
-        # XDG's runtime directory; else systemd-logind's /run/user/UID (a `su` or `runuser` shell has
-        # no $XDG_RUNTIME_DIR, yet must find the service the user's systemd runs there); else the
-        # fallback platformdirs also uses (it warns; we check): /tmp is everyone's, so the directory
-        # must turn out to be ours and closed to others.
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or _logind_runtime_dir()
-                    or f"/tmp/runtime-{os.getuid()}")  # noqa: S108
-        chain = [base, base / "venvfs"]
-    try:
-        for d in chain:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(d, 0o700)
-            st = os.lstat(d)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                log.info("not using %s for the mount service: not a 0700 directory of uid %d", d, os.getuid())
-                return None
-    except OSError as e:
-        log.info("no runtime directory for the mount service: %s", e)
+    directory, why = socketpath.runtime_dir()
+    if directory is None:
+        log.info("%s", why)
         return None
-    return chain[-1]
-
-
-def _logind_runtime_dir() -> str | None:
-    path = f"/run/user/{os.getuid()}"
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return path if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
+    return Path(directory)
 
 
 def socket_path(store_root: Path) -> Path | None:
-    directory = runtime_dir()
-    if directory is None:
-        return None
-    digest = hashlib.sha256(os.fsencode(store_root.resolve())).hexdigest()[:16]
-    return directory / f"service-{digest}.sock"
+    path = socketpath.socket_path(str(store_root))
+    return None if path is None else Path(path)
 
 
 # -- the client's side -------------------------------------------------------------------------------
@@ -94,7 +62,7 @@ def _start(store_root: Path, path: Path) -> socket.socket | None:
 
     logfile = Path(platformdirs.user_log_dir("venvfs")) / "service.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "venvfs.mount.service", "--store", str(store_root), "--socket", str(path)]
+    argv = [sys.executable, "-m", SERVICE_MODULE, "--store", str(store_root), "--socket", str(path)]
     spawn_detached(argv, importable_env(dict(os.environ)), logfile, log_mode=0o600)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

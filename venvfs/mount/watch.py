@@ -127,18 +127,18 @@ class Watcher:
 # -- the venv removed under a live mount -----------------------------------------------------------
 
 @functools.cache
-def _libc() -> Any:
-    """libc through ctypes, loaded once ahead of need (``find_library`` runs ``ldconfig``: far too slow
-    for the moment a removal is noticed)."""
+def libc() -> Any:
+    """libc through ctypes, loaded once ahead of need (the mount service loads it before it forks).
+    The process's own symbols (``dlopen(NULL)``), which include libc's: ``find_library`` would run
+    ``ldconfig -p`` (a fork and an exec, ~5 ms of every mount's start)."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.inotify_init1, libc.inotify_add_watch, libc.umount2  # noqa: B018 - resolved now, not later
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_init1, lib.inotify_add_watch, lib.umount2  # noqa: B018 - resolved now, not later
     except (OSError, AttributeError):
         return None
-    return libc
+    return lib
 
 
 _IN_DELETE = 0x200
@@ -160,10 +160,10 @@ def watch_removal(venv_root: Path, state_dir: Path, lock_names: frozenset[bytes]
     fail with EBUSY on the mount point itself, leaving a venv with no state under a live mount. A
     daemon that unmounts itself as soon as the removal starts lets that removal finish (measured
     with uv 0.13.9 in docs/automount.md). Returns False where inotify is unavailable."""
-    libc = _libc()
-    if libc is None:
+    lib = libc()
+    if lib is None:
         return False
-    fd = libc.inotify_init1(_IN_CLOEXEC)
+    fd = lib.inotify_init1(_IN_CLOEXEC)
     if fd < 0:
         return False
     # IN_DELETE_SELF of a directory comes only once its inode is freed, and the daemon holds files in
@@ -179,7 +179,7 @@ def watch_removal(venv_root: Path, state_dir: Path, lock_names: frozenset[bytes]
             # CACHEDIR.TAG: uv writes it into every venv it makes, and only a removal deletes it.
             (venv_root, _IN_DELETE | _IN_MOVED_FROM, frozenset({b"pyvenv.cfg", b"CACHEDIR.TAG"}),
              "the venv is being removed")):
-        wd = libc.inotify_add_watch(fd, os.fsencode(str(path)), mask)
+        wd = lib.inotify_add_watch(fd, os.fsencode(str(path)), mask)
         if wd >= 0:
             watches[wd] = (names, what)
 
@@ -222,8 +222,8 @@ def detach(mountpoint: Path, underneath: int | None, hook_name: str) -> bool:
     if os.geteuid() == 0:
         # umount2 directly: microseconds, against milliseconds for starting fusermount3, while the
         # remover walks on toward the mount point.
-        libc = _libc()
-        if libc is not None and libc.umount2(os.fsencode(str(mountpoint)), _MNT_DETACH) == 0:
+        lib = libc()
+        if lib is not None and lib.umount2(os.fsencode(str(mountpoint)), _MNT_DETACH) == 0:
             return True
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:

@@ -1,0 +1,199 @@
+"""Commands run in a warm fork of the user's mount service (``venvfs/cli/thin.py``, issue 16 point 4):
+the client hands over its command line, environment, working directory and standard streams, and
+the command behaves as if it ran where it was typed: output, exit status, signals, relative paths,
+``venvfs uv`` becoming uv in the user's own process. Where the service cannot stand in for the
+client, the command runs in the client, as before.
+
+Whether a command ran in the service is read from ``python -X importtime``: a client that handed
+its command over never imported the command line's own modules (``venvfs.cli.app``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, stop_mount, uv
+from venvfs.mount import serviceclient
+from venvfs.store.store import Store
+
+pytestmark = pytest.mark.fuse
+
+
+def _venvfs(store: Store, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "venvfs", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root),
+                               **(env or {})}, **kwargs)  # type: ignore[call-overload]
+
+
+def _in_service(proc: subprocess.CompletedProcess[str]) -> bool:
+    modules = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "venvfs.cli" in modules, "no -X importtime output to judge"
+    return "venvfs.cli.app" not in modules
+
+
+def _stderr(proc: subprocess.CompletedProcess[str]) -> str:
+    return "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("import time:"))
+
+
+@pytest.fixture
+def mounted(require_fuse: None, service_env: Path, store: Store, make_venv: Callable[..., Path]) -> Path:
+    """A mounted venv, and with it the store's mount service running."""
+    path = make_venv("v", tool="uv")
+    proc = _venvfs(store, "mount", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert serviceclient.connect(serviceclient.socket_path(store.root) or Path("/nonexistent")) is not None
+    return path
+
+
+def test_a_command_runs_in_the_service_as_it_would_here(mounted: Path, store: Store, tmp_path: Path) -> None:
+    proc = _venvfs(store, "list")
+    assert proc.returncode == 0 and _in_service(proc), _stderr(proc)
+    assert f"{mounted}\tmounted" in proc.stdout
+    # The working directory and the environment are the client's: a relative path, --json output.
+    proc = _venvfs(store, "status", "--json", mounted.name, cwd=mounted.parent)
+    assert proc.returncode == 0 and _in_service(proc), _stderr(proc)
+    assert '"layout": "mounted"' in proc.stdout or '"layout":"mounted"' in proc.stdout.replace(" ", "")
+    # A usage error: argparse's message on the client's stderr and its exit status 2.
+    proc = _venvfs(store, "mount", str(mounted), "--no-such-option")
+    assert proc.returncode == 2 and _in_service(proc)
+    assert "unrecognized arguments: --no-such-option" in _stderr(proc)
+    # A venvfs error: the message and the exit status scripts rely on.
+    proc = _venvfs(store, "status", str(tmp_path / "nothing-here"))
+    assert proc.returncode not in (0, 70) and _in_service(proc)
+    assert "venvfs: error:" in _stderr(proc) and "Traceback" not in proc.stderr
+    # Logging goes to the client's stderr in venvfs's own format, not to the service's log.
+    proc = _venvfs(store, "-v", "mount", str(mounted))
+    assert proc.returncode == 0 and _in_service(proc)
+    assert "already mounted" in proc.stdout
+
+
+def _worker(title_part: str) -> int | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"venvfs ") and title_part.encode() in cmdline:
+            return int(pid)
+    return None
+
+
+def _wait_for_worker(title_part: str, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = _worker(title_part)
+        if pid is not None:
+            return pid
+        time.sleep(0.02)
+    raise AssertionError(f"no worker running {title_part!r}")
+
+
+def _limits(pid: int) -> tuple[str, str]:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    nofile = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    umask = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Umask"))
+    return nofile.split()[3], umask.split()[1]
+
+
+@pytest.fixture
+def held_lock(mounted: Path) -> Callable[[], subprocess.Popen[bytes]]:
+    """Hold the venv's lock in another process, so a command that needs it waits (and can be inspected)."""
+    holders: list[subprocess.Popen[bytes]] = []
+
+    def hold() -> subprocess.Popen[bytes]:
+        holder = subprocess.Popen(["flock", str(mounted / ".venvfs" / "lock"), "sleep", "60"])
+        holders.append(holder)
+        time.sleep(0.2)
+        return holder
+
+    yield hold  # type: ignore[misc]
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+
+
+def _client(store: Store, shell: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["sh", "-c", shell + ' exec "$0" -X importtime -m venvfs "$@"', sys.executable, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
+
+
+def test_the_worker_takes_the_clients_limits_and_ctrl_c(
+        mounted: Path, store: Store, held_lock: Callable[[], object]) -> None:
+    held_lock()
+    client = _client(store, "ulimit -n 1000; umask 027;", "umount", "--wait", "30", str(mounted))
+    worker = _wait_for_worker(f"umount --wait 30 {mounted}")
+    assert _limits(worker) == ("1000", "0027")
+    # Ctrl-C at the client: the command is interrupted as it would be in the client's own process.
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 130, err[-2000:]
+    assert "venvfs: interrupted" in err
+    assert _worker(f"umount --wait 30 {mounted}") is None
+
+
+def test_a_client_that_vanishes_hangs_its_worker_up(
+        mounted: Path, store: Store, held_lock: Callable[[], object]) -> None:
+    held_lock()
+    client = _client(store, "", "umount", "--wait", "30", str(mounted))
+    worker = _wait_for_worker(f"umount --wait 30 {mounted}")
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and b"umount" in Path(f"/proc/{worker}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the worker outlived its client"
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_is_an_error_not_a_second_run(
+        mounted: Path, store: Store, held_lock: Callable[[], object]) -> None:
+    held_lock()
+    client = _client(store, "", "umount", "--wait", "30", str(mounted))
+    worker = _wait_for_worker(f"umount --wait 30 {mounted}")
+    os.kill(worker, signal.SIGKILL)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 70
+    assert "the command's process in the mount service died" in err
+
+
+def test_venvfs_uv_becomes_uv_in_the_clients_own_process(mounted: Path, store: Store) -> None:
+    env = {"PATH": f"{Path(uv()).parent}:{os.environ['PATH']}"}
+    proc = _venvfs(store, "uv", "--version", env=env)
+    assert proc.returncode == 0 and _in_service(proc), _stderr(proc)
+    assert proc.stdout.startswith("uv ")
+    # uv's own exit status, as uv gives it.
+    proc = _venvfs(store, "uv", "pip", "install", "--no-such-flag", env=env)
+    assert proc.returncode == 2 and _in_service(proc)
+    assert "--no-such-flag" in _stderr(proc)
+
+
+def test_where_the_service_cannot_stand_in_the_command_runs_here(mounted: Path, store: Store, tmp_path: Path) -> None:
+    # Another module path than the service's (an extra PYTHONPATH entry): other modules may be imported.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    proc = _venvfs(store, "list", env={"PYTHONPATH": f"{REPO}:{extra}"})
+    assert proc.returncode == 0 and not _in_service(proc), _stderr(proc)
+    assert f"{mounted}\tmounted" in proc.stdout
+    # A closed standard input cannot be handed over.
+    proc = _venvfs(store, "list", stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and _in_service(proc)
+    proc = subprocess.run(["sh", "-c", 'exec "$0" -X importtime -m venvfs list <&-', sys.executable],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
+    assert proc.returncode == 0 and not _in_service(proc), proc.stderr[-2000:]
+    # VENVFS_SERVICE=0: never.
+    proc = _venvfs(store, "list", env={serviceclient.DISABLE_ENV: "0"})
+    assert proc.returncode == 0 and not _in_service(proc)
+    stop_mount(mounted)

@@ -1,0 +1,291 @@
+"""Commands run in a warm fork of the user's mount service: both halves of that, client and worker.
+
+A ``venvfs`` command pays its interpreter's start (~20 ms) and then ~60 ms of imports and parser
+before it does anything (measured: ``venvfs list`` 74 ms, ``mount`` of a mounted venv 89 ms). The
+mount service (``mount/service.py``) has all of that imported already, so where one answers on the
+store's socket the client sends it the command line, its environment, umask, open-file limit and
+its standard streams and working directory as descriptors (``SCM_RIGHTS``), and the service forks a
+worker that becomes the command: same uid (``SO_PEERCRED``, checked on both ends), same groups, same
+interpreter and venvfs (else the client is told to run it itself), the client's terminal. The client
+only waits: it imports ``os``, ``socket`` and ``json``, and nothing of venvfs's but the socket path.
+
+The protocol, one line each way at a time: the client sends the request (JSON) with four descriptors;
+the worker answers ``started``, then ``exit N``, or ``exec JSON`` (a wrapped installer: the *client*
+process becomes uv or pip, so the installer keeps the user's process, terminal, signals and exit
+status); anything else before ``started`` (``stale``, ``other: …``) and the client runs the command
+itself. Signals the client gets (Ctrl-C, SIGTERM, SIGHUP) go to the worker as ``signal N`` lines; a
+client that vanishes hangs the worker up (SIGHUP), as its terminal closing would.
+
+Where nothing answers, the command runs in the client as before: the service is an accelerator, and
+only commands that need it (a mount) start it. ``VENVFS_SERVICE=0`` runs everything locally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # typing itself is 2 ms of every command's start; mypy reads this name as True
+if TYPE_CHECKING:
+    import socket
+    from typing import Any, NoReturn
+
+DISABLE_ENV = "VENVFS_SERVICE"  # the same switch as serviceclient.DISABLE_ENV ("0": never use it)
+# Run where they are typed: the benchmark measures this process and must not share the service's pages
+# or its CPU accounting.
+LOCAL_COMMANDS = frozenset({"bench"})
+# The daemon in the calling process (the user asked for it there), and what needs no command at all.
+LOCAL_OPTIONS = frozenset({"--foreground", "--version"})
+# SIGINT, SIGTERM, SIGHUP, SIGQUIT (numbers: the signal module is not loaded before it is needed)
+FORWARDED = (2, 15, 1, 3)
+
+
+# -- the client's side ---------------------------------------------------------------------------------
+
+def run(argv: list[str]) -> int | None:
+    """Run ``argv`` in a fork of the warm service: its exit status, or None to run it here."""
+    if os.environ.get(DISABLE_ENV) == "0" or not _eligible(argv):
+        return None
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        # A closed standard stream cannot be handed over, and the socket would take its number.
+        return None
+    # Imported only now: `venvfs --version` and `venvfs -h` load none of it (~5 ms).
+    import json
+    import socket
+
+    from venvfs.mount import socketpath
+
+    path = socketpath.socket_path(socketpath.guess_store_root(argv))
+    if path is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return None
+        # The runtime directory is checked to be ours, and the server must be too: a command hands it
+        # its terminal and environment.
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if int.from_bytes(creds[4:8], sys.byteorder) != os.getuid():
+            return None
+        try:
+            here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        request = {"op": "run", "identity": socketpath.identity(), "python": _python(),
+                   "argv": argv, "env": dict(os.environ), "umask": _umask(), "gid": os.getgid(),
+                   "groups": sorted(os.getgroups()), "nofile": _nofile()}
+        data = json.dumps(request).encode() + b"\n"
+        try:
+            sent = socket.send_fds(sock, [data], [0, 1, 2, here])
+            sock.sendall(data[sent:])
+        except OSError:
+            return None  # a closed standard stream (EBADF) or a service gone: run it here
+        finally:
+            os.close(here)
+        return _follow(sock)
+
+
+def _eligible(argv: list[str]) -> bool:
+    for arg in argv:
+        if arg in LOCAL_OPTIONS or arg in ("-h", "--help"):
+            return False
+        if not arg.startswith("-"):
+            return arg not in LOCAL_COMMANDS
+    return False  # no command: the help, which is free
+
+
+def _python() -> list[object]:
+    """What decides which modules a command imports: the interpreter, its prefix (the venv) and its
+    path, less the first entry (the script's directory or the working directory) and venvfs's own
+    directory, which the service has first on its path (``fsutil.importable_env``) and the identity
+    already compares."""
+    import venvfs
+
+    ours = os.path.dirname(os.path.dirname(os.path.realpath(venvfs.__file__)))
+    return [os.path.realpath(sys.executable), sys.prefix,
+            [p for p in sys.path[1:] if os.path.realpath(p or ".") != ours]]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _nofile() -> list[int]:
+    import resource  # a builtin module: no file to find or read
+
+    return list(resource.getrlimit(resource.RLIMIT_NOFILE))
+
+
+def _follow(sock: socket.socket) -> int | None:
+    import json
+    import signal
+
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        try:  # noqa: SIM105 - contextlib is one more import on every command's start
+            sock.sendall(f"signal {signum}\n".encode())
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    started = False
+    reader = sock.makefile("rb")
+    for raw in reader:
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line == "started":
+            started = True
+        elif line.startswith("exit ") and started:
+            return int(line[5:])
+        elif line.startswith("exec ") and started:
+            _become(json.loads(line[5:]))
+        elif not started:
+            return None  # stale, another interpreter, a refusal: nothing ran; run it here
+    if not started:
+        return None
+    # The worker died without a status: a forwarded signal did it, or something killed it.
+    if received:
+        signal.signal(received[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), received[-1])
+    print("venvfs: error: the command's process in the mount service died", file=sys.stderr)
+    return 70
+
+
+def _become(order: dict[str, Any]) -> NoReturn:
+    import signal
+
+    for signum in FORWARDED:
+        signal.signal(signum, signal.SIG_DFL)
+    argv = [str(a) for a in order["argv"]]
+    os.execve(argv[0], argv, {str(k): str(v) for k, v in order["env"].items()})
+
+
+# -- the worker's side (a fork of the service) -----------------------------------------------------
+
+def serve(conn: socket.socket, request: dict[str, object], fds: list[int]) -> NoReturn:  # pragma: no cover
+    """Become the command the client sent (runs in the service's forked child, never returns)."""
+    code = 70
+    try:
+        refused = _refusal(request, fds)
+        if refused:
+            conn.sendall(f"other: {refused}\n".encode())
+            code = 0
+        else:
+            code = _run_command(conn, request, fds)
+    finally:
+        os._exit(code)
+
+
+def _refusal(request: dict[str, object], fds: list[int]) -> str:
+    """Why this process cannot stand in for the client ('' when it can)."""
+    import json
+
+    if request.get("python") != json.loads(json.dumps(_python())):
+        return f"the service runs {sys.executable} with another prefix or path"
+    if request.get("gid") != os.getgid() or request.get("groups") != sorted(os.getgroups()):
+        return "the service runs with other groups (a newer login?)"
+    if len(fds) != 4:
+        return "four descriptors expected"
+    nofile = request.get("nofile")
+    try:
+        import resource
+
+        assert isinstance(nofile, list)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile[0]), int(nofile[1])))
+    except (AssertionError, ValueError, OSError) as e:
+        return f"cannot take the client's open-file limit ({e})"
+    return ""
+
+
+def _run_command(conn: socket.socket, request: dict[str, object], fds: list[int]) -> int:
+    import contextlib
+    import json
+    import logging
+    import signal
+    import threading
+
+    from venvfs.cli import app
+
+    argv = [str(a) for a in request.get("argv") or ()]  # type: ignore[attr-defined]
+    # Before the environment changes: setproctitle finds the room for a title after argv, in the
+    # environment's strings, which replacing os.environ moves away (the title is then silently lost).
+    _set_title(argv)
+    # The service ignores SIGCHLD to reap its children; inherited, every waitpid of ours would fail
+    # with ECHILD (subprocess then reports exit status 0 for anything).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)  # inheritable: what the command runs gets the client's streams too
+    os.fchdir(fds[3])
+    for fd in fds:
+        os.close(fd)
+    env = request.get("env")
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in (env.items() if isinstance(env, dict) else ())})
+    os.umask(int(str(request.get("umask", 0o022))))
+    sys.argv = ["venvfs", *argv]
+    _reopen_streams()
+    # The service's own log handler (its log file's format, level INFO) would be inherited by the
+    # command's logging.basicConfig, which then does nothing.
+    logging.root.handlers.clear()
+    conn.settimeout(None)
+    conn.sendall(b"started\n")
+    threading.Thread(target=_listen, args=(conn,), name="venvfs-client", daemon=True).start()
+    try:
+        result: int | app.ExecInstead = app.run(argv)
+    except SystemExit as e:  # argparse's usage errors and --help, as the interpreter would exit
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        result = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    if isinstance(result, app.ExecInstead):
+        conn.sendall(f"exec {json.dumps({'argv': result.argv, 'env': dict(os.environ)})}\n".encode())
+        return 0
+    conn.sendall(f"exit {result}\n".encode())
+    return result
+
+
+def _reopen_streams() -> None:
+    """New text streams over descriptors 0-2 (now the client's): line-buffered where a terminal, as
+    the interpreter makes them at start; the service's were made for its log file."""
+    encoding, errors = sys.stdout.encoding, sys.stdout.errors
+    sys.stdin = open(0, encoding=encoding, closefd=False)  # noqa: SIM115 - the process's own stream
+    sys.stdout = open(1, "w", encoding=encoding, errors=errors, closefd=False,  # noqa: SIM115
+                      buffering=1 if os.isatty(1) else -1)
+    sys.stderr = open(2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+
+
+def _set_title(argv: list[str]) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(" ".join(["venvfs", *argv])[:200])
+
+
+def _listen(conn: socket.socket) -> None:
+    """The client's signals, and its going away (a hangup, as when a terminal closes)."""
+    import signal
+
+    reader = conn.makefile("rb")
+    try:
+        for raw in reader:
+            words = raw.split()
+            if len(words) == 2 and words[0] == b"signal" and words[1].isdigit():
+                os.kill(os.getpid(), int(words[1]))
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGHUP)
