@@ -23,6 +23,10 @@ the socket over from a service a command started before it, and, when a client r
 venvfs from the same installation (an upgrade in place), exits with ``RESTART_EXIT`` so that systemd
 starts the new code; a client of another installation is answered "stale" and mounts without it.
 
+Given a ``runner`` (the CLI layer's ``thin.serve``; this layer never imports the CLI), the service
+also runs whole commands: an ``op: run`` request carries the client's descriptors, and a forked child
+becomes the command (docs/design.md, "The mount service").
+
 Each forked daemon takes the title ``venvfs-mount SITE-PACKAGES`` (``/proc/PID/cmdline``, what
 ``ps`` and ``pkill -f`` read): a fork without exec would otherwise show the service's command line,
 and ``pkill -f venvfs.cli.service`` would kill every mount with the service.
