@@ -23,6 +23,9 @@ class Goal:
     use_ratio: bool
     limit: float
     unit: str
+    # Compared with another strategy's median in the same run (venvfs's median / theirs), not with
+    # native: where the goal is to be as fast as a peer (fuse-overlayfs, uv's hardlinks).
+    versus: str | None = None
 
 
 GOALS = [
@@ -33,6 +36,14 @@ GOALS = [
     # Issue 16: a daemon forked from the mount service shares its interpreter's pages; what one more
     # mount of the scientific set costs is its unique memory.
     Goal("per-mount USS <= 15 MB for the scientific set", "main", "daemon_uss_bytes", False, 15e6, "B"),
+    Goal("mount until it answers <= 60 ms, scientific set", "main", "mount_s", False, 0.060, "s"),
+    Goal("mount until it answers <= 60 ms, 20,000 files", "scale", "mount_s", False, 0.060, "s"),
+    Goal("create of one more venv <= 2x fuse-overlayfs's", "main", "create_s", False, 2.0, "x", "fuse-overlayfs"),
+    Goal("create of one more venv <= 0.5x uv hardlink's", "main", "create_s", False, 0.5, "x", "uv-hardlink"),
+    # Issue 15: the daily path, from an empty venv to the set installed and settled in the store.
+    Goal("uv pip install into a venvfs venv <= 2x plain uv", "main", "uv_install_s", True, 2.0, "x"),
+    # Issue 17: a user's first step, against cp -a of the same venv on the same filesystem.
+    Goal("adopt <= 1.5x cp -a", "main", "adopt_s", True, 1.5, "x"),
 ]
 
 
@@ -76,7 +87,14 @@ def check(reports: dict[str, dict[str, Any] | None], strategy: str = "venvfs") -
         if m is None or "unavailable" in m:
             verdicts.append(Verdict(goal, "unavailable", (m or {}).get("unavailable", "not measured")))
             continue
-        if goal.use_ratio:
+        if goal.versus is not None:
+            theirs = _strategy(report, goal.versus)
+            t = (theirs or {}).get("metrics", {}).get(goal.metric) or {}
+            if not t.get("median"):
+                verdicts.append(Verdict(goal, "unavailable", f"{goal.versus} did not measure {goal.metric}"))
+                continue
+            value, lo, hi = (m[k] / t["median"] for k in ("median", "min", "max"))
+        elif goal.use_ratio:
             r = m.get("ratio_to_native")
             if r is None:
                 verdicts.append(Verdict(goal, "unavailable", "no ratio to native"))

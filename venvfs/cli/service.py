@@ -22,13 +22,24 @@ from venvfs.store.store import default_store_path
 log = logging.getLogger(__name__)
 
 
+# What the commands import as they run (seen with `python -X importtime -m venvfs.cli.service`: a
+# worker's imports go to its client's stderr). Imported here once, they cost a worker nothing: the
+# mount path alone imported ~20 ms of them per command (the registry, with gc's machinery).
+_USED_BY_COMMANDS = (
+    "hashlib", "sysconfig", "packaging.requirements", "packaging.specifiers", "packaging.tags", "installer",
+    "venvfs.store.bytecode", "venvfs.store.gc", "venvfs.store.verify", "venvfs.store.wheel",
+    "venvfs.venv.adopt", "venvfs.venv.materialize", "venvfs.venv.ownpyc", "venvfs.venv.preselect",
+    "venvfs.venv.registry", "venvfs.venv.selecting", "venvfs.venv.status", "venvfs.venv.takein",
+    "venvfs.venv.uvconfig", "venvfs.mount.commit", "venvfs.mount.upper_adopter",
+)
+
+
 def _preload() -> None:
     from venvfs.cli import app, thin
 
     local = {app.COMMANDS[command] for command in thin.LOCAL_COMMANDS}
-    for module in app.COMMAND_MODULES:
-        if module not in local:
-            importlib.import_module(module)
+    for module in (*(m for m in app.COMMAND_MODULES if m not in local), *_USED_BY_COMMANDS):
+        importlib.import_module(module)
     app.prebuild_parser()
 
 

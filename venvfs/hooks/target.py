@@ -86,7 +86,7 @@ def venvfs_argv(*args: str) -> tuple[str, ...]:
     set inside an activated venv) away from venvfs. A venvfs that is importable only thanks to one
     of those (a source checkout) puts its own directory on sys.path explicitly.
     """
-    return module_argv("venvfs", *args, entry="from venvfs.cli.app import main; sys.exit(main())")
+    return module_argv("venvfs", *args, entry="from venvfs.cli import main; sys.exit(main())")
 
 
 def module_argv(module: str, *args: str, entry: str | None = None) -> tuple[str, ...]:

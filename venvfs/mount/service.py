@@ -276,10 +276,12 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
     """Serve mounts (and, given a ``runner``, whole commands) on ``path`` until idle, stale or handed over."""
     # Everything a daemon imports, once, before the first fork (what a child imports is its own memory;
     # `python -X importtime -m venvfs.cli.service` shows the children's imports in their logs).
+    import resource  # noqa: F401
+
     import platformdirs  # noqa: F401
 
     from venvfs.hooks import target  # noqa: F401
-    from venvfs.mount import daemon, fuse, ingest, watch  # noqa: F401
+    from venvfs.mount import daemon, fuse, ingest, keeper, watch  # noqa: F401
     from venvfs.mount.loop import import_pyfuse3
     from venvfs.mount.overlay import Overlay  # noqa: F401
     from venvfs.venv import pending  # noqa: F401
