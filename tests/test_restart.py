@@ -479,7 +479,7 @@ def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         before = _info(venv)
-        assert str(before["venvfs"]).startswith("0.1.0:")
+        assert str(before["venvfs"]).startswith("0.1.0+")  # VERSION+STAMP:DIRECTORY
         time.sleep(0.3)
         # The upgrade: another venvfs where the mount's venvfs was installed.
         init = installed / "venvfs" / "__init__.py"
@@ -492,7 +492,7 @@ def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
         assert "venvfs.mount.daemon" in Path(f"/proc/{after['pid']}/cmdline").read_text()
         time.sleep(0.3)
         _kill_server(venv)  # and a daemon that dies after the upgrade comes back as the new venvfs too
-        assert str(_info(venv)["venvfs"]).startswith("0.1.0+upgraded:")
+        assert str(_info(venv)["venvfs"]).startswith("0.1.0+upgraded+")
         time.sleep(0.3)
         stop.touch()
         result_out, err = reader.communicate(timeout=60)

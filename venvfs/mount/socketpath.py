@@ -18,8 +18,23 @@ STORE_ENV = "VENVFS_STORE"
 
 
 def identity() -> str:
-    """What a request must match: the service runs this very venvfs, or it is stale (an upgrade)."""
-    return f"{venvfs.__version__}:{os.path.dirname(os.path.realpath(venvfs.__file__))}"
+    """What a request must match: the service runs this very venvfs, or it is stale (an upgrade).
+    ``VERSION+STAMP:DIRECTORY``: the part after the colon says which installation, the part before
+    which code in it."""
+    package = os.path.dirname(os.path.realpath(venvfs.__file__))
+    return f"{venvfs.__version__}+{_stamp(package)}:{package}"
+
+
+def _stamp(directory: str) -> int:
+    """When the package's files last changed, as its directories tell (~10 stats): an install or a
+    reinstall of the same version makes new entries, and so do editors and ``sed -i`` (a rename), so
+    a service that loaded older code is stale, not silently out of date. Bytecode caches are skipped:
+    the interpreter writes them as it runs."""
+    latest = os.stat(directory).st_mtime_ns
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+            latest = max(latest, _stamp(entry.path))
+    return latest
 
 
 def _sha256_hex(data: bytes) -> str:
