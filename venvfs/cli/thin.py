@@ -10,11 +10,12 @@ interpreter and venvfs (else the client is told to run it itself), the client's 
 only waits: it imports ``os``, ``socket`` and ``json``, and nothing of venvfs's but the socket path.
 
 The protocol, one line each way at a time: the client sends the request (JSON) with four descriptors;
-the worker answers ``started``, then ``exit N``, or ``exec JSON`` (a wrapped installer: the *client*
-process becomes uv or pip, so the installer keeps the user's process, terminal, signals and exit
-status); anything else before ``started`` (``stale``, ``other: …``) and the client runs the command
-itself. Signals the client gets (Ctrl-C, SIGTERM, SIGHUP) go to the worker as ``signal N`` lines; a
-client that vanishes hangs the worker up (SIGHUP), as its terminal closing would.
+the worker answers ``started``, then ``exit N`` (none: it was killed; the client exits 137), or
+``exec JSON`` (a wrapped installer: the *client* process becomes uv or pip, so the installer keeps the
+user's process, terminal, signals and exit status); anything else before ``started`` (``stale``,
+``other: …``) and the client runs the command itself. Signals the client gets (Ctrl-C, SIGTERM,
+SIGHUP) go to the worker as ``signal N`` lines; a client that vanishes hangs the worker up (SIGHUP),
+as its terminal closing would.
 
 Where nothing answers, the command runs in the client as before: the service is an accelerator, and
 only commands that need it (a mount) start it. ``VENVFS_SERVICE=0`` runs everything locally.
@@ -80,14 +81,20 @@ def run(argv: list[str]) -> int | None:
                    "argv": argv, "env": dict(os.environ), "umask": _umask(), "gid": os.getgid(),
                    "groups": sorted(os.getgroups()), "nofile": _nofile()}
         data = json.dumps(request).encode() + b"\n"
+        # From before the request goes: a Ctrl-C typed as the worker starts must reach the worker, not
+        # end this process with a traceback while the command runs on.
+        forwarder = _Forwarder(sock)
         try:
-            sent = socket.send_fds(sock, [data], [0, 1, 2, here])
-            sock.sendall(data[sent:])
-        except OSError:
-            return None  # a closed standard stream (EBADF) or a service gone: run it here
+            try:
+                sent = socket.send_fds(sock, [data], [0, 1, 2, here])
+                sock.sendall(data[sent:])
+            except OSError:
+                return None  # a closed standard stream (EBADF) or a service gone: run it here
+            finally:
+                os.close(here)
+            return _follow(sock, forwarder)
         finally:
-            os.close(here)
-        return _follow(sock)
+            forwarder.restore()
 
 
 def _eligible(argv: list[str]) -> bool:
@@ -123,41 +130,70 @@ def _nofile() -> list[int]:
     return list(resource.getrlimit(resource.RLIMIT_NOFILE))
 
 
-def _follow(sock: socket.socket) -> int | None:
-    import json
-    import signal
+class _Forwarder:
+    """The client's signal handlers while a worker runs its command: each signal goes to the worker as
+    a ``signal N`` line, held back until the worker has started (before, the service reads the
+    connection, and would drop it)."""
 
-    received: list[int] = []
+    def __init__(self, sock: socket.socket) -> None:
+        import signal
 
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
+        self.sock = sock
+        self.started = False
+        self.received: list[int] = []
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in FORWARDED}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.started:
+            self._send(signum)
+
+    def _send(self, signum: int) -> None:
         try:  # noqa: SIM105 - contextlib is one more import on every command's start
-            sock.sendall(f"signal {signum}\n".encode())
+            self.sock.sendall(f"signal {signum}\n".encode())
         except OSError:
             pass
 
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
-    started = False
+    def start(self) -> None:
+        self.started = True
+        for signum in self.received:
+            self._send(signum)
+
+    def restore(self) -> None:
+        """The handlers as they were; a signal that no worker got is this process's own again."""
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.received and not self.started:
+            signal.raise_signal(self.received[-1])
+
+
+def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
+    import json
+    import signal
+
     reader = sock.makefile("rb")
     for raw in reader:
         line = raw.decode(errors="replace").rstrip("\n")
         if line == "started":
-            started = True
-        elif line.startswith("exit ") and started:
+            forwarder.start()
+        elif line.startswith("exit ") and forwarder.started:
             return int(line[5:])
-        elif line.startswith("exec ") and started:
+        elif line.startswith("exec ") and forwarder.started:
             _become(json.loads(line[5:]))
-        elif not started:
+        elif not forwarder.started:
             return None  # stale, another interpreter, a refusal: nothing ran; run it here
-    if not started:
+    if not forwarder.started:
         return None
     # The worker died without a status: a forwarded signal did it, or something killed it.
-    if received:
-        signal.signal(received[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), received[-1])
+    if forwarder.received:
+        signal.signal(forwarder.received[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), forwarder.received[-1])
+    # Its status went to the service, which does not keep it; killed (SIGKILL, the OOM killer, a
+    # process that dies by os._exit as under it) is what a shell would show for it here: 128 + 9.
     print("venvfs: error: the command's process in the mount service died", file=sys.stderr)
-    return 70
+    return 137
 
 
 def _become(order: dict[str, Any]) -> NoReturn:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from venvfs.hooks.target import module_argv, venvfs_argv
-from venvfs.mount.serviceclient import SERVICE_MODULE
+from venvfs.hooks.target import SERVICE_MODULE, module_argv, venvfs_argv
 
 UNIT_NAME = "venvfs-mount-all.service"
 SERVICE_UNIT_NAME = "venvfs-service.service"

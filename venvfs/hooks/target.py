@@ -79,6 +79,11 @@ UV_LINK_MODE_WHY = "uv cannot hardlink or reflink into a FUSE mount (EXDEV)"
 UV_MARK_ENV = "_VENVFS_UV_LINK_MODE"
 
 
+# The mount service's program (``python -m``): it lives in the CLI layer, as it also runs whole commands
+# (``cli/service.py``); the units and the commands that start it only name it.
+SERVICE_MODULE = "venvfs.cli.service"
+
+
 def venvfs_argv(*args: str) -> tuple[str, ...]:
     """The command line that runs this venvfs installation's CLI from anywhere.
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from venvfs.fsutil import importable_env, spawn_detached
+from venvfs.hooks.target import SERVICE_MODULE
 from venvfs.mount import socketpath
 from venvfs.mount.socketpath import RUNTIME_ENV as RUNTIME_ENV
 from venvfs.mount.socketpath import identity as identity
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 DISABLE_ENV = "VENVFS_SERVICE"  # "0": never use or start the service
 IDLE_ENV = "VENVFS_SERVICE_IDLE"  # seconds without a request before the service exits (default 1800)
 START_TIMEOUT = 5.0
-# The service's program: it lives in the CLI layer, as it also runs whole commands (``cli/service.py``);
-# this layer only names it, to start it.
-SERVICE_MODULE = "venvfs.cli.service"
 MAX_REQUEST = 1 << 20  # bytes of one request (the client sends its environment)
 
 
