@@ -712,7 +712,9 @@ def _link_object(store: Store, src: str | int, final: str | Path) -> None:
 
     link, unlike rename, fails when a racing writer already published the same object, which
     leaves that object's inode (perhaps already hardlinked into a venv) untouched. The 256
-    fan-out directories are made on the first ENOENT instead of by a mkdir per object."""
+    fan-out directories are made on the first ENOENT instead of by a mkdir per object, and the link
+    is then tried once more whatever mkdir found: a racing writer may have made the directory
+    between our ENOENT and our look (three concurrent ingests of one wheel failed so, 1 run in 5)."""
     for attempt in range(2):
         try:
             if isinstance(src, int):
@@ -721,11 +723,10 @@ def _link_object(store: Store, src: str | int, final: str | Path) -> None:
                 os.link(src, final)
             return
         except FileNotFoundError:
-            parent = os.path.dirname(final)
-            if attempt or os.path.isdir(parent):
+            if attempt:
                 raise
             with contextlib.suppress(FileExistsError):
-                os.mkdir(parent)
+                os.mkdir(os.path.dirname(final))
 
 
 def _write_chunk_list(store: Store, digest: str, fd: int, size: int, chunk_list: bytes | None) -> None:
