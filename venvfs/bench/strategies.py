@@ -326,7 +326,8 @@ def venvfs_has(command: str) -> str | None:
 
 class _Venvfs(Strategy):
     """venvfs itself: the distributions enter the store once (from a template venv, like a warm cache:
-    not timed); each new venv is an empty venv that ``venvfs add`` gives the same selection."""
+    not timed); each new venv is an empty venv that ``venvfs add`` gives the same selection (the
+    mount: ``venvfs create --like``)."""
 
     commands: tuple[str, ...] = ("adopt", "add")
 
@@ -382,20 +383,18 @@ class VenvfsMount(_Venvfs):
     label = "venvfs mount (FUSE overlay of the store)"
     mounts = True
     has_daemon = True
-    commands = ("adopt", "add", "mount", "umount")
+    commands = ("adopt", "add", "create", "mount", "umount")
 
     def check(self) -> str | None:
         return super().check() or fuse_problem()
 
     def create(self, site: Site, dest: Path) -> dict[str, float]:
-        # Mount the empty venv, then select: the selection reaches the daemon as a view reload, so
-        # nothing is materialized first only to be converted to the mounted layout.
+        # The one command the README gives for one more venv (issue 16's measure): it makes the venv
+        # (uv venv, the floor every strategy pays through make_skeleton), selects the template's
+        # builds and mounts; the selection is in place before the first mount, so no view reload.
         template = site.fs.root / "venvfs-template"
-        env, argv = self.env(site), self.argv()
-        trees.make_skeleton(site.python, dest)
-        _run([*argv, "adopt", "--no-hooks", str(dest)], env=env, what="venvfs adopt")
-        _run([*argv, "mount", "--mode", "fuse", str(dest)], env=env, what="venvfs mount")
-        _run([*argv, "add", str(dest), *_selection(template)], env=env, what="venvfs add")
+        _run([*self.argv(), "create", "--no-hooks", "--like", str(template), str(dest)], env=self.env(site),
+             what="venvfs create")
         wait_answering(trees.site_packages(dest) / site.layers_probe)
         self.check_daemon(dest)
         return {}
