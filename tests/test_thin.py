@@ -197,3 +197,27 @@ def test_where_the_service_cannot_stand_in_the_command_runs_here(mounted: Path, 
     proc = _venvfs(store, "list", env={serviceclient.DISABLE_ENV: "0"})
     assert proc.returncode == 0 and not _in_service(proc)
     stop_mount(mounted)
+
+
+def test_a_service_from_before_commands_ran_in_it_answers_stale_at_once(
+        require_fuse: None, service_env: Path, store: Store, tmp_path: Path) -> None:
+    # A service of an older venvfs reads a request to its end (the client's shut write side) and
+    # answers "stale": the command then runs here, with no wait for a timeout.
+    sock_path = serviceclient.socket_path(store.root)
+    assert sock_path is not None
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('up', flush=True)\n"
+        "c, _ = s.accept(); data = b''\n"
+        "while (chunk := c.recv(65536)): data += chunk\n"
+        "c.sendall(b'stale\\n'); c.close()\n"), str(sock_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "up\n"
+        started = time.monotonic()
+        proc = _venvfs(store, "list")
+        took = time.monotonic() - started
+        assert proc.returncode == 0 and not _in_service(proc), _stderr(proc)
+        assert server.wait(10) == 0  # it had the whole request, and answered
+        assert took < 4.0, f"the client waited {took:.1f} s for an old service"
+    finally:
+        server.kill()

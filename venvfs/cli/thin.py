@@ -9,13 +9,13 @@ worker that becomes the command: same uid (``SO_PEERCRED``, checked on both ends
 interpreter and venvfs (else the client is told to run it itself), the client's terminal. The client
 only waits: it imports ``os``, ``socket`` and ``json``, and nothing of venvfs's but the socket path.
 
-The protocol, one line each way at a time: the client sends the request (JSON) with four descriptors;
+The protocol, one line each way at a time: the client sends the request (JSON) with five descriptors;
 the worker answers ``started``, then ``exit N`` (none: it was killed; the client exits 137), or
 ``exec JSON`` (a wrapped installer: the *client* process becomes uv or pip, so the installer keeps the
 user's process, terminal, signals and exit status); anything else before ``started`` (``stale``,
 ``other: …``) and the client runs the command itself. Signals the client gets (Ctrl-C, SIGTERM,
-SIGHUP) go to the worker as ``signal N`` lines; a client that vanishes hangs the worker up (SIGHUP),
-as its terminal closing would.
+SIGHUP) go to the worker as ``signal N`` lines on a pipe passed with the request; a client that
+vanishes hangs the worker up (SIGHUP), as its terminal closing would.
 
 Where nothing answers, the command runs in the client as before: the service is an accelerator, and
 only commands that need it (a mount) start it. ``VENVFS_SERVICE=0`` runs everything locally.
@@ -81,20 +81,26 @@ def run(argv: list[str]) -> int | None:
                    "argv": argv, "env": dict(os.environ), "umask": _umask(), "gid": os.getgid(),
                    "groups": sorted(os.getgroups()), "nofile": _nofile()}
         data = json.dumps(request).encode() + b"\n"
+        # Signals travel on a pipe of their own, so the request can end with the socket's write side
+        # shut: a service from before `op: run` reads a request to its end, and answers "stale" at once.
+        signals_r, signals_w = os.pipe2(os.O_CLOEXEC)
         # From before the request goes: a Ctrl-C typed as the worker starts must reach the worker, not
         # end this process with a traceback while the command runs on.
-        forwarder = _Forwarder(sock)
+        forwarder = _Forwarder(signals_w)
         try:
             try:
-                sent = socket.send_fds(sock, [data], [0, 1, 2, here])
+                sent = socket.send_fds(sock, [data], [0, 1, 2, here, signals_r])
                 sock.sendall(data[sent:])
+                sock.shutdown(socket.SHUT_WR)
             except OSError:
                 return None  # a closed standard stream (EBADF) or a service gone: run it here
             finally:
                 os.close(here)
+                os.close(signals_r)
             return _follow(sock, forwarder)
         finally:
             forwarder.restore()
+            os.close(signals_w)
 
 
 def _eligible(argv: list[str]) -> bool:
@@ -132,13 +138,13 @@ def _nofile() -> list[int]:
 
 class _Forwarder:
     """The client's signal handlers while a worker runs its command: each signal goes to the worker as
-    a ``signal N`` line, held back until the worker has started (before, the service reads the
-    connection, and would drop it)."""
+    a ``signal N`` line on the signal pipe, held back until the worker has started (the command has not
+    begun before; a refusal then leaves the signal to this process)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, pipe: int) -> None:
         import signal
 
-        self.sock = sock
+        self.pipe = pipe
         self.started = False
         self.received: list[int] = []
         self.previous = {signum: signal.signal(signum, self._handle) for signum in FORWARDED}
@@ -150,7 +156,7 @@ class _Forwarder:
 
     def _send(self, signum: int) -> None:
         try:  # noqa: SIM105 - contextlib is one more import on every command's start
-            self.sock.sendall(f"signal {signum}\n".encode())
+            os.write(self.pipe, f"signal {signum}\n".encode())
         except OSError:
             pass
 
@@ -229,8 +235,8 @@ def _refusal(request: dict[str, object], fds: list[int]) -> str:
         return f"the service runs {sys.executable} with another prefix or path"
     if request.get("gid") != os.getgid() or request.get("groups") != sorted(os.getgroups()):
         return "the service runs with other groups (a newer login?)"
-    if len(fds) != 4:
-        return "four descriptors expected"
+    if len(fds) != 5:
+        return "five descriptors expected"
     nofile = request.get("nofile")
     try:
         import resource
@@ -264,7 +270,8 @@ def _run_command(conn: socket.socket, request: dict[str, object], fds: list[int]
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)  # inheritable: what the command runs gets the client's streams too
     os.fchdir(fds[3])
-    for fd in fds:
+    signals = fds[4]
+    for fd in fds[:4]:
         os.close(fd)
     env = request.get("env")
     os.environ.clear()
@@ -277,7 +284,7 @@ def _run_command(conn: socket.socket, request: dict[str, object], fds: list[int]
     logging.root.handlers.clear()
     conn.settimeout(None)
     conn.sendall(b"started\n")
-    threading.Thread(target=_listen, args=(conn,), name="venvfs-client", daemon=True).start()
+    threading.Thread(target=_listen, args=(signals,), name="venvfs-client", daemon=True).start()
     try:
         result: int | app.ExecInstead = app.run(argv)
     except SystemExit as e:  # argparse's usage errors and --help, as the interpreter would exit
@@ -312,11 +319,12 @@ def _set_title(argv: list[str]) -> None:
     setproctitle.setproctitle(" ".join(["venvfs", *argv])[:200])
 
 
-def _listen(conn: socket.socket) -> None:
-    """The client's signals, and its going away (a hangup, as when a terminal closes)."""
+def _listen(signals: int) -> None:
+    """The client's signals, and its going away (a hangup, as when a terminal closes): the write end
+    of the pipe closes with the client."""
     import signal
 
-    reader = conn.makefile("rb")
+    reader = os.fdopen(signals, "rb")
     try:
         for raw in reader:
             words = raw.split()

@@ -336,3 +336,11 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
             if os.stat(path).st_ino == bound:
                 path.unlink()
         listener.close()
+
+
+if __name__ == "__main__":  # pragma: no cover - a unit written before the program moved to the CLI layer
+    # `venvfs hook unit --install` now names venvfs.cli.service; a unit installed earlier still runs
+    # this module, and would otherwise end at once (systemd counts exit 0 a success and leaves it).
+    import runpy
+
+    runpy.run_module("venvfs.cli.service", run_name="__main__", alter_sys=True)
