@@ -122,6 +122,28 @@ def test_create_like_selects_the_same_builds(require_fuse: None, service_env: Pa
     assert _store_keys(run_venvfs) == {k: 2 for k in _selection(first)}
 
 
+def test_packages_after_and_between_options(require_fuse: None, service_env: Path, store: Store, stored: Path,
+                                           tmp_path: Path, run_venvfs: Run) -> None:
+    """As pip and uv take them: ``create DIR --python X numpy`` once left numpy unrecognized (exit 2),
+    argparse having filled PKG, empty, from the words before the first option."""
+    venv = tmp_path / "venv"
+    proc = run_venvfs("create", str(venv), "--python", PY, "demo", "-f", str(stored), "--no-index", "extra", "--json",
+                      check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["python"].startswith(PY.removeprefix("python"))
+    assert [k.split("-")[0] for k in out["installed"]] == ["extra"]
+    assert sorted(k.split("-")[0] for k in _selection(venv)) == ["demo", "extra", "helper"]
+    _imports(venv, "demo", "helper", "extra")
+    # Packages first, options last, as before.
+    again = tmp_path / "again"
+    run_venvfs("create", str(again), "demo", "extra", "--no-install", "--python", PY)
+    assert sorted(_selection(again)) == sorted(_selection(venv))
+    # DIR is still the first word, wherever the options are; a missing DIR names only DIR.
+    proc = run_venvfs("create", "--no-install", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("required: DIR"), proc.stderr
+
+
 def test_create_without_uv_uses_venv_and_pip(require_fuse: None, service_env: Path, store: Store, stored: Path,
                                             tmp_path: Path) -> None:
     no_uv = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "uv").exists())

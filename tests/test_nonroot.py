@@ -207,6 +207,54 @@ def test_a_normal_user_mounts_imports_writes_and_unmounts(user: OtherUser) -> No
     assert (Venv(one).upper_dir / "demo" / "sub" / "helpers.py").read_text().endswith("TRIPLE = 3\n")
 
 
+def _venvfs_holders(u: OtherUser, venv: Path) -> list[int]:
+    """The user's processes that hold the venv's daemon lock open: its keeper and daemon."""
+    lock = str(venv / ".venvfs" / "daemon.lock")
+    holders = []
+    for pid in _processes_of(u.uid):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == lock for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                holders.append(pid)
+    return holders
+
+
+def test_a_normal_users_mount_outlives_its_killed_daemon(user: OtherUser) -> None:
+    """Issue 18 as a normal user: the keeper (setuid fusermount3 handed it the /dev/fuse descriptor)
+    starts a new daemon, as the user, on the same connection when the user kills the daemon."""
+    venv = user_venv(user, "kept", demo_wheel(user))
+    venvfs_as(user, "mount", "--mode", "fuse", str(venv))
+    sp = Venv(venv).site_packages
+    info = json.loads((venv / ".venvfs" / "daemon.json").read_text())
+    keeper, server = int(info["pid"]), int(info["server"])
+    assert server != keeper, f"the user's mount has no keeper: see {info['log']}"
+    assert _status(keeper, "Uid") == _status(server, "Uid") == str(user.uid)
+    imported = as_user(user, str(venv / "bin" / "python"), "-c", "import demo.sub.helpers as h; print(h.double(5))")
+    assert imported.stdout.strip() == "10"
+
+    as_user(user, user.python, "-c", f"import os, signal; os.kill({server}, signal.SIGKILL)")
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            now = json.loads((venv / ".venvfs" / "daemon.json").read_text())
+            if now["restarts"] > info["restarts"] and now["server"] != server:
+                break
+        assert time.monotonic() < deadline, "no new daemon after the kill"
+        time.sleep(0.02)
+    assert now["pid"] == keeper and _status(int(now["server"]), "Uid") == str(user.uid)
+    assert int(_status(int(now["server"]), "PPid")) == keeper
+    # The same mount, served again: a fresh interpreter imports through it.
+    assert mount_options(sp)[0].startswith("fuse")
+    imported = as_user(user, str(venv / "bin" / "python"), "-c", "import demo.sub.helpers as h; print(h.double(6))")
+    assert imported.stdout.strip() == "12", imported.stderr
+
+    venvfs_as(user, "umount", str(venv))
+    assert not is_mounted(sp)
+    deadline = time.monotonic() + 10
+    while _venvfs_holders(user, venv):  # the keeper lets go of the connection, and ends
+        assert time.monotonic() < deadline, _venvfs_holders(user, venv)
+        time.sleep(0.05)
+
+
 def test_two_users_have_separate_services_closed_to_each_other(user: OtherUser, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # Root's side: its own runtime directory and a store and venv where the user can reach them (a

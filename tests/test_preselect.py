@@ -46,6 +46,26 @@ def test_uv_run_is_planned_as_the_sync_it_starts_with(tmp_path: Path) -> None:
     assert dry_run_argv("uv", ["run", "tool.py"], tmp_path) is None
 
 
+def test_uvs_project_options_are_read_once_for_the_dry_sync_and_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``venvfs uv`` reads --project/--directory for two things: the words that name the project to
+    another uv command (the dry sync after ``uv add``), and where uv runs (``--directory``, relative
+    to the last one, as uv's paths are)."""
+    from venvfs.cli.installers import _directory, _project_flags
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--directory", "d", "--project", "p", "add", "x"], ["--directory", "d", "--project", "p"], tmp_path / "d"),
+        (["--project=p", "add", "--directory=a", "x", "--directory", "b"],
+         ["--project=p", "--directory=a", "--directory", "b"], tmp_path / "a" / "b"),
+        (["--directory", "/abs", "sync"], ["--directory", "/abs"], Path("/abs")),
+        (["add", "x", "--directory"], [], tmp_path),  # no value: uv's own error
+        (["--projects=p", "--directoryx", "d", "sync"], [], tmp_path),
+    ]
+    for args, flags, where in cases:
+        assert (_project_flags(args), _directory(args)) == (flags, where), args
+
+
 def _venvfs_uv(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{Path(uv()).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([sys.executable, "-m", "venvfs", "uv", *args], cwd=cwd, env=env, capture_output=True,

@@ -509,6 +509,64 @@ def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
 
 
 @pytest.mark.fuse
+@pytest.mark.parametrize("broken", ["mount/keeper.py", "mount/overlay/resend.py"])
+def test_restart_onto_a_venvfs_that_cannot_start_says_so_at_once_and_serves_on(
+        require_fuse: None, store: Store, make_venv: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    """A syntax error in the venvfs now installed: in a module the keeper's check imported (once
+    reported only by restart's 60 s timeout), and in one a daemon loads only once serving (once
+    exec'd, then every new daemon died until the keeper gave the mount up)."""
+    import shutil
+
+    monkeypatch.setenv("VENVFS_NO_OPEN", "1")
+    _need_keeper()
+    installed = tmp_path / "installed"
+    shutil.copytree(REPO / "venvfs", installed / "venvfs", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(installed)}
+
+    def venvfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, env=env,
+                              timeout=300, check=check, cwd="/")
+
+    wheel = build_wheel(tmp_path / "wheels", simple_package())
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(wheel))
+    venvfs("mount", str(path))
+    venv = Venv.open(path)
+    module = installed / "venvfs" / broken
+    good = module.read_text()
+    try:
+        before = _info(venv)
+        module.write_text(good + "\ndef broken(:\n")
+        began = time.monotonic()
+        proc = venvfs("restart", str(path), check=False)
+        took = time.monotonic() - began
+        assert proc.returncode == 6, (proc.returncode, proc.stdout, proc.stderr)
+        assert took < 10, f"the refusal took {took:.1f}s"
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "SyntaxError" in lines[0] and broken.split("/")[-1] in lines[0], proc.stderr
+        # The same keeper and daemon, on the old program, serve on.
+        after = _info(venv)
+        assert (after["pid"], after["server"], after["venvfs"]) == (before["pid"], before["server"], before["venvfs"])
+        out = subprocess.run([str(venv.python), "-c", "import demo.sub.helpers as h; print(h.double(3))"],
+                             capture_output=True, text=True, timeout=60, cwd="/")
+        assert out.stdout.strip() == "6", out.stderr
+        # ... and still restart a daemon that dies, and take a good upgrade once there is one.
+        _kill_server(venv)
+        module.write_text(good)
+        assert "restarted" in venvfs("restart", str(path)).stdout
+        assert _info(venv)["pid"] == before["pid"]
+    finally:
+        module.write_text(good)
+        venvfs("umount", str(path))
+    assert daemon.mount_state(venv) == "unmounted"
+    deadline = time.monotonic() + 10
+    while _venvfs_processes(venv):
+        assert time.monotonic() < deadline, _venvfs_processes(venv)
+        time.sleep(0.05)
+
+
+@pytest.mark.fuse
 def test_a_daemon_that_keeps_dying_makes_the_keeper_unmount(require_fuse: None, store: Store,
                                                             make_venv: Callable[..., Path], run_venvfs: Run,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,6 +59,19 @@ def test_add_with_an_extra_and_without_dependencies(tmp_path: Path, wheelhouse: 
     assert _selected(other) == ["app-1.0"]
 
 
+def test_names_after_and_between_options(tmp_path: Path, wheelhouse: Path) -> None:
+    """As pip takes them (argparse alone filled the names from the words before the first option, and
+    left the later ones unrecognized, exit 2)."""
+    store = tmp_path / "store"
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    run_cli(store, "store", "add", str(wheels[0]), "--json", *map(str, wheels[1:]))
+    venv = create_venv(tmp_path / "venv", "uv")
+    run_cli(store, "add", str(venv), "util", "--no-deps", "lib==1.0", "--json", "fancy")
+    assert _selected(venv) == ["fancy-1.0", "lib-1.0", "util-1.0"]
+    run_cli(store, "remove", str(venv), "util", "--json", "fancy")
+    assert _selected(venv) == ["lib-1.0"]
+
+
 def test_a_missing_dependency_is_one_clear_error_and_changes_nothing(tmp_path: Path, wheelhouse: Path) -> None:
     store = tmp_path / "store"
     venv = _fresh(tmp_path, store, wheelhouse)

@@ -59,6 +59,31 @@ def json_parent() -> argparse.ArgumentParser:
     return parent
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A command parser whose positionals may come before, between and after its options. Plain
+    argparse fills every positional from the first run of words (an empty ``nargs="*"`` included), so
+    ``create DIR --python X numpy`` would leave ``numpy`` unrecognized. The subparsers action calls
+    ``parse_known_args``; intermixed parsing calls it again itself (twice: options, then positionals),
+    and those inner calls must be the plain ones."""
+
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` (a subcommand's, from ``add_parser``, which always makes the plain class) take
+    its positionals between its options, as ``pip install`` and ``uv pip install`` take packages."""
+    parser.__class__ = _Intermixed
+
+
 def add_venv_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "venv", nargs="?", type=Path, default=None,

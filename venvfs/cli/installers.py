@@ -69,14 +69,23 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         p.set_defaults(handler=handler, store=None, quiet=False)
 
 
-def _project_flags(args: list[str]) -> list[str]:
-    kept: list[str] = []
+def _project_options(args: list[str]) -> list[tuple[str, str, list[str]]]:
+    """uv's ``--project`` and ``--directory`` in ``args``, in order: the option, its value, and the
+    words that gave it (``--directory D`` or ``--directory=D``)."""
+    found: list[tuple[str, str, list[str]]] = []
     for i, a in enumerate(args):
         if a in _PROJECT_FLAGS and i + 1 < len(args):
-            kept += [a, args[i + 1]]
-        elif a.startswith(tuple(f + "=" for f in _PROJECT_FLAGS)):
-            kept.append(a)
-    return kept
+            found.append((a, args[i + 1], [a, args[i + 1]]))
+        else:
+            name, eq, value = a.partition("=")
+            if eq and name in _PROJECT_FLAGS:
+                found.append((name, value, [a]))
+    return found
+
+
+def _project_flags(args: list[str]) -> list[str]:
+    """The project options as given, for another uv command on the same project."""
+    return [word for _name, _value, words in _project_options(args) for word in words]
 
 
 def cmd_uv(args: argparse.Namespace) -> int:
@@ -121,11 +130,9 @@ def _directory(args: list[str]) -> Path:
     """Where uv runs: ``--directory`` changes its working directory, and the paths it prints are
     relative to that."""
     where = Path.cwd()
-    for i, a in enumerate(args):
-        if a == "--directory" and i + 1 < len(args):
-            where = where / args[i + 1]
-        elif a.startswith("--directory="):
-            where = where / a.partition("=")[2]
+    for name, value, _words in _project_options(args):
+        if name == "--directory":
+            where = where / value
     return where
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
+    intermixed,
     json_parent,
     note_dead_mount,
     open_store,
@@ -81,7 +82,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "  venvfs create .venv demo -f ./wheels --no-index   # installer options for what the store lacks",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="where to make the venv (absent, or an empty directory)")
-    p.add_argument("specs", nargs="*", metavar="PKG", help="requirements ('numpy>=2'), store keys or wheel files")
+    # A default makes the "*" positional optional: intermixed parsing (below) checks it as argparse
+    # never does otherwise, and would report PKG as missing beside a missing DIR.
+    p.add_argument("specs", nargs="*", default=[], metavar="PKG",
+                   help="requirements ('numpy>=2'), store keys or wheel files")
     p.add_argument("-r", "--requirement", action="append", default=[], type=Path, metavar="FILE",
                    help="take requirements from FILE (pip's format: -r, --index-url, --find-links, --no-index "
                    "lines are honoured)")
@@ -98,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="take everything from the store: what it lacks is an error (exit 8), not installed")
     p.add_argument("--no-hooks", action="store_true", help="do not install the automount hooks")
     p.set_defaults(handler=cmd_create)
+    intermixed(p)
 
     p = subparsers.add_parser(
         "restart", parents=[common, as_json], formatter_class=fmt,

@@ -17,6 +17,7 @@ from typing import Any
 from venvfs.cli.common import (
     add_venv_argument,
     common_parent,
+    intermixed,
     json_parent,
     note_dead_mount,
     open_store,
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR")
     _limit_arguments(p)
     p.set_defaults(handler=cmd_store_add)
+    intermixed(p)
     from venvfs.cli import publish
 
     publish.register(store_sub, [common, as_json])
@@ -139,11 +141,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--link-mode", choices=[m.value for m in LinkMode], default="auto", help=link_help)
     _limit_arguments(p)
     p.set_defaults(handler=cmd_add)
+    intermixed(p)
 
     p = subparsers.add_parser("remove", parents=[common, as_json], help="deselect distributions")
     p.add_argument("venv", type=Path)
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(handler=cmd_remove)
+    intermixed(p)
 
     p = subparsers.add_parser(
         "status", parents=[common, as_json], formatter_class=fmt,

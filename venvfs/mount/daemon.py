@@ -260,6 +260,7 @@ def _keep(venv: Venv, *, allow_other: bool, ready: Callable[[str], None], servin
         watcher.mounted(mountpoint)
     # What an upgrade carries over the exec (Keeper.upgrade).
     keeper.upgrade_argv = restart_argv
+    keeper.upgrade_refused = lambda why: atomic_write_json(_refusal_path(venv), {"keeper": os.getpid(), "why": why})
     keeper.carried = {"lock_fd": lock_fd, "watcher_fd": watcher.fd, "watcher_pid": watcher.pid}
     try:
         return keeper.run()
@@ -730,6 +731,11 @@ def umount(path: Path, store: Store | None = None, *, materialize: bool = False)
     return was
 
 
+def _refusal_path(venv: Venv) -> Path:
+    """Where a keeper says why it refused an upgrade (``Keeper.upgrade``), for ``restart`` to raise."""
+    return venv.state_dir / "restart-refused.json"
+
+
 def restart(venv: Venv, *, timeout: float = 60.0) -> dict[str, object] | None:
     """Have the mount's keeper run the venvfs now installed and start that venvfs's daemon on the same
     connection (``keeper.Keeper.upgrade``); returns the new ``daemon.json``, None if not mounted."""
@@ -740,6 +746,8 @@ def restart(venv: Venv, *, timeout: float = 60.0) -> dict[str, object] | None:
     if before.get("server") in (None, before.get("pid")):
         raise MountError(f"the mount of {venv.root} has no keeper (see {log_path(venv)} for why): "
                          f"`venvfs umount` and `venvfs mount` it to run the venvfs now installed")
+    refusal = _refusal_path(venv)
+    refusal.unlink(missing_ok=True)  # an earlier restart's: this one's answer is the next
     os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -747,6 +755,11 @@ def restart(venv: Venv, *, timeout: float = 60.0) -> dict[str, object] | None:
             now = read_json(info_path(venv))
             if now.get("server") != before.get("server") and now.get("restarts", 0) > before.get("restarts", 0):
                 return dict(now)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            why = str(read_json(refusal).get("why", "the keeper refused the upgrade"))
+            refusal.unlink(missing_ok=True)
+            raise MountError(f"{why}; the mount of {venv.root} serves on with venvfs {before.get('venvfs')} "
+                             f"(see {log_path(venv)})")
         if daemon_pid(venv) is None:
             raise MountError(f"the mount of {venv.root} ended during the restart; see {log_path(venv)}")
         time.sleep(0.02)

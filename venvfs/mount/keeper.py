@@ -60,6 +60,24 @@ _OUT_HEADER = struct.Struct("<IiQ")  # fuse_out_header: len, error (the notify c
 CRASH_WINDOW = 10.0
 CRASHES_ALLOWED = 20
 STOP_TIMEOUT = 10.0
+# Run by the interpreter an upgrade would exec, before it does: every module of the venvfs now installed
+# that a daemon may load must import (some load only once it serves), and the FUSE libraries too. Once
+# exec'd, the old program is gone: a new program that fails then leaves the daemon without its keeper,
+# and a daemon that cannot start would cost the mount. Refused before the exec, nothing changes.
+_UPGRADE_CHECK = """
+import importlib, os, pathlib, venvfs
+root = pathlib.Path(venvfs.__file__).parent
+for sub in ("mount", "store", "venv", "hooks"):
+    for path in sorted((root / sub).rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] != "__main__":
+            importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+import pyfuse3
+if not getattr(pyfuse3, "REPLAY_INIT", False):
+    raise SystemExit("its pyfuse3 lacks venvfs's patch (scripts/build-pyfuse3)")
+if os.environ.get({loop_env!r}) != "direct":
+    import trio
+"""
 
 
 @dataclass
@@ -143,6 +161,16 @@ def notify_resend(fd: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
+def _failure(stderr: str, code: int) -> str:
+    """One line for a Python that failed: its exception, and where (the last frame of the traceback;
+    a SyntaxError names the file it could not compile)."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"exit status {code}"
+    where = next((line.strip() for line in reversed(lines) if line.lstrip().startswith('File "')), "")
+    return f"{lines[-1].strip()} ({where})" if where else lines[-1].strip()
+
+
 def _hup_when_orphaned() -> None:
     """A daemon whose keeper is killed goes on serving (its programs see nothing) and from then on
     takes the signals itself: the kernel sends it SIGHUP, a reload, which rewrites ``daemon.json``
@@ -183,6 +211,9 @@ class Keeper:
         self.upgrade_argv: list[str] = []
         self.carried: dict[str, Any] = {}
         self.upgrade_asked = False
+        # Told why an upgrade was refused (the mount serves on, on this program), so that the
+        # `venvfs restart` waiting for it hears at once.
+        self.upgrade_refused: Callable[[str], None] = lambda why: None
         self.handing_over = False  # resumed: the old program's daemon is stopping, a new one follows
 
     def mount(self, options: Collection[str]) -> None:
@@ -256,23 +287,41 @@ class Keeper:
         self.upgrade_asked = False
         if not self.upgrade_argv:
             return
-        check = subprocess.run([self.upgrade_argv[0], "-c", "import venvfs.mount.daemon, venvfs.mount.keeper"],
-                               stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        from venvfs.mount.daemon import LOOP_ENV
+
+        try:
+            check = subprocess.run([self.upgrade_argv[0], "-c", _UPGRADE_CHECK.format(loop_env=LOOP_ENV)],
+                                   stdin=subprocess.DEVNULL,
+                                   capture_output=True, text=True, check=False, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self._refuse(f"the venvfs now installed could not be checked: {e}")
+            return
         if check.returncode != 0:
-            log.error("upgrade refused: the venvfs now installed does not import: %s",
-                      check.stderr.strip().splitlines()[-1:] or check.returncode)
+            self._refuse(f"the venvfs now installed does not start: {_failure(check.stderr, check.returncode)}")
             return
         state = {"fd": self.fd, "underneath": self.underneath, "init": self.init.hex(),
                  "identity": list(self.identity) if self.identity else None, "restarts": self.restarts + 1,
                  "child": self.child, **self.carried}
-        for fd in (self.fd, self.underneath, *[int(v) for k, v in self.carried.items() if k.endswith("_fd")]):
-            if fd >= 0:
-                os.set_inheritable(fd, True)
+        inherited = [fd for fd in (self.fd, self.underneath,
+                                   *[int(v) for k, v in self.carried.items() if k.endswith("_fd")]) if fd >= 0]
+        for fd in inherited:
+            os.set_inheritable(fd, True)
         log.info("upgrading: %s", " ".join(self.upgrade_argv))
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        os.execv(self.upgrade_argv[0], [*self.upgrade_argv, "--resume", json.dumps(state)])
+        # No handler is reset first: exec itself gives every caught signal its default action, and a
+        # failed exec must find the loop's handlers and wakeup descriptor where they were.
+        try:
+            os.execv(self.upgrade_argv[0], [*self.upgrade_argv, "--resume", json.dumps(state)])
+        except OSError as e:
+            for fd in inherited:
+                os.set_inheritable(fd, False)
+            self._refuse(f"running the venvfs now installed failed: {e}")
+
+    def _refuse(self, why: str) -> None:
+        log.error("upgrade refused, serving on with this venvfs: %s", why)
+        try:
+            self.upgrade_refused(why)
+        except OSError as e:
+            log.warning("could not record the refusal for `venvfs restart`: %s", e)
 
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGUSR2:
