@@ -125,9 +125,19 @@ def held_lock(mounted: Path) -> Callable[[], subprocess.Popen[bytes]]:
 
 
 def _client(store: Store, shell: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(["sh", "-c", shell + ' exec "$0" -X importtime -m venvfs "$@"', sys.executable, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
+    """``venvfs ARGS`` for a command that waits for the held venv lock; returns once the command, in
+    its worker, says it waits (so it has started there: a worker stopped before it started is a
+    refusal, and the client runs the command itself)."""
+    client = subprocess.Popen(["sh", "-c", shell + ' exec "$0" -X importtime -m venvfs "$@"', sys.executable, *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
+    assert client.stderr is not None
+    seen = []
+    for line in client.stderr:
+        seen.append(line)
+        if "waiting for the lock" in line:
+            return client
+    raise AssertionError(f"the command never waited for the lock: {''.join(seen)[-2000:]}")
 
 
 def test_the_worker_takes_the_clients_limits_and_ctrl_c(

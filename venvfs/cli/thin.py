@@ -166,13 +166,18 @@ class _Forwarder:
             self._send(signum)
 
     def restore(self) -> None:
-        """The handlers as they were; a signal that no worker got is this process's own again."""
+        """The handlers as they were; a signal that came before any worker started (so before the
+        command did anything) ends this process, as it would have ended a command run here."""
         import signal
 
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         if self.received and not self.started:
-            signal.raise_signal(self.received[-1])
+            if self.received[-1] == signal.SIGINT:
+                print("venvfs: interrupted", file=sys.stderr)
+                raise SystemExit(130)
+            signal.signal(self.received[-1], signal.SIG_DFL)
+            os.kill(os.getpid(), self.received[-1])
 
 
 def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
