@@ -26,14 +26,17 @@ def identity() -> str:
 
 
 def _stamp(directory: str) -> int:
-    """When the package's files last changed, as its directories tell (~10 stats): an install or a
-    reinstall of the same version makes new entries, and so do editors and ``sed -i`` (a rename), so
-    a service that loaded older code is stale, not silently out of date. Bytecode caches are skipped:
-    the interpreter writes them as it runs."""
+    """When the package's code last changed: the newest mtime of its modules and directories (about
+    120 stats, 0.3 ms). An install or a reinstall of the same version, an edit in place, a ``sed -i``
+    all move it, so a service that loaded older code is stale, not silently out of date. Bytecode
+    caches are skipped: the interpreter writes them as it runs."""
     latest = os.stat(directory).st_mtime_ns
     for entry in os.scandir(directory):
-        if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
-            latest = max(latest, _stamp(entry.path))
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name != "__pycache__":
+                latest = max(latest, _stamp(entry.path))
+        elif entry.name.endswith(".py"):
+            latest = max(latest, entry.stat(follow_symlinks=False).st_mtime_ns)
     return latest
 
 
