@@ -189,16 +189,10 @@ class Operations(pyfuse3.Operations):
         return e
 
     def _node_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        """The reply for ``node``; built once for a store entry, which never changes (the overlay drops
-        ``node.entry`` on copy-up and reload). pyfuse3 copies the reply, so one object serves them all."""
-        cached = node.entry
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        attr = self.overlay.attr(node)
-        e = self.entry(attr)
-        if attr.immutable:
-            node.entry = e
-        return e
+        """The reply for ``node``, built for each request: a reply kept per node (200 bytes) was most of
+        what a walked tree cost the daemon, and the kernel caches store entries "forever", so it asks
+        for each one about once anyway."""
+        return self.entry(self.overlay.attr(node))
 
     # -- requests ----------------------------------------------------------------------------------
 

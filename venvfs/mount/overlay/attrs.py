@@ -115,7 +115,7 @@ class Attributes:
                         immutable=True)
         if entry.size < 0:
             try:
-                entry.size = self.lower.path(entry).stat().st_size
+                entry.size = os.stat(self.lower.path_str(entry)).st_size
             except OSError as e:
                 log.error("/%s: store bytecode missing (%s)", relpath(node), e)
                 raise OverlayError(errno.EIO) from None

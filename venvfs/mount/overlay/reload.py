@@ -41,7 +41,6 @@ class ViewReload:
         if d.opaque:
             new_lower = None
         d.lower = new_lower
-        d.entry = None  # a lower directory's st_nlink counts its subdirectories
         if d.children is None:
             return
         whiteouts: set[str] = set()
@@ -243,7 +242,6 @@ class ViewReload:
                 os.unlink(OPAQUE, dir_fd=pfd)
         d.opaque = False
         d.lower = lower
-        d.entry = None
 
     def _upper_matches(self, node: Node, entry: LowerFile, stamp: tuple[int, ...] | None = None) -> bool:
         if entry.kind == PYC:
