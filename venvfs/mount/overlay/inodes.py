@@ -47,7 +47,8 @@ class Node:
         self.children: dict[str, Node] | None = None  # loaded on first use
         self.nlookup = 0
         self.extra_links: list[tuple[Node, str]] | None = None
-        self.open_fhs: set[int] | None = None
+        # A tuple, not a set: in no-open mode every file read gets a handle, and a set is 216 bytes.
+        self.open_fhs: tuple[int, ...] | None = None
 
     @property
     def attached(self) -> bool:
