@@ -11,6 +11,7 @@
     scripts/perf_mount.py rss               daemon memory (RSS, PSS, USS) of the 20,000-file venv and of the
                                             scientific set: right after the mount, after a full walk + import,
                                             and after a reload of the view (SIGHUP, as `venvfs add` does) + import
+                                            (once the daemon idled 2.5 s, and before, for the first)
     scripts/perf_mount.py counts            FUSE requests per type in one warm and one cold import
                                             (remounts with VENVFS_FUSE_STATS=1, then without)
     scripts/perf_mount.py second            a second venv of numpy, pandas, scipy: `uv venv`, `venvfs mount`,
@@ -221,8 +222,12 @@ def show_memory(m: dict[str, int]) -> str:
     return f"RSS {m['rss'] / 1024:.1f} / PSS {m['pss'] / 1024:.1f} / USS {m['uss'] / 1024:.1f} MB"
 
 
+IDLE = 2.5  # s: an idle daemon gives freed heap pages back within 2 s (venvfs.mount.fuse.TRIM_EVERY)
+
+
 def cmd_rss() -> None:
-    """Each daemon right after its mount, then after a walk of every entry (lstat) and an import."""
+    """Each daemon right after its mount, then after a walk of every entry (lstat) and an import, and
+    after a reload and another import; each once the daemon has been idle for IDLE seconds."""
     for label, venv, imports in (("20k files", DIR / "scale", SCALE_IMPORT), ("scientific", DIR / "mnt", SCI_IMPORT)):
         remount(venv)
         pid = daemon_pid(venv)
@@ -233,11 +238,15 @@ def cmd_rss() -> None:
                 os.lstat(os.path.join(root, name))
                 entries += 1
         subprocess.run([str(py(venv)), "-I", "-c", imports], check=True)
+        busy = memory_kb(pid)
+        time.sleep(IDLE)
         after = memory_kb(pid)
         reload(venv)  # what `venvfs add` or an ingest does to a mount: a new view under the walked tree
         subprocess.run([str(py(venv)), "-I", "-c", imports], check=True)
+        time.sleep(IDLE)
         reloaded = memory_kb(pid)
-        print(f"daemon {label:10} {show_memory(after)} after a walk of {entries} entries + import; "
+        print(f"daemon {label:10} {show_memory(after)} after a walk of {entries} entries + import (USS "
+              f"{busy['uss'] / 1024:.1f} MB before it idled); "
               f"{show_memory(reloaded)} after a reload + import (peak RSS {reloaded['hwm'] / 1024:.1f} MB); "
               f"{show_memory(before)} right after the mount", flush=True)
 

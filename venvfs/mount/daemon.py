@@ -279,7 +279,6 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
     from venvfs.store.repairlog import repaired_entries
     from venvfs.venv.upper import Upper
     from venvfs.venv.view import view_for
-    _fixed_mmap_threshold()
     try:
         store = Store.open(store_root, create=False)
         state = _confirmed(venv, venv.read_state())
@@ -419,7 +418,16 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
 
+                async def trim_when_idle() -> None:
+                    seen = ops.requests
+                    while True:
+                        await trio.sleep(IDLE_TRIM_S)
+                        if ops.requests == seen and ops.untrimmed:
+                            ops.trim()
+                        seen = ops.requests
+
                 nursery.start_soon(fuse_main)
+                nursery.start_soon(trim_when_idle)
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()  # a commit killed before its reload queued upper copies to drop
@@ -464,21 +472,8 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
         return 1
 
 
-def _fixed_mmap_threshold() -> None:
-    """Have glibc's malloc map every block of 64 KB or more on its own, and unmap it when freed.
-
-    By default the threshold rises to the largest block freed so far, after which read replies (up to
-    128 KB each) and the inode table's growing dict come from the heap, where a freed block below a
-    live one is never given back: an import of the scientific set left 1.5 MB of such holes in a
-    daemon's own memory. A fixed threshold costs an mmap and a munmap per large block, which for a
-    read reply is a fraction of the read from the store it carries."""
-    m_mmap_threshold = -3
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(m_mmap_threshold, 64 * 1024)
-    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
-        pass
+# A daemon that served requests and then none for this long gives freed heap pages back (fuse.TRIM_EVERY).
+IDLE_TRIM_S = 1.0
 
 
 def _confirmed(venv: Venv, state: VenvState) -> VenvState:

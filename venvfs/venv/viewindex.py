@@ -114,6 +114,10 @@ class ViewIndex:
         self._file = io.FileIO(os.open(path, os.O_RDONLY | os.O_CLOEXEC), "rb", closefd=True)
         fd = self._file.fileno()
         size = os.fstat(fd).st_size
+        # Read ahead, in the background: directories are read in the order the kernel visits them, not
+        # the file's, in small reads that the kernel's readahead does not recognise as one stream, and
+        # from a cold page cache a walk of the scientific set then took 20 to 45 ms longer than mapped.
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
         header = os.pread(fd, _HEADER.size, 0)
         if len(header) < _HEADER.size:
             raise BadIndex(f"{path}: too short")
