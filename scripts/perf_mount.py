@@ -8,7 +8,10 @@
                                             `python -I -c "import numpy, scipy, pandas, sklearn, matplotlib"`
     scripts/perf_mount.py mount [-n 5]      unmount the 20,000-file venv, time `venvfs mount` until a stat
                                             through the mount answers
-    scripts/perf_mount.py rss               daemon VmRSS of the 20,000-file venv after a full walk + import
+    scripts/perf_mount.py rss               daemon memory (RSS, PSS, USS) of the 20,000-file venv and of the
+                                            scientific set: right after the mount, after a full walk + import,
+                                            and after a reload of the view (SIGHUP, as `venvfs add` does) + import
+                                            (once the daemon idled 2.5 s, and before, for the first)
     scripts/perf_mount.py counts            FUSE requests per type in one warm and one cold import
                                             (remounts with VENVFS_FUSE_STATS=1, then without)
     scripts/perf_mount.py second            a second venv of numpy, pandas, scipy: `uv venv`, `venvfs mount`,
@@ -204,26 +207,60 @@ def cmd_mount(n: int) -> None:
           f"{uncached:.3f}s without the cached view; {files} files in the mounted site-packages", flush=True)
 
 
-def rss_kb(pid: int) -> tuple[int, int]:
+def memory_kb(pid: int) -> dict[str, int]:
+    """RSS, PSS and USS (Private_Clean + Private_Dirty) from /proc/PID/smaps_rollup, and the peak RSS: a
+    daemon forked from the mount service shares the service's pages, so USS is what one more mount costs."""
+    rollup = {line.split(":")[0]: int(line.split()[1])
+              for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]}
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    get = lambda key: next(int(line.split()[1]) for line in status if line.startswith(key))  # noqa: E731
-    return get("VmRSS:"), get("VmHWM:")
+    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return {"rss": rollup["Rss"], "pss": rollup["Pss"], "uss": rollup["Private_Clean"] + rollup["Private_Dirty"],
+            "hwm": hwm}
+
+
+def show_memory(m: dict[str, int]) -> str:
+    return f"RSS {m['rss'] / 1024:.1f} / PSS {m['pss'] / 1024:.1f} / USS {m['uss'] / 1024:.1f} MB"
+
+
+IDLE = 2.5  # s: an idle daemon gives freed heap pages back within 2 s (venvfs.mount.fuse.TRIM_EVERY)
 
 
 def cmd_rss() -> None:
-    venv = DIR / "scale"
-    remount(venv)
-    pid = daemon_pid(venv)
-    before = rss_kb(pid)[0]
-    entries = 0
-    for root, dirs, files in os.walk(site_packages(venv)):
-        for name in dirs + files:
-            os.lstat(os.path.join(root, name))
-            entries += 1
-    subprocess.run([str(py(venv)), "-I", "-c", SCALE_IMPORT], check=True)
-    rss, hwm = rss_kb(pid)
-    print(f"daemon RSS   {rss / 1024:.1f} MB after a walk of {entries} entries + import (peak {hwm / 1024:.1f} MB, "
-          f"{before / 1024:.1f} MB before)", flush=True)
+    """Each daemon right after its mount, then after a walk of every entry (lstat) and an import, and
+    after a reload and another import; each once the daemon has been idle for IDLE seconds."""
+    for label, venv, imports in (("20k files", DIR / "scale", SCALE_IMPORT), ("scientific", DIR / "mnt", SCI_IMPORT)):
+        remount(venv)
+        pid = daemon_pid(venv)
+        before = memory_kb(pid)
+        entries = 0
+        for root, dirs, files in os.walk(site_packages(venv)):
+            for name in dirs + files:
+                os.lstat(os.path.join(root, name))
+                entries += 1
+        subprocess.run([str(py(venv)), "-I", "-c", imports], check=True)
+        busy = memory_kb(pid)
+        time.sleep(IDLE)
+        after = memory_kb(pid)
+        reload(venv)  # what `venvfs add` or an ingest does to a mount: a new view under the walked tree
+        subprocess.run([str(py(venv)), "-I", "-c", imports], check=True)
+        time.sleep(IDLE)
+        reloaded = memory_kb(pid)
+        print(f"daemon {label:10} {show_memory(after)} after a walk of {entries} entries + import (USS "
+              f"{busy['uss'] / 1024:.1f} MB before it idled); "
+              f"{show_memory(reloaded)} after a reload + import (peak RSS {reloaded['hwm'] / 1024:.1f} MB); "
+              f"{show_memory(before)} right after the mount", flush=True)
+
+
+def reload(venv: Path) -> None:
+    """SIGHUP: the daemon reads the selection again; returns once it published the new generation."""
+    info = venv / ".venvfs/daemon.json"
+    generation = json.loads(info.read_text()).get("generation", 0)
+    os.kill(daemon_pid(venv), signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while json.loads(info.read_text()).get("generation", 0) == generation:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{venv}: no reload within 30 s")
+        time.sleep(0.02)
 
 
 def stats(venv: Path) -> dict[str, int]:

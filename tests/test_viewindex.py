@@ -1,4 +1,4 @@
-"""The view index (venvfs/venv/viewindex.py): the tree a daemon maps, one directory built at a time."""
+"""The view index (venvfs/venv/viewindex.py): the tree a daemon reads, one directory built at a time."""
 
 from __future__ import annotations
 

@@ -419,7 +419,16 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
 
+                async def trim_when_idle() -> None:
+                    seen = ops.requests
+                    while True:
+                        await trio.sleep(IDLE_TRIM_S)
+                        if ops.requests == seen and ops.untrimmed:
+                            ops.trim()
+                        seen = ops.requests
+
                 nursery.start_soon(fuse_main)
+                nursery.start_soon(trim_when_idle)
                 write_info()
                 if drop_path(venv).exists():
                     do_reload()  # a commit killed before its reload queued upper copies to drop
@@ -462,6 +471,10 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
         log.exception("daemon failed")
         ready(f"error: {e}")
         return 1
+
+
+# A daemon that served requests and then none for this long gives freed heap pages back (fuse.TRIM_EVERY).
+IDLE_TRIM_S = 1.0
 
 
 def _confirmed(venv: Venv, state: VenvState) -> VenvState:

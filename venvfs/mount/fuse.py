@@ -31,6 +31,12 @@ NO_OPEN_ENV = "VENVFS_NO_OPEN"  # "0": keep per-open requests even where the bin
 PYC_LINKS_ENV = "VENVFS_PYC_LINKS"  # "1": show store bytecode as symlinks into the store (needs root)
 STATS_ENV = "VENVFS_FUSE_STATS"  # set (to anything) for the daemon: count requests per type (scripts/perf_mount.py)
 UPPER_ATTR_TIMEOUT = 1.0  # upper files change through writes the kernel already accounts for
+# glibc's malloc gives back freed memory only from the top of its heap: a read reply (up to 128 KB)
+# freed below a block still in use stays the daemon's, and an import of the scientific set left about
+# 1 MB of such holes. malloc_trim returns their pages; it takes about 0.1 ms, so once per this many
+# requests, and once the daemon is idle (``trim``; the daemon's loop calls it). (A fixed mmap threshold
+# frees them at once, but made every 128 KB read 8 times slower.)
+TRIM_EVERY = 1024
 
 Ctx = pyfuse3.RequestContext
 P = ParamSpec("P")
@@ -101,6 +107,17 @@ class Invalidator:
         self._thread.join(timeout=5)
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library, no ctypes)."""
+    try:
+        import ctypes
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return None
+    return trim
+
+
 def no_open_available() -> bool:
     """Whether the kernel's "no open" mode can be used: it needs a pyfuse3 that passes the inode
     where the kernel sends a zero file handle (venvfs's patch, ``scripts/build-pyfuse3``)."""
@@ -137,6 +154,12 @@ class Operations(pyfuse3.Operations):
         self._negative = pyfuse3.EntryAttributes()
         self._negative.st_ino = 0
         self._negative.entry_timeout = FOREVER
+        # One reply serves every store entry, its own fields filled in per request (``_node_entry``).
+        self._store_reply = self.entry(overlay.store_attr_template())
+        self._store_stat = overlay.store_stat
+        self.requests = 0  # handled so far (those through ``boundary``)
+        self._trimmed_at = 0
+        self._malloc_trim = _malloc_trim()
 
     def count_requests(self) -> dict[str, int]:
         """Wrap every request handler with a counter; returns the live counts (for scripts/perf_mount.py).
@@ -155,6 +178,9 @@ class Operations(pyfuse3.Operations):
         return counts
 
     def flush_invalidations(self) -> None:
+        self.requests += 1
+        if self.requests - self._trimmed_at >= TRIM_EVERY:
+            self.trim()
         journal = self.overlay.inodes.journal
         if journal is not None:
             journal.flush()  # before the reply: no inode number reaches the kernel unrecorded
@@ -165,6 +191,16 @@ class Operations(pyfuse3.Operations):
         if self.invalidator is not None:
             for item in pending:
                 self.invalidator.put(item)
+
+    @property
+    def untrimmed(self) -> bool:
+        return self.requests != self._trimmed_at
+
+    def trim(self) -> None:
+        """Give the pages of freed heap memory back to the kernel (see TRIM_EVERY)."""
+        self._trimmed_at = self.requests
+        if self._malloc_trim is not None:
+            self._malloc_trim(0)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -189,15 +225,18 @@ class Operations(pyfuse3.Operations):
         return e
 
     def _node_entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        """The reply for ``node``; built once for a store entry, which never changes (the overlay drops
-        ``node.entry`` on copy-up and reload). pyfuse3 copies the reply, so one object serves them all."""
-        cached = node.entry
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        attr = self.overlay.attr(node)
-        e = self.entry(attr)
-        if attr.immutable:
-            node.entry = e
+        """The reply for ``node``. Nothing is kept per node (a reply is 200 bytes, and a walked tree has
+        tens of thousands); a store entry's fills in the one shared reply, which pyfuse3 copies into
+        the kernel's reply before any other request runs (no await between this and its reply)."""
+        if node.upper:
+            return self.entry(self.overlay.attr(node))
+        mode, size, nlink, blocks = self._store_stat(node)
+        e = self._store_reply
+        e.st_ino = node.ino
+        e.st_mode = mode
+        e.st_size = size
+        e.st_nlink = nlink
+        e.st_blocks = blocks
         return e
 
     # -- requests ----------------------------------------------------------------------------------

@@ -93,8 +93,13 @@ def render_record(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, st
     hash and size of the rewritten file only when its object can be read.
     """
     rows: list[str] = []
+    # Strings, not ``record_relpath``'s Path: pathlib interns every part it parses, and a mount's daemon
+    # renders the RECORD of each distribution a walk stats; growing the interned-string table it shares
+    # with the mount service made a private copy of it (1 MB for the scientific set).
+    site = os.fspath(venv.site_packages)
     for f in record.files:
-        rel = record_relpath(venv, destination(venv, interp, record, f))
+        root, path = placement(venv, interp, record, f)
+        rel = os.path.relpath(os.path.join(root, path), site)
         script = None
         if store is not None and f.scheme == "scripts" and f.digest is not None:
             script = _venv_script(venv, store.object_path(f.digest, f.executable).read_bytes())
@@ -107,7 +112,7 @@ def render_record(venv: Venv, interp: InterpreterInfo, record: DistRecord, *, st
         if f.in_site_packages and compilable(f.path):
             rows.append(f"{pyc_relpath(rel, interp.cache_tag)},,")
     for name, data in entry_point_scripts(venv, record):
-        rel = record_relpath(venv, venv.bin_dir / name)
+        rel = os.path.relpath(os.path.join(venv.bin_dir, name), site)
         rows.append(f"{rel},{_record_hash(hashlib.sha256(data).digest())},{len(data)}")
     rows.append(f"{record.dist_info}/RECORD,,")
     return ("\n".join(sorted(rows)) + "\n").encode()

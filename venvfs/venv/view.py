@@ -32,20 +32,49 @@ INLINE = 3  # bytes rendered in memory (RECORD of a dist, which pip needs to uni
 
 class LowerFile:
     """One file below: where its bytes live. An INLINE file may be rendered lazily (``render``): a
-    RECORD costs a lot to render and pip reads one only to uninstall, so mounting renders none."""
+    RECORD costs a lot to render and pip reads one only to uninstall, so mounting renders none.
 
-    __slots__ = ("_data", "_size", "digest", "executable", "kind", "render", "target")
+    A mounted tree holds one of these for every file of each directory the kernel visited (tens of
+    thousands), so it is kept small: the digest as its 32 raw bytes (a hex string is 48 bytes more),
+    kind and the executable bit in one small int, and what only symlinks and INLINE files have in one
+    slot. A rendered RECORD is not kept either: its size is, and the bytes are rendered again for the
+    rare reader (pip, to uninstall), who holds them while the file is open."""
 
-    def __init__(self, kind: int, digest: str | None, size: int, executable: bool = False,
+    __slots__ = ("_digest", "_extra", "_kind", "_size")
+
+    def __init__(self, kind: int, digest: str | bytes | None, size: int, executable: bool = False,
                  target: str | None = None, data: bytes | None = None,
                  render: tuple[Callable[[], bytes], Hashable] | None = None) -> None:
-        self.kind = kind
-        self.digest = digest
+        self._kind = kind | (_EXECUTABLE if executable else 0)
+        self._digest = _raw_digest(digest) if digest.__class__ is str else digest
         self._size = size  # -1: not known yet (a .pyc, sized on first stat; a RECORD not rendered yet)
-        self.executable = executable
-        self.target = target
-        self._data = data
-        self.render = render  # (renderer, token): equal tokens render equal bytes
+        # A symlink's target (str), an INLINE file's bytes (bytes) or its renderer and token (tuple):
+        # equal tokens render equal bytes.
+        self._extra: str | bytes | tuple[Callable[[], bytes], Hashable] | None = (
+            target if target is not None else data if data is not None else render)
+
+    @property
+    def kind(self) -> int:
+        return self._kind & _KIND_MASK
+
+    @property
+    def executable(self) -> bool:
+        return bool(self._kind & _EXECUTABLE)
+
+    @property
+    def digest(self) -> str | None:
+        d = self._digest
+        return d.hex() if isinstance(d, bytes) else d
+
+    @property
+    def target(self) -> str | None:
+        extra = self._extra
+        return extra if extra.__class__ is str else None
+
+    @property
+    def render(self) -> tuple[Callable[[], bytes], Hashable] | None:
+        extra = self._extra
+        return extra if extra.__class__ is tuple else None
 
     @property
     def size(self) -> int:
@@ -59,25 +88,45 @@ class LowerFile:
 
     @property
     def data(self) -> bytes | None:
-        if self._data is None and self.render is not None:
-            self._render()
-        return self._data
+        extra = self._extra
+        if extra.__class__ is bytes:
+            return extra
+        return self._render() if extra.__class__ is tuple else None
 
-    def _render(self) -> None:
-        assert self.render is not None
-        self._data = self.render[0]()
-        self._size = len(self._data)
+    def _render(self) -> bytes:
+        render = self.render
+        assert render is not None
+        data = render[0]()
+        self._size = len(data)
+        return data
 
     def same_as(self, other: LowerEntry) -> bool:
-        if not (isinstance(other, LowerFile) and other.kind == self.kind and other.digest == self.digest
-                and other.executable == self.executable and other.target == self.target):
+        if not (isinstance(other, LowerFile) and other._kind == self._kind and other._digest == self._digest
+                and other.target == self.target):
             return False
-        if self.render is not None and other.render is not None and self.render[1] == other.render[1]:
+        mine, theirs = self.render, other.render
+        if mine is not None and theirs is not None and mine[1] == theirs[1]:
             return True  # no need to render either
         return other.data == self.data
 
     def __repr__(self) -> str:
         return f"LowerFile(kind={self.kind}, digest={self.digest}, size={self._size})"
+
+
+_EXECUTABLE = 0x100  # in LowerFile._kind, above the kind
+_KIND_MASK = 0xFF
+
+
+def _raw_digest(digest: str) -> bytes | str:
+    """A sha256 as its raw bytes; anything else (never from the store) stays as it is."""
+    if len(digest) == 64:
+        try:
+            raw = bytes.fromhex(digest)
+        except ValueError:
+            return digest
+        if raw.hex() == digest:  # lowercase, as the store names objects: the property gives it back
+            return raw
+    return digest
 
 
 class LowerDir:
@@ -113,9 +162,9 @@ class LowerDir:
                 elif kind == SYMLINK:
                     children[name] = LowerFile(SYMLINK, None, value, target=target)
                 else:
-                    children[name] = LowerFile(kind, digest.hex(), value, executable=bool(flags & 1))
+                    children[name] = LowerFile(kind, digest, value, executable=bool(flags & 1))
             self._children = children
-            self._index = None  # the mapping goes with the last directory not yet built
+            self._index = None  # the open index goes with the last directory not yet built
         return children
 
     def to_raw(self) -> dict[str, Any]:

@@ -20,6 +20,11 @@ from venvfs.venv.view import SYMLINK, LowerDir, LowerFile
 
 log = logging.getLogger(__name__)
 
+_DIR_MODE = stat.S_IFDIR | 0o755
+_LNK_MODE = stat.S_IFLNK | 0o777
+_FILE_MODE = stat.S_IFREG | 0o644
+_EXEC_MODE = stat.S_IFREG | 0o755
+
 
 class Attr:
     __slots__ = ("atime_ns", "blocks", "ctime_ns", "gid", "immutable", "ino", "mode", "mtime_ns", "nlink",
@@ -103,26 +108,31 @@ class Attributes:
             if node.kind == DIR and isinstance(node.lower, LowerDir):
                 attr.nlink = 1  # merged: the upper count misses lower subdirs; 1 means "unknown" to find
             return attr
+        mode, size, nlink, blocks = self.store_stat(node)
+        return Attr(node.ino, mode, size, nlink=nlink, uid=self.uid, gid=self.gid, blocks=blocks, immutable=True)
+
+    def store_stat(self, node: Node) -> tuple[int, int, int, int]:
+        """(mode, size, nlink, blocks) of a store entry (``node.upper`` false); owner, times and the
+        rest are the same for every store entry (``attr``). No ``Attr``: the adapter builds its reply
+        to the kernel from these for every request, and keeps none per node."""
         entry = node.lower
         if isinstance(entry, LowerDir):
             subdirs = sum(1 for c in entry.children.values() if isinstance(c, LowerDir))
-            return Attr(node.ino, stat.S_IFDIR | 0o755, 4096, nlink=2 + subdirs, uid=self.uid, gid=self.gid,
-                        blocks=8, immutable=True)
+            return _DIR_MODE, 4096, 2 + subdirs, 8
         assert entry is not None
         if node.kind == LNK:
             size = entry.size if entry.kind == SYMLINK else len(os.fsencode(self.lower.path_str(entry)))
-            return Attr(node.ino, stat.S_IFLNK | 0o777, size, uid=self.uid, gid=self.gid, blocks=0,
-                        immutable=True)
-        if entry.size < 0:
+            return _LNK_MODE, size, 1, 0
+        size = entry.size
+        if size < 0:
             try:
-                entry.size = self.lower.path(entry).stat().st_size
+                size = entry.size = os.stat(self.lower.path_str(entry)).st_size
             except OSError as e:
                 log.error("/%s: store bytecode missing (%s)", relpath(node), e)
                 raise OverlayError(errno.EIO) from None
         # Shown writable (0644/0755, unlike the read-only object) so installers may replace or edit
         # them; any write copies up first.
-        mode = stat.S_IFREG | (0o755 if entry.executable else 0o644)
-        return Attr(node.ino, mode, entry.size, uid=self.uid, gid=self.gid, immutable=True)
+        return _EXEC_MODE if entry.executable else _FILE_MODE, size, 1, (size + 511) // 512
 
     def readlink(self, ino: int) -> str:
         node = self.inodes.node(ino)

@@ -33,7 +33,6 @@ class CopyUp:
         self.ensure_upper(d.parent)
         self.upper.ensure_dir(parts(d.parent), d.name, 0o755)
         d.upper = True
-        d.entry = None  # its attributes now come from the upper directory
 
     def copy_up(self, node: Node, *, content: bool = True) -> None:
         if node.upper:

@@ -115,6 +115,14 @@ class Overlay:
     def attr(self, node: Node) -> Attr:
         return self.attrs.attr(node)
 
+    def store_stat(self, node: Node) -> tuple[int, int, int, int]:
+        """(mode, size, nlink, blocks) of a store entry; the rest is ``store_attr_template``'s."""
+        return self.attrs.store_stat(node)
+
+    def store_attr_template(self) -> Attr:
+        """What every store entry's attributes share (inode 0, mode 0, size 0 stand for its own)."""
+        return Attr(0, 0, 0, uid=self.uid, gid=self.gid, immutable=True)
+
     def readlink(self, ino: int) -> str:
         return self.attrs.readlink(ino)
 

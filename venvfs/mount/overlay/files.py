@@ -71,7 +71,7 @@ class Files:
     def _register(self, fh: int, handle: Handle) -> None:
         self.handles[fh] = handle
         node = handle.node
-        node.open_fhs = (node.open_fhs or set()) | {fh}
+        node.open_fhs = (*node.open_fhs, fh) if node.open_fhs else (fh,)
 
     def open_upper(self, node: Node, flags: int) -> int:
         return self.open_upper_parts(parts(node), flags)
@@ -161,7 +161,7 @@ class Files:
                        data=node.lower.data if not node.upper and isinstance(node.lower, LowerFile)
                        and node.lower.kind == INLINE else None)
             self.handles[fh] = h
-            node.open_fhs = (node.open_fhs or set()) | {fh}
+            node.open_fhs = (*node.open_fhs, fh) if node.open_fhs else (fh,)
             return h
         inherited = self._inherited(fh) if fh >= HANDLE_BASE else None
         if inherited is not None:
@@ -292,7 +292,7 @@ class Files:
             self._fd_cache.pop(fh, None)
         node = h.node
         if node.open_fhs:
-            node.open_fhs.discard(fh)
+            node.open_fhs = tuple(n for n in node.open_fhs if n != fh) or None
         self.inodes.maybe_free(node)
 
     def fsyncdir(self, ino: int) -> None:

@@ -32,7 +32,7 @@ class OverlayError(Exception):
 
 
 class Node:
-    __slots__ = ("children", "entry", "extra_links", "ino", "kind", "lower", "name", "nlookup", "opaque",
+    __slots__ = ("children", "extra_links", "ino", "kind", "lower", "name", "nlookup", "opaque",
                  "open_fhs", "parent", "upper")
 
     def __init__(self, ino: int, parent: Node | None, name: str, kind: int, *, upper: bool,
@@ -47,9 +47,8 @@ class Node:
         self.children: dict[str, Node] | None = None  # loaded on first use
         self.nlookup = 0
         self.extra_links: list[tuple[Node, str]] | None = None
-        self.open_fhs: set[int] | None = None
-        # The adapter's reply for a store entry (immutable, so built once); dropped on every change.
-        self.entry: object | None = None
+        # A tuple, not a set: in no-open mode every file read gets a handle, and a set is 216 bytes.
+        self.open_fhs: tuple[int, ...] | None = None
 
     @property
     def attached(self) -> bool:
@@ -227,7 +226,6 @@ class InodeTable:
             self.nodes.pop(node.ino, None)
 
     def inval_inode(self, node: Node) -> None:
-        node.entry = None
         self.invalidations.append(("inode", node.ino, ""))
 
     def inval_entry(self, parent: Node, name: str) -> None:
