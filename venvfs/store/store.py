@@ -122,6 +122,8 @@ class Store:
         # Objects this Store object republished after finding them damaged (``_publish``,
         # ``repairs.repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
         self.repaired: list[str] = []
+        # Records read by this Store object, with the identity of the file each was read from.
+        self._records: dict[str, tuple[tuple[int, int, int, int], DistRecord]] = {}
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True, lowers: Sequence[Path] | None = None) -> Store:
@@ -403,7 +405,16 @@ class Store:
     def get_dist(self, key: str) -> DistRecord:
         path = self.dist_path(key)
         try:
-            return DistRecord.from_json(read_json(path))
+            # Parsing checks the key against the whole manifest (~3 ms for scipy), and a command asks
+            # several times: kept while the file is the one read (records are never rewritten; gc unlinks).
+            st = os.stat(path)
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._records.get(key)
+            if known is not None and known[0] == ident:
+                return known[1]
+            record = DistRecord.from_json(read_json(path))
+            self._records[key] = (ident, record)
+            return record
         except FileNotFoundError:
             if self.lowers:
                 raise StoreError(f"distribution {key} is in no layer of the store {self.root} (lower stores: "

@@ -80,6 +80,7 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     state = venv.read_state()
     interp = state.interpreter or venv.probe_interpreter()
     held = installed_names(venv) | plan.remove
+    stored = store.dist_keys()  # listed once, not once a name
     keys: list[str] = []
     for name, version in plan.install:
         spec = f"{name}=={version}"
@@ -87,7 +88,7 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
             result.left.append(spec)
             continue
         try:
-            keys.append(resolve(store, interp, spec, selected=state.selection, venv=venv.root).key)
+            keys.append(resolve(store, interp, spec, selected=state.selection, venv=venv.root, keys=stored).key)
         except (NoMatchingDistribution, AmbiguousBuild):
             result.left.append(spec)
             continue
