@@ -30,7 +30,7 @@ from venvfs.fsutil import atomic_write_json, crash_point
 from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
 from venvfs.store.records import INSTALLER_NAME, DistRecord, Scheme, StoredFile
-from venvfs.store.store import Store
+from venvfs.store.store import Store, keeping_records
 from venvfs.store.verify import vouch_lower
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv import layout, mountinfo
@@ -304,7 +304,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
     # The store's lock before the venv's: a wait for the store (behind gc) then holds nothing that
     # `venvfs umount` of this venv needs. Held until the state names the new records, so a
     # concurrent gc cannot collect them.
-    with store.writing(), venv.locked():
+    with store.writing(), venv.locked(), keeping_records(store):
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
             adopt(venv, store, already_locked=True)
