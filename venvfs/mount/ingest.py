@@ -107,7 +107,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
         # nothing of either, nothing is pending and no record is read (a commit returns at once).
         touched = _touched_names(upper)
         records = {key: store.get_dist(key) for key in state.selection
-                   if any(key.startswith(name + "-") for name in touched)}
+                   if touched is None or any(key.startswith(name + "-") for name in touched)}
         by_dist_info = {r.dist_info: key for key, r in records.items()}
         for key, record in records.items():
             if not (sp / record.dist_info).is_dir():
@@ -190,8 +190,9 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
     return report
 
 
-def _touched_names(upper: Path) -> set[str]:
-    """Canonical names of the top-level dist-infos and dist-info whiteouts of the upper layer."""
+def _touched_names(upper: Path) -> set[str] | None:
+    """Canonical names of the top-level dist-infos and dist-info whiteouts of the upper layer; None
+    when one has no name-version form to take a name from (then every record is looked at)."""
     from packaging.utils import canonicalize_name
 
     from venvfs.venv.upper import WHITEOUT_PREFIX
@@ -202,7 +203,10 @@ def _touched_names(upper: Path) -> set[str]:
             for entry in entries:
                 name = entry.name.removeprefix(WHITEOUT_PREFIX)
                 if name.endswith(".dist-info"):
-                    names.add(canonicalize_name(name.removesuffix(".dist-info").rpartition("-")[0]))
+                    project = name.removesuffix(".dist-info").rpartition("-")[0]
+                    if not project:
+                        return None
+                    names.add(canonicalize_name(project))
     except FileNotFoundError:
         pass
     return names
