@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_mount
+from tests.conftest import stop_mount, uv
 from tests.test_pip_in_mount import _pip, tree
 from tests.wheelbuilder import build_wheel, simple_package
 from venvfs.mount import daemon
@@ -85,3 +85,33 @@ def test_commit_of_a_materialized_venv_points_to_adopt(venv: Path, run_venvfs: R
     run_venvfs("umount", "--materialize", str(venv))
     proc = run_venvfs("commit", str(venv), check=False)
     assert proc.returncode != 0 and "venvfs adopt" in proc.stderr
+
+
+def test_commit_with_nothing_pending_reads_no_record(require_fuse: None, store: Store, make_venv: Callable[..., Path],
+                                                     run_venvfs: Run, tmp_path: Path) -> None:
+    """The daily path's settling step: builds selected from the store while mounted (``venvfs add``,
+    ``venvfs uv``) leave nothing in the upper layer, so a commit has nothing to look at. A record is
+    read only for a name the upper layer holds a dist-info or a whiteout of: here the damaged record
+    shows that none is read, and an uninstall (a whiteout) is still seen."""
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, simple_package("demo", "1.0"))
+    build_wheel(wheels, simple_package("extra", "1.0"))
+    run_venvfs("store", "add", str(wheels))
+    path = make_venv("v", tool="uv")
+    try:
+        run_venvfs("mount", str(path))
+        run_venvfs("add", str(path), "demo", "extra")
+        state = Venv.open(path).read_state()
+        (demo,) = [k for k in state.selection if k.startswith("demo-")]
+        record = store.dist_path(demo)
+        saved = record.read_bytes()
+        record.write_text("{damaged")
+        try:
+            assert run_venvfs("commit", str(path)).stdout.strip() == "nothing to commit"
+        finally:
+            record.write_bytes(saved)
+        subprocess.run([uv(), "pip", "uninstall", "-q", "--python", str(path / "bin/python"), "extra"], check=True)
+        out = json.loads(run_venvfs("commit", "--json", str(path)).stdout)
+        assert [k.split("-")[0] for k in out["removed"]] == ["extra"] and out["added"] == []
+    finally:
+        stop_mount(path)

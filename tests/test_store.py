@@ -326,3 +326,22 @@ def test_gc_clears_what_a_writer_killed_mid_record_left(tmp_path: Path) -> None:
 def test_a_new_store_is_closed_to_other_users(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "a" / "store")
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+
+
+def test_records_are_parsed_once_inside_keeping_records_and_never_outlive_their_file(tmp_path: Path) -> None:
+    from venvfs.store.store import keeping_records
+    from venvfs.store.wheel import ingest_wheel
+
+    store = Store.open(tmp_path / "store")
+    record = ingest_wheel(store, build_wheel(tmp_path / "wheels", simple_package("kept", "1.0")))[0]
+    assert store.get_dist(record.key) is not store.get_dist(record.key)  # outside: read each time
+    with keeping_records(store):
+        first = store.get_dist(record.key)
+        assert store.get_dist(record.key) is first
+        saved = store.dist_path(record.key).read_bytes()
+        store.dist_path(record.key).unlink()  # as gc does
+        with pytest.raises(StoreError, match="not in the store"):
+            store.get_dist(record.key)
+        store.dist_path(record.key).write_bytes(saved)  # published again
+        assert store.get_dist(record.key) == first
+    assert store._records is None

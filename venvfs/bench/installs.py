@@ -2,11 +2,11 @@
 
 The reference is a plain venv and ``uv pip install`` with uv's default link mode (hardlinks from uv's
 warm cache on the same filesystem), or ``pip install`` from the wheelhouse. venvfs is an empty venv
-mounted by venvfs, the same command through the mount as the README gives it (``venvfs uv …``,
-``venvfs pip …``: what the store holds is selected first), then settled: the distributions are in the
-store and the upper copies dropped (``venvfs commit``, the synchronous form of what venvfs does by
-itself after an install). The store already holds the workload (the run adopted it once, as a user's
-earlier projects would have), as uv's cache is warm.
+mounted by ``venvfs mount`` (which adopts it), the same command through the mount as the README
+gives it (``venvfs uv …``, ``venvfs pip …``: what the store holds is selected first), then settled:
+the distributions are in the store and the upper copies dropped (``venvfs commit``, the synchronous
+form of what venvfs does by itself after an install). The store already holds the workload (the
+run adopted it once, as a user's earlier projects would have), as uv's cache is warm.
 
 Per pair, native and venvfs alternating: wall time until settled, the filesystem's used bytes after
 settling (statfs delta: the venv's own disk, whatever it is made of), and the peak of that delta
@@ -101,7 +101,10 @@ def install_once(site: Site, installer: str, venv: Path, *, mounted: bool) -> Sa
         with peak.watching():
             trees.make_skeleton(site.python, venv)
             if mounted:
-                _run([*venvfs_argv(), "adopt", "--no-hooks", str(venv)], env, "venvfs adopt")
+                # What the README's daily path runs: `venvfs mount` adopts a venv it does not manage
+                # yet by itself (no separate `venvfs adopt`) and installs the automount hooks, as a
+                # user's mount does. --mode fuse only makes a failed mount an error here instead of
+                # a measured fallback; when FUSE works it changes nothing.
                 _run([*venvfs_argv(), "mount", "--mode", "fuse", str(venv)], env, "venvfs mount")
             argv, install_env = _install_argv(site, installer, venv), site.env()
             if mounted and installer == "uv":

@@ -29,20 +29,24 @@ end
 def _uv_copy(t: HookTarget) -> str:
     if not t.uv_copy:
         return ""
+    # A second activation (the mark set by the first, a global, not exported) redefines deactivate
+    # before this block runs: it is wrapped again, or the variable would outlive the venv.
     return f"""# {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
-if not set -q UV_LINK_MODE; and functions -q deactivate
+if begin; not set -q UV_LINK_MODE; or set -q {UV_MARK_ENV}; end; and functions -q deactivate
     set -gx UV_LINK_MODE copy
     set -g {UV_MARK_ENV} 1
-    functions -e _venvfs_orig_deactivate
-    functions -c deactivate _venvfs_orig_deactivate
-    function deactivate
-        if set -q {UV_MARK_ENV}
-            set -e UV_LINK_MODE
-            set -e {UV_MARK_ENV}
-        end
-        _venvfs_orig_deactivate $argv
-        if test "$argv[1]" != nondestructive
-            functions -e _venvfs_orig_deactivate
+    if not functions deactivate | string match -q '*_venvfs_orig_deactivate*'
+        functions -e _venvfs_orig_deactivate
+        functions -c deactivate _venvfs_orig_deactivate
+        function deactivate
+            if set -q {UV_MARK_ENV}
+                set -e UV_LINK_MODE
+                set -e {UV_MARK_ENV}
+            end
+            _venvfs_orig_deactivate $argv
+            if test "$argv[1]" != nondestructive
+                functions -e _venvfs_orig_deactivate
+            end
         end
     end
 end

@@ -33,11 +33,15 @@ def _uv_copy(t: HookTarget) -> str:
     if not t.uv_copy:
         return ""
     # deactivate is wrapped where the shell can print a function (bash, zsh: typeset -f), so that it
-    # takes the variable away again; plain sh keeps it until the shell exits.
+    # takes the variable away again; plain sh keeps it until the shell exits. A second activation
+    # (the mark set by the first) redefines deactivate before this block runs: it is wrapped again,
+    # or the variable would outlive the venv. The mark is a shell variable, not exported: a child
+    # shell's own activation takes an inherited UV_LINK_MODE for the user's and leaves it alone.
     return f"""# {UV_LINK_MODE_WHY}: uv copies, quietly, while this venv is active.
-if [ -z "${{UV_LINK_MODE+x}}" ]; then
+if [ -z "${{UV_LINK_MODE+x}}" ] || [ -n "${{{UV_MARK_ENV}-}}" ]; then
     UV_LINK_MODE=copy; export UV_LINK_MODE; {UV_MARK_ENV}=1
-    if _venvfs_def="$(typeset -f deactivate 2>/dev/null)" && [ -n "$_venvfs_def" ]; then
+    if _venvfs_def="$(typeset -f deactivate 2>/dev/null)" && [ -n "$_venvfs_def" ] \
+            && [ "${{_venvfs_def#*_venvfs_orig_deactivate}}" = "$_venvfs_def" ]; then
         eval "_venvfs_orig_$_venvfs_def"
         deactivate () {{
             if [ -n "${{{UV_MARK_ENV}-}}" ]; then unset UV_LINK_MODE {UV_MARK_ENV}; fi

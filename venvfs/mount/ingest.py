@@ -101,7 +101,13 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             pending.expect_path(venv).unlink(missing_ok=True)
         sp = venv.site_packages
         upper = venv.upper_dir
-        records = {key: store.get_dist(key) for key in state.selection}
+        # Only the selected builds whose names the upper layer holds a dist-info or a whiteout of can
+        # have changed: an install through the mount writes its dist-info there, and an uninstall
+        # (or an upgrade's removal) of a selected one leaves a whiteout of its dist-info there. With
+        # nothing of either, nothing is pending and no record is read (a commit returns at once).
+        touched = _touched_names(upper)
+        records = {key: store.get_dist(key) for key in state.selection
+                   if touched is None or any(key.startswith(name + "-") for name in touched)}
         by_dist_info = {r.dist_info: key for key, r in records.items()}
         for key, record in records.items():
             if not (sp / record.dist_info).is_dir():
@@ -182,6 +188,28 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
         else:
             pending.mark_seen(venv, results)
     return report
+
+
+def _touched_names(upper: Path) -> set[str] | None:
+    """Canonical names of the top-level dist-infos and dist-info whiteouts of the upper layer; None
+    when one has no name-version form to take a name from (then every record is looked at)."""
+    from packaging.utils import canonicalize_name
+
+    from venvfs.venv.upper import WHITEOUT_PREFIX
+
+    names: set[str] = set()
+    try:
+        with os.scandir(upper) as entries:
+            for entry in entries:
+                name = entry.name.removeprefix(WHITEOUT_PREFIX)
+                if name.endswith(".dist-info"):
+                    project = name.removesuffix(".dist-info").rpartition("-")[0]
+                    if not project:
+                        return None
+                    names.add(canonicalize_name(project))
+    except FileNotFoundError:
+        pass
+    return names
 
 
 def _queued(venv: Venv) -> list[str | list[str | int]]:

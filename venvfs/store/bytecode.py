@@ -14,7 +14,7 @@ import os
 import posixpath
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +24,7 @@ from venvfs.fsutil import importable_env
 from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.store.store import _exists as exists
 
 # Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin. ``out`` is named by
 # the source's digest, which the bytes read are checked against (the very bytes compiled): a damaged
@@ -66,14 +67,23 @@ class Interpreter(Protocol):
     def cache_tag(self) -> str: ...
 
 
+def _compiled(store: Store, cache_tag: str) -> Callable[[str], bool]:
+    """Whether a source object has its bytecode: asked for every ``.py`` of a selection at each
+    ``venvfs add``, where building a Path cost twice the stat it was made for."""
+    if store.lowers:
+        return lambda digest: store.bytecode_path(cache_tag, digest).exists()
+    base = f"{store.root}/bytecode/{cache_tag}"  # Store.local_bytecode_path, as a string
+    return lambda digest: exists(f"{base}/{digest[:2]}/{digest}.pyc")
+
+
 def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpreter, python: Path,
                     *, show_progress: bool = True) -> int:
     """Compile every ``.py`` of ``records`` not yet compiled for ``interp``; returns how many were."""
     todo: dict[str, Path] = {}
+    compiled = _compiled(store, interp.cache_tag)
     for record in records:
         for f in record.site_files():
-            if (f.digest and compilable(f.path) and f.digest not in todo
-                    and not store.bytecode_path(interp.cache_tag, f.digest).exists()):
+            if f.digest and compilable(f.path) and f.digest not in todo and not compiled(f.digest):
                 todo[f.digest] = store.object_path(f.digest, f.executable)
     if not todo:
         return 0

@@ -180,7 +180,10 @@ class DistRecord:
     def is_normalized(self) -> bool:
         """Whether the record holds no installer's metadata but venvfs's ``INSTALLER`` (see
         ``INSTALLER_NAME``); records adopted before that hold pip's or uv's, under a key of their own."""
-        meta = [f for f in self.site_files() if is_install_metadata(self.dist_info, f.path)]
+        # startswith first: a dirname per file cost ~0.5 ms per scipy-sized record, at every selection.
+        prefix = self.dist_info + "/"
+        meta = [f for f in self.site_files()
+                if f.path.startswith(prefix) and is_install_metadata(self.dist_info, f.path)]
         return [(f.path, f.digest) for f in meta] == [(f"{self.dist_info}/INSTALLER", INSTALLER_DIGEST)]
 
     def normalized(self, installer: StoredFile) -> DistRecord:

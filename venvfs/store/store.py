@@ -122,6 +122,8 @@ class Store:
         # Objects this Store object republished after finding them damaged (``_publish``,
         # ``repairs.repair_object``); the caller tells running mounts (``daemon.invalidate_repaired``).
         self.repaired: list[str] = []
+        # Records read inside ``keeping_records``, with the identity of the file each was read from.
+        self._records: dict[str, tuple[tuple[int, int, int, int], DistRecord]] | None = None
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True, lowers: Sequence[Path] | None = None) -> Store:
@@ -403,7 +405,14 @@ class Store:
     def get_dist(self, key: str) -> DistRecord:
         path = self.dist_path(key)
         try:
-            return DistRecord.from_json(read_json(path))
+            if self._records is None:
+                return DistRecord.from_json(read_json(path))
+            st = os.stat(path)
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._records.get(key)
+            if known is None or known[0] != ident:
+                known = self._records[key] = (ident, DistRecord.from_json(read_json(path)))
+            return known[1]
         except FileNotFoundError:
             if self.lowers:
                 raise StoreError(f"distribution {key} is in no layer of the store {self.root} (lower stores: "
@@ -579,6 +588,22 @@ def _take_back(store: Store, published: list[str]) -> None:
         # Unlinking frees space, so this rarely fails; what stays is what gc removes anyway.
         log.warning("could not take back the %d object(s) this run stored in %s (%s); "
                     "`venvfs store gc` removes them", len(published), store.root, e)
+
+
+@contextlib.contextmanager
+def keeping_records(store: Store) -> Iterator[None]:
+    """Inside the block, ``store.get_dist`` parses each record once: the parse checks the key against
+    the whole manifest (~3 ms for scipy), and selecting asks for one several times. A record is kept
+    while its file is the one read (records are never rewritten; gc unlinks). Only for a command's
+    span: a daemon's Store must not hold every record it ever read."""
+    if store._records is not None:
+        yield
+        return
+    store._records = {}
+    try:
+        yield
+    finally:
+        store._records = None
 
 
 def _exists(name: str) -> bool:

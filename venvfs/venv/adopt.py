@@ -512,8 +512,10 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
             if new:
                 report.new_dists.append(record.key)
         state.selection = [r.key for r in records]
-        # The state is written before the venv is touched: from here on a rerun knows the venv is managed.
-        venv.write_state(state)  # and its copy in the store's registry
+        if records:
+            # The state is written before the venv is touched: from here on a rerun knows the venv is
+            # managed. With nothing to place (an empty venv) nothing is touched: the write below does.
+            venv.write_state(state)  # and its copy in the store's registry
         if bytecode == "now":
             report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
         linker = Linker(link_mode)

@@ -172,13 +172,16 @@ def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: floa
         generation = 0
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
+    # A small selection change is live within a few ms: look often at first, then every 10 ms.
+    pause = 0.001
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError):
             if int(read_json(info_path(venv)).get("generation", 0)) > generation:
                 return True
         if daemon_pid(venv) is None:
             raise MountError(f"the daemon of {venv.root} exited during a reload; see {log_path(venv)}")
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
     raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
 
 

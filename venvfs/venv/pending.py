@@ -136,6 +136,7 @@ def mark_seen(venv: Venv, results: dict[str, tuple[list[int] | None, str]]) -> N
     """Record how the ingest left each dist-info (``result`` as in ``PendingDist.reason``); entries of
     dist-infos no longer in the upper layer go."""
     seen = read_seen(venv)
+    before = {name: dict(entry) for name, entry in seen.items()}
     for name, (sig, result) in results.items():
         if sig is not None:
             seen[name] = {"sig": sig, "result": result}
@@ -143,8 +144,9 @@ def mark_seen(venv: Venv, results: dict[str, tuple[list[int] | None, str]]) -> N
     for name in list(seen):
         if name not in present:
             del seen[name]
-    with contextlib.suppress(OSError):
-        write_seen(venv, seen)
+    if seen != before:  # an ingest that found nothing new writes nothing
+        with contextlib.suppress(OSError):
+            write_seen(venv, seen)
 
 
 STASH_MAX_AGE = 600.0  # seconds: a stash older than this was left by an installer that died

@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from venvfs.errors import AmbiguousBuild, NoMatchingDistribution
-from venvfs.store.store import Store
+from venvfs.store.store import Store, keeping_records
 from venvfs.venv.venv import Venv
 
 # uv's plan lines: " + numpy==2.4.6" (install), " - numpy==2.3.0" (remove), " ~ x==1" (reinstall);
@@ -74,12 +74,18 @@ def installed_names(venv: Venv) -> set[str]:
 
 def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     """Select the stored builds of ``plan``'s new names; what cannot be, uv installs as before."""
+    with keeping_records(store):
+        return _preselect(venv, store, plan)
+
+
+def _preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
     from venvfs.venv.select import change_selection, resolve
 
     result = Preselected()
     state = venv.read_state()
     interp = state.interpreter or venv.probe_interpreter()
     held = installed_names(venv) | plan.remove
+    stored = store.dist_keys()  # listed once, not once a name
     keys: list[str] = []
     for name, version in plan.install:
         spec = f"{name}=={version}"
@@ -87,7 +93,7 @@ def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
             result.left.append(spec)
             continue
         try:
-            keys.append(resolve(store, interp, spec, selected=state.selection, venv=venv.root).key)
+            keys.append(resolve(store, interp, spec, selected=state.selection, venv=venv.root, keys=stored).key)
         except (NoMatchingDistribution, AmbiguousBuild):
             result.left.append(spec)
             continue

@@ -30,7 +30,7 @@ from venvfs.fsutil import atomic_write_json, crash_point
 from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.limits import IngestLimits
 from venvfs.store.records import INSTALLER_NAME, DistRecord, Scheme, StoredFile
-from venvfs.store.store import Store
+from venvfs.store.store import Store, keeping_records
 from venvfs.store.verify import vouch_lower
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv import layout, mountinfo
@@ -102,6 +102,8 @@ def _one_build(store: Store, tied: list[DistRecord], tag: str, selected: Collect
     """One of builds that fit equally well: builds of one content are one build (an installer's own
     metadata aside), so any of them serves; builds of different content are never chosen between
     silently, a malicious or mistaken wheel that claims a name would win by key order."""
+    if len(tied) == 1:
+        return tied[0]  # no choice to make (a content digest hashes the whole manifest)
     groups: dict[str, list[DistRecord]] = {}
     for record in tied:
         groups.setdefault(record.content_digest, []).append(record)
@@ -162,9 +164,10 @@ def by_key(store: Store, interp: InterpreterInfo, spec: str) -> DistRecord | Non
 
 
 def resolve(store: Store, interp: InterpreterInfo, requirement: str, *, selected: Collection[str] = (),
-            venv: Path | None = None) -> DistRecord:
+            venv: Path | None = None, keys: Sequence[str] | None = None) -> DistRecord:
     """The newest stored build that satisfies ``requirement`` with the best tag for ``interp``;
-    ``AmbiguousBuild`` if builds of different content tie (see ``_one_build``)."""
+    ``AmbiguousBuild`` if builds of different content tie (see ``_one_build``). ``keys``: the store's
+    ``dist_keys()``, when the caller resolves many requirements at once."""
     try:
         req = Requirement(requirement)
     except InvalidRequirement as e:
@@ -177,7 +180,7 @@ def resolve(store: Store, interp: InterpreterInfo, requirement: str, *, selected
     candidates: list[tuple[Version, int, DistRecord]] = []
     seen: list[str] = []
     # Keys start with the canonical name: read only the records that can match (a store holds thousands).
-    for key in store.dist_keys():
+    for key in store.dist_keys() if keys is None else keys:
         if not key.startswith(name + "-"):
             continue
         record = store.get_dist(key)
@@ -301,7 +304,7 @@ def change_selection(venv: Venv, store: Store, *, add: Sequence[str] = (), remov
     # The store's lock before the venv's: a wait for the store (behind gc) then holds nothing that
     # `venvfs umount` of this venv needs. Held until the state names the new records, so a
     # concurrent gc cannot collect them.
-    with store.writing(), venv.locked():
+    with store.writing(), venv.locked(), keeping_records(store):
         if not venv.is_managed:
             # A fresh venv (``uv venv``): adopting its few files makes it managed, then it selects.
             adopt(venv, store, already_locked=True)
