@@ -29,8 +29,8 @@ _USED_BY_COMMANDS = (
     "hashlib", "sysconfig", "packaging.requirements", "packaging.specifiers", "packaging.tags", "installer",
     "venvfs.store.bytecode", "venvfs.store.gc", "venvfs.store.verify", "venvfs.store.wheel",
     "venvfs.venv.adopt", "venvfs.venv.materialize", "venvfs.venv.ownpyc", "venvfs.venv.preselect",
-    "venvfs.venv.probecache", "venvfs.venv.registry", "venvfs.venv.selecting", "venvfs.venv.status", "venvfs.venv.takein",
-    "venvfs.venv.uvconfig", "venvfs.mount.commit", "venvfs.mount.upper_adopter",
+    "venvfs.venv.probecache", "venvfs.venv.registry", "venvfs.venv.selecting", "venvfs.venv.status",
+    "venvfs.venv.takein", "venvfs.venv.uvconfig", "venvfs.mount.commit", "venvfs.mount.upper_adopter",
 )
 
 
