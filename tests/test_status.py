@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from venvfs.mount import daemon
+from venvfs.mount import daemon, loop
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -53,7 +53,7 @@ def test_the_direct_loop_serves_reads_and_copy_up(require_fuse: None, store: Sto
     """VENVFS_FUSE_LOOP=direct (the opt-in loop that halves the daemon's CPU) behaves like trio's."""
     path = make_venv("v", tool="uv")
     uv_pip(path, str(build_wheel(tmp_path / "wheels", simple_package())))
-    monkeypatch.setenv(daemon.LOOP_ENV, "direct")
+    monkeypatch.setenv(loop.LOOP_ENV, "direct")
     run_venvfs("mount", str(path), "--no-hooks")
     venv = Venv.open(path)
     try:

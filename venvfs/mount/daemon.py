@@ -56,11 +56,6 @@ log = logging.getLogger(__name__)
 DISABLE_ENV = "VENVFS_DISABLE_FUSE"
 _NOT_IMPORTABLE = "pyfuse3/trio are not importable"
 READY_TIMEOUT = 60.0
-# "direct": run pyfuse3 on DirectLoop instead of trio. Measured (interleaved, scripts/perf_mount.py): same
-# import times, about half the daemon's CPU per import (163 vs 364 ms) and ~0.1 s off mount time. It
-# stands in for pyfuse3's internal ``trio`` attribute, so trio stays the default until pyfuse3 offers
-# that hook officially.
-LOOP_ENV = "VENVFS_FUSE_LOOP"
 
 
 @dataclass
@@ -186,7 +181,7 @@ def serve(venv_root: Path, store_root: Path, *, allow_other: bool = False, ready
 
     import importlib
 
-    from venvfs.mount.loop import DirectLoop, import_pyfuse3
+    from venvfs.mount.loop import LOOP_ENV, DirectLoop, import_pyfuse3
 
     raise_fd_limit()
     use_trio = os.environ.get(LOOP_ENV) != "direct"

@@ -287,7 +287,7 @@ class Keeper:
         self.upgrade_asked = False
         if not self.upgrade_argv:
             return
-        from venvfs.mount.daemon import LOOP_ENV
+        from venvfs.mount.loop import LOOP_ENV
 
         try:
             check = subprocess.run([self.upgrade_argv[0], "-c", _UPGRADE_CHECK.format(loop_env=LOOP_ENV)],
