@@ -400,12 +400,17 @@ class _DistAdopter:
             with open(os.dup(fd), "rb") as f:
                 return self.store.put_stream(f, executable=executable, durable=False), False
         copies_before = linker.counts.get(LinkMode.COPY, 0)
+        hardlinks_before = linker.counts.get(LinkMode.HARDLINK, 0)
         put = self.store.put_placed(Path(path), digest, size, executable, linker, chunk_list=digests.chunk_list)
         if shared and put.new:
             self.shared_inode_files += 1
             if linker.counts.get(LinkMode.COPY, 0) > copies_before:
                 self.shared_inode_copied_bytes += size
-        return put, False
+        # The file that settles the mode is placed by its path: the store took its inode if the path
+        # still named the file that was read.
+        taken = (linker is self.linker and put.new and linker.counts.get(LinkMode.HARDLINK, 0) > hardlinks_before
+                 and _same_file(self.store.local_object_name(digest, executable), st))
+        return put, taken
 
     def _store_device(self) -> int:
         if self._store_dev is None:
@@ -574,6 +579,14 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
         why = "as asked" if link_mode == LinkMode.HARDLINK else "this filesystem cannot reflink"
         report.hardlink_warning = hardlink_warning(hardlinked, why)
     return report
+
+
+def _same_file(path: str, st: os.stat_result) -> bool:
+    try:
+        other = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev)
 
 
 class VenvLinks:
