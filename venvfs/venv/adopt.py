@@ -99,9 +99,11 @@ def _record_digest(hash_field: str) -> tuple[str, str] | None:
     return algo, raw.hex()
 
 
-_BATCH = 32  # files handed to a worker at once (fewer when they are large: see _BATCH_BYTES)
-_BATCH_BYTES = 64 * 1024
-_MAX_PENDING = 8  # batches out at once (a batch's files the adopting thread must store stay open)
+# Files this large are read and hashed by a worker (hashlib and read(2) release the GIL: both cores
+# hash); smaller ones here, where handing one over costs more than its read, and where they do not
+# contend with this thread for the GIL (a worker given them too spent a fifth more CPU on it).
+_PARALLEL_MIN = 64 * 1024
+_MAX_PENDING = 16  # large files out at once (a file the adopting thread must store stays open)
 
 
 @functools.cache
@@ -133,9 +135,7 @@ class _DistAdopter:
         self.venv = venv
         self.store = store
         self.pool = pool  # reads, hashes and takes files while this thread parses RECORD and stores the rest
-        self._pending: deque[Future[list[Outcome]]] = deque()
-        self._batch: list[Job] = []
-        self._batch_bytes = 0
+        self._pending: deque[Future[Outcome]] = deque()
         # With ``interpreter``, the venv's valid .pyc files are kept valid (venvfs.venv.ownpyc).
         self._cache_tag = interpreter.cache_tag if interpreter is not None else None
         self.pyc_stamps: list[Stamp] = []  # .pyc files to restamp once their sources are store files
@@ -234,7 +234,6 @@ class _DistAdopter:
                     scheme = self.site_scheme
                 self._adopt_file(scheme, rel, f"{self._roots[0][1]}/{path_field}", _record_digest(hash_field),
                                  int(size_field) if size_field.isdigit() else 0)
-            self._flush()
             self._settle(block=True)
         finally:
             self._discard_pending()
@@ -257,39 +256,24 @@ class _DistAdopter:
         pyc = None
         if self._cache_tag is not None and scheme in SITE_SCHEMES and compilable(rel):
             pyc = f"{self._roots[0][1]}/{pyc_relpath(rel, self._cache_tag)}"
-        self._batch.append(Job(scheme, rel, path, algo, want, pyc))
-        self._batch_bytes += size_hint
-        if len(self._batch) >= _BATCH or self._batch_bytes >= _BATCH_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        batch, self._batch, self._batch_bytes = self._batch, [], 0
-        if not batch:
+        job = Job(scheme, rel, path, algo, want, pyc)
+        if self.pool is None or size_hint < _PARALLEL_MIN:
+            self._apply(self._reader.run(job))
             return
-        if self.pool is None:
-            for outcome in self._reader.run_batch(batch):
-                self._apply(outcome)
-            return
-        self._pending.append(self.pool.submit(self._reader.run_batch, batch))
+        self._pending.append(self.pool.submit(self._reader.run, job))
         self._settle(block=False)
 
     def _settle(self, *, block: bool) -> None:
-        """Store the files of the batches that are done, in the order they were handed out (waiting
-        for the oldest while too many are out); with ``block``, of all of them."""
+        """Store the files the workers are done with, in the order they were handed out (waiting for
+        the oldest while too many are out); with ``block``, all of them."""
         while self._pending and (block or self._pending[0].done() or len(self._pending) > _MAX_PENDING):
-            outcomes = self._pending.popleft().result()
-            for i, outcome in enumerate(outcomes):
-                try:
-                    self._apply(outcome)
-                except BaseException:
-                    close_outcomes(outcomes[i + 1:])
-                    raise
+            self._apply(self._pending.popleft().result())
 
     def _discard_pending(self) -> None:
-        """After an error: wait for the batches still out and close what they opened."""
+        """After an error: wait for the files still out and close what they opened."""
         while self._pending:
             with contextlib.suppress(Exception):
-                close_outcomes(self._pending.popleft().result())
+                close_outcomes([self._pending.popleft().result()])
 
     def _apply(self, o: Outcome) -> None:
         """Bookkeeping for a file a ``FileReader`` ran (and storing it, where that was left to here)."""

@@ -1,5 +1,5 @@
-"""One file of an adopted distribution read, checked and, where it may be, taken by the store: the
-part of adopt that runs in worker threads (see ``venvfs.venv.adopt``).
+"""One file of an adopted distribution read, checked and, where it may be, taken by the store, in
+one open (see ``venvfs.venv.adopt``, which runs large files in worker threads).
 
 Every step works on the inode the first open(2) found: it is what is hashed, checked against RECORD
 and perhaps taken, whatever the path names by then. The store takes an inode here only when nothing
@@ -7,10 +7,6 @@ needs deciding about it (see docs/design.md, "Whose inodes the store may take"):
 with no other name, its hash equal to RECORD's, the hardlink mode already settled for its
 filesystem by an earlier file, and no object of these bytes in the store. Every other case goes
 back to the adopting thread with the file still open, which stores it as before.
-
-Files are handed over in batches: a worker's hand-over costs more than reading a small file, and
-open, read, fchmod, linkat and close release the GIL, so the worker's system calls overlap the
-adopting thread's parsing of RECORD rows.
 """
 
 from __future__ import annotations
@@ -93,16 +89,6 @@ class FileReader:
         self.linker = linker  # only asked which mode it settled: a worker never probes one
         self.store_dev = store_dev
         self.magic = magic
-
-    def run_batch(self, jobs: list[Job]) -> list[Outcome]:
-        done: list[Outcome] = []
-        try:
-            for job in jobs:
-                done.append(self.run(job))
-        except BaseException:
-            close_outcomes(done)
-            raise
-        return done
 
     def run(self, job: Job) -> Outcome:
         try:
