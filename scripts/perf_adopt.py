@@ -34,7 +34,9 @@ LOCK = "/tmp/venvfs-perf.lock"  # noqa: S108 (shared with scripts/bench and perf
 
 def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
+    # From REPO: ``python -m`` puts the working directory first on sys.path, before PYTHONPATH, so
+    # run from another tree it would measure that tree's venvfs under this one's name.
+    out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True, cwd=REPO).stdout
     return time.perf_counter() - start, out
 
 
@@ -50,6 +52,11 @@ def main() -> None:
     args = parser.parse_args()
     venvfs = [sys.executable, "-m", "venvfs"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    where = subprocess.run([sys.executable, "-c", "import venvfs; print(venvfs.__file__)"], env=env, check=True,
+                           capture_output=True, text=True, cwd=REPO).stdout.strip()
+    if not Path(where).resolve().is_relative_to(REPO):
+        sys.exit(f"{sys.executable} imports venvfs from {where}, not from {REPO}: run this script with the "
+                 "python of a venv whose venvfs is this tree (or none at all)")
     img = Path(f"/dev/shm/venvfs-perf-adopt-{os.getpid()}.img")  # noqa: S108 (RAM: the disk is not measured)
     mnt = Path(tempfile.mkdtemp(prefix="venvfs-perf-adopt."))
     times: dict[str, list[float]] = {"cp": [], "adopt": [], "cp2": [], "eject": []}

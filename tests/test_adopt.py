@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -177,6 +178,15 @@ def test_adopted_files_are_store_objects(adopted: Adopted) -> None:
     # The venv's RECORDs are its own copies, never store objects.
     for key in state.selection:
         assert (site / store.get_dist(key).dist_info / "RECORD").stat().st_nlink == 1
+
+
+def test_link_summary_counts_every_file_placed_by_hardlink(adopted: Adopted) -> None:
+    # The files the store took as adopt read them are placed too: the summary counted only those
+    # materialize linked afterwards (a venv's duplicates and bytecode), a fraction of the hardlinks.
+    report = adopted.report
+    warned = re.match(r"warning: (\d+) file\(s\) are hardlinks", report["hardlink_warning"] or "")
+    assert warned, report
+    assert report["link_summary"].startswith(f"{warned.group(1)} by hardlink"), report
 
 
 def test_user_files_untouched(adopted: Adopted) -> None:

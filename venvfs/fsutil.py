@@ -115,8 +115,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
         fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, data: Any, *, durable: bool = True, tmp_dir: Path | None = None) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), durable=durable,
+def atomic_write_json(path: Path, data: Any, *, durable: bool = True, tmp_dir: Path | None = None,
+                      indent: int | None = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=indent, sort_keys=True) + "\n").encode(), durable=durable,
                        tmp_dir=tmp_dir)
 
 

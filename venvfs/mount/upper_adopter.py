@@ -80,10 +80,11 @@ class UpperAdopter(_DistAdopter):
             raise Incomplete(f"{len(self.kept)} file(s) missing or differing from RECORD, e.g. {self.kept[0]}")
         return record
 
-    def _adopt_file(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None) -> None:
+    def _adopt_file(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None,
+                    size_hint: int = 0) -> None:
         fd = self._open_upper(rel) if scheme == "purelib" and expected and expected[0] == "sha256" else None
         if fd is None:
-            super()._adopt_file(scheme, rel, path, expected)
+            super()._adopt_file(scheme, rel, path, expected, size_hint)
             return
         assert expected is not None
         try:

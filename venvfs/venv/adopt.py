@@ -39,8 +39,8 @@ from packaging.utils import canonicalize_name
 from venvfs.errors import VenvError
 from venvfs.fsutil import io_failure, is_enospc, symlink_stays_inside
 from venvfs.progress import Progress
-from venvfs.store.bytecode import compile_in_background, ensure_bytecode
-from venvfs.store.chunks import FileDigests, digest_fd
+from venvfs.store.bytecode import compilable, compile_in_background, ensure_bytecode, pyc_relpath
+from venvfs.store.chunks import FileDigests
 from venvfs.store.records import (
     INSTALLER_NAME,
     SITE_SCHEMES,
@@ -53,11 +53,12 @@ from venvfs.store.records import (
 from venvfs.store.store import PutResult, Store, take_inode
 from venvfs.venv import automount as hooks
 from venvfs.venv import layout
+from venvfs.venv.adoptfile import FileReader, Job, Outcome, Read, close_outcomes, read_file
 from venvfs.venv.linkmode import Linker, LinkMode, hardlink_warning
 from venvfs.venv.materialize import materialize
-from venvfs.venv.ownpyc import Stamp, restamp, valid_stamps
+from venvfs.venv.ownpyc import Stamp, restamp
 from venvfs.venv.pending import is_editable
-from venvfs.venv.venv import Venv, VenvState
+from venvfs.venv.venv import InterpreterInfo, Venv, VenvState
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -98,8 +99,11 @@ def _record_digest(hash_field: str) -> tuple[str, str] | None:
     return algo, raw.hex()
 
 
-_PARALLEL_MIN = 64 * 1024  # smaller files are read here: a worker's hand-over costs more than their read
-_MAX_PENDING = 16  # files open at once for the workers
+# Files this large are read and hashed by a worker (hashlib and read(2) release the GIL: both cores
+# hash); smaller ones here, where handing one over costs more than its read, and where they do not
+# contend with this thread for the GIL (a worker given them too spent a fifth more CPU on it).
+_PARALLEL_MIN = 64 * 1024
+_MAX_PENDING = 16  # large files out at once (a file the adopting thread must store stays open)
 
 
 @functools.cache
@@ -111,34 +115,8 @@ def _known_algorithm(algo: str) -> bool:
     return True
 
 
-class _Read(NamedTuple):
-    fd: int  # open on the file that was read: the inode the store may take
-    st: os.stat_result
-    digests: FileDigests
-
-
-def _read_file(path: str, algo: str) -> _Read | None:
-    """Open, stat and hash one file; None if it is gone or no regular file (any more)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        # What is read, hashed and perhaps taken by the store is this inode, whatever the path names
-        # by then: every later check is of it, not of an earlier lstat.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            return None
-        return _Read(fd, st, digest_fd(fd, st.st_size, algo))
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-@dataclass
-class _Pending:
-    """A file being read, and what storing it needs once it is."""
+class _Pending(NamedTuple):
+    """A file read in this thread, and what storing it needs."""
 
     scheme: Scheme
     rel: str
@@ -146,14 +124,6 @@ class _Pending:
     want: str | None  # RECORD's digest
     executable: bool
     stored: bool | None  # the store has the object (None: not known until the sha256 is)
-    read: Future[_Read | None] | None = None
-
-    def done(self) -> bool:
-        return self.read is None or self.read.done()
-
-    def result(self) -> _Read | None:
-        assert self.read is not None
-        return self.read.result()
 
 
 class _DistAdopter:
@@ -161,11 +131,15 @@ class _DistAdopter:
 
     def __init__(self, venv: Venv, store: Store, dist_info: Path, progress: Progress, linker: Linker,
                  *, safe_linker: Linker | None = None, venv_links: VenvLinks | None = None,
-                 pool: Executor | None = None) -> None:
+                 pool: Executor | None = None, interpreter: InterpreterInfo | None = None) -> None:
         self.venv = venv
         self.store = store
-        self.pool = pool  # reads and hashes large files while this thread stores the rest
-        self._pending: deque[_Pending] = deque()
+        self.pool = pool  # reads, hashes and takes files while this thread parses RECORD and stores the rest
+        self._pending: deque[Future[Outcome]] = deque()
+        # With ``interpreter``, the venv's valid .pyc files are kept valid (venvfs.venv.ownpyc).
+        self._cache_tag = interpreter.cache_tag if interpreter is not None else None
+        self.pyc_stamps: list[Stamp] = []  # .pyc files to restamp once their sources are store files
+        self.restamped = 0
         self.linker = linker  # venv file -> store: by hardlink or reflink, adopting copies no data
         # For files the store must not share an inode with: reflink, else copy.
         self.safe_linker = safe_linker or Linker(LinkMode.AUTO, allow_hardlink=False)
@@ -178,6 +152,8 @@ class _DistAdopter:
         self.shared_inode_files = 0
         self.shared_inode_copied_bytes = 0
         self.store_inodes_outside = 0  # files outside site-packages that are store objects' inodes
+        self.in_place: list[str] = []  # site-packages files that are their store object's inode now
+        self.taken = 0  # of those, the ones whose inode this run gave the store
         self.dist_info = dist_info
         self.progress = progress
         self.files: list[StoredFile] = []
@@ -186,6 +162,8 @@ class _DistAdopter:
         self.new_bytes = 0
         self.shared_bytes = 0
         self.site_scheme: Scheme = "purelib"
+        self._reader = FileReader(store, linker, self._store_device,
+                                  bytes.fromhex(interpreter.magic) if interpreter is not None else None)
         self._shebang = re.compile(rb"^#!" + re.escape(os.fsencode(venv.bin_dir)) + rb"/python[0-9.]*(?=[\s])")
 
     def metadata(self) -> tuple[str, str, tuple[str, ...], tuple[EntryPoint, ...]]:
@@ -238,7 +216,7 @@ class _DistAdopter:
         script_names = {ep.name for ep in entry_points}
         record_file = f"{self.dist_info.name}/RECORD"
         try:
-            for path_field, hash_field, _size in self.rows():
+            for path_field, hash_field, size_field in self.rows():
                 self.progress.advance(note=path_field)
                 where = self.classify(path_field, name)
                 if where is None:
@@ -254,7 +232,8 @@ class _DistAdopter:
                     continue
                 if scheme == "purelib":
                     scheme = self.site_scheme
-                self._adopt_file(scheme, rel, f"{self._roots[0][1]}/{path_field}", _record_digest(hash_field))
+                self._adopt_file(scheme, rel, f"{self._roots[0][1]}/{path_field}", _record_digest(hash_field),
+                                 int(size_field) if size_field.isdigit() else 0)
             self._settle(block=True)
         finally:
             self._discard_pending()
@@ -267,7 +246,60 @@ class _DistAdopter:
             omitted=tuple(sorted(self.kept)),
         )
 
-    def _adopt_file(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None) -> None:
+    def _adopt_file(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None,
+                    size_hint: int = 0) -> None:
+        """Store one file RECORD lists (``size_hint``: RECORD's size, only to share out the work)."""
+        algo, want = expected if expected is not None else ("sha256", None)
+        if scheme == "scripts" or not _known_algorithm(algo):
+            self._adopt_by_path(scheme, rel, path, expected)
+            return
+        pyc = None
+        if self._cache_tag is not None and scheme in SITE_SCHEMES and compilable(rel):
+            pyc = f"{self._roots[0][1]}/{pyc_relpath(rel, self._cache_tag)}"
+        job = Job(scheme, rel, path, algo, want, pyc)
+        if self.pool is None or size_hint < _PARALLEL_MIN:
+            self._apply(self._reader.run(job))
+            return
+        self._pending.append(self.pool.submit(self._reader.run, job))
+        self._settle(block=False)
+
+    def _settle(self, *, block: bool) -> None:
+        """Store the files the workers are done with, in the order they were handed out (waiting for
+        the oldest while too many are out); with ``block``, all of them."""
+        while self._pending and (block or self._pending[0].done() or len(self._pending) > _MAX_PENDING):
+            self._apply(self._pending.popleft().result())
+
+    def _discard_pending(self) -> None:
+        """After an error: wait for the files still out and close what they opened."""
+        while self._pending:
+            with contextlib.suppress(Exception):
+                close_outcomes([self._pending.popleft().result()])
+
+    def _apply(self, o: Outcome) -> None:
+        """Bookkeeping for a file a ``FileReader`` ran (and storing it, where that was left to here)."""
+        job = o.job
+        if o.stamp is not None:
+            self.pyc_stamps.append(o.stamp)
+        self.restamped += o.restamped
+        if o.kind == "other":
+            self._adopt_by_path(job.scheme, job.rel, job.path, (job.algo, job.want) if job.want else None)
+        elif o.kind in ("gone", "edited"):
+            self.kept.append(job.rel)  # gone, or edited since install: the user's version stays, unshared
+        elif o.kind in ("in_place", "taken"):
+            assert o.digest is not None
+            self._add(job.scheme, job.rel, o.digest, o.size, o.executable, new=o.kind == "taken")
+            if job.scheme not in SITE_SCHEMES:
+                self.store_inodes_outside += 1  # materialize, which counts the rest, leaves these
+            else:
+                self.in_place.append(job.rel)
+            self.taken += o.kind == "taken"
+        else:
+            assert o.read is not None
+            self._complete(_Pending(job.scheme, job.rel, job.path, job.want, o.executable, o.stored), o.read)
+
+    def _adopt_by_path(self, scheme: Scheme, rel: str, path: str, expected: tuple[str, str] | None) -> None:
+        """``_adopt_file`` in this thread, from an lstat of ``path``: bin/ files, files RECORD hashes
+        by an algorithm hashlib lacks, and what was no regular file when a ``FileReader`` opened it."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -297,6 +329,8 @@ class _DistAdopter:
                     self._add(scheme, rel, want, st.st_size, executable, new=False)
                     if scheme not in SITE_SCHEMES:
                         self.store_inodes_outside += 1  # materialize, which counts the rest, leaves these
+                    else:
+                        self.in_place.append(rel)
                     return
                 stored = True
         if scheme == "scripts":
@@ -305,24 +339,9 @@ class _DistAdopter:
         if not _known_algorithm(algo):
             self.kept.append(rel)  # unknown hash algorithm in RECORD: nothing can vouch for the file
             return
-        pending = _Pending(scheme, rel, path, want, executable, stored)
-        if self.pool is not None and st.st_size >= _PARALLEL_MIN:
-            # Reading and hashing a large file (most of the bytes) runs in a worker thread: hashlib and
-            # read(2) release the GIL, so both cores work while this thread stores the small files.
-            pending.read = self.pool.submit(_read_file, path, algo)
-            self._pending.append(pending)
-            self._settle(block=len(self._pending) > _MAX_PENDING)
-        else:
-            self._complete(pending, _read_file(path, algo))
+        self._complete(_Pending(scheme, rel, path, want, executable, stored), read_file(path, algo))
 
-    def _settle(self, *, block: bool) -> None:
-        """Store the files whose reads are done, in the order they were read (waiting for the oldest
-        while too many are open); with ``block``, all of them."""
-        while self._pending and (block or self._pending[0].done() or len(self._pending) > _MAX_PENDING):
-            pending = self._pending.popleft()
-            self._complete(pending, pending.result())
-
-    def _complete(self, p: _Pending, read: _Read | None) -> None:
+    def _complete(self, p: _Pending, read: Read | None) -> None:
         if read is None:
             self.kept.append(p.rel)  # gone, or no regular file any more
             return
@@ -332,27 +351,23 @@ class _DistAdopter:
                 self.kept.append(p.rel)  # edited since install: the user's version stays, unshared
                 return
             stored = p.stored if p.stored is not None else self.store.has_local_object(digests.sha256, p.executable)
-            put = self._put(p.scheme, p.path, read.fd, read.st, digests, p.executable, stored=stored)
+            put, taken = self._put(p.scheme, p.path, read.fd, read.st, digests, p.executable, stored=stored)
         finally:
             os.close(read.fd)
         if put.digest != digests.sha256:
             self.kept.append(p.rel)  # written to while it was being stored: the venv's own, unshared
             return
+        if taken:
+            self.in_place.append(p.rel)
+            self.taken += 1
         self._add(p.scheme, p.rel, put.digest, put.size, p.executable, new=put.new)
 
-    def _discard_pending(self) -> None:
-        """After an error: wait for the reads still running and close what they opened."""
-        while self._pending:
-            with contextlib.suppress(Exception):
-                read = self._pending.popleft().result()
-                if read is not None:
-                    os.close(read.fd)
-
     def _put(self, scheme: Scheme, path: str, fd: int, st: os.stat_result, digests: FileDigests, executable: bool,
-             *, stored: bool) -> PutResult:
+             *, stored: bool) -> tuple[PutResult, bool]:
+        """Store the file read on ``fd``; and whether the store took its inode (it is in place)."""
         digest, size = digests.sha256, digests.size
         if stored:
-            return PutResult(digest, size, new=False)  # materialize links the venv's name to it
+            return PutResult(digest, size, new=False), False  # materialize links the venv's name to it
         shared = self._shared_inode(st)
         # A file outside site-packages stays the venv's own after adopt (materialize leaves it), so
         # making it the store object would leave a writable name of the store in bin/ or share/.
@@ -362,19 +377,24 @@ class _DistAdopter:
             # through the fd that was hashed, without a temporary name or a second path lookup.
             put = take_inode(self.store, fd, digest, size, executable, chunk_list=digests.chunk_list)
             if put is not None:
-                return put
+                return put, put.new
             # Not linkable (the file was deleted or replaced meanwhile): a copy of the bytes the fd
             # reads, never of whatever the path names now.
             os.lseek(fd, 0, os.SEEK_SET)
             with open(os.dup(fd), "rb") as f:
-                return self.store.put_stream(f, executable=executable, durable=False)
+                return self.store.put_stream(f, executable=executable, durable=False), False
         copies_before = linker.counts.get(LinkMode.COPY, 0)
+        hardlinks_before = linker.counts.get(LinkMode.HARDLINK, 0)
         put = self.store.put_placed(Path(path), digest, size, executable, linker, chunk_list=digests.chunk_list)
         if shared and put.new:
             self.shared_inode_files += 1
             if linker.counts.get(LinkMode.COPY, 0) > copies_before:
                 self.shared_inode_copied_bytes += size
-        return put
+        # The file that settles the mode is placed by its path: the store took its inode if the path
+        # still named the file that was read.
+        taken = (linker is self.linker and put.new and linker.counts.get(LinkMode.HARDLINK, 0) > hardlinks_before
+                 and _same_file(self.store.local_object_name(digest, executable), st))
+        return put, taken
 
     def _store_device(self) -> int:
         if self._store_dev is None:
@@ -478,6 +498,9 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
     venv_links = VenvLinks(venv.root)
     stamps: list[Stamp] = []
     store_inodes_outside = 0
+    in_place: set[tuple[str, str]] = set()
+    restamped = 0  # .pyc files restamped as their sources were taken (the rest: ``stamps``, after materialize)
+    taken = 0
     from concurrent.futures import ThreadPoolExecutor
 
     with store.writing():
@@ -488,27 +511,28 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
                     # Its files point at a source tree of this machine: nothing another venv could share.
                     report.skipped[dist_info.name] = "editable install: its files stay the venv's own"
                     continue
-                # Before the sources become store files (and show the store's mtime).
-                stamps += valid_stamps(venv.site_packages, _record_paths(dist_info), state.interpreter.cache_tag,
-                                       bytes.fromhex(state.interpreter.magic))
                 adopter = _DistAdopter(venv, store, dist_info, progress, ingest_linker, safe_linker=safe_linker,
-                                       venv_links=venv_links, pool=pool)
+                                       venv_links=venv_links, pool=pool, interpreter=state.interpreter)
                 try:
                     record = adopter.adopt()
                 except VenvError as e:
                     report.skipped[dist_info.name] = str(e)
                     continue
                 records.append(record)
+                stamps += adopter.pyc_stamps
+                restamped += adopter.restamped
                 report.new_objects += adopter.new_objects
                 report.new_bytes += adopter.new_bytes
                 report.shared_bytes += adopter.shared_bytes
                 report.shared_inode_files += adopter.shared_inode_files
                 report.shared_inode_copied_bytes += adopter.shared_inode_copied_bytes
                 store_inodes_outside += adopter.store_inodes_outside
+                in_place.update((dist_info.name, rel) for rel in adopter.in_place)
+                taken += adopter.taken
                 if adopter.kept:
                     report.kept_in_venv[record.name] = adopter.kept
         progress.close()
-        for record, new in zip(records, store.add_dists(records), strict=True):
+        for record, new in zip(records, store.add_dists(records, objects_checked=True), strict=True):
             if new:
                 report.new_dists.append(record.key)
         state.selection = [r.key for r in records]
@@ -519,8 +543,11 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
         if bytecode == "now":
             report.compiled = ensure_bytecode(store, records, state.interpreter, venv.python)
         linker = Linker(link_mode)
-        placed = materialize(venv, store, state, linker, records=records, outside_site_packages=False)
-        report.restamped = restamp(stamps)
+        placed = materialize(venv, store, state, linker, records=records, outside_site_packages=False,
+                             in_place=in_place)
+        # The files the store took as it read them were placed by hardlink too, by the ingest's linker.
+        linker.add_placed(LinkMode.HARDLINK, taken, ingest_linker.fallback_reason)
+        report.restamped = restamped + restamp(stamps)
     if bytecode == "background":
         report.compiling_pid = compile_in_background(store, [r.key for r in records], state.interpreter.cache_tag,
                                                      venv.python)
@@ -538,6 +565,14 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
         why = "as asked" if link_mode == LinkMode.HARDLINK else "this filesystem cannot reflink"
         report.hardlink_warning = hardlink_warning(hardlinked, why)
     return report
+
+
+def _same_file(path: str, st: os.stat_result) -> bool:
+    try:
+        other = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev)
 
 
 class VenvLinks:
@@ -576,12 +611,6 @@ def _payload(dist_infos: list[Path]) -> int:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.normpath(dist_info.parent / row[0])).st_size
     return total
-
-
-def _record_paths(dist_info: Path) -> list[str]:
-    """RECORD's paths, relative to site-packages."""
-    text = "\n".join(_lines(dist_info / "RECORD"))
-    return [row[0] for row in csv.reader(io.StringIO(text)) if row]
 
 
 def _lines(path: Path) -> list[str]:

@@ -98,6 +98,22 @@ def _store_hardlinks(venv: Venv, store_root: Path, inodes: set[tuple[int, int]] 
     return [c for c in candidates if (c[2].st_dev, c[2].st_ino) in inodes], inodes
 
 
+def _still_linked(venv: Venv, hardlinks: list[tuple[str, str, os.stat_result]], inodes: set[tuple[int, int]]
+                  ) -> Path | None:
+    """The first of ``hardlinks`` that is still a store file's inode, else None: the files ``_unshare``
+    replaced, looked at again (the venv is locked, and nothing else makes store hardlinks)."""
+    root = str(venv.root)
+    for rel_dir, name, _st in hardlinks:
+        path = f"{root}/{rel_dir}/{name}" if rel_dir else f"{root}/{name}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if st.st_nlink > 1 and (st.st_dev, st.st_ino) in inodes:
+            return Path(path)
+    return None
+
+
 def _unshare(venv: Venv, linker: Linker, hardlinks: list[tuple[str, str, os.stat_result]]) -> int:
     """Give each of ``hardlinks`` a copy (or reflink) of its own in place; returns how many.
 
@@ -188,8 +204,7 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
         # Hooks off first, so that no activation or interpreter start mounts the venv again while
         # it is being ejected (a hook below a live mount reads the state and stands down).
         state = venv.read_state()
-        _check_placeable(venv, store_root, state)
-        report.files, report.bytes = _selection_size(store_root, state)
+        report.files, report.bytes = _check_placeable(venv, store_root, state)
         ejecting = venv.state_dir / EJECTING
         if not ejecting.exists():  # a rerun keeps what the first attempt found
             atomic_write_json(ejecting, {"hooks": state.hooks})
@@ -216,9 +231,9 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
                             f"(first: {leftovers[0]}); nothing removed")
         hardlinks, inodes = _store_hardlinks(venv, store_root)
         report.unlinked = _unshare(venv, linker, hardlinks)
-        left, _ = _store_hardlinks(venv, store_root, inodes)
-        if left:
-            raise VenvError(f"{venv.root}: {venv.root / left[0][0] / left[0][1]} is still a hardlink into the store")
+        left = _still_linked(venv, hardlinks, inodes)
+        if left is not None:
+            raise VenvError(f"{venv.root}: {left} is still a hardlink into the store")
         (venv.site_packages / PTH_NAME).unlink(missing_ok=True)
         # One rename makes the venv unmanaged at once (rmtree deletes state.json at some point of its
         # own choosing); a crash after it leaves only EJECTED_DIR, which the next eject removes. The
@@ -231,27 +246,22 @@ def eject(venv: Venv, store_root: Path, *, link_mode: str = "auto",
     return report
 
 
-def _selection_size(store_root: Path, state: VenvState) -> tuple[int, int]:
-    """Files and bytes of the selection's site-packages files, as the store's records say."""
-    try:
-        store = Store.open(store_root, create=False)
-        files = [f for key in state.selection for f in store.get_dist(key).site_files()]
-    except (StoreError, OSError, KeyError, ValueError):
-        return 0, 0  # a store out of reach: eject says what it needs later; the counts are only a report
-    return len(files), sum(f.size for f in files)
-
-
-def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> None:
+def _check_placeable(venv: Venv, store_root: Path, state: VenvState) -> tuple[int, int]:
     """Refuse an eject whose files could not all be placed (names too long, a file of one distribution
     below another's symlink) before anything changes: found half way, it would leave the venv
-    unmounted with its hooks off."""
-    from venvfs.venv.materialize import check_selection
+    unmounted with its hooks off. Returns the files and bytes of the selection's site-packages files,
+    as the store's records say (0, 0 for a store out of reach: they are only a report)."""
+    from venvfs.venv.materialize import check_placeable
 
     try:
         store = Store.open(store_root, create=False)
     except StoreError:
-        return  # nothing will be placed from a store that is gone; eject says what it needs later
-    check_selection(venv, store, state)
+        return 0, 0  # nothing will be placed from a store that is gone; eject says what it needs later
+    # Read once for both (records gc removed are skipped): a large selection's take a while to parse.
+    records = [store.get_dist(k) for k in state.selection if store.has_dist(k)]
+    check_placeable(venv, state.interpreter if state.interpreter is not None else venv.probe_interpreter(), records)
+    files = [f for record in records for f in record.site_files()]
+    return len(files), sum(f.size for f in files)
 
 
 def abandon_eject(venv: Venv, state: VenvState) -> str | None:

@@ -367,6 +367,13 @@ class Linker:
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
 
+    def add_placed(self, mode: LinkMode, n: int, fallback_reason: str | None) -> None:
+        """Count ``n`` files another linker placed by ``mode`` (after ``fallback_reason``) as this one's."""
+        if n:
+            with self._lock:
+                self.counts[mode] = self.counts.get(mode, 0) + n
+                self.fallback_reason = self.fallback_reason or fallback_reason
+
     def hardlink_warning(self) -> str | None:
         """The one line to print when files were placed as hardlinks of store objects: mode 0444 is
         their only protection, which stops neither root nor an owner who runs ``chmod u+w``."""

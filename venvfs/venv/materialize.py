@@ -13,7 +13,7 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,22 +306,28 @@ def check_selection(venv: Venv, store: Store, state: VenvState) -> None:
 
 def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, site_packages: bool = True,
                 outside_site_packages: bool = True, records: Iterable[DistRecord] | None = None,
-                progress: Progress | None = None) -> MaterializeReport:
+                progress: Progress | None = None, in_place: Container[tuple[str, str]] = ()) -> MaterializeReport:
     """Make ``venv``'s files match its selection (or ``records``); files already right are kept.
 
     With ``site_packages=False`` only the schemes outside site-packages are written (scripts,
     headers, data): the mounted layout serves site-packages from the FUSE view. Adopt passes
-    ``outside_site_packages=False``: those files are already the venv's own real files.
+    ``outside_site_packages=False``: those files are already the venv's own real files, and as
+    ``in_place`` the (dist-info, path) of the files whose inode the store took as it read them:
+    they are the object's own inode already, counted as hardlinks without a look.
     """
     assert state.interpreter is not None, "probe the interpreter before materializing"
     interp = state.interpreter
     report = MaterializeReport()
     selected = list(records) if records is not None else [store.get_dist(k) for k in state.selection]
     own_progress = progress or Progress("linking files", sum(len(r.files) for r in selected))
+    # No bytecode for this Python in any layer (a new store, compiling in the background): no stat
+    # per module. One compiled after this look is placed by the next materialize, or by Python.
+    bytecode = any(os.path.isdir(f"{layer}/bytecode/{interp.cache_tag}") for layer in store.layers)
     with _Dirs() as dirs:
         for record in selected:
             _materialize_record(venv, store, interp, linker, record, dirs, report, own_progress,
-                                site_packages=site_packages, outside_site_packages=outside_site_packages)
+                                site_packages=site_packages, outside_site_packages=outside_site_packages,
+                                in_place=in_place, bytecode=bytecode)
     if progress is None:
         own_progress.close()
     return report
@@ -329,14 +335,22 @@ def materialize(venv: Venv, store: Store, state: VenvState, linker: Linker, *, s
 
 def _materialize_record(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linker, record: DistRecord,
                         dirs: _Dirs, report: MaterializeReport, progress: Progress, *, site_packages: bool,
-                        outside_site_packages: bool) -> None:
+                        outside_site_packages: bool, in_place: Container[tuple[str, str]] = (),
+                        bytecode: bool = True) -> None:
     for f in record.files:
         progress.advance()
         if (f.in_site_packages and not site_packages) or (not f.in_site_packages and not outside_site_packages):
             continue
+        if (record.dist_info, f.path) in in_place:
+            # Taken by the store in this run: two stats would only confirm it.
+            report.unchanged += 1
+            report.store_inodes += 1
+            if bytecode:
+                _place_bytecode(venv, store, interp, linker, f, dirs, report)
+            continue
         root, rel = placement(venv, interp, record, f)
         try:
-            _place_file(venv, store, interp, linker, record, f, dirs, report, root, rel)
+            _place_file(venv, store, interp, linker, record, f, dirs, report, root, rel, bytecode=bytecode)
         except OSError as e:
             raise name_in_error(e, root / posixpath.dirname(rel), posixpath.basename(rel)) from None
     if outside_site_packages:
@@ -357,7 +371,8 @@ def _materialize_record(venv: Venv, store: Store, interp: InterpreterInfo, linke
 
 
 def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linker, record: DistRecord,
-                f: StoredFile, dirs: _Dirs, report: MaterializeReport, root: Path, rel: str) -> None:
+                f: StoredFile, dirs: _Dirs, report: MaterializeReport, root: Path, rel: str, *,
+                bytecode: bool = True) -> None:
     """One stored file (and its bytecode), relative to directory fds reached without following a
     symlink (``_Dirs``): a symlink placed by one distribution never carries another's files elsewhere."""
     dir_fd, name = dirs.parent(root, rel)
@@ -386,7 +401,13 @@ def _place_file(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linke
             report.placed += 1
         return
     _place_one(linker, report, obj, f.size, dir_fd, name, root, rel, mode_bits)
-    if f.in_site_packages and compilable(f.path):
+    if bytecode:
+        _place_bytecode(venv, store, interp, linker, f, dirs, report)
+
+
+def _place_bytecode(venv: Venv, store: Store, interp: InterpreterInfo, linker: Linker, f: StoredFile, dirs: _Dirs,
+                    report: MaterializeReport) -> None:
+    if f.in_site_packages and compilable(f.path) and f.digest is not None:
         pyc = os.fspath(store.bytecode_path(interp.cache_tag, f.digest))
         try:
             pyc_size = os.stat(pyc).st_size

@@ -48,6 +48,56 @@ def _header(path: str) -> tuple[bytes, int, int, int] | None:
     return magic, flags, mtime, size
 
 
+class OpenPyc:
+    """A ``.pyc`` valid for its source as it is now, open to be restamped once the source is a store
+    file (``open_valid_pyc``): one open for the check and the write, by the thread that stores it."""
+
+    def __init__(self, fd: int, stamp: Stamp) -> None:
+        self.fd = fd
+        self.stamp = stamp
+
+    def restamp(self) -> bool:
+        """The source now shows ``SOURCE_EPOCH`` (the caller gave it to the store): say so. Closes."""
+        try:
+            os.pwrite(self.fd, struct.pack("<I", SOURCE_EPOCH), 8)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.close()
+
+    def release(self) -> Stamp:
+        """Close it, for ``restamp`` to find again by name once the source is a store file."""
+        self.close()
+        return self.stamp
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_valid_pyc(source: str, pyc: str, st: os.stat_result, magic: bytes) -> OpenPyc | None:
+    """``pyc`` opened for writing if Python would use it now for the source ``st`` describes (as
+    ``valid_stamps`` decides) and it is the venv's own file (no other name)."""
+    try:
+        fd = os.open(pyc, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        pst = os.fstat(fd)
+        head = os.pread(fd, _HEADER.size, 0)
+        if stat.S_ISREG(pst.st_mode) and pst.st_nlink == 1 and len(head) == _HEADER.size:
+            h_magic, flags, mtime, size = _HEADER.unpack(head)
+            if (h_magic == magic and flags == 0 and mtime == int(st.st_mtime) & 0xFFFFFFFF
+                    and size == st.st_size & 0xFFFFFFFF):
+                return OpenPyc(fd, Stamp(source, pyc, mtime, size))
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
 def valid_stamps(site_packages: Path, py_relpaths: list[str], cache_tag: str, magic: bytes) -> list[Stamp]:
     """The ``.pyc`` files Python would use now: timestamp form, this interpreter's magic, header equal
     to the source's mtime and size. Taken before adopt changes the sources' mtimes."""
