@@ -32,7 +32,7 @@ from pathlib import Path
 
 from venvfs.errors import NoMatchingDistribution, UsageError, VenvError, VenvfsError
 from venvfs.mount import daemon
-from venvfs.store.store import Store
+from venvfs.store.store import Store, keeping_records
 from venvfs.venv.venv import InterpreterInfo, Venv
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def create(path: Path, store: Store, *, specs: Sequence[str] = (), like: Path | 
         python = os.path.realpath(like_venv.python)  # the same interpreter the other venv runs on
     made = _claim(path)
     report = CreateReport(venv=str(made.path))
-    with _undo_on_failure(made, store):
+    # One parse per record for the whole command: the selection reads each several times (--like's
+    # check, the add's resolution and placeability), ~2 ms a record.
+    with _undo_on_failure(made, store), keeping_records(store):
         uv = find_uv()
         say(f"making {made.path} with {'uv venv' if uv else 'python -m venv'}")
         _make_venv(made.path, python, uv)
