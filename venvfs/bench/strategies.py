@@ -388,6 +388,18 @@ class VenvfsMount(_Venvfs):
     def check(self) -> str | None:
         return super().check() or fuse_problem()
 
+    def prepare(self, site: Site) -> None:
+        super().prepare(site)
+        if f"{self.name}-service" in site.prepared:
+            return
+        # A user's session has the mount service running (the first mount starts it, or systemd's
+        # unit): one venv made and removed, untimed, as uv's cache is warmed for the uv strategies.
+        warm = site.fs.root / f"{self.name}-warm-up"
+        self.create(site, warm)
+        self.teardown(site, warm)
+        shutil.rmtree(warm, ignore_errors=True)
+        site.prepared.add(f"{self.name}-service")
+
     def create(self, site: Site, dest: Path) -> dict[str, float]:
         # The one command the README gives for one more venv (issue 16's measure): it makes the venv
         # (uv venv, the floor every strategy pays through make_skeleton), selects the template's
