@@ -15,7 +15,7 @@ from pathlib import Path
 from venvfs import fsflags
 from venvfs.errors import StoreError
 from venvfs.store import layers
-from venvfs.store.store import Store, digests_in_raw_record
+from venvfs.store.store import Store, digests_in_raw_record, disk_usage
 
 
 @dataclass
@@ -82,7 +82,7 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
         if (digest, executable) in live_objects or young(path):
             continue
         report.objects += 1
-        report.bytes_freed += store.disk_usage(path)
+        report.bytes_freed += disk_usage(path)
         if not dry_run:
             path.unlink()
     # Chunk lists this layer made for live builds below it (``verify.vouch_lower``) stay too.
@@ -90,14 +90,14 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
     for listed in list((store.root / "chunks").glob("*/*")):
         if listed.name in live_digests or young(listed):
             continue
-        report.bytes_freed += store.disk_usage(listed)
+        report.bytes_freed += disk_usage(listed)
         if not dry_run:
             listed.unlink(missing_ok=True)
     for pyc in list((store.root / "bytecode").glob("*/*/*.pyc")):
         if pyc.stem in live_sources or young(pyc):
             continue
         report.bytecode += 1
-        report.bytes_freed += store.disk_usage(pyc)
+        report.bytes_freed += disk_usage(pyc)
         if not dry_run:
             fsflags.unlink(pyc)  # a mount that links bytecode made it immutable
     views = store.root / "views"
@@ -111,7 +111,7 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
         elif view.stem in live_views:
             continue
         report.views += 1
-        report.bytes_freed += store.disk_usage(view)
+        report.bytes_freed += disk_usage(view)
         if not dry_run:
             view.unlink(missing_ok=True)
     if not dry_run:

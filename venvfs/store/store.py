@@ -525,16 +525,17 @@ class Store:
 
     # -- accounting, verification, collection ------------------------------------------------------
 
-    def disk_usage(self, path: Path) -> int:
-        """Bytes the file at ``path`` really occupies (allocated blocks, not its length)."""
-        return path.stat().st_blocks * 512
-
     def iter_objects(self) -> Iterator[tuple[str, bool, Path]]:
         for sub in sorted((self.root / "objects").iterdir()):
             for obj in sorted(sub.iterdir()):
                 name = obj.name
                 executable = name.endswith(".x")
                 yield (name[:-2] if executable else name), executable, obj
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes the file at ``path`` really occupies (allocated blocks, not its length)."""
+    return path.stat().st_blocks * 512
 
 
 def _check_new_store_place(store: Store, create: bool) -> None:

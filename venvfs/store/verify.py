@@ -21,7 +21,7 @@ from venvfs.errors import StoreError
 from venvfs.fsutil import atomic_write_bytes
 from venvfs.store.chunks import CHUNK, chunks_path, needs_chunks
 from venvfs.store.records import DistRecord
-from venvfs.store.store import SOURCE_EPOCH, Store, check_object, digests_in_raw_record
+from venvfs.store.store import SOURCE_EPOCH, Store, check_object, digests_in_raw_record, disk_usage
 
 
 @dataclass
@@ -74,7 +74,7 @@ def verify(store: Store, venv_selections: dict[str, list[str]], *, progress: Cal
     for digest, executable, path in store.iter_objects():
         if (digest, executable) not in wanted and (digest, executable) not in unreadable_refs:
             with contextlib.suppress(FileNotFoundError):
-                report.orphan_bytes += store.disk_usage(path)
+                report.orphan_bytes += disk_usage(path)
                 report.orphans += 1
     total = len(wanted)
     for i, ((digest, executable), venvs) in enumerate(sorted(wanted.items())):
