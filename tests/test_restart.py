@@ -453,27 +453,34 @@ def test_unmount_in_the_middle_of_a_restart(kept: Venv, run_venvfs: Run, how: st
     assert out.strip() == "4"
 
 
-@pytest.mark.fuse
-def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
-        require_fuse: None, store: Store, make_venv: Callable[..., Path], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _mounted_from_a_copy(store: Store, make_venv: Callable[..., Path], tmp_path: Path
+                         ) -> tuple[Path, Callable[..., subprocess.CompletedProcess[str]], Path, Venv]:
+    """A copy of this venvfs "installed" at TMP/installed (to edit, as an upgrade would), a runner of
+    its CLI, and a venv with a small package mounted by it."""
     import shutil
 
-    monkeypatch.setenv("VENVFS_NO_OPEN", "1")
     _need_keeper()
     installed = tmp_path / "installed"
     shutil.copytree(REPO / "venvfs", installed / "venvfs", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(installed)}
 
-    def venvfs(*args: str) -> subprocess.CompletedProcess[str]:
+    def venvfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, env=env,
-                              timeout=300, check=True, cwd="/")
+                              timeout=300, check=check, cwd="/")
 
     wheel = build_wheel(tmp_path / "wheels", simple_package())
     path = make_venv("v", tool="uv")
     uv_pip(path, str(wheel))
     venvfs("mount", str(path))
-    venv = Venv.open(path)
+    return installed, venvfs, path, Venv.open(path)
+
+
+@pytest.mark.fuse
+def test_restart_runs_the_venvfs_now_installed_with_no_error_for_a_reader(
+        require_fuse: None, store: Store, make_venv: Callable[..., Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VENVFS_NO_OPEN", "1")
+    installed, venvfs, path, venv = _mounted_from_a_copy(store, make_venv, tmp_path)
     stop = tmp_path / "stop"
     reader = subprocess.Popen([str(venv.python), "-c", READER, str(venv.site_packages), str(stop)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -516,23 +523,8 @@ def test_restart_onto_a_venvfs_that_cannot_start_says_so_at_once_and_serves_on(
     """A syntax error in the venvfs now installed: in a module the keeper's check imported (once
     reported only by restart's 60 s timeout), and in one a daemon loads only once serving (once
     exec'd, then every new daemon died until the keeper gave the mount up)."""
-    import shutil
-
     monkeypatch.setenv("VENVFS_NO_OPEN", "1")
-    _need_keeper()
-    installed = tmp_path / "installed"
-    shutil.copytree(REPO / "venvfs", installed / "venvfs", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "VENVFS_STORE": str(store.root), "PYTHONPATH": str(installed)}
-
-    def venvfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "venvfs", *args], capture_output=True, text=True, env=env,
-                              timeout=300, check=check, cwd="/")
-
-    wheel = build_wheel(tmp_path / "wheels", simple_package())
-    path = make_venv("v", tool="uv")
-    uv_pip(path, str(wheel))
-    venvfs("mount", str(path))
-    venv = Venv.open(path)
+    installed, venvfs, path, venv = _mounted_from_a_copy(store, make_venv, tmp_path)
     module = installed / "venvfs" / broken
     good = module.read_text()
     try:
