@@ -375,7 +375,9 @@ def crash_point(step: str) -> None:
 def importable_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` with this very venvfs first on PYTHONPATH: what venvfs starts runs from "/", so it must
     find the same venvfs without the caller's cwd (a source tree, a venv that is not the caller's)."""
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    # Not resolved: a venvfs reached through a symlinked directory (the benchmark's venvfs-stock does
+    # so, to give its environment this venvfs without the site-packages around it) stays reached so.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return {**env, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)}
 
 

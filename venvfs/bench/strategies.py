@@ -476,6 +476,13 @@ class VenvfsStock(VenvfsMount):
 
     def env(self, site: Site) -> dict[str, str]:
         env = venvfs_env(site)
+        # Only venvfs itself on the path: an installed venvfs's parent is its site-packages, whose
+        # pyfuse3 (the patched one, where venvfs was installed with it) would shadow the stock one.
+        source = site.fs.root / "venvfs-stock-src"
+        if not (source / "venvfs").exists():
+            source.mkdir(exist_ok=True)
+            (source / "venvfs").symlink_to(Path(venvfs.__file__).resolve().parent, target_is_directory=True)
+        env["PYTHONPATH"] = str(source)
         runtime = site.fs.root / "venvfs-stock-runtime"
         runtime.mkdir(mode=0o700, exist_ok=True)
         env["VENVFS_RUNTIME_DIR"] = str(runtime)
@@ -491,7 +498,8 @@ class VenvfsStock(VenvfsMount):
             # find-links directory may hold (3.5.0+venvfs2 sorts above 3.5.0) is not what is measured.
             _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-binary",
                   "pyfuse3", *fuse_requirements()], env=env, what="pip install (stock pyfuse3)")
-        out = _run([str(python), "-c", _STOCK_PROBE], what="stock pyfuse3 check").strip()
+        # With the environment its commands and daemons run in: what they import is what is measured.
+        out = _run([str(python), "-c", _STOCK_PROBE], env=self.env(site), what="stock pyfuse3 check").strip()
         if out != "stock":
             raise Unavailable(f"the pyfuse3 installed from the index is not stock ({out})")
         self.python = str(python)
