@@ -28,18 +28,12 @@ START_TIMEOUT = 5.0
 MAX_REQUEST = 1 << 20  # bytes of one request (the client sends its environment)
 
 
-def runtime_dir() -> Path | None:
-    """The user's own runtime directory for venvfs (created 0700), or None if none is safe to use."""
-    directory, why = socketpath.runtime_dir()
-    if directory is None:
-        log.info("%s", why)
-        return None
-    return Path(directory)
-
-
 def socket_path(store_root: Path) -> Path | None:
     path = socketpath.socket_path(str(store_root))
-    return None if path is None else Path(path)
+    if path is None:
+        log.info("%s", socketpath.runtime_dir()[1])  # why none is safe (looked at again: a rare path)
+        return None
+    return Path(path)
 
 
 # -- the client's side -------------------------------------------------------------------------------
