@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from venvfs.cli import app, thin
 from venvfs.mount import service
 from venvfs.mount.serviceclient import socket_path
 from venvfs.store.store import default_store_path
@@ -35,8 +36,6 @@ _USED_BY_COMMANDS = (
 
 
 def _preload() -> None:
-    from venvfs.cli import app, thin
-
     local = {app.COMMANDS[command] for command in thin.LOCAL_COMMANDS}
     for module in (*(m for m in app.COMMAND_MODULES if m not in local), *_USED_BY_COMMANDS):
         importlib.import_module(module)
@@ -57,8 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if path is None:
         log.error("no safe runtime directory for the socket")
         return 1
-    from venvfs.cli import thin
-
     _preload()
     return service.serve_forever(store, path, systemd=args.systemd, runner=thin.serve)
 

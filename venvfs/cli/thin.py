@@ -176,13 +176,19 @@ class _Forwarder:
             if self.received[-1] == signal.SIGINT:
                 print("venvfs: interrupted", file=sys.stderr)
                 raise SystemExit(130)
+            self.die_by_last()
+
+    def die_by_last(self) -> None:
+        """End this process by the last signal it got, with the default action, as a shell expects."""
+        import signal
+
+        if self.received:
             signal.signal(self.received[-1], signal.SIG_DFL)
             os.kill(os.getpid(), self.received[-1])
 
 
 def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
     import json
-    import signal
 
     reader = sock.makefile("rb")
     for raw in reader:
@@ -198,9 +204,7 @@ def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
     if not forwarder.started:
         return None
     # The worker died without a status: a forwarded signal did it, or something killed it.
-    if forwarder.received:
-        signal.signal(forwarder.received[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), forwarder.received[-1])
+    forwarder.die_by_last()
     # Its status went to the service, which does not keep it; killed (SIGKILL, the OOM killer, a
     # process that dies by os._exit as under it) is what a shell would show for it here: 128 + 9.
     print("venvfs: error: the command's process in the mount service died", file=sys.stderr)
@@ -261,11 +265,12 @@ def _run_command(conn: socket.socket, request: dict[str, object], fds: list[int]
     import threading
 
     from venvfs.cli import app
+    from venvfs.mount import service
 
     argv = [str(a) for a in request.get("argv") or ()]  # type: ignore[attr-defined]
     # Before the environment changes: setproctitle finds the room for a title after argv, in the
     # environment's strings, which replacing os.environ moves away (the title is then silently lost).
-    _set_title(argv)
+    service.set_title(" ".join(["venvfs", *argv])[:200])
     # The service ignores SIGCHLD to reap its children; inherited, every waitpid of ours would fail
     # with ECHILD (subprocess then reports exit status 0 for anything).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -314,14 +319,6 @@ def _reopen_streams() -> None:
     sys.stdout = open(1, "w", encoding=encoding, errors=errors, closefd=False,  # noqa: SIM115
                       buffering=1 if os.isatty(1) else -1)
     sys.stderr = open(2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
-
-
-def _set_title(argv: list[str]) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(" ".join(["venvfs", *argv])[:200])
 
 
 def _listen(signals: int) -> None:

@@ -151,16 +151,22 @@ def _set_title(venv_root: Path) -> None:  # pragma: no cover - forked child
         title = f"{TITLE} {Venv(venv_root).site_packages}"
     except Exception:  # the daemon reports a broken venv; the title only names it
         title = f"{TITLE} {venv_root}"
+    set_title(title, short=TITLE)
+
+
+def set_title(title: str, *, short: str | None = None) -> None:  # pragma: no cover - forked children
+    """What ``ps`` shows for a process the service forked (its command line is the service's until
+    then). Without setproctitle (it comes with venvfs[fuse]) only the ``short`` name (comm, 15
+    bytes) can be set safely, argv's memory being the interpreter's; None leaves it as it is."""
     try:
         import setproctitle
     except ImportError:
-        # Without setproctitle (it comes with venvfs[fuse]) only the short name (comm, 15 bytes) can be
-        # set safely: argv's memory belongs to the interpreter. `pgrep venvfs-mount` still finds it.
-        import ctypes
+        if short is not None:
+            import ctypes
 
-        pr_set_name = 15
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, TITLE.encode(), 0, 0, 0)
+            pr_set_name = 15
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, short.encode(), 0, 0, 0)
         return
     setproctitle.setproctitle(title)
 
