@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -231,3 +232,32 @@ def test_a_service_from_before_commands_ran_in_it_answers_stale_at_once(
         assert took < 4.0, f"the client waited {took:.1f} s for an old service"
     finally:
         server.kill()
+
+
+def test_a_venvfs_linked_into_a_site_packages_is_served_by_its_service(
+        require_fuse: None, service_env: Path, store: Store, make_venv: Callable[..., Path], tmp_path: Path) -> None:
+    # As the benchmark's environment reaches this venvfs: a link to the package in a venv's
+    # site-packages. The service it starts has that site-packages first on its path (importable_env
+    # adds the package's parent as reached), the client has it where site put it; compared resolved
+    # (the source tree), neither was left out, and every command was refused.
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+    (site / "venvfs").symlink_to(REPO / "venvfs", target_is_directory=True)
+    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")  # pyfuse3, trio: this interpreter's
+    python = str(env_dir / "bin" / "python")
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    venv = make_venv("v", tool="uv")
+
+    def venvfs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([python, "-X", "importtime", "-m", "venvfs", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env={**environ, "VENVFS_STORE": str(store.root)})
+
+    proc = venvfs("mount", str(venv))
+    assert proc.returncode == 0, _stderr(proc)
+    try:
+        proc = venvfs("list")
+        assert proc.returncode == 0 and _in_service(proc), _stderr(proc)
+        assert f"{venv}\tmounted" in proc.stdout
+    finally:
+        stop_mount(venv)

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code = thin.run(sys.argv[1:])
         if code is not None:
-            return code
+            thin.exit_now(code)
     from venvfs.cli import app
 
     return app.main(argv)

@@ -7,7 +7,8 @@ store's socket the client sends it the command line, its environment, umask, ope
 its standard streams and working directory as descriptors (``SCM_RIGHTS``), and the service forks a
 worker that becomes the command: same uid (``SO_PEERCRED``, checked on both ends), same groups, same
 interpreter and venvfs (else the client is told to run it itself), the client's terminal. The client
-only waits: it imports ``os``, ``socket`` and ``json``, and nothing of venvfs's but the socket path.
+only waits: it imports ``os`` and the C halves of ``socket`` and ``json``, and nothing of venvfs's but
+the socket path.
 
 The protocol, one line each way at a time: the client sends the request (JSON) with five descriptors;
 the worker answers ``started``, then ``exit N`` (none: it was killed; the client exits 137), or
@@ -28,7 +29,9 @@ import sys
 
 TYPE_CHECKING = False  # typing itself is 2 ms of every command's start; mypy reads this name as True
 if TYPE_CHECKING:
+    import _socket
     import socket
+    from collections.abc import Iterator
     from typing import Any, NoReturn
 
 DISABLE_ENV = "VENVFS_SERVICE"  # the same switch as serviceclient.DISABLE_ENV ("0": never use it)
@@ -53,24 +56,24 @@ def run(argv: list[str]) -> int | None:
     except OSError:
         # A closed standard stream cannot be handed over, and the socket would take its number.
         return None
-    # Imported only now: `venvfs --version` and `venvfs -h` load none of it (~5 ms).
-    import json
-    import socket
+    # The C modules, not socket.py and json: those import enum, selectors and re (~8 ms of each
+    # command's start, measured with -X importtime), for a connect and one message.
+    import _socket
 
     from venvfs.mount import socketpath
 
     path = socketpath.socket_path(socketpath.guess_store_root(argv))
     if path is None:
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    with sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
         try:
             sock.connect(path)
         except OSError:
             return None
         # The runtime directory is checked to be ours, and the server must be too: a command hands it
         # its terminal and environment.
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
         if int.from_bytes(creds[4:8], sys.byteorder) != os.getuid():
             return None
         try:
@@ -80,7 +83,7 @@ def run(argv: list[str]) -> int | None:
         request = {"op": "run", "identity": socketpath.identity(), "python": _python(),
                    "argv": argv, "env": dict(os.environ), "umask": _umask(), "gid": os.getgid(),
                    "groups": sorted(os.getgroups()), "nofile": _nofile()}
-        data = json.dumps(request).encode() + b"\n"
+        data = _json(request).encode() + b"\n"
         # Signals travel on a pipe of their own, so the request can end with the socket's write side
         # shut: a service from before `op: run` reads a request to its end, and answers "stale" at once.
         signals_r, signals_w = os.pipe2(os.O_CLOEXEC)
@@ -89,9 +92,10 @@ def run(argv: list[str]) -> int | None:
         forwarder = _Forwarder(signals_w)
         try:
             try:
-                sent = socket.send_fds(sock, [data], [0, 1, 2, here, signals_r])
+                rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, here, signals_r))
+                sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
                 sock.sendall(data[sent:])
-                sock.shutdown(socket.SHUT_WR)
+                sock.shutdown(_socket.SHUT_WR)
             except OSError:
                 return None  # a closed standard stream (EBADF) or a service gone: run it here
             finally:
@@ -101,6 +105,37 @@ def run(argv: list[str]) -> int | None:
         finally:
             forwarder.restore()
             os.close(signals_w)
+    finally:
+        sock.close()
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the client once its command has: its output is the worker's, and this process holds nothing
+    to clean up, so the interpreter's finalization (~3 ms) is skipped."""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - contextlib is one more import on every command's start
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _json(value: object) -> str:
+    """The request as JSON, written with the C string encoder the json package uses itself: the
+    package would import its decoder, and with it re."""
+    from _json import encode_basestring_ascii as quote
+
+    if isinstance(value, str):
+        return str(quote(value))
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{quote(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
+    raise TypeError(f"not in a request: {type(value).__name__}")
 
 
 def _eligible(argv: list[str]) -> bool:
@@ -119,9 +154,12 @@ def _python() -> list[object]:
     already compares."""
     import venvfs
 
-    ours = os.path.dirname(os.path.dirname(os.path.realpath(venvfs.__file__)))
+    # As reached and as resolved: importable_env puts the package's parent first as reached (not
+    # resolved), so a venvfs linked into a site-packages appears there twice in the service's path.
+    reached = os.path.dirname(os.path.dirname(os.path.abspath(venvfs.__file__)))
+    ours = {reached, os.path.realpath(reached), os.path.dirname(os.path.dirname(os.path.realpath(venvfs.__file__)))}
     return [os.path.realpath(sys.executable), sys.prefix,
-            [p for p in sys.path[1:] if os.path.realpath(p or ".") != ours]]
+            [p for p in sys.path[1:] if not {os.path.abspath(p or "."), os.path.realpath(p or ".")} & ours]]
 
 
 def _umask() -> int:
@@ -141,13 +179,14 @@ class _Forwarder:
     a ``signal N`` line on the signal pipe, held back until the worker has started (the command has not
     begun before; a refusal then leaves the signal to this process)."""
 
+    # _signal, not signal: signal.py wraps it in enums, whose import is ~2 ms of every command's start.
     def __init__(self, pipe: int) -> None:
-        import signal
+        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
 
         self.pipe = pipe
         self.started = False
         self.received: list[int] = []
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in FORWARDED}
+        self.previous = {signum: _signal.signal(signum, self._handle) for signum in FORWARDED}
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
@@ -168,36 +207,46 @@ class _Forwarder:
     def restore(self) -> None:
         """The handlers as they were; a signal that came before any worker started (so before the
         command did anything) ends this process, as it would have ended a command run here."""
-        import signal
+        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
 
         for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         if self.received and not self.started:
-            if self.received[-1] == signal.SIGINT:
+            if self.received[-1] == FORWARDED[0]:  # SIGINT
                 print("venvfs: interrupted", file=sys.stderr)
                 raise SystemExit(130)
             self.die_by_last()
 
     def die_by_last(self) -> None:
         """End this process by the last signal it got, with the default action, as a shell expects."""
-        import signal
+        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
 
         if self.received:
-            signal.signal(self.received[-1], signal.SIG_DFL)
+            _signal.signal(self.received[-1], _signal.SIG_DFL)
             os.kill(os.getpid(), self.received[-1])
 
 
-def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
-    import json
+def _lines(sock: _socket.socket) -> Iterator[str]:
+    pending = b""
+    while True:
+        chunk = sock.recv(65536)  # retried after a forwarded signal's handler (PEP 475)
+        if not chunk:
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode(errors="replace")
 
-    reader = sock.makefile("rb")
-    for raw in reader:
-        line = raw.decode(errors="replace").rstrip("\n")
+
+def _follow(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
+    for line in _lines(sock):
         if line == "started":
             forwarder.start()
         elif line.startswith("exit ") and forwarder.started:
             return int(line[5:])
         elif line.startswith("exec ") and forwarder.started:
+            import json  # only here: a wrapped installer's command line
+
             _become(json.loads(line[5:]))
         elif not forwarder.started:
             return None  # stale, another interpreter, a refusal: nothing ran; run it here
@@ -212,10 +261,10 @@ def _follow(sock: socket.socket, forwarder: _Forwarder) -> int | None:
 
 
 def _become(order: dict[str, Any]) -> NoReturn:
-    import signal
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
 
     for signum in FORWARDED:
-        signal.signal(signum, signal.SIG_DFL)
+        _signal.signal(signum, _signal.SIG_DFL)
     argv = [str(a) for a in order["argv"]]
     os.execve(argv[0], argv, {str(k): str(v) for k, v in order["env"].items()})
 
