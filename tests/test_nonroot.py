@@ -102,6 +102,11 @@ def _daemon_pid(venv: Path) -> int:
     return int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["pid"])
 
 
+def _service_of(venv: Path) -> int:
+    """The mount service whose fork serves ``venv`` (daemon.json names it)."""
+    return int(json.loads((venv / ".venvfs" / "daemon.json").read_text())["service"])
+
+
 def as_user(u: OtherUser, *cmd: str, check: bool = True, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     """``cmd`` as the user, in a login-like environment (nothing of root's but what is named here)."""
@@ -179,7 +184,7 @@ def test_a_normal_user_mounts_imports_writes_and_unmounts(user: OtherUser) -> No
     assert "allow_other" not in options + super_options, "a mount is its owner's alone unless asked"
     # Its daemon runs as the user, forked by the user's own service.
     daemon = _daemon_pid(one)
-    service = int(_status(daemon, "PPid"))
+    service = _service_of(one)
     assert _status(daemon, "Uid") == str(user.uid) and _status(service, "Uid") == str(user.uid)
     assert "venvfs.cli.service" in _cmdline(service)
     runtime = user_runtime(user)
@@ -195,7 +200,7 @@ def test_a_normal_user_mounts_imports_writes_and_unmounts(user: OtherUser) -> No
 
     # A second call reuses the service; the copy-up stayed in the first venv.
     venvfs_as(user, "mount", "--mode", "fuse", str(two))
-    assert int(_status(_daemon_pid(two), "PPid")) == service
+    assert _service_of(two) == service
     check = as_user(user, str(two / "bin" / "python"), "-c",
                     "import demo.sub.helpers as h; print(hasattr(h, 'TRIPLE'))")
     assert check.stdout.strip() == "False"
@@ -275,11 +280,11 @@ def test_two_users_have_separate_services_closed_to_each_other(user: OtherUser, 
     env = {**os.environ, "VENVFS_STORE": str(root_store)}
     subprocess.run([sys.executable, "-m", "venvfs", "mount", "--mode", "fuse", str(root_venv)], check=True,
                    env=env, capture_output=True)
-    root_service = int(_status(_daemon_pid(root_venv), "PPid"))
+    root_service = _service_of(root_venv)
     try:
         user_venv_path = user_venv(user, "mine", wheel)
         venvfs_as(user, "mount", "--mode", "fuse", str(user_venv_path))
-        user_service = int(_status(_daemon_pid(user_venv_path), "PPid"))
+        user_service = _service_of(user_venv_path)
         assert user_service != root_service
         assert _status(root_service, "Uid") == "0" and _status(user_service, "Uid") == str(user.uid)
         root_sock = serviceclient.socket_path(Store.open(root_store, create=False).root)

@@ -268,6 +268,7 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
                    conn: Connection | None, pyfuse3: Any, trio: Any, direct: DirectLoop | None) -> int:
     """Mount (or, with ``conn``, take over the keeper's connection) and serve until unmounted or signalled."""
     from venvfs.hooks.target import PTH_NAME
+    from venvfs.mount import serviceclient
     from venvfs.mount.fuse import STATS_ENV, Invalidator, Operations, mount_options, no_open_available, pyc_links_wanted
     from venvfs.mount.overlay import InodeJournal, Overlay
     from venvfs.mount.serviceclient import identity
@@ -358,6 +359,9 @@ def _serve_mounted(venv: Venv, store_root: Path, *, allow_other: bool, ready: Ca
                                                  "no_open": overlay.no_open, "pyc_links": overlay.pyc_links,
                                                  "watcher": watcher_pid,
                                                  "restarts": conn.restarts if conn else 0,
+                                                 # The mount service this daemon is a fork of, if any.
+                                                 "service": serviceclient.in_service[2]
+                                                 if serviceclient.in_service else None,
                                                  "venvfs": identity()},
                               durable=False)
 

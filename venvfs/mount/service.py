@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from venvfs.fsutil import importable_env
+from venvfs.mount import serviceclient
 from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,30 @@ def _answer(conn: socket.socket, request: dict[str, object], fds: list[int], min
     return True
 
 
+def mount_in_fork(request: dict[str, object], timeout: float) -> str:  # pragma: no cover - a worker
+    """A mount for a command that runs in a fork of the service (``cli/thin.py``): that process forks
+    the daemon itself, as the service would (``_child``), and reads its ready line from a socket pair.
+    The service's own round trip (a connection, the client's environment as JSON both ways, a wait
+    behind the service's other requests, one more fork of the service's larger process) is saved.
+    The daemon starts a session of its own at once, so the command's exit orphans it harmlessly
+    (it is re-parented, as a daemon the service forked would be once the service exits). The worker's
+    one other thread (``thin._listen``, blocked reading the client's signal pipe) holds no lock the
+    child could inherit taken."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with ours:
+        with theirs:
+            _fork(lambda: _child(theirs, request))
+        ours.settimeout(timeout)
+        data = b""
+        with contextlib.suppress(TimeoutError):
+            while b"\n" not in data:
+                chunk = ours.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+
+
 def _fork(body: Callable[[], int]) -> int:
     gc.freeze()  # what this request allocated too (the same reason as in serve_forever)
     pid = os.fork()
@@ -296,6 +321,8 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
 
     with contextlib.suppress(ImportError):
         import_pyfuse3(None)
+    with contextlib.suppress(ImportError):
+        import setproctitle  # noqa: F401 - each fork sets its title (set_title): a dlopen per fork otherwise
     watch.libc()  # once here rather than in every forked daemon
     # A forked daemon shares these pages until either process writes to them, and a cyclic collection
     # writes to every object it visits (gc_refs in each header): in the child it copies the service's
@@ -305,6 +332,8 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
     gc.collect()
     gc.freeze()
     mine = identity()
+    # The service's commands fork their mounts' daemons themselves (mount_in_fork).
+    serviceclient.in_service = (store_root, mount_in_fork, os.getpid())
     # Under systemd the service is wanted for the whole session, and a restart is systemd's to make.
     idle = float("inf") if systemd else float(os.environ.get(IDLE_ENV, "1800"))
     # Children are reaped as they exit; their exit status is in their own logs.

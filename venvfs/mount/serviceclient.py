@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from venvfs.fsutil import importable_env, spawn_detached
@@ -66,12 +67,22 @@ def _start(store_root: Path, path: Path) -> socket.socket | None:
     return None
 
 
+# In the service and every process it forks: its store, how it forks a mount's daemon
+# (``service.mount_in_fork``, which a command running in a fork then does itself) and its pid (which
+# daemon.json names). Set by the service, which imports this module: no import circle.
+in_service: tuple[Path, Callable[[dict[str, object], float], str], int] | None = None
+
+
 def request_mount(venv_root: Path, store_root: Path, *, allow_other: bool, logfile: Path,
                   timeout: float) -> str | None:
     """Ask the service (started if need be) to mount ``venv_root``: the daemon's ready line ("ok",
     "already: …", "error: …"), or None when the service cannot be used and the caller should spawn."""
     if os.environ.get(DISABLE_ENV) == "0":
         return None
+    request: dict[str, object] = {"venv": str(venv_root), "store": str(store_root), "allow_other": allow_other,
+                                  "log": str(logfile), "env": dict(os.environ)}
+    if in_service is not None and in_service[0] == store_root:
+        return in_service[1](request, timeout) or None
     path = socket_path(store_root)
     if path is None:
         return None
@@ -79,8 +90,7 @@ def request_mount(venv_root: Path, store_root: Path, *, allow_other: bool, logfi
     if sock is None:
         return None
     with sock:
-        request = {"op": "mount", "identity": identity(), "venv": str(venv_root), "store": str(store_root),
-                   "allow_other": allow_other, "log": str(logfile), "env": dict(os.environ)}
+        request = {"op": "mount", "identity": identity(), **request}
         try:
             sock.sendall(json.dumps(request).encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)

@@ -17,12 +17,19 @@ RUNTIME_ENV = "VENVFS_RUNTIME_DIR"
 STORE_ENV = "VENVFS_STORE"
 
 
+_identity: str | None = None
+
+
 def identity() -> str:
     """What a request must match: the service runs this very venvfs, or it is stale (an upgrade).
     ``VERSION+STAMP:DIRECTORY``: the part after the colon says which installation, the part before
-    which code in it."""
-    package = os.path.dirname(os.path.realpath(venvfs.__file__))
-    return f"{venvfs.__version__}+{_stamp(package)}:{package}"
+    which code in it. Taken once per process: a process runs the code it loaded, so what the service
+    took at its start is also what its forks (commands, daemons) run, whatever changed on disk since."""
+    global _identity
+    if _identity is None:
+        package = os.path.dirname(os.path.realpath(venvfs.__file__))
+        _identity = f"{venvfs.__version__}+{_stamp(package)}:{package}"
+    return _identity
 
 
 def _stamp(directory: str) -> int:
