@@ -304,20 +304,44 @@ def find_process(needles: list[bytes]) -> int | None:
     return None
 
 
+_installed_python: str | None = None
+
+
 def venvfs_argv() -> list[str]:
-    return [sys.executable, "-m", "venvfs"]
+    """This very venvfs, run as an installed one is: from a venv whose site-packages holds it (a link
+    to the package) with its dependencies on a ``.pth`` line (where this interpreter finds them). Not
+    by this interpreter: from a source checkout that is an editable install, whose import hook
+    (setuptools' editable finder, which site loads in every interpreter of that venv) cost each
+    venvfs command ~15 ms (measured) that an installed venvfs does not pay."""
+    global _installed_python
+    if _installed_python is None:
+        _installed_python = _installed_env()
+    return [_installed_python, "-m", "venvfs"]
+
+
+def _installed_env() -> str:
+    import atexit
+    import sysconfig
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="venvfs-bench-installed-"))
+    atexit.register(shutil.rmtree, root, True)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(root)], what="python -m venv")
+    packages = Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
+    package = Path(venvfs.__file__).resolve().parent
+    (packages / "venvfs").symlink_to(package, target_is_directory=True)
+    deps = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p) != package.parent]
+    (packages / "venvfs-deps.pth").write_text("".join(f"{p}\n" for p in deps))
+    return str(root / "bin" / "python")
 
 
 def venvfs_env(site: Site) -> dict[str, str]:
-    # This very venvfs, also when it runs from a source tree rather than an installed package.
-    env = site.env()
-    env["PYTHONPATH"] = str(Path(venvfs.__file__).resolve().parent.parent)
-    return env
+    return site.env()  # no PYTHONPATH: venvfs_argv's interpreter has it installed
 
 
 def venvfs_has(command: str) -> str | None:
     """None when this venvfs has ``command``, else why not (the mount lands in its own change)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(venvfs.__file__).resolve().parent.parent)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([*venvfs_argv(), command, "--help"], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return f"this venvfs has no `venvfs {command}` command yet"
