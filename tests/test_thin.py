@@ -24,6 +24,8 @@ import pytest
 from tests.conftest import REPO, stop_mount, uv
 from venvfs.mount import serviceclient
 from venvfs.store.store import Store
+from venvfs.venv.mountinfo import mount_state
+from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
 
@@ -153,6 +155,40 @@ def test_the_worker_takes_the_clients_limits_and_ctrl_c(
     assert client.returncode == 130, err[-2000:]
     assert "venvfs: interrupted" in err
     assert _worker(f"umount --wait 30 {mounted}") is None
+
+
+def _state(pid: int) -> str:
+    return next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("State:"))
+
+
+def _wait_state(pid: int, states: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _state(pid) not in states:
+        assert time.monotonic() < deadline, f"process {pid} is {_state(pid)}, not one of {states}"
+        time.sleep(0.02)
+
+
+def test_ctrl_z_stops_the_command_and_fg_continues_it(mounted: Path, store: Store) -> None:
+    # The venv's lock held by flock(1)'s child, in a group of its own: killed as a whole, it frees the lock.
+    holder = subprocess.Popen(["flock", str(mounted / ".venvfs" / "lock"), "sleep", "60"], start_new_session=True)
+    time.sleep(0.2)
+    client = _client(store, "", "umount", "--wait", "30", str(mounted))
+    worker = _wait_for_worker(f"umount --wait 30 {mounted}")
+    # Ctrl-Z: the client stops (what the shell waits for) and so does the command in the service,
+    # which would otherwise go on running, unmounting while its job shows "Stopped".
+    client.send_signal(signal.SIGTSTP)
+    _wait_state(client.pid, "T")
+    _wait_state(worker, "T")
+    os.killpg(holder.pid, signal.SIGKILL)  # the lock is free, but a stopped command does not take it
+    holder.wait()
+    time.sleep(0.5)
+    assert _state(worker) == "T" and mount_state(Venv(mounted)) == "mounted"
+    # fg (SIGCONT): both go on, and the command finishes as if never stopped.
+    client.send_signal(signal.SIGCONT)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 0, err[-2000:]
+    assert mount_state(Venv(mounted)) == "unmounted"
 
 
 def test_a_client_that_vanishes_hangs_its_worker_up(

@@ -11,12 +11,13 @@ only waits: it imports ``os`` and the C halves of ``socket`` and ``json``, and n
 the socket path.
 
 The protocol, one line each way at a time: the client sends the request (JSON) with five descriptors;
-the worker answers ``started``, then ``exit N`` (none: it was killed; the client exits 137), or
+the worker answers ``started PID``, then ``exit N`` (none: it was killed; the client exits 137), or
 ``exec JSON`` (a wrapped installer: the *client* process becomes uv or pip, so the installer keeps the
 user's process, terminal, signals and exit status); anything else before ``started`` (``stale``,
 ``other: …``) and the client runs the command itself. Signals the client gets (Ctrl-C, SIGTERM,
 SIGHUP) go to the worker as ``signal N`` lines on a pipe passed with the request; a client that
-vanishes hangs the worker up (SIGHUP), as its terminal closing would.
+vanishes hangs the worker up (SIGHUP), as its terminal closing would. Ctrl-Z stops the worker's
+process group (``started PID`` names it) and then the client; continuing the client continues it.
 
 Where nothing answers, the command runs in the client as before: the service is an accelerator, and
 only commands that need it (a mount) start it. ``VENVFS_SERVICE=0`` runs everything locally.
@@ -42,6 +43,7 @@ LOCAL_COMMANDS = frozenset({"bench"})
 LOCAL_OPTIONS = frozenset({"--foreground", "--version"})
 # SIGINT, SIGTERM, SIGHUP, SIGQUIT (numbers: the signal module is not loaded before it is needed)
 FORWARDED = (2, 15, 1, 3)
+SIGTSTP, SIGSTOP, SIGCONT = 20, 19, 18  # Linux's numbers (x86, arm, riscv alike)
 
 
 # -- the client's side ---------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ class _Forwarder:
 
         self.pipe = pipe
         self.started = False
+        self.worker = 0
         self.received: list[int] = []
         self.previous = {signum: _signal.signal(signum, self._handle) for signum in FORWARDED}
 
@@ -199,10 +202,33 @@ class _Forwarder:
         except OSError:
             pass
 
-    def start(self) -> None:
+    def start(self, worker: int) -> None:
+        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
+
         self.started = True
+        self.worker = worker
         for signum in self.received:
             self._send(signum)
+        self.previous[SIGTSTP] = _signal.signal(SIGTSTP, self._suspend)
+
+    def _suspend(self, _signum: int, _frame: object) -> None:
+        """Ctrl-Z: the worker's process group is stopped (SIGSTOP: it is in no terminal's foreground,
+        where SIGTSTP would be discarded), then this process, by the default action the shell waits
+        for; continued (fg, bg), it continues the worker. The worker cannot stop itself on a line of
+        the signal pipe: stopped, it would never read the line that continues it."""
+        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
+
+        try:  # noqa: SIM105 - contextlib is one more import on every command's start
+            os.killpg(self.worker, SIGSTOP)
+        except OSError:
+            pass
+        _signal.signal(SIGTSTP, _signal.SIG_DFL)
+        os.kill(os.getpid(), SIGTSTP)  # returns once continued
+        _signal.signal(SIGTSTP, self._suspend)
+        try:  # noqa: SIM105
+            os.killpg(self.worker, SIGCONT)
+        except OSError:
+            pass
 
     def restore(self) -> None:
         """The handlers as they were; a signal that came before any worker started (so before the
@@ -240,8 +266,8 @@ def _lines(sock: _socket.socket) -> Iterator[str]:
 
 def _follow(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
     for line in _lines(sock):
-        if line == "started":
-            forwarder.start()
+        if line.startswith("started "):
+            forwarder.start(int(line[8:]))
         elif line.startswith("exit ") and forwarder.started:
             return int(line[5:])
         elif line.startswith("exec ") and forwarder.started:
@@ -342,7 +368,10 @@ def _run_command(conn: socket.socket, request: dict[str, object], fds: list[int]
     # command's logging.basicConfig, which then does nothing.
     logging.root.handlers.clear()
     conn.settimeout(None)
-    conn.sendall(b"started\n")
+    # A process group of its own, which the client stops and continues as a whole (Ctrl-Z): the
+    # command and what it runs (uv, compilers), not the daemons it forks (each in a session of its own).
+    os.setpgid(0, 0)
+    conn.sendall(f"started {os.getpid()}\n".encode())
     threading.Thread(target=_listen, args=(signals,), name="venvfs-client", daemon=True).start()
     try:
         result: int | app.ExecInstead = app.run(argv)
