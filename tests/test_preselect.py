@@ -61,6 +61,16 @@ def test_uvs_project_options_are_read_once_for_the_dry_sync_and_the_directory(
         (["--directory", "/abs", "sync"], ["--directory", "/abs"], Path("/abs")),
         (["add", "x", "--directory"], [], tmp_path),  # no value: uv's own error
         (["--projects=p", "--directoryx", "d", "sync"], [], tmp_path),
+        (["pip", "install", "x", "--directory", "d"], ["--directory", "d"], tmp_path / "d"),  # global: uv's
+        # `uv run [OPTIONS] <COMMAND> [ARGS]`: from the command on, every word is the command's.
+        (["run", "tool.py", "--directory", "out"], [], tmp_path),
+        (["run", "--directory", "d", "python", "x.py"], ["--directory", "d"], tmp_path / "d"),
+        (["--directory", "d", "run", "python", "x.py", "--directory=e"], ["--directory", "d"], tmp_path / "d"),
+        (["run", "--", "tool", "--directory", "x"], [], tmp_path),
+        (["run", "--with", "pkg", "tool", "--project", "p"], [], tmp_path),
+        (["run", "--with", "--directory", "tool", "--directory", "x"], [], tmp_path),  # a package named so
+        (["tool", "run", "black", "--directory", "x"], [], tmp_path),
+        (["add", "--", "--directory", "x"], [], tmp_path),
     ]
     for args, flags, where in cases:
         assert (_project_flags(args), _directory(args)) == (flags, where), args
@@ -247,3 +257,27 @@ def test_uv_run_through_venvfs_serves_what_its_sync_installs(require_fuse: None,
     finally:
         stop_mount(ours / ".venv")
 
+
+
+def test_uv_run_reads_only_uvs_own_directory_not_the_commands(require_fuse: None, store: Store,
+                                                               run_venvfs: object, tmp_path: Path) -> None:
+    """``venvfs uv run python tool.py --directory out``: ``--directory out`` is the tool's. Read as
+    uv's, the project was looked for in ``out/`` and nothing was served from the store."""
+    wheels = wheelhouse(tmp_path / "wheels")
+    run_venvfs("store", "add", str(wheels))  # type: ignore[operator]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.10"\ndependencies = ["needs"]\n\n'
+        f'[tool.uv]\npackage = false\nno-index = true\nfind-links = ["{wheels}"]\n')
+    (proj / "tool.py").write_text("import sys, needs\nprint(sys.argv[1:])\n")
+    subprocess.run([uv(), "lock", "-q"], check=True, cwd=proj)
+    subprocess.run([uv(), "venv", "-q", "--python", sys.executable, str(proj / ".venv")], check=True, cwd=proj)
+    run_venvfs("mount", str(proj / ".venv"))  # type: ignore[operator]
+    try:
+        out = _venvfs_uv(tmp_path, "--directory", "proj", "run", "python", "tool.py", "--directory", "out")
+        assert out.stdout == "['--directory', 'out']\n", out.stdout
+        assert "2 served from the store" in out.stderr, out.stderr  # needs and tools
+        assert not _upper_copies(proj / ".venv")
+    finally:
+        stop_mount(proj / ".venv")

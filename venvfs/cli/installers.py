@@ -71,16 +71,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _project_options(args: list[str]) -> list[tuple[str, str, list[str]]]:
     """uv's ``--project`` and ``--directory`` in ``args``, in order: the option, its value, and the
-    words that gave it (``--directory D`` or ``--directory=D``)."""
-    found: list[tuple[str, str, list[str]]] = []
-    for i, a in enumerate(args):
-        if a in _PROJECT_FLAGS and i + 1 < len(args):
-            found.append((a, args[i + 1], [a, args[i + 1]]))
-        else:
-            name, eq, value = a.partition("=")
-            if eq and name in _PROJECT_FLAGS:
-                found.append((name, value, [a]))
-    return found
+    words that gave it (``--directory D`` or ``--directory=D``). Only uv's own words count: a
+    ``--directory`` of the command ``uv run`` runs, or after ``--``, is that command's."""
+    from venvfs.venv.preselect import uv_options
+
+    return uv_options(args, _PROJECT_FLAGS)
 
 
 def _project_flags(args: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ the store lacks, or holds no build of that fits the venv, is left to uv.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +124,53 @@ def command_words(args: Sequence[str]) -> list[str]:
         elif not a.startswith("-"):
             words.append(a)
     return words
+
+
+# uv commands that end in a command of their own (``uv run [OPTIONS] <COMMAND> [ARGS]``): every word
+# from that command on is the command's, however much it looks like uv's (``--directory`` of a tool).
+_RUNS_A_COMMAND = (["run"], ["tool", "run"])
+
+
+def uv_own_args(args: Sequence[str]) -> list[str]:
+    """The words of a uv command line that are uv's own: all of them up to ``--`` (after which uv
+    reads none as an option), and for ``uv run`` and ``uv tool run`` only those before the command
+    it runs. An option's value stays with its option (``--with --directory`` is one pair)."""
+    own: list[str] = []
+    words: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            break
+        if a.startswith("-") and a != "-":
+            takes = a in _RUN_WITH_VALUE and i + 1 < len(args)
+            own += args[i:i + 2] if takes else [a]
+            i += 2 if takes else 1
+            continue
+        if words in _RUNS_A_COMMAND:
+            break
+        words.append(a)
+        own.append(a)
+        i += 1
+    return own
+
+
+def uv_options(args: Sequence[str], names: Collection[str]) -> list[tuple[str, str, list[str]]]:
+    """The options ``names`` (each taking a value) among uv's own words of ``args``, in order: the
+    option, its value, and the words that gave it (``--directory D`` or ``--directory=D``)."""
+    own = uv_own_args(args)
+    found: list[tuple[str, str, list[str]]] = []
+    i = 0
+    while i < len(own):
+        a = own[i]
+        name, eq, value = a.partition("=")
+        if a in names and i + 1 < len(own):
+            found.append((a, own[i + 1], [a, own[i + 1]]))
+        elif eq and name in names:
+            found.append((name, value, [a]))
+        # Another option's value is no option (``--with --directory`` names a package).
+        i += 2 if (a in names or a in _RUN_WITH_VALUE) and i + 1 < len(own) else 1
+    return found
 
 
 def dry_run_argv(uv: str, args: Sequence[str], cwd: Path | None = None) -> list[str] | None:
