@@ -36,13 +36,16 @@ class Progress:
         self._lines = enabled is None and not tty and not Progress.silenced
         self._start = self._logged = time.monotonic()
         self._last = 0.0
+        # Read once per piece of work, not per unit: an environment lookup per file was ~1 us of every
+        # file a selection walks (7,000 for the scientific set), for a value that does not change.
+        self._interval = log_interval() if self._lines else 0.0
 
     def advance(self, n: int = 1, *, note: str = "") -> None:
         self.done += n
         if not self.enabled:
             if self._lines:
                 now = time.monotonic()
-                if now - self._logged >= log_interval():
+                if now - self._logged >= self._interval:
                     self._logged = now
                     amount = _fmt(self.done, self.unit) + (f" of {_fmt(self.total, self.unit)}" if self.total else "")
                     self.stream.write(f"{self.label}: {amount} after {now - self._start:.0f} s\n")
