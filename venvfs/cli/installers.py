@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from venvfs.cli.common import open_store_for
+from venvfs.cli.common import open_store, open_store_for
 from venvfs.errors import UsageError, VenvfsError
 
 if TYPE_CHECKING:
+    from venvfs.store.store import Store
     from venvfs.venv.preselect import Plan
 
 _EPILOG = """\
@@ -104,7 +105,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
         dry = [uv, "sync", "--inexact", "--dry-run", *_project_flags(uv_args)]
     if dry is not None and "--dry-run" not in uv_args:
         try:
-            _preselect_uv(args, dry, where)
+            _preselect_uv(args, dry, where, uv_args)
         except (VenvfsError, OSError) as e:
             print(f"venvfs: not selecting from the store ({e}); uv installs everything", file=sys.stderr)
     _exec([uv, *uv_args])
@@ -131,19 +132,29 @@ def _directory(args: list[str]) -> Path:
     return where
 
 
-def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path) -> None:
-    from venvfs.venv.preselect import Plan, venv_of
+def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path, uv_args: list[str]) -> None:
+    from venvfs.venv.preselect import Plan, named_in, venv_of, warm
 
-    proc = subprocess.run(dry, capture_output=True, text=True)
+    proc = subprocess.Popen(dry, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # uv plans for ~50 ms, mostly in a subprocess of its own (it asks the venv's Python about
+    # itself): meanwhile the records of what the command line names are parsed, on another core.
+    warmed = None
+    try:
+        warmed = open_store(args, create=False)
+        warm(warmed, named_in(uv_args))
+    except (VenvfsError, OSError, ValueError):
+        warmed = None  # a guess only: the selection reads the venv's own store as it always did
+    finally:
+        out, err = proc.communicate()
     if proc.returncode != 0:
         return  # uv's own run says why, in its words
-    plan = Plan.parse(proc.stderr + "\n" + proc.stdout)
+    plan = Plan.parse(err + "\n" + out)
     root = venv_of(plan, where)
     if root is not None:
-        _select(args, root, plan, "uv")
+        _select(args, root, plan, "uv", warmed=warmed)
 
 
-def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str) -> None:
+def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str, *, warmed: Store | None = None) -> None:
     from venvfs.venv.preselect import preselect
     from venvfs.venv.venv import Venv
 
@@ -152,7 +163,10 @@ def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str) ->
     venv = Venv.open(root)
     if not venv.is_managed:
         return
-    result = preselect(venv, open_store_for(args, venv), plan)
+    store = open_store_for(args, venv)
+    if warmed is not None and (warmed.root, warmed.lowers) == (store.root, store.lowers):
+        store = warmed  # the same store, with the records it parsed while the installer planned
+    result = preselect(venv, store, plan)
     if result.selected and not args.quiet:
         left = f"; {installer} installs {len(result.left)}" if result.left else ""
         print(f"venvfs: {len(result.selected)} served from the store{left}", file=sys.stderr)

@@ -428,6 +428,12 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StoreError(f"{path}: unreadable record ({e})") from e
 
+    def keep_records(self) -> None:
+        """From now on ``get_dist`` parses each record once, as inside ``keeping_records``: for a
+        command that reads records ahead of knowing which it needs (``venvfs uv``, while uv plans)."""
+        if self._records is None:
+            self._records = {}
+
     def has_dist(self, key: str) -> bool:
         return self.dist_path(key).exists()
 
