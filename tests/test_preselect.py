@@ -16,8 +16,9 @@ from tests.sitetree import assert_same_site_packages
 from tests.test_pip_commit import _upper_copies
 from tests.test_select_clean import _versions, wheelhouse
 from venvfs.store.store import Store
+from venvfs.store.wheel import ingest_wheel
 from venvfs.venv.pipplan import PipCommand
-from venvfs.venv.preselect import Plan, command_words, dry_run_argv
+from venvfs.venv.preselect import Plan, command_words, dry_run_argv, named_in, warm
 from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
@@ -32,6 +33,20 @@ def test_a_dry_runs_plan_is_read_as_uv_prints_it() -> None:
     # A global option's value is no command word.
     assert command_words(["--directory", "sync", "-q", "pip", "install", "x"]) == ["pip", "install", "x"]
     assert dry_run_argv("uv", ["--project", "p", "sync", "-q"]) == ["uv", "--project", "p", "sync", "--dry-run"]
+
+
+def test_the_records_of_the_names_uv_is_given_are_parsed_while_it_plans(store: Store, tmp_path: Path) -> None:
+    """``venvfs uv pip install a b``: the stored records of a and b are parsed while uv's dry run runs
+    (what the command line names: options, their values, paths and URLs are no names)."""
+    assert named_in(["pip", "install", "-q", "--python", "v/bin/python", "Needs", "tools>=1", "./x.whl",
+                     "--find-links", "/w"]) == {"needs", "tools"}
+    assert named_in(["--directory", "d", "add", "jax[cpu]"]) == {"jax"}
+    assert named_in(["sync"]) == named_in(["run", "needs"]) == set()
+    wheels = wheelhouse(tmp_path / "wheels")
+    for whl in sorted(wheels.glob("*.whl")):
+        ingest_wheel(store, whl)
+    warm(store, {"tools"})
+    assert store._records is not None and {k.rsplit("-", 2)[0] for k in store._records} == {"tools"}
 
 
 def test_uv_run_is_planned_as_the_sync_it_starts_with(tmp_path: Path) -> None:
