@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.conftest import create_venv, stop_mount, uv
 from tests.sitetree import assert_same_site_packages
 from tests.test_pip_commit import _upper_copies
 from tests.test_select_clean import _versions, wheelhouse
+from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.store import Store
 from venvfs.store.wheel import ingest_wheel
 from venvfs.venv.pipplan import PipCommand
@@ -47,6 +49,16 @@ def test_the_records_of_the_names_uv_is_given_are_parsed_while_it_plans(store: S
         ingest_wheel(store, whl)
     warm(store, {"tools"})
     assert store._records is not None and {k.rsplit("-", 2)[0] for k in store._records} == {"tools"}
+    assert store.compiled_seen == {}  # nothing compiled yet: no bytecode to look up
+    # Once compiled (what adopt and add do), the bytecode of the warmed records is looked up too.
+    tag = sys.implementation.cache_tag
+    records = [store.get_dist(k) for k in store.dist_keys()]
+    ensure_bytecode(store, records, SimpleNamespace(cache_tag=tag), Path(sys.executable), show_progress=False)
+    again = Store.open(store.root, create=False)
+    with again.writing():
+        warm(again, {"tools"})
+        py = {f.digest for r in records if r.name == "tools" for f in r.site_files() if f.path.endswith(".py")}
+        assert py and again.compiled_seen == {tag: py}
 
 
 def test_uv_run_is_planned_as_the_sync_it_starts_with(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ accelerator here, never a gate: when anything about the plan fails, the installe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -136,22 +137,26 @@ def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path, uv_args
     from venvfs.venv.preselect import Plan, named_in, venv_of, warm
 
     proc = subprocess.Popen(dry, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # uv plans for ~50 ms, mostly in a subprocess of its own (it asks the venv's Python about
-    # itself): meanwhile the records of what the command line names are parsed, on another core.
-    warmed = None
-    try:
-        warmed = open_store(args, create=False)
-        warm(warmed, named_in(uv_args))
-    except (VenvfsError, OSError, ValueError):
-        warmed = None  # a guess only: the selection reads the venv's own store as it always did
-    finally:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        return  # uv's own run says why, in its words
-    plan = Plan.parse(err + "\n" + out)
-    root = venv_of(plan, where)
-    if root is not None:
-        _select(args, root, plan, "uv", warmed=warmed)
+    with contextlib.ExitStack() as held:
+        # uv plans for ~50 ms, mostly in a subprocess of its own (it asks the venv's Python about
+        # itself): meanwhile the records of what the command line names are parsed and their
+        # bytecode looked up, on another core. The store's shared lock is held from then until the
+        # selection is done, so gc cannot take away what was found.
+        warmed = None
+        try:
+            warmed = open_store(args, create=False)
+            held.enter_context(warmed.writing())
+            warm(warmed, named_in(uv_args))
+        except (VenvfsError, OSError, ValueError):
+            warmed = None  # a guess only: the selection reads the venv's own store as it always did
+        finally:
+            out, err = proc.communicate()
+        if proc.returncode != 0:
+            return  # uv's own run says why, in its words
+        plan = Plan.parse(err + "\n" + out)
+        root = venv_of(plan, where)
+        if root is not None:
+            _select(args, root, plan, "uv", warmed=warmed)
 
 
 def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str, *, warmed: Store | None = None) -> None:

@@ -124,6 +124,8 @@ class Store:
         self.repaired: list[str] = []
         # Records read inside ``keeping_records``, with the identity of the file each was read from.
         self._records: dict[str, tuple[tuple[int, int, int, int], DistRecord]] | None = None
+        # Sources found compiled, per cache tag, by ``bytecode.look_ahead`` (under ``writing()``).
+        self.compiled_seen: dict[str, set[str]] = {}
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True, lowers: Sequence[Path] | None = None) -> Store:

@@ -15,6 +15,7 @@ the store lacks, or holds no build of that fits the venv, is left to uv.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from venvfs.errors import AmbiguousBuild, NoMatchingDistribution
+from venvfs.store.bytecode import look_ahead
 from venvfs.store.store import Store, keeping_records
 from venvfs.venv.venv import Venv
 
@@ -91,15 +93,20 @@ def named_in(args: Sequence[str]) -> set[str]:
 
 def warm(store: Store, names: Collection[str]) -> None:
     """Parse the stored records of ``names`` ahead, while uv's dry run runs (each parse checks the
-    key against the whole manifest: ~40 ms for the scientific set, on a second core here); the
-    selection after the plan then finds them parsed. ``store`` keeps what it parsed from now on."""
+    key against the whole manifest: ~40 ms for the scientific set, on a second core here), and look
+    up their bytecode; the selection after the plan then finds both done. ``store`` keeps what it
+    parsed from now on. Only under ``store.writing()``, held until the selection is done."""
     if not names:
         return
     store.keep_records()
-    for key in store.dist_keys():
-        # Keys are "name-version-digest" with the canonical name, and no dash in a version.
-        if key.rsplit("-", 2)[0] in names:
-            store.get_dist(key)
+    records = [store.get_dist(key) for key in store.dist_keys()
+               # Keys are "name-version-digest" with the canonical name, and no dash in a version.
+               if key.rsplit("-", 2)[0] in names]
+    tags = os.listdir(store.root / "bytecode") if not store.lowers and (store.root / "bytecode").is_dir() else []
+    if len(tags) == 1:
+        # The one Python the store compiles for is almost surely the venv's: its bytecode is looked
+        # up now too (the caller holds ``store.writing()`` until the selection is done).
+        look_ahead(store, records, tags[0])
 
 
 def preselect(venv: Venv, store: Store, plan: Plan) -> Preselected:
