@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,9 +16,11 @@ from tests.conftest import create_venv, stop_mount, uv
 from tests.sitetree import assert_same_site_packages
 from tests.test_pip_commit import _upper_copies
 from tests.test_select_clean import _versions, wheelhouse
+from venvfs.store.bytecode import ensure_bytecode
 from venvfs.store.store import Store
+from venvfs.store.wheel import ingest_wheel
 from venvfs.venv.pipplan import PipCommand
-from venvfs.venv.preselect import Plan, command_words, dry_run_argv
+from venvfs.venv.preselect import Plan, command_words, dry_run_argv, named_in, warm
 from venvfs.venv.venv import Venv
 
 pytestmark = pytest.mark.fuse
@@ -32,6 +35,30 @@ def test_a_dry_runs_plan_is_read_as_uv_prints_it() -> None:
     # A global option's value is no command word.
     assert command_words(["--directory", "sync", "-q", "pip", "install", "x"]) == ["pip", "install", "x"]
     assert dry_run_argv("uv", ["--project", "p", "sync", "-q"]) == ["uv", "--project", "p", "sync", "--dry-run"]
+
+
+def test_the_records_of_the_names_uv_is_given_are_parsed_while_it_plans(store: Store, tmp_path: Path) -> None:
+    """``venvfs uv pip install a b``: the stored records of a and b are parsed while uv's dry run runs
+    (what the command line names: options, their values, paths and URLs are no names)."""
+    assert named_in(["pip", "install", "-q", "--python", "v/bin/python", "Needs", "tools>=1", "./x.whl",
+                     "--find-links", "/w"]) == {"needs", "tools"}
+    assert named_in(["--directory", "d", "add", "jax[cpu]"]) == {"jax"}
+    assert named_in(["sync"]) == named_in(["run", "needs"]) == set()
+    wheels = wheelhouse(tmp_path / "wheels")
+    for whl in sorted(wheels.glob("*.whl")):
+        ingest_wheel(store, whl)
+    warm(store, {"tools"})
+    assert store._records is not None and {k.rsplit("-", 2)[0] for k in store._records} == {"tools"}
+    assert store.compiled_seen == {}  # nothing compiled yet: no bytecode to look up
+    # Once compiled (what adopt and add do), the bytecode of the warmed records is looked up too.
+    tag = sys.implementation.cache_tag
+    records = [store.get_dist(k) for k in store.dist_keys()]
+    ensure_bytecode(store, records, SimpleNamespace(cache_tag=tag), Path(sys.executable), show_progress=False)
+    again = Store.open(store.root, create=False)
+    with again.writing():
+        warm(again, {"tools"})
+        py = {f.digest for r in records if r.name == "tools" for f in r.site_files() if f.path.endswith(".py")}
+        assert py and again.compiled_seen == {tag: py}
 
 
 def test_uv_run_is_planned_as_the_sync_it_starts_with(tmp_path: Path) -> None:
@@ -61,6 +88,16 @@ def test_uvs_project_options_are_read_once_for_the_dry_sync_and_the_directory(
         (["--directory", "/abs", "sync"], ["--directory", "/abs"], Path("/abs")),
         (["add", "x", "--directory"], [], tmp_path),  # no value: uv's own error
         (["--projects=p", "--directoryx", "d", "sync"], [], tmp_path),
+        (["pip", "install", "x", "--directory", "d"], ["--directory", "d"], tmp_path / "d"),  # global: uv's
+        # `uv run [OPTIONS] <COMMAND> [ARGS]`: from the command on, every word is the command's.
+        (["run", "tool.py", "--directory", "out"], [], tmp_path),
+        (["run", "--directory", "d", "python", "x.py"], ["--directory", "d"], tmp_path / "d"),
+        (["--directory", "d", "run", "python", "x.py", "--directory=e"], ["--directory", "d"], tmp_path / "d"),
+        (["run", "--", "tool", "--directory", "x"], [], tmp_path),
+        (["run", "--with", "pkg", "tool", "--project", "p"], [], tmp_path),
+        (["run", "--with", "--directory", "tool", "--directory", "x"], [], tmp_path),  # a package named so
+        (["tool", "run", "black", "--directory", "x"], [], tmp_path),
+        (["add", "--", "--directory", "x"], [], tmp_path),
     ]
     for args, flags, where in cases:
         assert (_project_flags(args), _directory(args)) == (flags, where), args
@@ -247,3 +284,27 @@ def test_uv_run_through_venvfs_serves_what_its_sync_installs(require_fuse: None,
     finally:
         stop_mount(ours / ".venv")
 
+
+
+def test_uv_run_reads_only_uvs_own_directory_not_the_commands(require_fuse: None, store: Store,
+                                                               run_venvfs: object, tmp_path: Path) -> None:
+    """``venvfs uv run python tool.py --directory out``: ``--directory out`` is the tool's. Read as
+    uv's, the project was looked for in ``out/`` and nothing was served from the store."""
+    wheels = wheelhouse(tmp_path / "wheels")
+    run_venvfs("store", "add", str(wheels))  # type: ignore[operator]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "0.1"\nrequires-python = ">=3.10"\ndependencies = ["needs"]\n\n'
+        f'[tool.uv]\npackage = false\nno-index = true\nfind-links = ["{wheels}"]\n')
+    (proj / "tool.py").write_text("import sys, needs\nprint(sys.argv[1:])\n")
+    subprocess.run([uv(), "lock", "-q"], check=True, cwd=proj)
+    subprocess.run([uv(), "venv", "-q", "--python", sys.executable, str(proj / ".venv")], check=True, cwd=proj)
+    run_venvfs("mount", str(proj / ".venv"))  # type: ignore[operator]
+    try:
+        out = _venvfs_uv(tmp_path, "--directory", "proj", "run", "python", "tool.py", "--directory", "out")
+        assert out.stdout == "['--directory', 'out']\n", out.stdout
+        assert "2 served from the store" in out.stderr, out.stderr  # needs and tools
+        assert not _upper_copies(proj / ".venv")
+    finally:
+        stop_mount(proj / ".venv")

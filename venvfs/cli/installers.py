@@ -11,6 +11,7 @@ accelerator here, never a gate: when anything about the plan fails, the installe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from venvfs.cli.common import open_store_for
+from venvfs.cli.common import open_store, open_store_for
 from venvfs.errors import UsageError, VenvfsError
 
 if TYPE_CHECKING:
+    from venvfs.store.store import Store
     from venvfs.venv.preselect import Plan
 
 _EPILOG = """\
@@ -71,16 +73,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _project_options(args: list[str]) -> list[tuple[str, str, list[str]]]:
     """uv's ``--project`` and ``--directory`` in ``args``, in order: the option, its value, and the
-    words that gave it (``--directory D`` or ``--directory=D``)."""
-    found: list[tuple[str, str, list[str]]] = []
-    for i, a in enumerate(args):
-        if a in _PROJECT_FLAGS and i + 1 < len(args):
-            found.append((a, args[i + 1], [a, args[i + 1]]))
-        else:
-            name, eq, value = a.partition("=")
-            if eq and name in _PROJECT_FLAGS:
-                found.append((name, value, [a]))
-    return found
+    words that gave it (``--directory D`` or ``--directory=D``). Only uv's own words count: a
+    ``--directory`` of the command ``uv run`` runs, or after ``--``, is that command's."""
+    from venvfs.venv.preselect import uv_options
+
+    return uv_options(args, _PROJECT_FLAGS)
 
 
 def _project_flags(args: list[str]) -> list[str]:
@@ -109,7 +106,7 @@ def cmd_uv(args: argparse.Namespace) -> int:
         dry = [uv, "sync", "--inexact", "--dry-run", *_project_flags(uv_args)]
     if dry is not None and "--dry-run" not in uv_args:
         try:
-            _preselect_uv(args, dry, where)
+            _preselect_uv(args, dry, where, uv_args)
         except (VenvfsError, OSError) as e:
             print(f"venvfs: not selecting from the store ({e}); uv installs everything", file=sys.stderr)
     _exec([uv, *uv_args])
@@ -136,19 +133,33 @@ def _directory(args: list[str]) -> Path:
     return where
 
 
-def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path) -> None:
-    from venvfs.venv.preselect import Plan, venv_of
+def _preselect_uv(args: argparse.Namespace, dry: list[str], where: Path, uv_args: list[str]) -> None:
+    from venvfs.venv.preselect import Plan, named_in, venv_of, warm
 
-    proc = subprocess.run(dry, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return  # uv's own run says why, in its words
-    plan = Plan.parse(proc.stderr + "\n" + proc.stdout)
-    root = venv_of(plan, where)
-    if root is not None:
-        _select(args, root, plan, "uv")
+    proc = subprocess.Popen(dry, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with contextlib.ExitStack() as held:
+        # uv plans for ~50 ms, mostly in a subprocess of its own (it asks the venv's Python about
+        # itself): meanwhile the records of what the command line names are parsed and their
+        # bytecode looked up, on another core. The store's shared lock is held from then until the
+        # selection is done, so gc cannot take away what was found.
+        warmed = None
+        try:
+            warmed = open_store(args, create=False)
+            held.enter_context(warmed.writing())
+            warm(warmed, named_in(uv_args))
+        except (VenvfsError, OSError, ValueError):
+            warmed = None  # a guess only: the selection reads the venv's own store as it always did
+        finally:
+            out, err = proc.communicate()
+        if proc.returncode != 0:
+            return  # uv's own run says why, in its words
+        plan = Plan.parse(err + "\n" + out)
+        root = venv_of(plan, where)
+        if root is not None:
+            _select(args, root, plan, "uv", warmed=warmed)
 
 
-def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str) -> None:
+def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str, *, warmed: Store | None = None) -> None:
     from venvfs.venv.preselect import preselect
     from venvfs.venv.venv import Venv
 
@@ -157,7 +168,10 @@ def _select(args: argparse.Namespace, root: Path, plan: Plan, installer: str) ->
     venv = Venv.open(root)
     if not venv.is_managed:
         return
-    result = preselect(venv, open_store_for(args, venv), plan)
+    store = open_store_for(args, venv)
+    if warmed is not None and (warmed.root, warmed.lowers) == (store.root, store.lowers):
+        store = warmed  # the same store, with the records it parsed while the installer planned
+    result = preselect(venv, store, plan)
     if result.selected and not args.quiet:
         left = f"; {installer} installs {len(result.left)}" if result.left else ""
         print(f"venvfs: {len(result.selected)} served from the store{left}", file=sys.stderr)

@@ -124,6 +124,8 @@ class Store:
         self.repaired: list[str] = []
         # Records read inside ``keeping_records``, with the identity of the file each was read from.
         self._records: dict[str, tuple[tuple[int, int, int, int], DistRecord]] | None = None
+        # Sources found compiled, per cache tag, by ``bytecode.look_ahead`` (under ``writing()``).
+        self.compiled_seen: dict[str, set[str]] = {}
 
     @classmethod
     def open(cls, root: Path | None = None, *, create: bool = True, lowers: Sequence[Path] | None = None) -> Store:
@@ -428,6 +430,12 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StoreError(f"{path}: unreadable record ({e})") from e
 
+    def keep_records(self) -> None:
+        """From now on ``get_dist`` parses each record once, as inside ``keeping_records``: for a
+        command that reads records ahead of knowing which it needs (``venvfs uv``, while uv plans)."""
+        if self._records is None:
+            self._records = {}
+
     def has_dist(self, key: str) -> bool:
         return self.dist_path(key).exists()
 
@@ -474,17 +482,19 @@ class Store:
     def registry_path(self, venv_id: str) -> Path:
         return self.root / "venvs" / f"{venv_id}.json"
 
-    def register_venv(self, venv_id: str, venv: Path, state: dict[str, Any], *, checksum: str) -> None:
+    def register_venv(self, venv_id: str, venv: Path, state: dict[str, Any], *, checksum: str,
+                      durable: bool = True) -> None:
         """Record (or update) the venv ``venv_id``: where it was last seen, and a copy of its state.
 
         The copy is what keeps its distributions alive in gc while the venv cannot be read (moved,
         on an unplugged disk, its state damaged), and what ``venvfs mount`` restores a damaged state
-        from. The entry written before venvs had ids (named by a hash of the path) goes."""
+        from. The entry written before venvs had ids (named by a hash of the path) goes. ``durable``
+        False: no fsync (see ``Venv.write_state``)."""
         # Staged beside the entry, not in tmp/: a venv command writes it without the store lock, and gc
         # clears tmp/ under that lock.
         atomic_write_json(self.registry_path(venv_id),
                           {"format": REGISTRY_FORMAT, "id": venv_id, "path": str(venv.absolute()), "state": state,
-                           "checksum": checksum})
+                           "checksum": checksum}, durable=durable)
         legacy = self._venv_id(venv)
         if legacy != venv_id:
             self.registry_path(legacy).unlink(missing_ok=True)

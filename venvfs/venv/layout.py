@@ -100,7 +100,11 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
     marker = venv.state_dir / TO_MOUNTED
     # A marker of a switch to the materialized layout that ended after its state was written.
     (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
-    if _phase(marker) in (None, _HIDING):
+    if _phase(marker) in (None, _HIDING) and not view.root.children:
+        # Nothing selected (a venv `venvfs mount` has just adopted): phase 1 has nothing to hide, so
+        # straight to phase 2; a durable marker write is two journal commits (~10 ms on a loop device).
+        atomic_write_bytes(marker, _EMPTYING)
+    elif _phase(marker) in (None, _HIDING):
         # Phase 1, before anything is deleted: what the user removed from the store's files must
         # stay removed once the view shows them again. Rerunnable while site-packages is untouched.
         atomic_write_bytes(marker, _HIDING)

@@ -241,20 +241,27 @@ def check_placeable(venv: Venv, interp: InterpreterInfo, records: Sequence[DistR
     prefixes: dict[Path, tuple[str, int]] = {}
     symlinks: dict[str, str] = {}
     paths: list[tuple[str, DistRecord]] = []
+    # A path of n characters is at most 4n bytes in UTF-8 (surrogate escapes: 1 byte each); below
+    # this many characters nothing about a file can be too long, without encoding or splitting it.
+    short = (NAME_MAX - name_room) // 4
+    with_paths = any(f.symlink is not None for record in records for f in record.files)
     for record in records:
         for f in record.files:
             root, rel = placement(venv, interp, record, f)
             prefix = prefixes.get(root)
             if prefix is None:
                 prefix = prefixes[root] = (f"{root}/", len(os.fsencode(root)) + 1)
-            encoded = os.fsencode(rel)
+            long = len(rel) > short or prefix[1] + 4 * len(rel) + path_room >= PATH_MAX
+            encoded = os.fsencode(rel) if long else b""
             # The exact check only where the quick bound says it might fail (it costs ~40 us a file).
-            if (prefix[1] + len(encoded) + path_room >= PATH_MAX
-                    or max(len(part) for part in encoded.split(b"/")) + name_room > NAME_MAX):
+            if long and (prefix[1] + len(encoded) + path_room >= PATH_MAX
+                            or max(len(part) for part in encoded.split(b"/")) + name_room > NAME_MAX):
                 problem = _length_problem(root, rel, interp.cache_tag if f.in_site_packages else None)
                 if problem is not None:
                     raise InvalidWheel(f"{record.key}: {problem}; `venvfs remove {venv.root} {record.name}` "
                                        "deselects it")
+            if not with_paths:
+                continue  # no symlink in the selection: no file can be below one
             path = prefix[0] + rel
             if f.symlink is not None:
                 symlinks[path] = record.key

@@ -265,7 +265,11 @@ class Venv:
         data = state.to_json()
         store = Store(Path(state.store))
         if (store.root / "venvs").is_dir():
-            store.register_venv(state.id, self.root, state.registry_copy(), checksum=data["checksum"])
+            # The copy of an empty selection keeps nothing alive in gc, and the state it would restore
+            # is written durably next: not worth two journal commits (a new venv's adopt and mount
+            # write it twice). What a crash can leave is the older copy (keeping more alive) or none.
+            store.register_venv(state.id, self.root, state.registry_copy(), checksum=data["checksum"],
+                                durable=bool(state.selection))
         atomic_write_json(self.state_path, data)
 
     def locked(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
