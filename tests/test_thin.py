@@ -169,25 +169,52 @@ def _wait_state(pid: int, states: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+# A shell's job: the command in a process group of its own, whose parent (the "shell") is in another
+# group of the same session. Anywhere else (a group whose parents are all outside its session: a
+# test runner started in the background, or by setsid) the kernel discards SIGTSTP's stop, by POSIX.
+_JOB = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.setpgid(pid, pid)
+_, status = os.waitpid(pid, 0)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def test_ctrl_z_stops_the_command_and_fg_continues_it(mounted: Path, store: Store) -> None:
     # The venv's lock held by flock(1)'s child, in a group of its own: killed as a whole, it frees the lock.
     holder = subprocess.Popen(["flock", str(mounted / ".venvfs" / "lock"), "sleep", "60"], start_new_session=True)
     time.sleep(0.2)
-    client = _client(store, "", "umount", "--wait", "30", str(mounted))
+    job = subprocess.Popen([sys.executable, "-c", _JOB, sys.executable, "-X", "importtime", "-m", "venvfs", "umount",
+                            "--wait", "30", str(mounted)], start_new_session=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
+    assert job.stderr is not None
+    seen = []
+    for line in job.stderr:
+        seen.append(line)
+        if "waiting for the lock" in line:
+            break
+    else:
+        raise AssertionError(f"the command never waited for the lock: {''.join(seen)[-2000:]}")
+    client = int(Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()[0])
     worker = _wait_for_worker(f"umount --wait 30 {mounted}")
     # Ctrl-Z: the client stops (what the shell waits for) and so does the command in the service,
     # which would otherwise go on running, unmounting while its job shows "Stopped".
-    client.send_signal(signal.SIGTSTP)
-    _wait_state(client.pid, "T")
+    os.kill(client, signal.SIGTSTP)
+    _wait_state(client, "T")
     _wait_state(worker, "T")
     os.killpg(holder.pid, signal.SIGKILL)  # the lock is free, but a stopped command does not take it
     holder.wait()
     time.sleep(0.5)
     assert _state(worker) == "T" and mount_state(Venv(mounted)) == "mounted"
     # fg (SIGCONT): both go on, and the command finishes as if never stopped.
-    client.send_signal(signal.SIGCONT)
-    _, err = client.communicate(timeout=30)
-    assert client.returncode == 0, err[-2000:]
+    os.kill(client, signal.SIGCONT)
+    _, err = job.communicate(timeout=30)
+    assert job.returncode == 0, err[-2000:]
     assert mount_state(Venv(mounted)) == "unmounted"
 
 
