@@ -516,6 +516,8 @@ def _weight(dist_info: Path) -> int:
     """What adopting the distribution costs, by its RECORD (sizes, files), in bytes."""
     total = 0
     for line in _lines(dist_info / "RECORD"):
+        if ".pyc," in line:
+            continue  # bytecode stays the venv's own: not read (its source's valid .pyc is restamped)
         size = line.rpartition(",")[2]
         total += _FILE_WEIGHT + (int(size) if size.isdigit() else 0)
     return total
