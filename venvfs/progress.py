@@ -34,6 +34,7 @@ class Progress:
         self.enabled = (tty and not Progress.silenced) if enabled is None else enabled
         # Plain lines only where nobody asked for silence: enabled=False is a caller's choice.
         self._lines = enabled is None and not tty and not Progress.silenced
+        self._interval = log_interval() if self._lines else 0.0  # per command; not per file (an environ lookup)
         self._start = self._logged = time.monotonic()
         self._last = 0.0
 
@@ -42,7 +43,7 @@ class Progress:
         if not self.enabled:
             if self._lines:
                 now = time.monotonic()
-                if now - self._logged >= log_interval():
+                if now - self._logged >= self._interval:
                     self._logged = now
                     amount = _fmt(self.done, self.unit) + (f" of {_fmt(self.total, self.unit)}" if self.total else "")
                     self.stream.write(f"{self.label}: {amount} after {now - self._start:.0f} s\n")
