@@ -737,6 +737,13 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
     return put
 
 
+def published(store: Store) -> list[str]:
+    """The objects this process published inside its outermost ``writing()`` block of ``store`` so
+    far: the live list, which a take-back after a failure works through (adopt adds the objects of
+    the process it forked, so that they are taken back too)."""
+    return _PUBLISHED[store._key]
+
+
 def _seal_and_link(store: Store, src: str | int, final: str | Path, digest: str, size: int,
                    executable: bool) -> PutResult:
     """Give ``src`` (a temp file's path, or the fd of a file adopt hands over) the store's mode and

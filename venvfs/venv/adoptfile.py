@@ -107,7 +107,9 @@ class FileReader:
                 return Outcome(job, "other")
             executable = bool(st.st_mode & 0o111)
             stored: bool | None = None
-            if job.algo == "sha256" and job.want is not None:
+            # A file with one name cannot be its store object already (that has a name in the store
+            # too): whether the store has its bytes is asked once, by take_inode or after the hash.
+            if job.algo == "sha256" and job.want is not None and st.st_nlink > 1:
                 try:
                     ost = os.stat(self.store.local_object_name(job.want, executable))
                 except FileNotFoundError:

@@ -127,15 +127,15 @@ def _unshare(venv: Venv, linker: Linker, hardlinks: list[tuple[str, str, os.stat
 
     from venvfs.venv.linkmode import DirWalker
 
-    by_dir: dict[str, list[tuple[str, int]]] = {}
+    by_dir: dict[str, list[tuple[str, int, int]]] = {}
     for rel_dir, name, st in hardlinks:
-        by_dir.setdefault(rel_dir, []).append((name, 0o755 if st.st_mode & 0o111 else 0o644))
+        by_dir.setdefault(rel_dir, []).append((name, 0o755 if st.st_mode & 0o111 else 0o644, st.st_dev))
 
-    def place(dir_fd: int, rel_dir: str, files: list[tuple[str, int]]) -> int:
+    def place(dir_fd: int, rel_dir: str, files: list[tuple[str, int, int]]) -> int:
         where = venv.root / rel_dir
         try:
-            for name, mode_bits in files:
-                linker.place_at(f"{where}/{name}", dir_fd, name, where, mode_bits=mode_bits)
+            for name, mode_bits, dev in files:
+                linker.place_at(f"{where}/{name}", dir_fd, name, where, mode_bits=mode_bits, src_dev=dev)
         finally:
             os.close(dir_fd)
         return len(files)

@@ -282,19 +282,24 @@ class Linker:
         finally:
             os.close(dir_fd)
 
-    def place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None
-                 ) -> LinkMode:
+    def place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, *, mode_bits: int | None = None,
+                 src_dev: int | None = None) -> LinkMode:
         """``place`` into the directory ``dir_fd`` (which is ``where``, named in errors): every step
-        is relative to it, so no symlink on the way there is resolved again."""
+        is relative to it, so no symlink on the way there is resolved again. ``src_dev`` with
+        ``mode_bits``: the caller's stat of ``src`` (eject has one of every file), not made again."""
         try:
-            return self._place_at(src, dir_fd, name, where, mode_bits)
+            return self._place_at(src, dir_fd, name, where, mode_bits, src_dev)
         except OSError as e:
             raise name_in_error(e, where, name) from None
 
-    def _place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, mode_bits: int | None) -> LinkMode:
-        src_st = os.stat(src)
-        devices = (src_st.st_dev, os.fstat(dir_fd).st_dev)
-        bits = mode_bits if mode_bits is not None else (src_st.st_mode & 0o777) | 0o200
+    def _place_at(self, src: str | Path, dir_fd: int, name: str, where: Path, mode_bits: int | None,
+                  src_dev: int | None) -> LinkMode:
+        if src_dev is None or mode_bits is None:
+            src_st = os.stat(src)
+            src_dev = src_st.st_dev
+            mode_bits = mode_bits if mode_bits is not None else (src_st.st_mode & 0o777) | 0o200
+        devices = (src_dev, os.fstat(dir_fd).st_dev)
+        bits = mode_bits
         mode = self._mode_by_devices.get(devices) or self._start_mode()
         # One fixed temporary name per file (callers hold the venv lock): a run killed between link and
         # rename leaves it behind, and the rerun removes it below instead of leaving litter in the venv.
