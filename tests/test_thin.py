@@ -127,12 +127,14 @@ def held_lock(mounted: Path) -> Callable[[], subprocess.Popen[bytes]]:
         holder.wait()
 
 
-def _client(store: Store, shell: str, *args: str) -> subprocess.Popen[str]:
+def _client(store: Store, shell: str, *args: str, job: bool = False) -> subprocess.Popen[str]:
     """``venvfs ARGS`` for a command that waits for the held venv lock; returns once the command, in
     its worker, says it waits (so it has started there: a worker stopped before it started is a
-    refusal, and the client runs the command itself)."""
-    client = subprocess.Popen(["sh", "-c", shell + ' exec "$0" -X importtime -m venvfs "$@"', sys.executable, *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    refusal, and the client runs the command itself). ``job``: run as a shell's job (``_JOB``), the
+    client then the returned process's child."""
+    command = [sys.executable, "-X", "importtime", "-m", "venvfs", *args]
+    argv = [sys.executable, "-c", _JOB, *command] if job else ["sh", "-c", shell + ' exec "$0" "$@"', *command]
+    client = subprocess.Popen(argv, start_new_session=job, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
     assert client.stderr is not None
     seen = []
@@ -188,18 +190,7 @@ def test_ctrl_z_stops_the_command_and_fg_continues_it(mounted: Path, store: Stor
     # The venv's lock held by flock(1)'s child, in a group of its own: killed as a whole, it frees the lock.
     holder = subprocess.Popen(["flock", str(mounted / ".venvfs" / "lock"), "sleep", "60"], start_new_session=True)
     time.sleep(0.2)
-    job = subprocess.Popen([sys.executable, "-c", _JOB, sys.executable, "-X", "importtime", "-m", "venvfs", "umount",
-                            "--wait", "30", str(mounted)], start_new_session=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO), "VENVFS_STORE": str(store.root)})
-    assert job.stderr is not None
-    seen = []
-    for line in job.stderr:
-        seen.append(line)
-        if "waiting for the lock" in line:
-            break
-    else:
-        raise AssertionError(f"the command never waited for the lock: {''.join(seen)[-2000:]}")
+    job = _client(store, "", "umount", "--wait", "30", str(mounted), job=True)
     client = int(Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()[0])
     worker = _wait_for_worker(f"umount --wait 30 {mounted}")
     # Ctrl-Z: the client stops (what the shell waits for) and so does the command in the service,

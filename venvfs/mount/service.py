@@ -267,15 +267,7 @@ def mount_in_fork(request: dict[str, object], timeout: float) -> str:  # pragma:
     with ours:
         with theirs:
             _fork(lambda: _child(theirs, request))
-        ours.settimeout(timeout)
-        data = b""
-        with contextlib.suppress(TimeoutError):
-            while b"\n" not in data:
-                chunk = ours.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+        return serviceclient.read_line(ours, timeout)
 
 
 def _fork(body: Callable[[], int]) -> int:

@@ -94,7 +94,7 @@ def request_mount(venv_root: Path, store_root: Path, *, allow_other: bool, logfi
         try:
             sock.sendall(json.dumps(request).encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)
-            answer = _read_line(sock, timeout)
+            answer = read_line(sock, timeout)
         except OSError as e:
             log.info("the mount service failed (%s); starting the daemon directly", e)
             return None
@@ -103,7 +103,9 @@ def request_mount(venv_root: Path, store_root: Path, *, allow_other: bool, logfi
     return answer
 
 
-def _read_line(sock: socket.socket, timeout: float) -> str:
+def read_line(sock: socket.socket, timeout: float) -> str:
+    """The first line of an answer (a service's, or a forked daemon's ready line); "" on a timeout or
+    when the other end closes without one."""
     sock.settimeout(timeout)
     data = b""
     with contextlib.suppress(TimeoutError):
