@@ -510,19 +510,8 @@ class Store:
 
     def registry(self) -> list[RegistryEntry]:
         """Every readable registry entry. An unreadable one is skipped (and left for a human)."""
-        entries = (self.registry_entry(file.stem) for file in sorted((self.root / "venvs").glob("*.json")))
+        entries = (registry_entry(self, file.stem) for file in sorted((self.root / "venvs").glob("*.json")))
         return [e for e in entries if e is not None]
-
-    def registry_entry(self, venv_id: str) -> RegistryEntry | None:
-        file = self.registry_path(venv_id)
-        try:
-            data = read_json(file)
-            state = data.get("state") if data.get("format") == REGISTRY_FORMAT else None
-            return RegistryEntry(id=venv_id, path=Path(data["path"]),
-                                 state=state if isinstance(state, dict) else None, file=file,
-                                 checksum=data.get("checksum"))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
 
     def registry_entries_at(self, venv: Path) -> list[RegistryEntry]:
         """The entries whose venv was last seen at ``venv``, those with a state copy first."""
@@ -735,6 +724,20 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
             return None
         raise
     return put
+
+
+def registry_entry(store: Store, venv_id: str) -> RegistryEntry | None:
+    """The store's registry entry of the venv ``venv_id`` (``Store.register_venv``), None if it has
+    none or it cannot be read."""
+    file = store.registry_path(venv_id)
+    try:
+        data = read_json(file)
+        state = data.get("state") if data.get("format") == REGISTRY_FORMAT else None
+        return RegistryEntry(id=venv_id, path=Path(data["path"]),
+                             state=state if isinstance(state, dict) else None, file=file,
+                             checksum=data.get("checksum"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def published(store: Store) -> list[str]:

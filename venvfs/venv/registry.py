@@ -30,7 +30,7 @@ from venvfs.errors import Busy, StateDamaged, VenvError
 from venvfs.fsutil import read_json
 from venvfs.store import gc
 from venvfs.store.gc import GcReport
-from venvfs.store.store import RegistryEntry, Store
+from venvfs.store.store import RegistryEntry, Store, registry_entry
 from venvfs.venv.venv import Venv, VenvState, new_venv_id, state_problem
 
 Condition = Literal["live", "missing", "damaged", "replaced", "elsewhere"]
@@ -178,7 +178,7 @@ def check(venv: Venv, store: Store) -> StateCheck:
         return StateCheck(None, None, None)
     if Path(state.store) != store.root:
         return StateCheck(state, None, None)
-    if state.id is None or store.registry_entry(state.id) is None:
+    if state.id is None or registry_entry(store, state.id) is None:
         backup = _backup_for(venv, store)
         if backup is not None:
             what = "has no venv id" if state.id is None else f"has the id {state.id}, unknown to the store"
@@ -216,7 +216,7 @@ def _registration_needed(venv: Venv, store: Store, state: VenvState | None) -> V
     """The state to write for the registry to be right about ``venv``; None when it already is."""
     if state is None or Path(state.store) != store.root:
         return None
-    entry = store.registry_entry(state.id) if state.id is not None else None
+    entry = registry_entry(store, state.id) if state.id is not None else None
     if entry is not None and entry.path != venv.root:
         original = Venv(entry.path)
         with contextlib.suppress(VenvError, OSError):
