@@ -74,6 +74,10 @@ def test_mounts_are_forked_by_one_service_that_can_die(require_fuse: None, servi
     # The second ran in a fork of that service (cli/thin.py), which forked the daemon itself
     # (service.mount_in_fork) rather than asking the service again; it has exited since.
     assert _service_of(two) == service_pid and _ppid(pids[1]) != service_pid
+    # Its log is a daemon's (INFO, timed), not the command's own logging (warnings only).
+    for venv in (one, two):
+        logfile = Path(json.loads((venv / ".venvfs" / "daemon.json").read_text())["log"])
+        assert " venvfs.mount.daemon INFO: mounted " in logfile.read_text(), logfile.read_text()[-2000:]
     # A forked daemon would show the service's command line (and die by `pkill -f venvfs.cli.service`).
     for venv, pid in zip((one, two), pids, strict=True):
         sp = next(venv.glob("lib/python*/site-packages"))

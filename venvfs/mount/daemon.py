@@ -795,6 +795,14 @@ def invalidate_repaired(store: Store) -> list[str]:
     return told
 
 
+def log_to_stderr() -> None:
+    """A daemon's logging: everything from INFO up, timed, to its stderr (its log file). Forced: a
+    daemon forked by a command (``service.mount_in_fork``) would keep the command's own, which shows
+    warnings only, untimed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import json
@@ -807,7 +815,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-other", action="store_true")
     parser.add_argument("--resume", help=argparse.SUPPRESS)  # a keeper's state, from Keeper.upgrade
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+    log_to_stderr()
     resume = json.loads(args.resume) if args.resume else None
     return serve(args.venv, args.store, allow_other=args.allow_other, ready_fd=args.ready_fd, resume=resume)
 

@@ -138,6 +138,7 @@ def _child(conn: socket.socket, request: dict[str, object]) -> int:  # pragma: n
     os.closerange(3, fd)
     os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
     os.chdir("/")
+    daemon.log_to_stderr()  # now the log file
     # The service reaps its children by ignoring SIGCHLD; inherited, that would make libfuse's
     # waitpid for fusermount3 fail (ECHILD), so the daemon gets the default back.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
