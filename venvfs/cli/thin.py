@@ -25,6 +25,9 @@ only commands that need it (a mount) start it. ``VENVFS_SERVICE=0`` runs everyth
 
 from __future__ import annotations
 
+# The interpreter's own signal module, loaded at its start (free to import): signal.py wraps it in
+# enums, whose import is ~2 ms of every command's start.
+import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
 import os
 import sys
 
@@ -128,7 +131,7 @@ def _json(value: object) -> str:
     from _json import encode_basestring_ascii as quote
 
     if isinstance(value, str):
-        return str(quote(value))
+        return quote(value)
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     if isinstance(value, int):
@@ -181,10 +184,7 @@ class _Forwarder:
     a ``signal N`` line on the signal pipe, held back until the worker has started (the command has not
     begun before; a refusal then leaves the signal to this process)."""
 
-    # _signal, not signal: signal.py wraps it in enums, whose import is ~2 ms of every command's start.
     def __init__(self, pipe: int) -> None:
-        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
         self.pipe = pipe
         self.started = False
         self.worker = 0
@@ -203,8 +203,6 @@ class _Forwarder:
             pass
 
     def start(self, worker: int) -> None:
-        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
         self.started = True
         self.worker = worker
         for signum in self.received:
@@ -216,25 +214,21 @@ class _Forwarder:
         where SIGTSTP would be discarded), then this process, by the default action the shell waits
         for; continued (fg, bg), it continues the worker. The worker cannot stop itself on a line of
         the signal pipe: stopped, it would never read the line that continues it."""
-        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
-        try:  # noqa: SIM105 - contextlib is one more import on every command's start
-            os.killpg(self.worker, SIGSTOP)
-        except OSError:
-            pass
+        self._to_worker(SIGSTOP)
         _signal.signal(SIGTSTP, _signal.SIG_DFL)
         os.kill(os.getpid(), SIGTSTP)  # returns once continued
         _signal.signal(SIGTSTP, self._suspend)
-        try:  # noqa: SIM105
-            os.killpg(self.worker, SIGCONT)
+        self._to_worker(SIGCONT)
+
+    def _to_worker(self, signum: int) -> None:
+        try:  # noqa: SIM105 - contextlib is one more import on every command's start
+            os.killpg(self.worker, signum)
         except OSError:
             pass
 
     def restore(self) -> None:
         """The handlers as they were; a signal that came before any worker started (so before the
         command did anything) ends this process, as it would have ended a command run here."""
-        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
         for signum, handler in self.previous.items():
             _signal.signal(signum, handler)
         if self.received and not self.started:
@@ -245,8 +239,6 @@ class _Forwarder:
 
     def die_by_last(self) -> None:
         """End this process by the last signal it got, with the default action, as a shell expects."""
-        import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
         if self.received:
             _signal.signal(self.received[-1], _signal.SIG_DFL)
             os.kill(os.getpid(), self.received[-1])
@@ -287,8 +279,6 @@ def _follow(sock: _socket.socket, forwarder: _Forwarder) -> int | None:
 
 
 def _become(order: dict[str, Any]) -> NoReturn:
-    import _signal  # type: ignore[import-not-found,unused-ignore]  # no stub: a C module
-
     for signum in FORWARDED:
         _signal.signal(signum, _signal.SIG_DFL)
     argv = [str(a) for a in order["argv"]]
