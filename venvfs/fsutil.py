@@ -372,6 +372,15 @@ def crash_point(step: str) -> None:
 
 # -- processes venvfs starts -----------------------------------------------------------------------------
 
+def log_to_stderr() -> None:
+    """The logging of venvfs's own processes (the mount service, a daemon, an ingest worker):
+    everything from INFO up, timed and with the pid, to stderr, their log file. Forced: a daemon
+    forked by a command (``service.mount_in_fork``) would keep the command's own, which shows
+    warnings only, untimed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
 def importable_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` with this very venvfs first on PYTHONPATH: what venvfs starts runs from "/", so it must
     find the same venvfs without the caller's cwd (a source tree, a venv that is not the caller's)."""

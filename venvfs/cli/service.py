@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from venvfs.cli import app, thin
+from venvfs.fsutil import log_to_stderr
 from venvfs.mount import service
 from venvfs.mount.serviceclient import socket_path
 from venvfs.store.store import default_store_path
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--systemd", action="store_true",
                         help="run under systemd: notify readiness, never exit when idle, take the socket over")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+    log_to_stderr()
     # The same default the CLI computes, so that both name the same socket.
     store = (args.store or default_store_path()).expanduser().absolute()
     path = args.socket or socket_path(store)

@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from venvfs.errors import MountError, StateDamaged, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, crash_point, importable_env, open_lock, read_json, spawn_detached
+from venvfs.fsutil import (
+    atomic_write_json,
+    crash_point,
+    importable_env,
+    log_to_stderr,
+    open_lock,
+    read_json,
+    spawn_detached,
+)
 from venvfs.store.store import Store
 
 # Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
@@ -793,14 +801,6 @@ def invalidate_repaired(store: Store) -> list[str]:
         except (MountError, OSError) as e:
             log.warning("could not tell the mount of %s about repaired objects (%s); remount it", venv.root, e)
     return told
-
-
-def log_to_stderr() -> None:
-    """A daemon's logging: everything from INFO up, timed, to its stderr (its log file). Forced: a
-    daemon forked by a command (``service.mount_in_fork``) would keep the command's own, which shows
-    warnings only, untimed."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s",
-                        stream=sys.stderr, force=True)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from venvfs.errors import Busy, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, crash_point, read_json
+from venvfs.fsutil import atomic_write_json, crash_point, log_to_stderr, read_json
 from venvfs.mount.overlay.activity import Activity
 from venvfs.store.store import Store
 from venvfs.venv.mountinfo import drop_path, mount_state, reload
@@ -330,7 +330,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+    log_to_stderr()
     try:
         venv = Venv.open(args.venv)
         store = Store.open(args.store, create=False)

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from venvfs.fsutil import importable_env
+from venvfs.fsutil import importable_env, log_to_stderr
 from venvfs.mount import serviceclient
 from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity
 
@@ -138,7 +138,7 @@ def _child(conn: socket.socket, request: dict[str, object]) -> int:  # pragma: n
     os.closerange(3, fd)
     os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
     os.chdir("/")
-    daemon.log_to_stderr()  # now the log file
+    log_to_stderr()  # now the log file
     # The service reaps its children by ignoring SIGCHLD; inherited, that would make libfuse's
     # waitpid for fusermount3 fail (ECHILD), so the daemon gets the default back.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
