@@ -372,6 +372,16 @@ def crash_point(step: str) -> None:
 
 # -- processes venvfs starts -----------------------------------------------------------------------------
 
+def exists(name: str) -> bool:
+    """``Path(name).exists()`` without building a Path (for loops over every object of a venv); an
+    error other than "no such file" is raised, not taken for absence."""
+    try:
+        os.stat(name)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def log_to_stderr() -> None:
     """The logging of venvfs's own processes (the mount service, a daemon, an ingest worker):
     everything from INFO up, timed and with the pid, to stderr, their log file. Forced: a daemon

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Protocol
 
 from venvfs.errors import VenvError
-from venvfs.fsutil import importable_env
+from venvfs.fsutil import exists, importable_env
 from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
 from venvfs.store.store import SOURCE_EPOCH, Store
-from venvfs.store.store import _exists as exists
 
 # Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin. ``out`` is named by
 # the source's digest, which the bytes read are checked against (the very bytes compiled): a damaged

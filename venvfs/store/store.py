@@ -47,6 +47,7 @@ from venvfs.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
     describe_oserror,
+    exists,
     flock,
     io_failure,
     link_fd,
@@ -275,7 +276,7 @@ class Store:
         return f"{self.root}/objects/{digest[:2]}/{digest}{'.x' if executable else ''}"
 
     def has_local_object(self, digest: str, executable: bool = False) -> bool:
-        return _exists(self.local_object_name(digest, executable))
+        return exists(self.local_object_name(digest, executable))
 
     def object_path(self, digest: str, executable: bool = False) -> Path:
         """Where object ``digest`` is, in whichever layer holds it (the local path if none does)."""
@@ -394,7 +395,7 @@ class Store:
             for f in record.files:
                 if objects_checked:
                     break
-                if f.digest is not None and not _exists(self.local_object_name(f.digest, f.executable)):
+                if f.digest is not None and not exists(self.local_object_name(f.digest, f.executable)):
                     raise StoreError(f"{record.key}: object {f.digest} for {f.path} is not in the store")
             todo.append(not self.dist_path(record.key).exists())
         if not any(todo):
@@ -613,15 +614,6 @@ def keeping_records(store: Store) -> Iterator[None]:
         store._records = None
 
 
-def _exists(name: str) -> bool:
-    """``Path(name).exists()`` without building a Path (for loops over every object of a venv)."""
-    try:
-        os.stat(name)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
 def check_object(root: Path, path: Path, digest: str) -> str | None:
     """What is wrong with the object at ``path`` (stored as ``digest`` in the store at ``root``), None
     if nothing: "missing", "not a regular file", "modified", "chunk list damaged", "writable"."""
@@ -708,7 +700,7 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
     even if the caller's path now names another file.
     """
     final = store.local_object_name(digest, executable)
-    if _exists(final):
+    if exists(final):
         # Checked first: the file must keep its mode and mtime (and so not pass for a placed copy)
         # when the store already has these bytes in another inode.
         return PutResult(digest, size, new=False)
