@@ -57,6 +57,7 @@ from typing import NoReturn
 from venvfs.fsutil import importable_env, log_to_stderr
 from venvfs.mount import serviceclient
 from venvfs.mount.serviceclient import IDLE_ENV, MAX_REQUEST, connect, identity
+from venvfs.store.warm import Warmer
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +338,16 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
              ", under systemd" if systemd else "")
     _notify_ready()
     last = time.monotonic()
+    warmer = Warmer(store_root)
     try:
         while True:
-            ready, _, _ = select.select([listener], [], [], min(3600.0, max(1.0, idle / 10)))
+            warmer.refresh()
+            # Learning the store (warm.py) only while no request waits: a step is one record.
+            wait = 0.0 if warmer.pending() else min(3600.0, max(1.0, idle / 10))
+            ready, _, _ = select.select([listener], [], [], wait)
+            if not ready and warmer.pending():
+                warmer.step()
+                continue
             if not ready:
                 if time.monotonic() - last > idle:
                     log.info("exiting after %g s without a request", idle)

@@ -23,7 +23,7 @@ from venvfs.errors import VenvError
 from venvfs.fsutil import exists, importable_env
 from venvfs.progress import Progress
 from venvfs.store.records import DistRecord
-from venvfs.store.store import SOURCE_EPOCH, Store
+from venvfs.store.store import SOURCE_EPOCH, Store, gc_epoch
 
 # Runs under the target interpreter; reads [[source, out], ...] as JSON on stdin. ``out`` is named by
 # the source's digest, which the bytes read are checked against (the very bytes compiled): a damaged
@@ -66,11 +66,21 @@ class Interpreter(Protocol):
     def cache_tag(self) -> str: ...
 
 
+# Sources found compiled before the running command began, per store root: (the gc epoch they were
+# seen at, per cache tag the digests). The mount service learns them while idle (``warm.py``); the
+# commands it forks use them while the store's gc epoch is the same (gc removes bytecode).
+WARM_COMPILED: dict[Path, tuple[str, dict[str, set[str]]]] = {}
+
+
 def _compiled(store: Store, cache_tag: str) -> Callable[[str], bool]:
     """Whether a source object has its bytecode: asked for every ``.py`` of a selection at each
-    ``venvfs add``, where building a Path cost twice the stat it was made for."""
+    ``venvfs add``, where building a Path cost twice the stat it was made for. The caller holds the
+    store's shared lock (``writing()``, ``compiling()``): gc neither runs nor changes the epoch."""
     look = _look(store, cache_tag)
-    seen = store.compiled_seen.get(cache_tag)
+    seen = store.compiled_seen.get(cache_tag) or set()
+    warm = WARM_COMPILED.get(store.root)
+    if warm is not None and not store.lowers and warm[0] == gc_epoch(store):
+        seen = seen | warm[1].get(cache_tag, set()) if seen else warm[1].get(cache_tag, set())
     if seen:
         return lambda digest: digest in seen or look(digest)
     return look

@@ -15,7 +15,7 @@ from pathlib import Path
 from venvfs import fsflags
 from venvfs.errors import StoreError
 from venvfs.store import layers
-from venvfs.store.store import Store, digests_in_raw_record, disk_usage
+from venvfs.store.store import Store, bump_gc_epoch, digests_in_raw_record, disk_usage
 
 
 @dataclass
@@ -42,6 +42,8 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
     of what live venvs select from them, whose bytecode for a new Python lives in this layer."""
     layered, store = store, store.local_only()
     report = GcReport()
+    if not dry_run:
+        bump_gc_epoch(store)  # what a long-lived process knows is compiled may go below
     live_keys = {k for keys in live_selections.values() for k in keys}
     shared = layers.is_shared(store.root)
     if shared:

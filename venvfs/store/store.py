@@ -84,6 +84,7 @@ _PUBLISHED: dict[str, list[str]] = {}
 _CHUNK = 1 << 20
 
 _STORE_DIRS = ("objects", "dists", "bytecode", "venvs", "tmp")
+GC_EPOCH = "gc-epoch"  # gc_epoch()
 
 
 def default_store_path() -> Path:
@@ -598,6 +599,12 @@ def _take_back(store: Store, published: list[str]) -> None:
                     "`venvfs store gc` removes them", len(published), store.root, e)
 
 
+# Records this process parsed before the command it runs began, per store root: the mount service
+# parses the registered venvs' records while idle (``warm.py``), and the commands it forks start with
+# them. Each is checked against its file's identity at use, as any record ``keeping_records`` keeps.
+WARM_RECORDS: dict[Path, dict[str, tuple[tuple[int, int, int, int], DistRecord]]] = {}
+
+
 @contextlib.contextmanager
 def keeping_records(store: Store) -> Iterator[None]:
     """Inside the block, ``store.get_dist`` parses each record once: the parse checks the key against
@@ -607,11 +614,27 @@ def keeping_records(store: Store) -> Iterator[None]:
     if store._records is not None:
         yield
         return
-    store._records = {}
+    store._records = dict(WARM_RECORDS.get(store.root, {}))
     try:
         yield
     finally:
         store._records = None
+
+
+def gc_epoch(store: Store) -> str:
+    """A token that changes whenever gc may remove bytecode (``bump_gc_epoch``): facts about what
+    is compiled, learnt earlier by a long-lived process (``warm.py``), hold while it is unchanged.
+    Read it under the store's shared lock (``writing()``, ``compiling()``), which gc excludes."""
+    try:
+        return (store.root / GC_EPOCH).read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def bump_gc_epoch(store: Store) -> None:
+    """Under ``collecting()``, before gc removes anything: a gc killed half way has bumped it already.
+    Not durable: the processes whose facts it voids do not outlive the machine's page cache."""
+    atomic_write_bytes(store.root / GC_EPOCH, os.urandom(8).hex().encode(), durable=False, tmp_dir=store.root / "tmp")
 
 
 def check_object(root: Path, path: Path, digest: str) -> str | None:
