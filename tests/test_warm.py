@@ -76,10 +76,9 @@ def test_after_gc_a_command_compiles_again_what_the_service_had_seen_compiled(st
         report = gc.collect(store, {}, dry_run=False)
     assert report.bytecode > 0 and not list((store.root / "bytecode").glob("*/*/*.pyc"))
     command = Store.open(store.root, create=False)
-    with keeping_records(command):
-        # A record the service parsed and gc removed is gone for the command too.
-        with pytest.raises(StoreError, match="not in the store"):
-            command.get_dist(keys[0])
+    # A record the service parsed and gc removed is gone for the command too.
+    with keeping_records(command), pytest.raises(StoreError, match="not in the store"):
+        command.get_dist(keys[0])
     assert _stored(store, wheels) == keys
     assert _compile(store, keys) > 0
     assert list((store.root / "bytecode").glob("*/*/*.pyc"))

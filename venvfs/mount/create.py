@@ -203,6 +203,10 @@ def _claim(path: Path) -> _Made:
 # -- making, selecting, installing ----------------------------------------------------------------------
 
 def _make_venv(path: Path, python: str | None, uv: str | None) -> None:
+    from venvfs.venv import skeleton
+
+    if uv is not None and python is not None and skeleton.make(path, python, uv):
+        return  # what uv made for this interpreter before, with this venv's path (skeleton.py)
     if uv is not None:
         argv = [uv, "venv", "-q", "--allow-existing", *(["--python", python] if python else []), str(path)]
     else:
