@@ -33,6 +33,7 @@ _USED_BY_COMMANDS = (
     "venvfs.venv.adopt", "venvfs.venv.materialize", "venvfs.venv.ownpyc", "venvfs.venv.preselect",
     "venvfs.venv.probecache", "venvfs.venv.registry", "venvfs.venv.selecting", "venvfs.venv.status",
     "venvfs.venv.takein", "venvfs.venv.uvconfig", "venvfs.mount.commit", "venvfs.mount.upper_adopter",
+    "venvfs.mount.create", "venvfs.venv.reqfile", "venvfs.venv.select", "venvfs.venv.skeleton", "uuid",
 )
 
 

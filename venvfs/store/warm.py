@@ -95,6 +95,7 @@ class Warmer:
             return  # gone, or unreadable: the command that needs it says so
         if fresh:
             self._files += len(record.files)
+            record.is_normalized  # noqa: B018 - a cached property every selection asks for (~0.3 ms a record)
         if tag and not store.lowers:
             self._compiled(store, record, tag)
 

@@ -579,9 +579,11 @@ def _adopt(venv: Venv, store: Store, link_mode: LinkMode, bytecode: Bytecode,
     taken = 0
 
     def ingest(dists: list[Path], progress: Progress) -> list[_Adopted | str]:
+        done: list[_Adopted | str] = []
+        if not dists:
+            return done  # a fresh venv (create): no pool, no import of concurrent.futures
         from concurrent.futures import ThreadPoolExecutor
 
-        done: list[_Adopted | str] = []
         # Reading and hashing large files is shared out to threads; the rest stays in this one.
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), "venvfs-adopt") as pool:
             for dist_info in dists:
