@@ -318,6 +318,7 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
     with contextlib.suppress(ImportError):
         import setproctitle  # noqa: F401 - each fork sets its title (set_title): a dlopen per fork otherwise
     watch.libc()  # once here rather than in every forked daemon
+    watch.tools(os.environ.get("PATH", os.defpath))  # the same, for the clients that share the service's PATH
     # A forked daemon shares these pages until either process writes to them, and a cyclic collection
     # writes to every object it visits (gc_refs in each header): in the child it copies the service's
     # heap into each mount (about 8 MB of unique memory per daemon, measured), in the service it splits

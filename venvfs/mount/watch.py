@@ -70,21 +70,34 @@ def mount_identity(mountpoint: Path) -> tuple[str, str] | None:
     return (entry.mount_id, entry.device) if entry else None
 
 
+@functools.cache
+def tools(path: str) -> tuple[str, str] | None:
+    """The watcher's shell and fusermount on ``path`` (a ``PATH`` value), if flock(1) and awk are there
+    too: looked up once per process and ``PATH``, and by the mount service before it forks (four
+    walks of ``PATH``, then the shell's own, were ~1 ms of every mount)."""
+    sh = shutil.which("sh", path=path)
+    tool = shutil.which("fusermount3", path=path) or shutil.which("fusermount", path=path)
+    if sh is None or tool is None or shutil.which("flock", path=path) is None or shutil.which("awk", path=path) is None:
+        return None
+    return sh, tool
+
+
 class Watcher:
     """The daemon's side: start the watcher, tell it the mount, tell it the mount is gone."""
 
     def __init__(self, mountpoint: Path, lock: Path) -> None:
         self._fd = -1
         self.pid: int | None = None
-        tool = shutil.which("fusermount3") or shutil.which("fusermount")
-        if tool is None or shutil.which("flock") is None or shutil.which("awk") is None:
+        found = tools(os.environ.get("PATH", os.defpath))
+        if found is None:
             # Nothing to unmount with: a dead mount is then cleared by `venvfs mount` (or activation).
-            log.info("no watcher for %s: fusermount3, flock(1) or awk is missing", mountpoint)
+            log.info("no watcher for %s: sh, fusermount3, flock(1) or awk is missing", mountpoint)
             return
+        sh, tool = found
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             proc = subprocess.Popen(
-                ["sh", "-c", WATCHER, "sh", str(mountpoint), _escaped(str(mountpoint)), str(lock), tool],
+                [sh, "-c", WATCHER, "sh", str(mountpoint), _escaped(str(mountpoint)), str(lock), tool],
                 stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
             )
         except OSError:
