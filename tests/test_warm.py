@@ -38,11 +38,12 @@ def _compile(store: Store, keys: list[str]) -> int:
                                         Path(sys.executable), show_progress=False)
 
 
-def _learn(root: Path) -> None:
-    warmer = Warmer(root)
+def _learn(root: Path, warmer: Warmer | None = None) -> Warmer:
+    warmer = warmer or Warmer(root)
     warmer.refresh()
     while warmer.pending():
         warmer.step()
+    return warmer
 
 
 def test_the_service_learns_the_registered_selections_and_its_commands_start_with_them(
@@ -51,13 +52,23 @@ def test_the_service_learns_the_registered_selections_and_its_commands_start_wit
     _compile(store, keys)
     store.register_venv("a" * 32, tmp_path / "v", {"interpreter": {"cache_tag": TAG}, "selection": keys[:2]},
                         checksum="x")
-    _learn(store.root)
+    warmer = _learn(store.root)
     assert set(WARM_RECORDS[store.root]) == set(keys[:2])  # what a registered venv selects, nothing else
-    py = {f.digest for k in keys[:2] for f in store.get_dist(k).site_files() if f.path.endswith(".py")}
+    # Another venv of the same builds: nothing to learn again (every command changes the registry).
+    store.register_venv("b" * 32, tmp_path / "w", {"interpreter": {"cache_tag": TAG}, "selection": keys[:2]},
+                        checksum="x")
+    warmer.refresh()
+    assert not warmer.pending()
+    store.register_venv("c" * 32, tmp_path / "x", {"interpreter": {"cache_tag": TAG}, "selection": keys},
+                        checksum="x")
+    warmer.refresh()
+    assert warmer.pending()
+    _learn(store.root, warmer)
+    py = {f.digest for k in keys for f in store.get_dist(k).site_files() if f.path.endswith(".py")}
     assert py and bytecode.WARM_COMPILED[store.root][1] == {TAG: py}
     command = Store.open(store.root, create=False)  # a forked command's own Store
     with keeping_records(command):
-        assert command._records is not None and set(command._records) == set(keys[:2])
+        assert command._records is not None and set(command._records) == set(keys)
         assert command.get_dist(keys[0]) is WARM_RECORDS[store.root][keys[0]][1]  # not parsed again
 
 

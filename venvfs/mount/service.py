@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 # the systemd unit restarts the service on it (RestartForceExitStatus=), whatever Restart= says.
 RESTART_EXIT = 75  # EX_TEMPFAIL
 TITLE = "venvfs-mount"
+WARM_AFTER_S = 0.25  # quiet time after a request before the service learns the store again (warm.py)
 
 # -- the service's side ------------------------------------------------------------------------------
 
@@ -343,10 +344,14 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
     try:
         while True:
             warmer.refresh()
-            # Learning the store (warm.py) only while no request waits: a step is one record.
-            wait = 0.0 if warmer.pending() else min(3600.0, max(1.0, idle / 10))
+            # Learning the store (warm.py) only while no request waits (a step is one record), and not
+            # while the last request's command likely still runs: on two cores it would take the CPU
+            # from the command (and the client, and the mount) it is meant to speed up.
+            wait = min(3600.0, max(1.0, idle / 10))
+            if warmer.pending():
+                wait = max(0.0, last + WARM_AFTER_S - time.monotonic())
             ready, _, _ = select.select([listener], [], [], wait)
-            if not ready and warmer.pending():
+            if not ready and warmer.pending() and time.monotonic() >= last + WARM_AFTER_S:
                 warmer.step()
                 continue
             if not ready:

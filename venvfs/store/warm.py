@@ -49,6 +49,10 @@ class Warmer:
         self._registry_mtime: int | None = None
         self._todo: list[tuple[str, str]] = []  # (record key, cache tag), taken from the end
         self._files = 0
+        # Learnt, with every module compiled, at the epoch ``_whole_epoch``: not planned again, since
+        # each command changes the registry and a plan of everything would compete with it for the CPU.
+        self._whole: set[tuple[str, str]] = set()
+        self._whole_epoch = ""
 
     def pending(self) -> bool:
         return bool(self._todo)
@@ -77,7 +81,10 @@ class Warmer:
             for key in state.get("selection") or ():
                 if isinstance(key, str) and isinstance(tag, str):
                     wanted[(key, tag)] = None
-        self._todo = list(reversed(wanted))
+        epoch = gc_epoch(store)
+        if epoch != self._whole_epoch:
+            self._whole, self._whole_epoch = set(), epoch
+        self._todo = [job for job in reversed(wanted) if job not in self._whole]
 
     def step(self) -> None:
         """Learn one record and which of its modules are compiled."""
@@ -96,10 +103,11 @@ class Warmer:
         if fresh:
             self._files += len(record.files)
             record.is_normalized  # noqa: B018 - a cached property every selection asks for (~0.3 ms a record)
-        if tag and not store.lowers:
-            self._compiled(store, record, tag)
+        if tag and not store.lowers and self._compiled(store, record, tag):
+            self._whole.add((key, tag))
 
-    def _compiled(self, store: Store, record: DistRecord, tag: str) -> None:
+    def _compiled(self, store: Store, record: DistRecord, tag: str) -> bool:
+        """Note which modules of ``record`` are compiled for ``tag``; whether all of them are."""
         try:
             with flock(store.root / "lock", exclusive=False, wait=False):
                 epoch = gc_epoch(store)
@@ -108,12 +116,16 @@ class Warmer:
                     held = bytecode.WARM_COMPILED[store.root] = (epoch, {})
                 seen = held[1].setdefault(tag, set())
                 base = f"{store.root}/bytecode/{tag}"  # Store.local_bytecode_path, as a string
+                whole = True
                 for f in record.site_files():
-                    if f.digest and bytecode.compilable(f.path) and f.digest not in seen \
-                            and exists(f"{base}/{f.digest[:2]}/{f.digest}.pyc"):
-                        seen.add(f.digest)
+                    if f.digest and bytecode.compilable(f.path) and f.digest not in seen:
+                        if exists(f"{base}/{f.digest[:2]}/{f.digest}.pyc"):
+                            seen.add(f.digest)
+                        else:
+                            whole = False
+                return whole and epoch == self._whole_epoch
         except Busy:
-            pass  # gc runs: the next request's commands look for themselves
+            return False  # gc runs: the next request's commands look for themselves
 
     def _open(self) -> Store | None:
         if self._store is None:
