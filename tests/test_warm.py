@@ -65,7 +65,8 @@ def test_the_service_learns_the_registered_selections_and_its_commands_start_wit
     assert warmer.pending()
     _learn(store.root, warmer)
     py = {f.digest for k in keys for f in store.get_dist(k).site_files() if f.path.endswith(".py")}
-    assert py and bytecode.WARM_COMPILED[store.root][1] == {TAG: py}
+    assert py and bytecode.WARM_COMPILED[store.root].digests == {TAG: py}
+    assert bytecode.WARM_COMPILED[store.root].whole == {TAG: set(keys)}
     command = Store.open(store.root, create=False)  # a forked command's own Store
     with keeping_records(command):
         assert command._records is not None and set(command._records) == set(keys)
@@ -81,7 +82,7 @@ def test_after_gc_a_command_compiles_again_what_the_service_had_seen_compiled(st
     store.register_venv("a" * 32, tmp_path / "v", {"interpreter": {"cache_tag": TAG}, "selection": keys},
                         checksum="x")
     _learn(store.root)
-    assert bytecode.WARM_COMPILED[store.root][1][TAG]
+    assert bytecode.WARM_COMPILED[store.root].whole[TAG]
     store.registry_path("a" * 32).unlink()
     with store.collecting():
         report = gc.collect(store, {}, dry_run=False)

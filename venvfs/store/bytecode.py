@@ -15,7 +15,7 @@ import posixpath
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -66,10 +66,26 @@ class Interpreter(Protocol):
     def cache_tag(self) -> str: ...
 
 
-# Sources found compiled before the running command began, per store root: (the gc epoch they were
-# seen at, per cache tag the digests). The mount service learns them while idle (``warm.py``); the
-# commands it forks use them while the store's gc epoch is the same (gc removes bytecode).
-WARM_COMPILED: dict[Path, tuple[str, dict[str, set[str]]]] = {}
+@dataclass
+class Learnt:
+    """Sources found compiled before the running command began, in one store: the mount service learns
+    them while idle (``warm.py``); the commands it forks use them while the store's gc epoch is still
+    ``epoch`` (gc removes bytecode)."""
+
+    epoch: str
+    digests: dict[str, set[str]] = field(default_factory=dict)  # per cache tag
+    whole: dict[str, set[str]] = field(default_factory=dict)  # per cache tag, records all of whose are
+
+
+WARM_COMPILED: dict[Path, Learnt] = {}
+
+
+def _learnt(store: Store, cache_tag: str) -> tuple[set[str], set[str]]:
+    """What the service learnt of ``cache_tag`` that still holds: (digests, whole record keys)."""
+    warm = WARM_COMPILED.get(store.root)
+    if warm is None or store.lowers or warm.epoch != gc_epoch(store):
+        return set(), set()
+    return warm.digests.get(cache_tag, set()), warm.whole.get(cache_tag, set())
 
 
 def _compiled(store: Store, cache_tag: str) -> Callable[[str], bool]:
@@ -78,9 +94,9 @@ def _compiled(store: Store, cache_tag: str) -> Callable[[str], bool]:
     store's shared lock (``writing()``, ``compiling()``): gc neither runs nor changes the epoch."""
     look = _look(store, cache_tag)
     seen = store.compiled_seen.get(cache_tag) or set()
-    warm = WARM_COMPILED.get(store.root)
-    if warm is not None and not store.lowers and warm[0] == gc_epoch(store):
-        seen = seen | warm[1].get(cache_tag, set()) if seen else warm[1].get(cache_tag, set())
+    learnt = _learnt(store, cache_tag)[0]
+    if learnt:
+        seen = seen | learnt if seen else learnt
     if seen:
         return lambda digest: digest in seen or look(digest)
     return look
@@ -110,7 +126,10 @@ def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpr
     """Compile every ``.py`` of ``records`` not yet compiled for ``interp``; returns how many were."""
     todo: dict[str, Path] = {}
     compiled = _compiled(store, interp.cache_tag)
+    whole = _learnt(store, interp.cache_tag)[1]
     for record in records:
+        if record.key in whole:
+            continue  # ~0.5 ms a scipy-sized record to look through, for nothing
         for f in record.site_files():
             if f.digest and compilable(f.path) and f.digest not in todo and not compiled(f.digest):
                 todo[f.digest] = store.object_path(f.digest, f.executable)

@@ -112,9 +112,9 @@ class Warmer:
             with flock(store.root / "lock", exclusive=False, wait=False):
                 epoch = gc_epoch(store)
                 held = bytecode.WARM_COMPILED.get(store.root)
-                if held is None or held[0] != epoch:
-                    held = bytecode.WARM_COMPILED[store.root] = (epoch, {})
-                seen = held[1].setdefault(tag, set())
+                if held is None or held.epoch != epoch:
+                    held = bytecode.WARM_COMPILED[store.root] = bytecode.Learnt(epoch)
+                seen = held.digests.setdefault(tag, set())
                 base = f"{store.root}/bytecode/{tag}"  # Store.local_bytecode_path, as a string
                 whole = True
                 for f in record.site_files():
@@ -123,6 +123,8 @@ class Warmer:
                             seen.add(f.digest)
                         else:
                             whole = False
+                if whole:
+                    held.whole.setdefault(tag, set()).add(record.key)
                 return whole and epoch == self._whole_epoch
         except Busy:
             return False  # gc runs: the next request's commands look for themselves
