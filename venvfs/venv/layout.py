@@ -96,8 +96,16 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
     sp = venv.site_packages
     upper = venv.upper_dir
     upper.mkdir(parents=True, exist_ok=True)
-    view = view if view is not None else view_for(venv, store, state)
     marker = venv.state_dir / TO_MOUNTED
+    if not state.selection and _phase(marker) is None and _holds_nothing(sp):
+        # A venv just made (`venvfs create`): nothing to hide or move, so no step a crash could leave
+        # half done; the state's one atomic write is the switch (the markers' writes were ~4 ms).
+        (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
+        _install_hooks(venv)
+        state.layout = "mounted"
+        venv.write_state(state)
+        return
+    view = view if view is not None else view_for(venv, store, state)
     # A marker of a switch to the materialized layout that ended after its state was written.
     (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
     if _phase(marker) in (None, _HIDING) and not view.root.children:
@@ -207,6 +215,15 @@ def _phase(marker: Path) -> bytes | None:
 
 def _install_hooks(venv: Venv) -> None:
     automount.install(venv)
+
+
+def _holds_nothing(sp: Path) -> bool:
+    """Whether site-packages is empty but for the automount hook."""
+    try:
+        with os.scandir(sp) as entries:
+            return all(e.name == AUTOMOUNT_PTH for e in entries)
+    except FileNotFoundError:
+        return True
 
 
 
