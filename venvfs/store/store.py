@@ -13,6 +13,7 @@ Layout under the store root::
                                   running mounts to drop what they cached of them (``repairlog.py``)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
+    gc-epoch                      a token gc changes before it removes anything (``gc_epoch``, ``warm.py``)
     lowers.json                   the read-only stores below this one, if any (``layers.py``)
     shared.json                   in a store ``venvfs store publish`` wrote to: other nodes use it (gc)
 
