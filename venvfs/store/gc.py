@@ -42,8 +42,6 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
     of what live venvs select from them, whose bytecode for a new Python lives in this layer."""
     layered, store = store, store.local_only()
     report = GcReport()
-    if not dry_run:
-        bump_gc_epoch(store)  # what a long-lived process knows is compiled may go below
     live_keys = {k for keys in live_selections.values() for k in keys}
     shared = layers.is_shared(store.root)
     if shared:
@@ -101,6 +99,11 @@ def collect(store: Store, live_selections: dict[str, list[str]], *, dry_run: boo
         report.bytecode += 1
         report.bytes_freed += disk_usage(pyc)
         if not dry_run:
+            if report.bytecode == 1:
+                # Before the first: what a long-lived process learnt is compiled (warm.py) no longer
+                # holds, even if this gc is killed half way. Not before: a gc that removes no bytecode
+                # leaves the service's facts, and a shared store, as they were.
+                bump_gc_epoch(store)
             fsflags.unlink(pyc)  # a mount that links bytecode made it immutable
     views = store.root / "views"
     for view in list(views.iterdir()) if views.is_dir() else []:

@@ -13,7 +13,7 @@ Layout under the store root::
                                   running mounts to drop what they cached of them (``repairlog.py``)
     tmp/                          staging: everything is written here and renamed into place
     lock                          shared by writers, exclusive for gc
-    gc-epoch                      a token gc changes before it removes anything (``gc_epoch``, ``warm.py``)
+    gc-epoch                      a token gc changes before it removes bytecode (``gc_epoch``, ``warm.py``)
     lowers.json                   the read-only stores below this one, if any (``layers.py``)
     shared.json                   in a store ``venvfs store publish`` wrote to: other nodes use it (gc)
 
@@ -623,7 +623,7 @@ def keeping_records(store: Store) -> Iterator[None]:
 
 
 def gc_epoch(store: Store) -> str:
-    """A token that changes whenever gc may remove bytecode (``bump_gc_epoch``): facts about what
+    """A token that changes whenever gc removes bytecode (``bump_gc_epoch``): facts about what
     is compiled, learnt earlier by a long-lived process (``warm.py``), hold while it is unchanged.
     Read it under the store's shared lock (``writing()``, ``compiling()``), which gc excludes."""
     try:
@@ -633,7 +633,7 @@ def gc_epoch(store: Store) -> str:
 
 
 def bump_gc_epoch(store: Store) -> None:
-    """Under ``collecting()``, before gc removes anything: a gc killed half way has bumped it already.
+    """Under ``collecting()``, before gc removes any bytecode: a gc killed half way has bumped it already.
     Not durable: the processes whose facts it voids do not outlive the machine's page cache."""
     atomic_write_bytes(store.root / GC_EPOCH, os.urandom(8).hex().encode(), durable=False, tmp_dir=store.root / "tmp")
 

@@ -12,7 +12,7 @@ Why the facts stay true:
   identity of the file it was parsed from (device, inode, size, mtime), which ``get_dist`` checks with
   one stat at every use, as it does for the records one command keeps.
 - A ``.pyc`` exists until gc removes it, and gc changes the store's epoch (``bump_gc_epoch``), under
-  its exclusive lock, before it removes anything. The service reads the epoch and stats the files
+  its exclusive lock, before it removes any. The service reads the epoch and stats the files
   under the store's shared lock, so no gc runs in between; a command uses the facts only while the
   epoch it reads under its own shared lock is the one they were learnt at. Stores with lower layers
   get none: others collect those.
