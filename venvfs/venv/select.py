@@ -12,6 +12,7 @@ argument, never in a Requires-Dist, where it would let a wheel's metadata pick a
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 from collections.abc import Collection, Iterable, Sequence
@@ -60,9 +61,15 @@ def looks_like_key(spec: str) -> bool:
 
 def tag_rank(record: DistRecord, interp: InterpreterInfo) -> int | None:
     """Position of the record's best tag in the interpreter's preference list (lower is better)."""
-    ranks = {t: i for i, t in enumerate(interp.tags)}
+    ranks = _ranks(interp.tags)
     best = [ranks[str(t)] for tag in record.tags for t in parse_tag(tag) if str(t) in ranks]
     return min(best) if best else None
+
+
+@functools.lru_cache(maxsize=4)
+def _ranks(tags: tuple[str, ...]) -> dict[str, int]:
+    # Asked twice per record a selection reads; the dict of ~900 tags was 0.2 ms to build each time.
+    return {t: i for i, t in enumerate(tags)}
 
 
 def _expanded_tags(record: DistRecord) -> set[str]:
