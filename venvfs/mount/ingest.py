@@ -94,7 +94,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             if gone:
                 state.selection = [k for k in state.selection if k not in gone]
                 venv.write_state(state)
-            reload(venv)
+            reload(venv, store=store)
             confirmed = {name: (sig, pending.INGESTED)
                          for key, (name, sig) in pending.expected(venv).items() if key not in gone}
             pending.mark_seen(venv, confirmed)
@@ -173,7 +173,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                                                              if (p if isinstance(p, str) else p[0]) not in have])
             venv.write_state(state)
             crash_point("commit:selected")
-            reload(venv)
+            reload(venv, store=store)
             gone = pending.unconfirmed(venv)
             if gone:
                 state.selection = [k for k in state.selection if k not in gone]
@@ -182,7 +182,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                     if r.key in gone:
                         del results[r.dist_info]  # pending again: the next ingest looks at what is there now
                 venv.write_state(state)
-                reload(venv)
+                reload(venv, store=store)
             pending.expect_path(venv).unlink(missing_ok=True)
             pending.mark_seen(venv, results)
         else:

@@ -424,6 +424,17 @@ def _with_records(venv: Venv, store: Store, state: VenvState, view: View, dist_i
     return view
 
 
+def cache_view(venv: Venv, store: Store, state: VenvState) -> None:
+    """Make sure the store holds the index of ``state``'s selection, built here if need be: called
+    by whoever asks a running daemon to reload (``mountinfo.reload``), so that the daemon maps the
+    index instead of building the whole tree from the records itself. A build leaves its freed
+    memory with the process that made it (Python keeps an arena while any object in it lives), and
+    a daemon lives as long as its mount: building there left about 11 MB more unique memory in it
+    (measured for the scientific set), a short-lived command or ingest worker gives it back on exit.
+    Nothing is kept: with ``cache`` the tree built is freed once the index is written."""
+    view_for(venv, store, state)
+
+
 def _lazy_renderer(venv: Venv, store: Store, info: Any, dist_key: str) -> Callable[[], bytes]:
     def render() -> bytes:
         from venvfs.venv.materialize import render_record
