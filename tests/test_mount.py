@@ -354,6 +354,30 @@ def test_add_builds_the_index_the_daemon_reloads_to(mounted: Venv, run_venvfs: R
     assert "built the view" not in added, added
 
 
+def test_a_mount_finds_its_index_built(fuse_mode: str, store: Store, make_venv: Callable[..., Path],
+                                      run_venvfs: Run, tmp_path: Path) -> None:
+    # No index for the selection (a new one, or bytecode compiled since it was written): `mount`
+    # builds it before the daemon starts, and the daemon maps it.
+    path = make_venv("v", tool="uv")
+    uv_pip(path, str(build_wheel(tmp_path / "wheels", simple_package())))
+    try:
+        run_venvfs("mount", str(path))
+        venv = Venv.open(path)
+        stop_mount(path)
+        for index in (store.root / "views").glob("*.index"):
+            index.unlink()
+        before = log_path(venv).stat().st_size
+        run_venvfs("mount", str(path))
+        subprocess.run([str(venv.python), "-c", "import demo.sub.helpers"], check=True)
+        with log_path(venv).open() as f:
+            f.seek(before)
+            log = f.read()
+        assert "mounted " in log
+        assert "built the view" not in log, log
+    finally:
+        stop_mount(path)
+
+
 def test_add_to_an_empty_mounted_venv_shows_at_once(fuse_mode: str, store: Store, make_venv: Callable[..., Path],
                                                     run_venvfs: Run, tmp_path: Path) -> None:
     # An empty listing the kernel caches has no pages to drop: only a new mtime retires it.

@@ -171,7 +171,7 @@ def reload(venv: Venv, *, store: Store | None = None, drop_upper: Sequence[str] 
     if pid is None:
         return False
     if store is not None:
-        _cache_view(venv, store)
+        prepare_view(venv, store)
     if drop_upper:
         atomic_write_json(drop_path(venv), list(drop_upper), durable=False)
     try:
@@ -193,7 +193,10 @@ def reload(venv: Venv, *, store: Store | None = None, drop_upper: Sequence[str] 
     raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
 
 
-def _cache_view(venv: Venv, store: Store) -> None:
+def prepare_view(venv: Venv, store: Store, *, apart: bool = False) -> None:
+    """Build the index of the selection a daemon of ``venv`` serves, if the store lacks a valid one
+    (``view.cache_view``, which says what ``apart`` is for): before a daemon starts or reloads, in
+    the process that asks for it."""
     from venvfs.venv.pending import unconfirmed
     from venvfs.venv.view import cache_view
 
@@ -203,10 +206,10 @@ def _cache_view(venv: Venv, store: Store) -> None:
         # selected and an installer has removed since stays out of its view.
         gone = unconfirmed(venv)
         state.selection = [k for k in state.selection if k not in gone]
-        cache_view(venv, store, state)
+        cache_view(venv, store, state, apart=apart)
     except (OSError, ValueError, VenvfsError) as e:
         # Only an optimisation: the daemon builds what is missing itself.
-        log.info("could not index the selection of %s before its reload: %s", venv.root, e)
+        log.info("could not index the selection of %s for its daemon: %s", venv.root, e)
 
 
 def status(venv: Venv) -> dict[str, object]:
