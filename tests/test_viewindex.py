@@ -117,3 +117,25 @@ def test_a_view_built_for_the_cache_is_served_from_its_index(tmp_path: Path) -> 
     assert _entries(view) == _entries(view_for(venv, store, state, cache=False))
     record = view.lookup("odd-1.0.dist-info/RECORD")
     assert isinstance(record, LowerFile) and record.render is not None
+
+
+def test_the_ingest_thread_names_the_selection_from_its_index(tmp_path: Path) -> None:
+    # The daemon's ingest thread names the selected dist-infos at the first mount of a venv and after
+    # each ingest: from the selection's index, not by parsing every record in the daemon's heap.
+    from venvfs.mount.ingest import IngestScheduler
+    from venvfs.mount.overlay.activity import Activity
+
+    store_root = tmp_path / "store"
+    venv = _managed(tmp_path, store_root, _odd_package(), simple_package("plain", "2.0"))
+    store = Store.open(store_root, create=False)
+    state = venv.read_state()
+    view_for(venv, store, state)  # the index, as a mount has it
+    away = [store.dist_path(key) for key in state.selection]
+    for path in away:
+        path.rename(path.with_name(path.name + ".away"))
+    try:
+        assert IngestScheduler(venv, store_root, Activity())._selected() == {"odd-1.0.dist-info",
+                                                                             "plain-2.0.dist-info"}
+    finally:
+        for path in away:
+            path.with_name(path.name + ".away").rename(path)

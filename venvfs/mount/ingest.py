@@ -282,8 +282,15 @@ class IngestScheduler:
         st = os.stat(self.venv.state_path)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._selected_stamp:
+            from venvfs.venv.view import indexed_dist_infos
+
             store = Store.open(self.store_root, create=False)
-            self._selected_cache = {store.get_dist(key).dist_info for key in self.venv.read_state().selection}
+            state = self.venv.read_state()
+            # From the selection's index where the store has one (the daemon maps it anyway): the
+            # records would be parsed, and their digests checked, in the daemon's own long-lived heap.
+            indexed = indexed_dist_infos(store, state)
+            self._selected_cache = (set(indexed) if indexed is not None
+                                    else {store.get_dist(key).dist_info for key in state.selection})
             self._selected_stamp = stamp
         return self._selected_cache
 

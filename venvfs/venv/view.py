@@ -371,6 +371,18 @@ def _load_cached_view(path: Path, key: str, store: Store, cache_tag: str | None)
     return View(LowerDir.from_index(index, 0), cache_tag=cache_tag), index.records
 
 
+def indexed_dist_infos(store: Store, state: VenvState) -> dict[str, str] | None:
+    """dist-info directory -> store key for ``state``'s selection, from the selection's cached index
+    (None when the store has none): what reading each record would tell, without reading them. The
+    scientific set's records are megabytes of JSON; parsed in a mount's daemon, their freed memory
+    stayed with it."""
+    key = view_cache_key(state)
+    try:
+        return ViewIndex(store.view_cache_path(key), key).records
+    except (OSError, BadIndex):
+        return None
+
+
 def view_for(venv: Venv, store: Store, state: VenvState, *, cache: bool = True) -> View:
     """The view of ``venv``'s selection, with a RECORD for each distribution: the store keeps no RECORD
     (installers rewrite it), yet pip reads it to uninstall. RECORDs are rendered on first use: rendering
