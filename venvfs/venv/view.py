@@ -7,6 +7,7 @@ The overlay merges it with the upper layer; the FUSE adapter never sees it direc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -462,7 +463,8 @@ def cache_view(venv: Venv, store: Store, state: VenvState, *, apart: bool = Fals
             log.info("could not index the selection of %s: %s", venv.root, e)
         finally:
             os._exit(code)
-    os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):  # a caller that ignores SIGCHLD: reaped once it exited
+        os.waitpid(pid, 0)
 
 
 def _lazy_renderer(venv: Venv, store: Store, info: Any, dist_key: str) -> Callable[[], bytes]:
