@@ -98,3 +98,44 @@ def test_a_mapped_view_keeps_its_tree_when_the_index_is_replaced(tmp_path: Path)
     view_for(venv, store, state)  # a new file by rename
     assert mapped.lookup("demo/sub/helpers.py") is not None
     assert mapped.lookup("demo/data/table.txt") is not None
+
+
+def test_a_view_built_for_the_cache_is_served_from_its_index(tmp_path: Path) -> None:
+    # A daemon that finds no index builds the whole tree from the records; what it keeps must be the
+    # index it wrote, built a directory at a time, not that tree (its memory stays with the mount).
+    store_root = tmp_path / "store"
+    venv = _managed(tmp_path, store_root, _odd_package())
+    store = Store.open(store_root, create=False)
+    state = venv.read_state()
+    store.view_cache_path(view_cache_key(state)).unlink(missing_ok=True)
+    view = view_for(venv, store, state)
+    assert store.view_cache_path(view_cache_key(state)).exists()
+    odd = view.lookup("odd")
+    assert isinstance(odd, LowerDir)
+    many = odd.children["many"]
+    assert isinstance(many, LowerDir) and many._children is None
+    assert _entries(view) == _entries(view_for(venv, store, state, cache=False))
+    record = view.lookup("odd-1.0.dist-info/RECORD")
+    assert isinstance(record, LowerFile) and record.render is not None
+
+
+def test_the_ingest_thread_names_the_selection_from_its_index(tmp_path: Path) -> None:
+    # The daemon's ingest thread names the selected dist-infos at the first mount of a venv and after
+    # each ingest: from the selection's index, not by parsing every record in the daemon's heap.
+    from venvfs.mount.ingest import IngestScheduler
+    from venvfs.mount.overlay.activity import Activity
+
+    store_root = tmp_path / "store"
+    venv = _managed(tmp_path, store_root, _odd_package(), simple_package("plain", "2.0"))
+    store = Store.open(store_root, create=False)
+    state = venv.read_state()
+    view_for(venv, store, state)  # the index, as a mount has it
+    away = [store.dist_path(key) for key in state.selection]
+    for path in away:
+        path.rename(path.with_name(path.name + ".away"))
+    try:
+        assert IngestScheduler(venv, store_root, Activity())._selected() == {"odd-1.0.dist-info",
+                                                                             "plain-2.0.dist-info"}
+    finally:
+        for path in away:
+            path.with_name(path.name + ".away").rename(path)

@@ -45,7 +45,7 @@ from venvfs.store.store import Store
 # Re-exported: what is mounted is read in the venv layer, which must know it without the mount layer.
 from venvfs.venv.mountinfo import MountState as MountState
 from venvfs.venv.mountinfo import daemon_pid as daemon_pid
-from venvfs.venv.mountinfo import drop_path, info_path, lock_path, venvfs_mounts_below
+from venvfs.venv.mountinfo import drop_path, info_path, lock_path, prepare_view, venvfs_mounts_below
 from venvfs.venv.mountinfo import list_mounts as list_mounts
 from venvfs.venv.mountinfo import log_path as log_path
 from venvfs.venv.mountinfo import mount_state as mount_state
@@ -676,6 +676,10 @@ def mount(path: Path, store: Store, *, allow_other: bool = False, foreground: bo
         # Before the mount covers site-packages: the .pth hook is written in the directory underneath.
         automount.install(venv)
         if not foreground:
+            # A daemon whose selection has no valid index builds it (a new selection, or bytecode
+            # compiled since the index was written). Checked here (~0.3 ms when there is one) and
+            # built in a child: this process forks the daemon, or the service does (view.cache_view).
+            prepare_view(venv, store, apart=True)
             try:
                 _spawn(venv, store, allow_other=allow_other)
             except MountError as e:

@@ -94,7 +94,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
             if gone:
                 state.selection = [k for k in state.selection if k not in gone]
                 venv.write_state(state)
-            reload(venv)
+            reload(venv, store=store)
             confirmed = {name: (sig, pending.INGESTED)
                          for key, (name, sig) in pending.expected(venv).items() if key not in gone}
             pending.mark_seen(venv, confirmed)
@@ -173,7 +173,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                                                              if (p if isinstance(p, str) else p[0]) not in have])
             venv.write_state(state)
             crash_point("commit:selected")
-            reload(venv)
+            reload(venv, store=store)
             gone = pending.unconfirmed(venv)
             if gone:
                 state.selection = [k for k in state.selection if k not in gone]
@@ -182,7 +182,7 @@ def ingest_mounted(venv: Venv, store: Store, *, automatic: bool = False) -> Comm
                     if r.key in gone:
                         del results[r.dist_info]  # pending again: the next ingest looks at what is there now
                 venv.write_state(state)
-                reload(venv)
+                reload(venv, store=store)
             pending.expect_path(venv).unlink(missing_ok=True)
             pending.mark_seen(venv, results)
         else:
@@ -282,8 +282,15 @@ class IngestScheduler:
         st = os.stat(self.venv.state_path)
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._selected_stamp:
+            from venvfs.venv.view import indexed_dist_infos
+
             store = Store.open(self.store_root, create=False)
-            self._selected_cache = {store.get_dist(key).dist_info for key in self.venv.read_state().selection}
+            state = self.venv.read_state()
+            # From the selection's index where the store has one (the daemon maps it anyway): the
+            # records would be parsed, and their digests checked, in the daemon's own long-lived heap.
+            indexed = indexed_dist_infos(store, state)
+            self._selected_cache = (set(indexed) if indexed is not None
+                                    else {store.get_dist(key).dist_info for key in state.selection})
             self._selected_stamp = stamp
         return self._selected_cache
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import signal
 import time
@@ -21,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from venvfs.errors import MountError, VenvError
+from venvfs.errors import MountError, VenvError, VenvfsError
 from venvfs.fsutil import atomic_write_json, lock_holders, read_json
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
+
+log = logging.getLogger(__name__)
 
 MountState = Literal["mounted", "dead", "unmounted"]
 
@@ -155,15 +158,20 @@ def queue_drop_upper(venv: Venv, paths: Sequence[str]) -> None:
         atomic_write_json(drop_path(venv), list(paths))
 
 
-def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: float = 60.0) -> bool:
+def reload(venv: Venv, *, store: Store | None = None, drop_upper: Sequence[str] | None = None,
+           timeout: float = 60.0) -> bool:
     """Make a running daemon re-read the venv's selection; returns False if none runs.
 
     Called after the selection changed (``venvfs add/remove``, ``commit``); returns once the new
-    view is live, so the caller's next file access sees it.
+    view is live, so the caller's next file access sees it. Given the ``store``, the index of the
+    new selection is built here first when the store lacks it (``view.cache_view``): not in the
+    daemon, whose memory would keep the cost.
     """
     pid = daemon_pid(venv)
     if pid is None:
         return False
+    if store is not None:
+        prepare_view(venv, store)
     if drop_upper:
         atomic_write_json(drop_path(venv), list(drop_upper), durable=False)
     try:
@@ -183,6 +191,25 @@ def reload(venv: Venv, *, drop_upper: Sequence[str] | None = None, timeout: floa
         time.sleep(pause)
         pause = min(pause * 2, 0.01)
     raise MountError(f"the daemon of {venv.root} did not reload within {timeout:.0f}s")
+
+
+def prepare_view(venv: Venv, store: Store, *, apart: bool = False) -> None:
+    """Build the index of the selection a daemon of ``venv`` serves, if the store lacks a valid one
+    (``view.cache_view``, which says what ``apart`` is for): before a daemon starts or reloads, in
+    the process that asks for it."""
+    from venvfs.venv.pending import unconfirmed
+    from venvfs.venv.view import cache_view
+
+    try:
+        state = venv.read_state()
+        # The selection the daemon will serve (``daemon._confirmed``): what an ingest in progress
+        # selected and an installer has removed since stays out of its view.
+        gone = unconfirmed(venv)
+        state.selection = [k for k in state.selection if k not in gone]
+        cache_view(venv, store, state, apart=apart)
+    except (OSError, ValueError, VenvfsError) as e:
+        # Only an optimisation: the daemon builds what is missing itself.
+        log.info("could not index the selection of %s for its daemon: %s", venv.root, e)
 
 
 def status(venv: Venv) -> dict[str, object]:

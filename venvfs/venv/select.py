@@ -382,7 +382,7 @@ def _apply(venv: Venv, store: Store, state: VenvState, interp: InterpreterInfo, 
     else:
         materialize(venv, store, state, linker, records=wanted, site_packages=False)
         # The view renders each distribution's RECORD for this venv: nothing to write here.
-        mountinfo.reload(venv)
+        mountinfo.reload(venv, store=store)
     marker.unlink(missing_ok=True)
     report.added = [r.key for r in new]
     report.link_summary = linker.summary()

@@ -68,7 +68,7 @@ def finish_interrupted(venv: Venv, store: Store, state: VenvState) -> str | None
     materialize(venv, store, state, linker_for(LinkMode(state.link_mode or "auto"), state), records=records,
                 site_packages=site_packages)
     if state.layout == "mounted":
-        mountinfo.reload(venv)
+        mountinfo.reload(venv, store=store)
     marker.unlink()
     return f"finished the interrupted change of the selection of {venv.root}"
 
