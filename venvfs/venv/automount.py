@@ -32,6 +32,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,7 +138,18 @@ def _site_packages_access(sp: Path) -> str:
         parent = sp.parent.stat()
     except OSError:
         return "plain"
-    return "mounted" if parent.st_dev != st.st_dev else "plain"
+    if parent.st_dev == st.st_dev:
+        return "plain"
+    try:
+        # The stat above may have been answered from the kernel's cache of the root's attributes (the
+        # daemon gives them a long timeout): a dead mount shows only on a request the kernel always
+        # sends, and FUSE_STATFS is one.
+        os.statvfs(sp)
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return "dead"
+        raise
+    return "mounted"
 
 
 def _cfg_digest(venv: Venv) -> str | None:
