@@ -275,7 +275,7 @@ def test_goals_pass_fail_and_unmeasured(tmp_path: Path) -> None:
         return {"median": value, "min": value, "max": value}
 
     main_report = _report_with({"import_warm_s": ratio(1.1), "import_cold_s": ratio(1.6),
-                                "daemon_uss_bytes": plain(9e6), "mount_s": plain(0.05), "create_s": plain(0.1),
+                                "mount_uss_bytes": plain(9e6), "mount_s": plain(0.05), "create_s": plain(0.1),
                                 "uv_install_s": ratio(2.5), "adopt_s": ratio(1.4)})
     # Against a peer measured in the same run: 0.1 s is 2x fuse-overlayfs's 0.05 s (a pass, at the
     # limit), and 0.67x uv hardlink's 0.15 s (missed).

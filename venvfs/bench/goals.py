@@ -34,8 +34,8 @@ GOALS = [
     Goal("20,000-file venv mounted and answering < 0.5 s", "scale", "mount_s", False, 0.5, "s"),
     Goal("daemon RSS < 80 MB for the 20,000-file venv", "scale", "daemon_rss_bytes", False, 80e6, "B"),
     # Issue 16: a daemon forked from the mount service shares its interpreter's pages; what one more
-    # mount of the scientific set costs is its unique memory.
-    Goal("per-mount USS <= 15 MB for the scientific set", "main", "daemon_uss_bytes", False, 15e6, "B"),
+    # mount of the scientific set costs is the unique memory of all its processes (daemon, keeper, watcher).
+    Goal("per-mount USS <= 15 MB for the scientific set", "main", "mount_uss_bytes", False, 15e6, "B"),
     Goal("mount until it answers <= 60 ms, scientific set", "main", "mount_s", False, 0.060, "s"),
     Goal("mount until it answers <= 60 ms, 20,000 files", "scale", "mount_s", False, 0.060, "s"),
     Goal("create of one more venv <= 2x fuse-overlayfs's", "main", "create_s", False, 2.0, "x", "fuse-overlayfs"),

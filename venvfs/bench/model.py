@@ -35,8 +35,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "daemon_hwm_bytes": ("bytes", "peak resident memory of the filesystem daemon"),
     "daemon_pss_bytes": ("bytes", "proportional memory of the filesystem daemon (shared pages divided among "
                                   "their processes, /proc/PID/smaps_rollup)"),
-    "daemon_uss_bytes": ("bytes", "unique memory of the filesystem daemon (its private pages: what one more "
-                                  "mount costs)"),
+    "daemon_uss_bytes": ("bytes", "unique memory of the filesystem daemon (its private pages)"),
+    "mount_uss_bytes": ("bytes", "unique memory of every process of one mount (venvfs: the daemon, its keeper "
+                                 "and its watcher): what one more mount costs"),
 }
 
 

@@ -30,6 +30,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("daemon RSS", "daemon_rss_bytes"),
     ("daemon PSS", "daemon_pss_bytes"),
     ("daemon USS", "daemon_uss_bytes"),
+    ("mount USS (all its processes)", "mount_uss_bytes"),
 ]
 
 

@@ -286,7 +286,7 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
                 nmetric.add(p.native)
         pid = lv.strategy.daemon_pid(venv)
         if lv.strategy.has_daemon and pid is None:
-            for key in ("daemon_rss_bytes", "daemon_pss_bytes", "daemon_uss_bytes"):
+            for key in ("daemon_rss_bytes", "daemon_pss_bytes", "daemon_uss_bytes", "mount_uss_bytes"):
                 lv.result.metric(key).fail("daemon process not found")
         elif pid is not None:
             try:
@@ -302,6 +302,11 @@ def _runtime(live: list[_Live], settings: Settings, workload: Workload, dropper:
             except probes.ProbeError as e:
                 lv.result.metric("daemon_pss_bytes").fail(str(e))
                 lv.result.metric("daemon_uss_bytes").fail(str(e))
+            try:
+                lv.result.metric("mount_uss_bytes").add(float(sum(probes.shared_memory(p).uss
+                                                                  for p in lv.strategy.mount_pids(venv))))
+            except probes.ProbeError as e:
+                lv.result.metric("mount_uss_bytes").fail(str(e))
 
 
 def _installs(live: list[_Live], settings: Settings, say: Say) -> None:

@@ -145,6 +145,11 @@ class Strategy:
     def daemon_pid(self, venv: Path) -> int | None:
         return None
 
+    def mount_pids(self, venv: Path) -> list[int]:
+        """Every process that lives as long as the mount of ``venv`` and no longer: its memory is the mount's."""
+        pid = self.daemon_pid(venv)
+        return [pid] if pid is not None else []
+
 
 class Native(Strategy):
     name = "native"
@@ -474,6 +479,17 @@ class VenvfsMount(_Venvfs):
             if Path(f"/proc/{pid}").exists():
                 return pid
         return find_process([b"venvfs", os.fsencode(trees.site_packages(venv))])
+
+    def mount_pids(self, venv: Path) -> list[int]:
+        # The daemon, the keeper that holds its FUSE connection and the watcher that unmounts after
+        # both (docs/mount.md): one more mount costs all three.
+        pids = set(super().mount_pids(venv))
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            info = json.loads((venv / ".venvfs" / "daemon.json").read_text())
+            for key in ("pid", "server", "watcher"):
+                if isinstance(info.get(key), int) and Path(f"/proc/{info[key]}").exists():
+                    pids.add(info[key])
+        return sorted(pids)
 
 
 class VenvfsStock(VenvfsMount):
