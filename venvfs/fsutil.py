@@ -121,6 +121,25 @@ def atomic_write_json(path: Path, data: Any, *, durable: bool = True, tmp_dir: P
                        tmp_dir=tmp_dir)
 
 
+def read_own_json(path: Path) -> Any:
+    """A cache file's JSON, or None: unreadable, or not the user's own, or writable by anyone else (a
+    root command with another user's ``$HOME`` must not take that user's word, nor anyone their files)."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return None
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def dead_connection(err: OSError) -> bool:
+    """Whether ``err`` is a FUSE mount's whose daemon is gone: ENOTCONN once the connection's descriptor
+    is closed, ECONNABORTED while the kernel is still tearing a killed daemon's connection down."""
+    return err.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def read_json(path: Path) -> Any:
     with open(path, "rb") as f:
         return json.load(f)

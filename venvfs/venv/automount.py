@@ -29,7 +29,6 @@ What was installed is recorded in ``VENV/.venvfs/hooks.json`` (with a digest of 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.errors import VenvError
-from venvfs.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from venvfs.fsutil import atomic_write_bytes, atomic_write_json, dead_connection, read_json
 from venvfs.hooks.block import current_block, strip_block
 from venvfs.hooks.dialects import DIALECTS, Dialect
 from venvfs.hooks.pth import render_pth
@@ -125,28 +124,22 @@ def _site_packages_access(sp: Path) -> str:
     """'mounted', 'dead' (a mount whose daemon is gone), 'missing' or 'plain'."""
     try:
         st = sp.stat()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        # ECONNABORTED while the kernel is still tearing down a killed daemon's connection.
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "dead"
-        raise
-    if not stat.S_ISDIR(st.st_mode):
-        return "missing"
-    try:
-        parent = sp.parent.stat()
-    except OSError:
-        return "plain"
-    if parent.st_dev == st.st_dev:
-        return "plain"
-    try:
+        if not stat.S_ISDIR(st.st_mode):
+            return "missing"
+        try:
+            parent = sp.parent.stat()
+        except OSError:
+            return "plain"
+        if parent.st_dev == st.st_dev:
+            return "plain"
         # The stat above may have been answered from the kernel's cache of the root's attributes (the
         # daemon gives them a long timeout): a dead mount shows only on a request the kernel always
         # sends, and FUSE_STATFS is one.
         os.statvfs(sp)
+    except FileNotFoundError:
+        return "missing"
     except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        if dead_connection(e):
             return "dead"
         raise
     return "mounted"

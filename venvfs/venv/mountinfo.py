@@ -11,7 +11,6 @@ starts daemons, holds the lock, and reloads on the signal.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from venvfs.errors import MountError, VenvError, VenvfsError
-from venvfs.fsutil import atomic_write_json, lock_holders, read_json
+from venvfs.fsutil import atomic_write_json, dead_connection, lock_holders, read_json
 from venvfs.store.store import Store
 from venvfs.venv.venv import Venv
 
@@ -145,8 +144,7 @@ def mount_state(venv: Venv) -> MountState:
     try:
         os.stat(mp)
     except OSError as e:
-        # ENOTCONN once the daemon's fd is closed; ECONNABORTED while the kernel is still aborting it.
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        if dead_connection(e):
             return "dead"
         raise
     return "mounted" if daemon_pid(venv) is not None else "dead"

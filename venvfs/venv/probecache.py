@@ -27,13 +27,11 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
-from venvfs.fsutil import atomic_write_json
+from venvfs.fsutil import atomic_write_json, read_own_json
 
 FORMAT = 1
 DISABLE_ENV = "VENVFS_PROBE_CACHE"  # "0": always start the interpreter
@@ -89,15 +87,7 @@ def _path(k: dict[str, Any]) -> Path:
 
 def lookup(k: dict[str, Any]) -> dict[str, Any] | None:
     """The answer kept for ``k``, or None."""
-    path = _path(k)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                return None
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+    data = read_own_json(_path(k))
     if not isinstance(data, dict) or data.get("key") != k or not isinstance(data.get("answer"), dict):
         return None
     answer: dict[str, Any] = data["answer"]

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from venvfs.fsutil import UnsafePath, atomic_write_json, safe_relpath
+from venvfs.fsutil import UnsafePath, atomic_write_json, read_own_json, safe_relpath
 
 FORMAT = 1
 _SAFE = re.compile(r"[A-Za-z0-9_./+@,=-]+")
@@ -91,14 +91,7 @@ def _path(k: dict[str, Any]) -> Path:
 
 
 def _lookup(k: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        with open(_path(k), "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                return None
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
+    data = read_own_json(_path(k))
     if not isinstance(data, dict) or data.get("key") != k or not isinstance(data.get("made_at"), str):
         return None
     entries = data.get("entries")
