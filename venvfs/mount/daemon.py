@@ -584,9 +584,12 @@ def _wait_answers(mp: Path, venv: Venv) -> None:
     deadline = time.monotonic() + 10
     while True:
         with contextlib.suppress(OSError):
-            # The kernel asks the daemon for the root's attributes (FUSE_GETATTR) at this first stat:
-            # another device is the mount, and an answer is its loop serving (a listing cost 2-3 ms more).
             if os.stat(mp).st_dev != root_dev:
+                # Not for the answer alone (the stat got one): a listing makes the kernel treat the root's
+                # atime as stale, so the next stat of site-packages asks the daemon again, and a dead
+                # mount fails it with ENOTCONN. The activation hook's `[ ! -d site-packages ]` and
+                # `hook status` need that: the root's attributes are otherwise cached for good.
+                os.listdir(mp)
                 return
         if time.monotonic() > deadline:
             raise MountError(f"{mp} does not answer after mounting")
