@@ -100,3 +100,26 @@ def test_the_service_learns_nothing_from_a_store_that_does_not_exist_yet(tmp_pat
     warmer = Warmer(tmp_path / "nothing")
     warmer.refresh()
     assert not warmer.pending()
+
+
+@pytest.mark.allow_warnings
+def test_learning_that_fails_stops_learning_not_the_service(store: Store, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from venvfs.mount import service
+
+    keys = _stored(store, wheelhouse(tmp_path / "wheels"))
+    store.register_venv("a" * 32, tmp_path / "v", {"interpreter": {"cache_tag": TAG}, "selection": keys},
+                        checksum="x")
+    warmer = Warmer(store.root)
+    service._learning(warmer, warmer.refresh)
+    assert warmer.pending()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in learning")
+
+    service._learning(warmer, broken)  # returns: the service's loop goes on
+    assert "learning the store failed" in caplog.text and not warmer.pending()
+    store.register_venv("b" * 32, tmp_path / "w", {"interpreter": {"cache_tag": TAG}, "selection": keys},
+                        checksum="x")
+    warmer.refresh()
+    assert not warmer.pending()

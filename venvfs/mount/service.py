@@ -286,6 +286,16 @@ def _fork(body: Callable[[], int]) -> int:
     return pid
 
 
+def _learning(warmer: Warmer, work: Callable[[], None]) -> None:
+    """Learning the store is only a shortcut for the commands: whatever goes wrong in it (a store being
+    deleted under the service, a record that is not what it says) must not end the service."""
+    try:
+        work()
+    except Exception:
+        log.exception("learning the store failed; the service goes on without it")
+        warmer.stop()
+
+
 def _notify_ready() -> None:
     """sd_notify(READY=1): systemd's ``Type=notify`` start returns once the socket listens."""
     address = os.environ.pop("NOTIFY_SOCKET", "")
@@ -343,7 +353,7 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
     warmer = Warmer(store_root)
     try:
         while True:
-            warmer.refresh()
+            _learning(warmer, warmer.refresh)
             # Learning the store (warm.py) only while no request waits (a step is one record), and not
             # while the last request's command likely still runs: on two cores it would take the CPU
             # from the command (and the client, and the mount) it is meant to speed up.
@@ -352,7 +362,7 @@ def serve_forever(store_root: Path, path: Path, *, systemd: bool = False, runner
                 wait = max(0.0, last + WARM_AFTER_S - time.monotonic())
             ready, _, _ = select.select([listener], [], [], wait)
             if not ready and warmer.pending() and time.monotonic() >= last + WARM_AFTER_S:
-                warmer.step()
+                _learning(warmer, warmer.step)
                 continue
             if not ready:
                 if time.monotonic() - last > idle:

@@ -24,7 +24,6 @@ behind it. The service holds what it learns for as long as it runs: ``MAX_FILES`
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -33,8 +32,6 @@ from venvfs.fsutil import exists, flock
 from venvfs.store import bytecode
 from venvfs.store.records import DistRecord
 from venvfs.store.store import WARM_RECORDS, Store, gc_epoch, registry_entry
-
-log = logging.getLogger(__name__)
 
 MAX_FILES = 100_000
 
@@ -53,13 +50,21 @@ class Warmer:
         # each command changes the registry and a plan of everything would compete with it for the CPU.
         self._whole: set[tuple[str, str]] = set()
         self._whole_epoch = ""
+        self._stopped = False
 
     def pending(self) -> bool:
         return bool(self._todo)
 
+    def stop(self) -> None:
+        """Learn nothing more (the service calls it when learning failed: it is only ever a shortcut)."""
+        self._todo.clear()
+        self._stopped = True
+
     def refresh(self) -> None:
         """Plan again when the registry changed (a venv registered, or its selection did: each is a
         rename into ``venvs/``, which changes the directory's mtime)."""
+        if self._stopped:
+            return
         try:
             mtime = os.stat(self.root / "venvs").st_mtime_ns
         except OSError:
