@@ -345,3 +345,29 @@ def test_records_are_parsed_once_inside_keeping_records_and_never_outlive_their_
         store.dist_path(record.key).write_bytes(saved)  # published again
         assert store.get_dist(record.key) == first
     assert store._records is None
+
+
+def test_a_file_the_store_did_not_take_keeps_its_mode_and_mtime(store: Store, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two files of equal bytes adopted at once (pip and setuptools vendor the same packaging modules;
+    adopt hashes on threads and in a forked process): the loser of the race to publish must not keep
+    the store's mode and mtime, or it passes for a placed copy and is never linked to the object."""
+    import venvfs.store.store as store_module
+
+    data = b"VERSION = 1\n"
+    digest = hashlib.sha256(data).hexdigest()
+    winner, loser = tmp_path / "a.py", tmp_path / "b.py"
+    for path in (winner, loser):
+        path.write_bytes(data)
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    with open(winner, "rb") as f:
+        assert take_inode(store, f.fileno(), digest, len(data), False).new
+    before = loser.stat()
+    # The race: the other writer publishes after this one looked for the object.
+    monkeypatch.setattr(store_module, "exists", lambda name: False)
+    with open(loser, "rb") as f:
+        put = take_inode(store, f.fileno(), digest, len(data), False)
+    assert put is not None and not put.new
+    after = loser.stat()
+    assert (stat.S_IMODE(after.st_mode), after.st_mtime_ns) == (stat.S_IMODE(before.st_mode), before.st_mtime_ns)
+    assert after.st_ino != os.stat(store.local_object_name(digest, False)).st_ino

@@ -715,7 +715,7 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
     """Publish the open file ``fd`` itself (its inode: no data copied, no temporary name) as the
     object ``digest``, which the caller read from that fd; None where the kernel cannot link it
     here (no ``/proc``, another filesystem, the file unlinked meanwhile): the caller then stores
-    it another way, and the file may already show the store's mode and mtime.
+    it another way. A file the store did not take keeps its own mode and mtime.
 
     Only for a file every name of which the caller owns and gives up to the store (adopt's
     hardlink mode, see docs/design.md "Whose inodes the store may take"): it becomes mode 0444
@@ -730,16 +730,29 @@ def take_inode(store: Store, fd: int, digest: str, size: int, executable: bool, 
         return PutResult(digest, size, new=False)
     if needs_chunks(size):
         _write_chunk_list(store, digest, fd, size, chunk_list)
+    before = os.fstat(fd)
     try:
         put = _seal_and_link(store, fd, final, digest, size, executable)
     except FileExistsError:
+        # A racing writer published these bytes between the check above and the link: another thread
+        # or process of the same adopt, with a file of equal content (pip and setuptools vendor the
+        # same packaging modules). The file is not the store's, so it gets its mode and mtime back:
+        # with the store's it passed for a placed copy, and was never linked to the object.
+        _unseal(fd, before)
         return PutResult(digest, size, new=False)
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP,
                        errno.ENOENT):
+            _unseal(fd, before)
             return None
         raise
     return put
+
+
+def _unseal(fd: int, before: os.stat_result) -> None:
+    with contextlib.suppress(OSError):
+        os.chmod(fd, stat.S_IMODE(before.st_mode))
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def registry_entry(store: Store, venv_id: str) -> RegistryEntry | None:
