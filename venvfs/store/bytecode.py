@@ -114,11 +114,33 @@ def look_ahead(store: Store, records: Iterable[DistRecord], cache_tag: str) -> N
     asks (one stat per module: ~17 ms for the scientific set), while an installer plans. Only under
     ``store.writing()`` held until the selection is done: gc, which alone deletes bytecode, waits."""
     seen = store.compiled_seen.setdefault(cache_tag, set())
-    look = _look(store, cache_tag)
     for record in records:
-        for f in record.site_files():
-            if f.digest and compilable(f.path) and f.digest not in seen and look(f.digest):
+        _note_compiled(store, record, cache_tag, seen)
+
+
+def learn_compiled(store: Store, record: DistRecord, cache_tag: str, epoch: str) -> bool:
+    """Note in ``WARM_COMPILED`` which sources of ``record`` are compiled, as seen at the gc ``epoch``
+    the caller read under the store's shared lock, which it still holds; whether all of them are."""
+    learnt = WARM_COMPILED.get(store.root)
+    if learnt is None or learnt.epoch != epoch:
+        learnt = WARM_COMPILED[store.root] = Learnt(epoch)
+    whole = _note_compiled(store, record, cache_tag, learnt.digests.setdefault(cache_tag, set()))
+    if whole:
+        learnt.whole.setdefault(cache_tag, set()).add(record.key)
+    return whole
+
+
+def _note_compiled(store: Store, record: DistRecord, cache_tag: str, seen: set[str]) -> bool:
+    """Add to ``seen`` the sources of ``record`` compiled for ``cache_tag``; whether all of them are."""
+    look = _look(store, cache_tag)
+    whole = True
+    for f in record.site_files():
+        if f.digest and compilable(f.path) and f.digest not in seen:
+            if look(f.digest):
                 seen.add(f.digest)
+            else:
+                whole = False
+    return whole
 
 
 def ensure_bytecode(store: Store, records: Iterable[DistRecord], interp: Interpreter, python: Path,

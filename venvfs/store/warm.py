@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from venvfs.errors import Busy, StoreError
-from venvfs.fsutil import exists, flock
+from venvfs.fsutil import flock
 from venvfs.store import bytecode
 from venvfs.store.records import DistRecord
 from venvfs.store.store import WARM_RECORDS, Store, gc_epoch, registry_entry
@@ -116,21 +116,7 @@ class Warmer:
         try:
             with flock(store.root / "lock", exclusive=False, wait=False):
                 epoch = gc_epoch(store)
-                held = bytecode.WARM_COMPILED.get(store.root)
-                if held is None or held.epoch != epoch:
-                    held = bytecode.WARM_COMPILED[store.root] = bytecode.Learnt(epoch)
-                seen = held.digests.setdefault(tag, set())
-                base = f"{store.root}/bytecode/{tag}"  # Store.local_bytecode_path, as a string
-                whole = True
-                for f in record.site_files():
-                    if f.digest and bytecode.compilable(f.path) and f.digest not in seen:
-                        if exists(f"{base}/{f.digest[:2]}/{f.digest}.pyc"):
-                            seen.add(f.digest)
-                        else:
-                            whole = False
-                if whole:
-                    held.whole.setdefault(tag, set()).add(record.key)
-                return whole and epoch == self._whole_epoch
+                return bytecode.learn_compiled(store, record, tag, epoch) and epoch == self._whole_epoch
         except Busy:
             return False  # gc runs: the next request's commands look for themselves
 
