@@ -437,7 +437,7 @@ class Store:
         """From now on ``get_dist`` parses each record once, as inside ``keeping_records``: for a
         command that reads records ahead of knowing which it needs (``venvfs uv``, while uv plans)."""
         if self._records is None:
-            self._records = {}
+            self._records = dict(WARM_RECORDS.get(self.root, {}))
 
     def has_dist(self, key: str) -> bool:
         return self.dist_path(key).exists()
