@@ -487,12 +487,11 @@ IDLE_TRIM_S = 1.0
 def _confirmed(venv: Venv, state: VenvState) -> VenvState:
     """``state`` less what an ingest in progress selected and an installer has removed since
     (``venv.pending.unconfirmed``): checked here, on the request loop, so no request sees it."""
-    from venvfs.venv.pending import unconfirmed
+    from venvfs.venv.pending import leave_out_unconfirmed
 
-    gone = unconfirmed(venv)
+    gone = leave_out_unconfirmed(venv, state)
     if gone:
         log.info("left out of the view, changed since its ingest read it: %s", ", ".join(sorted(gone)))
-        state.selection = [k for k in state.selection if k not in gone]
     return state
 
 

@@ -195,15 +195,14 @@ def prepare_view(venv: Venv, store: Store, *, apart: bool = False) -> None:
     """Build the index of the selection a daemon of ``venv`` serves, if the store lacks a valid one
     (``view.cache_view``, which says what ``apart`` is for): before a daemon starts or reloads, in
     the process that asks for it."""
-    from venvfs.venv.pending import unconfirmed
+    from venvfs.venv.pending import leave_out_unconfirmed
     from venvfs.venv.view import cache_view
 
     try:
         state = venv.read_state()
         # The selection the daemon will serve (``daemon._confirmed``): what an ingest in progress
         # selected and an installer has removed since stays out of its view.
-        gone = unconfirmed(venv)
-        state.selection = [k for k in state.selection if k not in gone]
+        leave_out_unconfirmed(venv, state)
         cache_view(venv, store, state, apart=apart)
     except (OSError, ValueError, VenvfsError) as e:
         # Only an optimisation: the daemon builds what is missing itself.

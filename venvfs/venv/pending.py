@@ -29,7 +29,7 @@ from typing import Any
 
 from venvfs.fsutil import atomic_write_json, read_json
 from venvfs.venv.upper import OPAQUE
-from venvfs.venv.venv import Venv
+from venvfs.venv.venv import Venv, VenvState
 
 SEEN_FILE = "ingest-seen.json"
 INGESTED = "ingested"  # stored and selected; the upper copies were queued to drop
@@ -183,6 +183,15 @@ def unconfirmed(venv: Venv) -> set[str]:
     files then). The daemon leaves such keys out of the view it switches to, on its request loop,
     so no request sees them; the worker then takes them out of the selection."""
     return {key for key, (name, sig) in expected(venv).items() if record_signature(venv.upper_dir / name) != sig}
+
+
+def leave_out_unconfirmed(venv: Venv, state: VenvState) -> set[str]:
+    """Take the ``unconfirmed`` keys out of ``state``'s selection (the selection a daemon serves);
+    returns them."""
+    gone = unconfirmed(venv)
+    if gone:
+        state.selection = [k for k in state.selection if k not in gone]
+    return gone
 
 
 def expected(venv: Venv) -> dict[str, tuple[str, list[int] | None]]:
