@@ -97,17 +97,16 @@ def to_mounted(venv: Venv, store: Store, state: VenvState, view: View | None = N
     upper = venv.upper_dir
     upper.mkdir(parents=True, exist_ok=True)
     marker = venv.state_dir / TO_MOUNTED
+    # A marker of a switch to the materialized layout that ended after its state was written.
+    (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
     if not state.selection and _phase(marker) is None and _holds_nothing(sp):
         # A venv just made (`venvfs create`): nothing to hide or move, so no step a crash could leave
         # half done; the state's one atomic write is the switch (the markers' writes were ~4 ms).
-        (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
         _install_hooks(venv)
         state.layout = "mounted"
         venv.write_state(state)
         return
     view = view if view is not None else view_for(venv, store, state)
-    # A marker of a switch to the materialized layout that ended after its state was written.
-    (venv.state_dir / TO_MATERIALIZED).unlink(missing_ok=True)
     if _phase(marker) in (None, _HIDING) and not view.root.children:
         # Nothing selected (a venv `venvfs mount` has just adopted): phase 1 has nothing to hide, so
         # straight to phase 2; a durable marker write is two journal commits (~10 ms on a loop device).
@@ -224,8 +223,6 @@ def _holds_nothing(sp: Path) -> bool:
             return all(e.name == AUTOMOUNT_PTH for e in entries)
     except FileNotFoundError:
         return True
-
-
 
 
 def interrupted(venv: Venv) -> str | None:
