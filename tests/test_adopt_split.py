@@ -6,8 +6,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from tests.wheelbuilder import WheelSpec, build_wheel, data_package, simple_pack
 from venvfs.errors import VenvfsError
 from venvfs.store.store import Store
 from venvfs.venv import adopt as adopt_module
+from venvfs.venv import adoptsplit
 from venvfs.venv.adopt import adopt
 from venvfs.venv.venv import Venv
 
@@ -117,3 +121,29 @@ def test_a_failure_on_either_side_takes_back_both_sides_objects(
     assert not any((tmp_path / "store" / "dists").glob("*.json"))
     # Nothing of the venv was lost: its files are all there and it still imports.
     subprocess.run([str(venv / "bin" / "python"), "-c", "import demo, other, big"], check=True)
+
+
+
+@pytest.mark.parametrize("line", range(6))
+def test_the_helper_reports_what_it_published_when_interrupted_as_it_fails(line: int) -> None:
+    """A full disk fails both processes at nearly the same moment: the parent's SIGINT then reaches a
+    helper whose own error is being kept. The helper must still report the objects it published, or
+    the take-back leaves them in the store (CI found 123 so). The SIGINT is sent at the helper's
+    ``line``-th line after its work raised, by a trace function set on the helper's frame."""
+
+    def helper() -> list[str]:
+        count = iter(range(1_000))
+
+        def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+            if event == "line" and next(count) == line:
+                os.kill(os.getpid(), signal.SIGINT)
+            return tracer
+
+        sys.settrace(lambda *_: None)  # line events on: only the frame given a tracer gets them
+        sys._getframe(1).f_trace = tracer  # the helper process's frame that called this work
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    reported: list[object] = []
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        adoptsplit.in_two(list, helper, lambda: ["the helper's object"], reported.append)
+    assert reported == [["the helper's object"]]

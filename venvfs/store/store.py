@@ -783,9 +783,20 @@ def _seal_and_link(store: Store, src: str | int, final: str | Path, digest: str,
     this run's own for a take-back after a failure."""
     os.chmod(src, 0o555 if executable else 0o444)
     os.utime(src, (SOURCE_EPOCH, SOURCE_EPOCH))
-    _link_object(store, src, final)
-    with contextlib.suppress(KeyError):
-        _PUBLISHED[store._key].append(os.fspath(final))
+    # Counted before the link, so that an interrupt between the two cannot leave an object no
+    # take-back knows of; a name this run did not publish (EEXIST) is not its own to take back.
+    name = os.fspath(final)
+    names = _PUBLISHED.get(store._key)
+    if names is not None:
+        names.append(name)
+    try:
+        _link_object(store, src, final)
+    except OSError:
+        # Not linked (EEXIST: a racing writer's). An interrupt keeps the name: it may have been linked,
+        # and a take-back removes only what no record names, under gc's lock.
+        if names is not None:
+            names.remove(name)  # threads may hold equal names: any one of them is ours
+        raise
     return PutResult(digest, size, new=True)
 
 
