@@ -90,3 +90,41 @@ def test_a_kept_skeleton_anyone_else_could_write_is_not_used(counted_uv: tuple[s
     assert skeleton.make(tmp_path / "b", PYTHON, wrapper)
     assert _runs(log) == 2 and "EVIL_ENV" not in (tmp_path / "b/bin/activate").read_text()
     assert stat.S_IMODE(kept.stat().st_mode) & stat.S_IWGRP == 0  # learnt again, the user's own
+
+
+def test_keeping_a_new_skeleton_prunes_the_ones_no_create_can_use(
+        counted_uv: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new uv or Python adds a skeleton: those of a uv or interpreter that changed go, and of the
+    rest the most recent stay, so the cache does not grow with every upgrade."""
+    import json
+
+    wrapper, log = counted_uv
+    (tmp_path / "first").mkdir()
+    assert skeleton.make(tmp_path / "first", PYTHON, wrapper)
+    cache = skeleton.cache_dir()
+    (made,) = list(cache.glob("*.json"))
+    data = json.loads(made.read_text())
+    stale = cache / "stale.json"  # made by a uv that has since been upgraded in place
+    for path in data["key"]["binaries"]:
+        data["key"]["binaries"][path][2] += 1
+    stale.write_text(json.dumps(data))
+    current = []
+    for i in range(20):  # still usable, made one after another (mtime i seconds after the epoch)
+        copy = cache / f"current-{i:02}.json"
+        copy.write_bytes(made.read_bytes())
+        os.utime(copy, (1_000_000 + i, 1_000_000 + i))
+        current.append(copy)
+    abandoned, working = cache / ".make-abandoned", cache / ".make-working"
+    abandoned.mkdir()
+    working.mkdir()
+    os.utime(abandoned, (1_000_000, 1_000_000))
+    monkeypatch.setenv("UV_VENVFS_TEST_SETTING", "1")  # a new key: uv runs and its skeleton is kept
+    (tmp_path / "second").mkdir()
+    assert skeleton.make(tmp_path / "second", PYTHON, wrapper)
+    assert _runs(log) == 2
+    left = sorted(p.name for p in cache.glob("*.json"))
+    assert not stale.exists() and not abandoned.exists() and working.exists()
+    assert len(left) == skeleton._KEEP, left
+    # The new one, the first one (made now: newer than the copies), and the most recent copies.
+    assert made.name in left and {c.name for c in current[-(skeleton._KEEP - 2):]} <= set(left)
+    assert not any(c.exists() for c in current[:-(skeleton._KEEP - 2)])

@@ -18,6 +18,10 @@ do these). Where the textual substitution would not give what uv writes, uv runs
   small files, directories and symlinks (uv's output changed in a way this module does not know);
 - a cache file that is not the user's own, or that someone else could write: its activate scripts
   run in the user's shell.
+
+The cache keeps itself small where it grows, when a new skeleton is kept (a new uv, a new Python, a
+new ``UV_*`` setting): skeletons whose uv or interpreter is gone or changed can never be used again
+and go, and of the rest the ``_KEEP`` most recently made stay.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,8 @@ _SAFE = re.compile(r"[A-Za-z0-9_./+@,=-]+")
 _MAX_ENTRIES = 200
 _MAX_FILE = 256 * 1024
 _TOKEN = "venvfs-skeleton-"
+_KEEP = 16  # skeletons kept (each ~35 kB): a uv and a few interpreters, with room for UV_* settings
+_ABANDONED_S = 86_400  # a capture's work directory this old was left by a killed create
 
 
 def cache_dir() -> Path:
@@ -128,9 +135,55 @@ def _capture(k: dict[str, Any], python: str, uv: str) -> dict[str, Any] | None:
         skeleton = {"key": k, "made_at": made_at, "entries": entries}
         with contextlib.suppress(OSError):
             atomic_write_json(_path(k), skeleton, durable=False, indent=None)
+        _prune(_path(k))
         return skeleton
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prune(kept: Path) -> None:
+    """Remove the skeletons no create can use again (their uv or interpreter changed or went), those
+    beyond the ``_KEEP`` most recent, and capture directories a killed create left. Only the user's
+    own files are touched; anything unreadable is left as it is."""
+    now = time.time()
+    current: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError), os.scandir(kept.parent) as it:
+        for entry in it:
+            path = Path(entry.path)
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid != os.getuid():
+                    continue
+                if entry.name.startswith(".make-") and stat.S_ISDIR(st.st_mode):
+                    if now - st.st_mtime > _ABANDONED_S:
+                        shutil.rmtree(path, ignore_errors=True)
+                    continue
+                if not entry.name.endswith(".json") or path == kept:
+                    continue
+                data = read_own_json(path)
+                key = data.get("key") if isinstance(data, dict) else None
+                if isinstance(key, dict) and _still_there(key):
+                    current.append((st.st_mtime, path))
+                elif data is not None:
+                    path.unlink()
+    for _mtime, path in sorted(current, reverse=True)[_KEEP - 1:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _still_there(key: dict[str, Any]) -> bool:
+    """Whether the uv and the interpreter a skeleton was made with are still the files it names."""
+    binaries = key.get("binaries")
+    if not isinstance(binaries, dict) or not binaries:
+        return False
+    for path, ident in binaries.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if ident != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+            return False
+    return True
 
 
 def _read(root: str) -> list[list[Any]] | None:
