@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from venvfs.errors import MountError
+from venvfs.mount.watch import fusermount
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +105,15 @@ def keeper_problem() -> str | None:
         return "this pyfuse3 lacks venvfs's patch (scripts/build-pyfuse3)"
     if not hasattr(os, "pidfd_open"):
         return "no pidfd_open"
-    if _fusermount() is None:
+    if fusermount(os.environ.get("PATH", os.defpath)) is None:
         return "fusermount3 is not installed"
     return None
-
-
-def _fusermount() -> str | None:
-    return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
 def open_mount(mountpoint: Path, options: Collection[str]) -> int:
     """Mount a FUSE connection at ``mountpoint`` and return its descriptor (``fusermount3``
     passes it back over a socket, ``_FUSE_COMMFD``)."""
-    tool = _fusermount()
+    tool = fusermount(os.environ.get("PATH", os.defpath))
     if tool is None:
         raise MountError("fusermount3 is not installed")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -342,7 +338,7 @@ class Keeper:
 
         if self.identity is None or mount_identity(self.mountpoint) != self.identity:
             return
-        tool = _fusermount()
+        tool = fusermount(os.environ.get("PATH", os.defpath))
         cmd = [tool, "-u", "-z", str(self.mountpoint)] if tool else ["umount", "-l", str(self.mountpoint)]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if proc.returncode != 0:

@@ -71,12 +71,19 @@ def mount_identity(mountpoint: Path) -> tuple[str, str] | None:
 
 
 @functools.cache
+def fusermount(path: str) -> str | None:
+    """fusermount3 on ``path`` (a ``PATH`` value), else the older fusermount, which unmounts a FUSE 3
+    mount just as well: looked up once per process and ``PATH``."""
+    return shutil.which("fusermount3", path=path) or shutil.which("fusermount", path=path)
+
+
+@functools.cache
 def tools(path: str) -> tuple[str, str] | None:
     """The watcher's shell and fusermount on ``path`` (a ``PATH`` value), if flock(1) and awk are there
     too: looked up once per process and ``PATH``, and by the mount service before it forks (four
     walks of ``PATH``, then the shell's own, were ~1 ms of every mount)."""
     sh = shutil.which("sh", path=path)
-    tool = shutil.which("fusermount3", path=path) or shutil.which("fusermount", path=path)
+    tool = fusermount(path)
     if sh is None or tool is None or shutil.which("flock", path=path) is None or shutil.which("awk", path=path) is None:
         return None
     return sh, tool
@@ -238,7 +245,7 @@ def detach(mountpoint: Path, underneath: int | None, hook_name: str) -> bool:
         lib = libc()
         if lib is not None and lib.umount2(os.fsencode(str(mountpoint)), _MNT_DETACH) == 0:
             return True
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    tool = fusermount(os.environ.get("PATH", os.defpath))
     if tool is None:
         return False
     proc = subprocess.run([tool, "-u", "-z", str(mountpoint)], stdin=subprocess.DEVNULL,
