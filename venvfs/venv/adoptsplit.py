@@ -77,8 +77,13 @@ class ForkedChild(Generic[T]):
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover (the child's coverage is not collected)
-                os.close(read_end)
-                _child(work, state, write_end, blocked)
+                try:
+                    os.close(read_end)
+                    _child(work, state, write_end, blocked)
+                finally:
+                    # A Ctrl-C the parent had already taken in (another thread's, so not blocked) is
+                    # raised at the child's first check, before its handler: never up the caller's stack.
+                    os._exit(1)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write_end)
