@@ -184,3 +184,34 @@ def test_gc_clears_a_day_old_registry_staging_file_only(store: Store) -> None:
     with store.collecting():
         gc.collect(store, {}, dry_run=False)
     assert not old.exists() and fresh.exists()
+
+
+def test_a_state_read_again_is_the_files_and_the_callers_own(store: Store, make_venv: Callable[..., Path],
+                                                             run_venvfs: Run, tmp_path: Path) -> None:
+    """A process keeps the states it read (``Venv.read_state``), by the file's identity: what it
+    returns must be a copy the caller may change, and any write to the file, venvfs's own (a new
+    inode) or another program's in place, must be read again."""
+    from venvfs.errors import StateDamaged
+
+    wheel = build_wheel(tmp_path / "w", simple_package("kept", "1.0"))
+    venv = make_venv("venv", "uv")
+    run_venvfs("add", str(venv), str(wheel), "--link-mode", "copy")
+    v = Venv(venv)
+    first = v.read_state()
+    (key,) = first.selection
+    first.selection.clear()
+    first.layout = "mounted"
+    assert v.read_state().selection == [key] and v.read_state().layout == "materialized"
+    second = v.read_state()
+    second.hooks = not second.hooks
+    v.write_state(second)  # venvfs's own write: a new file
+    assert v.read_state().hooks == second.hooks
+    path = venv / ".venvfs" / "state.json"
+    data = json.loads(path.read_text())
+    data["selection"] = [key.replace(key[-1], "0" if key[-1] != "0" else "1")]  # the same length
+    time.sleep(0.02)  # past the kernel's timestamp granularity, which a coarse clock may make a jiffy
+    with open(path, "r+") as f:  # in place, as another program would write it: the same inode
+        f.write(json.dumps(data))
+        f.truncate()
+    with pytest.raises(StateDamaged, match="checksum"):
+        v.read_state()
