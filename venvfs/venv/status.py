@@ -154,7 +154,7 @@ def venv_status(venv: Venv, store: Store, state: VenvState | None = None) -> Ven
     """``state``: what to report on instead of the venv's own (the registry's copy of a damaged one)."""
     # Every other live venv's selection is read to tell shared bytes from this venv's own: mostly
     # the same few records, each parse of which hashes its whole manifest. Parsed once each, a
-    # store with 116 registered venvs of 28 distributions answered in 0.1 s instead of 4 s.
+    # store with 116 registered venvs of 28 distributions answered in 0.3 s instead of 4.2 s.
     with keeping_records(store):
         return _venv_status(venv, store, state)
 
