@@ -297,6 +297,16 @@ def test_store_dedupe_ratio_of_two_identical_venvs(tmp_path: Path, wheelhouse: P
         run_cli(store, "adopt", str(venv), "--no-hooks", "--no-compile")
     store_status = json.loads(run_cli(store, "store", "status", "--json").stdout)
     assert 1.9 <= store_status["dedupe_ratio"] <= 2.1
+    # A removed venv's distributions stay until gc forgets it; it is no venv any more, and counted as
+    # one it made the ratio claim sharing that no longer happens.
+    shutil.rmtree(tmp_path / "two")
+    store_status = json.loads(run_cli(store, "store", "status", "--json").stdout)
+    assert 0.9 <= store_status["dedupe_ratio"] <= 1.1, store_status
+    assert [v["path"] for v in store_status["venvs"]] == [str(tmp_path / "one")]
+    assert store_status["gone_venvs"] == 1
+    assert "gone:           1 registered venv(s)" in run_cli(store, "store", "status").stdout
+    run_cli(store, "store", "gc", "--forget-missing")
+    assert json.loads(run_cli(store, "store", "status", "--json").stdout)["gone_venvs"] == 0
 
 
 def test_adopt_refuses_a_venv_of_another_store(tmp_path: Path) -> None:

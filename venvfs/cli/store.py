@@ -282,6 +282,9 @@ def cmd_store_status(args: argparse.Namespace) -> int:
     print(f"objects:        {status.objects}")
     print(f"on disk:        {human_bytes(status.stored_bytes)} objects, {human_bytes(status.bytecode_bytes)} bytecode")
     print(f"venvs' logical: {human_bytes(status.logical_bytes)} in {len(status.venvs)} venv(s)")
+    if status.gone_venvs:
+        print(f"gone:           {status.gone_venvs} registered venv(s) no longer there; their distributions "
+              "stay until `venvfs store gc --forget-missing`")
     if status.dedupe_ratio is not None:
         print(f"dedupe ratio:   {status.dedupe_ratio}x")
     return 0

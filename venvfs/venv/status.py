@@ -80,9 +80,12 @@ class StoreStatus:
     stored_bytes: int = 0  # allocated blocks of objects
     stored_logical_bytes: int = 0  # lengths of objects (what dedupe is measured against)
     bytecode_bytes: int = 0  # allocated blocks of precompiled .pyc, all Python versions
-    logical_bytes: int = 0  # sum over registered venvs of what their selection takes as plain copies
+    logical_bytes: int = 0  # sum over the venvs still there of what their selection takes as plain copies
     dedupe_ratio: float | None = None
     venvs: list[dict[str, Any]] = field(default_factory=list)
+    # Registered venvs whose directory is gone (or holds another venv): their distributions stay until
+    # `venvfs store gc --forget-missing`, and they count neither as venvs nor in the dedupe ratio.
+    gone_venvs: int = 0
     # The local store and each lower below it: {"root", "role", "distributions", "error"}; objects and
     # bytes above count the local store alone (a lower is an admin's, verified where it is).
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -278,8 +281,18 @@ def store_status(store: Store) -> StoreStatus:
             status.stored_logical_bytes += st.st_size
     for pyc in (store.root / "bytecode").glob("*/*/*.pyc"):
         status.bytecode_bytes += _blocks(pyc)
+    from venvfs.venv.registry import kept_selections, registered
+
+    venvs = registered(store)
+    here = {str(rv.path) for rv in venvs if rv.condition in ("live", "damaged")}
     sizes: dict[str, int] = {}  # the venvs select mostly the same records: each parsed once
-    for venv_path, state in live_selections(store).items():
+    for venv_path, state in kept_selections(venvs).items():
+        if venv_path not in here:
+            # Gone (or a registry copy of one that is here): its selection is kept, not used. Counted
+            # as a venv, a store of removed venvs claimed a dedupe ratio of 103x against the 3x of
+            # the ones left.
+            status.gone_venvs += not venv_path.endswith(" (registry copy)")
+            continue
         logical = 0
         for key in state.selection:
             if key not in sizes:
