@@ -121,6 +121,13 @@ def atomic_write_json(path: Path, data: Any, *, durable: bool = True, tmp_dir: P
                        tmp_dir=tmp_dir)
 
 
+def file_identity(path: str) -> list[int]:
+    """What tells a file from its replacement, or from itself changed: device, inode, size, mtime and
+    ctime (ns). A JSON list, as the caches that key on a binary keep it."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def read_own_json(path: Path) -> Any:
     """A cache file's JSON, or None: unreadable, or not the user's own, or writable by anyone else (a
     root command with another user's ``$HOME`` must not take that user's word, nor anyone their files)."""

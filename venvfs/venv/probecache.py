@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from venvfs.fsutil import atomic_write_json, read_own_json
+from venvfs.fsutil import atomic_write_json, file_identity, read_own_json
 
 FORMAT = 1
 DISABLE_ENV = "VENVFS_PROBE_CACHE"  # "0": always start the interpreter
@@ -45,11 +45,6 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("venvfs")) / "interpreters"
 
 
-def _identity(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 def key(python: Path, venv_root: Path, probe: str) -> dict[str, Any] | None:
     """What the answer of ``python`` (a venv's ``bin/python``) depends on; None when it cannot be
     told (the binary is missing: the probe's own error says so)."""
@@ -57,14 +52,14 @@ def key(python: Path, venv_root: Path, probe: str) -> dict[str, Any] | None:
         return None
     try:
         real = os.path.realpath(python)
-        binary = _identity(real)
+        binary = file_identity(real)
     except OSError:
         return None
     # A shared build's interpreter is a small binary over libpython, in the prefix's lib/.
     libs = {}
     for lib in sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(real)), "lib", "libpython3*.so*"))):
         with contextlib.suppress(OSError):
-            libs[lib] = _identity(lib)
+            libs[lib] = file_identity(lib)
     home = None
     with contextlib.suppress(OSError):
         for line in (venv_root / "pyvenv.cfg").read_text(errors="replace").splitlines():

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from venvfs.fsutil import UnsafePath, atomic_write_json, read_own_json, safe_relpath
+from venvfs.fsutil import UnsafePath, atomic_write_json, file_identity, read_own_json, safe_relpath
 
 FORMAT = 1
 _SAFE = re.compile(r"[A-Za-z0-9_./+@,=-]+")
@@ -83,8 +83,7 @@ def _umask() -> int | None:
 def _key(python: str, uv: str) -> dict[str, Any] | None:
     umask = _umask()
     try:
-        ids = {p: [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-               for p in (os.path.realpath(uv), os.path.realpath(python)) for st in (os.stat(p),)}
+        ids = {p: file_identity(p) for p in (os.path.realpath(uv), os.path.realpath(python))}
     except OSError:
         return None
     if umask is None:
@@ -176,14 +175,10 @@ def _still_there(key: dict[str, Any]) -> bool:
     binaries = key.get("binaries")
     if not isinstance(binaries, dict) or not binaries:
         return False
-    for path, ident in binaries.items():
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        if ident != [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
-            return False
-    return True
+    try:
+        return all(file_identity(path) == ident for path, ident in binaries.items())
+    except OSError:
+        return False
 
 
 def _read(root: str) -> list[list[Any]] | None:
