@@ -105,7 +105,7 @@ def keeper_problem() -> str | None:
         return "this pyfuse3 lacks venvfs's patch (scripts/build-pyfuse3)"
     if not hasattr(os, "pidfd_open"):
         return "no pidfd_open"
-    if fusermount(os.environ.get("PATH", os.defpath)) is None:
+    if fusermount() is None:
         return "fusermount3 is not installed"
     return None
 
@@ -113,7 +113,7 @@ def keeper_problem() -> str | None:
 def open_mount(mountpoint: Path, options: Collection[str]) -> int:
     """Mount a FUSE connection at ``mountpoint`` and return its descriptor (``fusermount3``
     passes it back over a socket, ``_FUSE_COMMFD``)."""
-    tool = fusermount(os.environ.get("PATH", os.defpath))
+    tool = fusermount()
     if tool is None:
         raise MountError("fusermount3 is not installed")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -338,7 +338,7 @@ class Keeper:
 
         if self.identity is None or mount_identity(self.mountpoint) != self.identity:
             return
-        tool = fusermount(os.environ.get("PATH", os.defpath))
+        tool = fusermount()
         cmd = [tool, "-u", "-z", str(self.mountpoint)] if tool else ["umount", "-l", str(self.mountpoint)]
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if proc.returncode != 0:

@@ -70,10 +70,15 @@ def mount_identity(mountpoint: Path) -> tuple[str, str] | None:
     return (entry.mount_id, entry.device) if entry else None
 
 
+def fusermount() -> str | None:
+    """fusermount3 on this process's ``PATH``, else the older fusermount, which unmounts a FUSE 3 mount
+    just as well. ``PATH`` is read at each call: a command forked by the service has its client's."""
+    return _fusermount_on(os.environ.get("PATH", os.defpath))
+
+
 @functools.cache
-def fusermount(path: str) -> str | None:
-    """fusermount3 on ``path`` (a ``PATH`` value), else the older fusermount, which unmounts a FUSE 3
-    mount just as well: looked up once per process and ``PATH``."""
+def _fusermount_on(path: str) -> str | None:
+    """Looked up once per process and ``PATH`` value."""
     return shutil.which("fusermount3", path=path) or shutil.which("fusermount", path=path)
 
 
@@ -83,7 +88,7 @@ def tools(path: str) -> tuple[str, str] | None:
     too: looked up once per process and ``PATH``, and by the mount service before it forks (four
     walks of ``PATH``, then the shell's own, were ~1 ms of every mount)."""
     sh = shutil.which("sh", path=path)
-    tool = fusermount(path)
+    tool = _fusermount_on(path)
     if sh is None or tool is None or shutil.which("flock", path=path) is None or shutil.which("awk", path=path) is None:
         return None
     return sh, tool
@@ -245,7 +250,7 @@ def detach(mountpoint: Path, underneath: int | None, hook_name: str) -> bool:
         lib = libc()
         if lib is not None and lib.umount2(os.fsencode(str(mountpoint)), _MNT_DETACH) == 0:
             return True
-    tool = fusermount(os.environ.get("PATH", os.defpath))
+    tool = fusermount()
     if tool is None:
         return False
     proc = subprocess.run([tool, "-u", "-z", str(mountpoint)], stdin=subprocess.DEVNULL,
